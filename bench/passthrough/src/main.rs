@@ -1,0 +1,198 @@
+//! Bare Pingora passthrough: every request goes to one fixed upstream.
+//!
+//! This is the floor any Pingora-based gateway pays (accept, parse, pooled
+//! upstream connection, forward, relay the response) with no routing, no
+//! config snapshot and no plugins. `bench/proxy.sh` runs it beside nginx and
+//! tollgate so tollgate's own overhead can be read off the difference.
+//!
+//! Usage: `passthrough --listen ADDR --upstream HOST:PORT [--threads N]
+//! [--work-stealing true|false]`
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+
+use async_trait::async_trait;
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+const USAGE: &str = "usage: passthrough --listen ADDR --upstream HOST:PORT \
+                     [--threads N] [--work-stealing true|false]";
+
+/// Command line options, parsed by hand (no clap: keep the binary minimal).
+#[derive(Debug)]
+struct Args {
+    listen: String,
+    upstream: SocketAddr,
+    threads: usize,
+    work_stealing: bool,
+}
+
+fn parse_bool(flag: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        other => Err(format!("{flag}: expected true or false, got {other:?}")),
+    }
+}
+
+fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut listen = None;
+    let mut upstream = None;
+    let mut threads = 1usize;
+    let mut work_stealing = true;
+
+    while let Some(arg) = argv.next() {
+        // Accept both `--flag value` and `--flag=value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg, None),
+        };
+        if flag == "-h" || flag == "--help" {
+            return Err(String::new());
+        }
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| argv.next())
+                .ok_or_else(|| format!("{flag}: missing value"))
+        };
+        match flag.as_str() {
+            "--listen" => listen = Some(value()?),
+            "--upstream" => upstream = Some(value()?),
+            "--threads" => {
+                let v = value()?;
+                threads =
+                    v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        format!("--threads: expected a positive integer, got {v:?}")
+                    })?;
+            }
+            "--work-stealing" => work_stealing = parse_bool("--work-stealing", &value()?)?,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+
+    let listen = listen.ok_or("--listen is required")?;
+    let upstream = upstream.ok_or("--upstream is required")?;
+    // Resolve once at start-up; the request path never touches DNS.
+    let upstream = upstream
+        .to_socket_addrs()
+        .map_err(|e| format!("--upstream {upstream:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("--upstream {upstream:?}: resolves to no address"))?;
+
+    Ok(Args {
+        listen,
+        upstream,
+        threads,
+        work_stealing,
+    })
+}
+
+/// The proxy: one pre-built plain-HTTP peer, cloned per request.
+struct Passthrough {
+    peer: HttpPeer,
+}
+
+#[async_trait]
+impl ProxyHttp for Passthrough {
+    type CTX = ();
+
+    fn new_ctx(&self) -> Self::CTX {}
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(self.peer.clone()))
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(msg) => {
+            if msg.is_empty() {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("passthrough: {msg}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+
+    let conf = ServerConf {
+        threads: args.threads,
+        work_stealing: args.work_stealing,
+        // Benchmarks stop us with SIGTERM; do not linger in a grace period.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
+        ..ServerConf::default()
+    };
+
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let proxy = Passthrough {
+        peer: HttpPeer::new(args.upstream, false, String::new()),
+    };
+    let mut service = http_proxy_service(&server.configuration, proxy);
+    service.add_tcp(&args.listen);
+    server.add_service(service);
+
+    eprintln!(
+        "passthrough: listening on {} -> {} (threads={}, work_stealing={})",
+        args.listen, args.upstream, args.threads, args.work_stealing
+    );
+    server.run_forever()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, String> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn parses_all_flags() {
+        let a = parse(&[
+            "--listen",
+            "127.0.0.1:8080",
+            "--upstream=127.0.0.1:9000",
+            "--threads",
+            "2",
+            "--work-stealing",
+            "false",
+        ])
+        .unwrap();
+        assert_eq!(a.listen, "127.0.0.1:8080");
+        assert_eq!(a.upstream, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(a.threads, 2);
+        assert!(!a.work_stealing);
+    }
+
+    #[test]
+    fn defaults_and_errors() {
+        let a = parse(&["--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:2"]).unwrap();
+        assert_eq!(a.threads, 1);
+        assert!(a.work_stealing);
+        assert!(parse(&["--listen", "127.0.0.1:1"]).is_err());
+        assert!(parse(&["--upstream", "127.0.0.1:2"]).is_err());
+        assert!(parse(&[
+            "--listen",
+            "x",
+            "--upstream",
+            "127.0.0.1:2",
+            "--threads",
+            "0"
+        ])
+        .is_err());
+        assert!(parse(&["--listen", "x", "--upstream", "127.0.0.1:2", "--bogus"]).is_err());
+        assert!(parse(&["--listen"]).is_err());
+    }
+}

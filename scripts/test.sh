@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Tollgate's whole test suite: dependencies, formatting, lints, build, tests,
+# and a short smoke run of the benchmark scripts. Exits non-zero if any step
+# fails. Independent steps keep going after a failure so one run reports
+# everything; a failed dependency install or build stops the run, since the
+# steps after it cannot mean anything.
+set -uo pipefail
+
+cd "$(dirname "$0")/.." || exit 1
+
+if [[ "${CI:-}" == "true" ]]; then
+    export CARGO_TERM_COLOR=never
+fi
+
+failed=()
+passed=()
+
+section() {
+    printf '\n==================== %s ====================\n' "$*"
+}
+
+# step NAME [--fatal] CMD...: run CMD under a section header and record it.
+step() {
+    local name=$1 fatal=0
+    shift
+    if [[ "${1:-}" == "--fatal" ]]; then
+        fatal=1
+        shift
+    fi
+    section "$name"
+    local start=$SECONDS
+    if "$@"; then
+        passed+=("$name")
+        printf -- '--- %s: ok (%ss)\n' "$name" "$((SECONDS - start))"
+    else
+        local rc=$?
+        failed+=("$name")
+        printf -- '--- %s: FAILED (exit %s, %ss)\n' "$name" "$rc" "$((SECONDS - start))"
+        if ((fatal)); then
+            summary
+            exit 1
+        fi
+    fi
+}
+
+summary() {
+    section "summary"
+    local s
+    for s in "${passed[@]}"; do printf '  ok      %s\n' "$s"; done
+    for s in "${failed[@]}"; do printf '  FAILED  %s\n' "$s"; done
+}
+
+run_tests() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo nextest run --workspace --no-fail-fast
+    else
+        echo "cargo-nextest not available; falling back to cargo test"
+        cargo test --workspace --no-fail-fast
+    fi
+}
+
+step "deps" --fatal scripts/deps.sh
+step "fmt" cargo fmt --all -- --check
+step "clippy" cargo clippy --workspace --all-targets -- -D warnings
+step "build" --fatal cargo build --workspace --bins
+step "tests" run_tests
+step "bench smoke" bench/proxy.sh --quick
+
+summary
+if ((${#failed[@]} > 0)); then
+    exit 1
+fi

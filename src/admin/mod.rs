@@ -1,0 +1,103 @@
+//! The admin listener (loopback by default): liveness, readiness, status.
+//! It only reads the snapshot cell; it never changes routing.
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::snapshot::SnapshotCell;
+
+/// Facts about this process that `/status` reports besides the sync state.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub version: &'static str,
+}
+
+/// The admin HTTP app.
+pub struct AdminApp {
+    cell: Arc<SnapshotCell>,
+    node: NodeInfo,
+    /// Set once shutdown begins: readiness fails so load balancers move on.
+    draining: Arc<AtomicBool>,
+}
+
+impl AdminApp {
+    pub fn new(cell: Arc<SnapshotCell>, node: NodeInfo, draining: Arc<AtomicBool>) -> Self {
+        Self {
+            cell,
+            node,
+            draining,
+        }
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let s = self.cell.status.view();
+        let mut v = serde_json::to_value(&s).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("node_id".into(), self.node.node_id.clone().into());
+            o.insert("version".into(), self.node.version.into());
+            o.insert(
+                "draining".into(),
+                self.draining.load(Ordering::Relaxed).into(),
+            );
+        }
+        v
+    }
+
+    fn readiness(&self) -> (u16, serde_json::Value) {
+        let s = self.cell.status.view();
+        let draining = self.draining.load(Ordering::Relaxed);
+        // Stale config still serves (fail static): ready, but say so.
+        let ready = s.ready && !draining;
+        let state = if draining {
+            "draining"
+        } else if !s.ready {
+            "starting"
+        } else if s.stale {
+            "stale"
+        } else {
+            "ready"
+        };
+        let body = serde_json::json!({ "ready": ready, "state": state, "revision": s.revision });
+        (if ready { 200 } else { 503 }, body)
+    }
+}
+
+fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .unwrap_or_default()
+}
+
+fn json(status: u16, v: &serde_json::Value) -> Response<Vec<u8>> {
+    let mut body = serde_json::to_vec(v).unwrap_or_default();
+    body.push(b'\n');
+    respond(status, "application/json", body)
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        match path.as_str() {
+            "/healthz" => respond(200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => {
+                let (code, body) = self.readiness();
+                json(code, &body)
+            }
+            "/status" => json(200, &self.status_json()),
+            _ => json(
+                404,
+                &serde_json::json!({ "error": "not found", "path": path }),
+            ),
+        }
+    }
+}

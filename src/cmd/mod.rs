@@ -1,0 +1,6 @@
+//! The CLI verbs: `run` (the default), `check`, `register`.
+
+pub mod check;
+pub mod logging;
+pub mod run;
+mod shutdown;

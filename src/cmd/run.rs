@@ -1,0 +1,108 @@
+//! `tollgate run -c FILE`: the daemon.
+
+use anyhow::Context;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use super::shutdown::DrainOnSignal;
+use crate::admin::{AdminApp, NodeInfo};
+use crate::config::{load_file, ConfigModel};
+use crate::proxy::{Gateway, InFlight};
+use crate::snapshot::{SnapshotCell, SourceState};
+use crate::source::file::{self, FileSource};
+use crate::store::Store;
+
+fn node_id(model: &ConfigModel) -> String {
+    model.bootstrap.node_id.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "tollgate".into())
+    })
+}
+
+fn server_conf(model: &ConfigModel) -> ServerConf {
+    let b = &model.bootstrap;
+    let state = &b.state_dir;
+    ServerConf {
+        threads: b.threads,
+        work_stealing: b.work_stealing,
+        upstream_keepalive_pool_size: b.proxy.keepalive_pool,
+        // Our own drain watcher exits as soon as nothing is in flight; this
+        // is only the upper bound.
+        grace_period_seconds: Some(b.proxy.shutdown_timeout_secs),
+        graceful_shutdown_timeout_seconds: Some(1),
+        pid_file: state.join("tollgate.pid").display().to_string(),
+        upgrade_sock: state.join("upgrade.sock").display().to_string(),
+        ..ServerConf::default()
+    }
+}
+
+pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
+    let model =
+        load_file(config).with_context(|| format!("{} is not a valid config", config.display()))?;
+    super::logging::init(&model.bootstrap.log);
+    let b = model.bootstrap.clone();
+    std::fs::create_dir_all(&b.state_dir)
+        .with_context(|| format!("cannot create state_dir {}", b.state_dir.display()))?;
+
+    let cell = SnapshotCell::new();
+    let mut store = Store::new(cell.clone(), model.timeouts);
+    if b.etcd.is_some() {
+        anyhow::bail!("etcd mode is not available in this build yet");
+    }
+    cell.status.set_source(SourceState::Standalone);
+    file::apply(&mut store, model.clone());
+
+    let mut server = Server::new_with_opt_and_conf(
+        Opt {
+            upgrade,
+            ..Opt::default()
+        },
+        server_conf(&model),
+    );
+    server.bootstrap();
+
+    let in_flight = Arc::new(InFlight::default());
+    let draining = Arc::new(AtomicBool::new(false));
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(cell.clone(), in_flight.clone()),
+        "proxy",
+    );
+    for addr in &b.listen {
+        proxy.add_tcp(addr);
+    }
+    server.add_service(proxy);
+
+    let node = NodeInfo {
+        node_id: node_id(&model),
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    let mut admin = Service::new(
+        "admin".into(),
+        AdminApp::new(cell.clone(), node, draining.clone()),
+    );
+    admin.add_tcp(&b.admin.listen);
+    admin.threads = Some(1);
+    server.add_service(admin);
+
+    server.add_service(background_service(
+        "config-file",
+        FileSource::new(config.to_path_buf(), &model, store),
+    ));
+
+    tracing::info!(listen = ?b.listen, admin = %b.admin.listen, threads = b.threads, "tollgate starting");
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainOnSignal {
+            in_flight,
+            draining,
+        }),
+    });
+    Ok(())
+}

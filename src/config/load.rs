@@ -1,0 +1,174 @@
+//! Reading and validating the bootstrap file, with errors that name the
+//! field (`routes[2].paths[0]: ...`) like `nginx -t` names the line.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use super::Bootstrap;
+use crate::model::error::{field, index};
+use crate::model::{FieldError, Node, Route, Timeouts, UpstreamSpec};
+use crate::snapshot::{build, UpstreamTable};
+
+/// Why a bootstrap file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(#[from] FieldError),
+}
+
+/// A validated bootstrap file, ready to feed the store.
+#[derive(Debug, Clone)]
+pub struct ConfigModel {
+    pub bootstrap: Bootstrap,
+    /// In file order.
+    pub routes: Vec<Route>,
+    pub upstreams: BTreeMap<String, (UpstreamSpec, Vec<Node>)>,
+    /// Proxy-wide default timeouts.
+    pub timeouts: Timeouts,
+}
+
+pub fn load_file(path: &Path) -> Result<ConfigModel, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(parse(&text)?)
+}
+
+/// Parses and validates a bootstrap file's text.
+pub fn parse(text: &str) -> Result<ConfigModel, FieldError> {
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    let bootstrap: Bootstrap = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let mut message = e.into_inner().to_string();
+        // serde_yaml_ng prefixes the path we already report.
+        if let Some((head, tail)) = message.split_once(": ") {
+            if !head.contains(' ') && path.starts_with(head) {
+                message = tail.to_string();
+            }
+        }
+        FieldError::new(path, message)
+    })?;
+    validate(bootstrap)
+}
+
+fn check_addr(path: &str, addr: &str) -> Result<(), FieldError> {
+    addr.parse::<SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| FieldError::new(path, format!("{addr:?} is not an ip:port address")))
+}
+
+fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
+    if b.listen.is_empty() {
+        return Err(FieldError::new(
+            "listen",
+            "at least one address is required",
+        ));
+    }
+    for (i, a) in b.listen.iter().enumerate() {
+        check_addr(&index("listen", i), a)?;
+    }
+    check_addr("admin.listen", &b.admin.listen)?;
+    if b.threads == 0 || b.threads > 1024 {
+        return Err(FieldError::new("threads", "must be between 1 and 1024"));
+    }
+    b.proxy.timeout.validate("proxy.timeout")?;
+    if b.reload.poll_ms < 10 {
+        return Err(FieldError::new("reload.poll_ms", "must be at least 10"));
+    }
+    if let Some(etcd) = &b.etcd {
+        if etcd.endpoints.is_empty() {
+            return Err(FieldError::new(
+                "etcd.endpoints",
+                "at least one endpoint is required",
+            ));
+        }
+        for (name, p) in [
+            ("prefix", &etcd.prefix),
+            ("registry_prefix", &etcd.registry_prefix),
+        ] {
+            if !p.starts_with('/') || p.ends_with('/') {
+                return Err(FieldError::new(
+                    field("etcd", name),
+                    format!("{p:?} must start with '/' and not end with '/'"),
+                ));
+            }
+        }
+        if !b.routes.is_empty() {
+            return Err(FieldError::new(
+                "routes",
+                "routes come from etcd when `etcd:` is set; remove them from the file",
+            ));
+        }
+    }
+
+    let mut upstreams = BTreeMap::new();
+    for (name, spec) in &b.upstreams {
+        let at = field("upstreams", name);
+        if name.is_empty() || name.contains('/') {
+            return Err(FieldError::new(
+                at,
+                "upstream names must be non-empty and contain no '/'",
+            ));
+        }
+        let nodes = spec.compile(&at)?;
+        upstreams.insert(name.clone(), (spec.clone(), nodes));
+    }
+
+    let mut routes: Vec<Route> = Vec::with_capacity(b.routes.len());
+    for (i, spec) in b.routes.iter().enumerate() {
+        let at = index("routes", i);
+        let id = spec.id.clone().ok_or_else(|| {
+            FieldError::new(field(&at, "id"), "every route in the file needs an id")
+        })?;
+        if let Some(j) = routes.iter().position(|r| r.id == id) {
+            return Err(FieldError::new(
+                field(&at, "id"),
+                format!("duplicate route id {id:?} (also routes[{j}])"),
+            ));
+        }
+        let route = spec.clone().compile(&id, &at)?;
+        let has_nodes = upstreams
+            .get(&route.spec.upstream)
+            .is_some_and(|(_, n): &(UpstreamSpec, Vec<Node>)| !n.is_empty());
+        if !has_nodes && b.etcd.is_none() {
+            return Err(FieldError::new(
+                field(&at, "upstream"),
+                format!(
+                    "upstream {:?} has no nodes, and without `etcd:` there is no registry to find instances in",
+                    route.spec.upstream
+                ),
+            ));
+        }
+        routes.push(route);
+    }
+
+    // Conflicting routes are an error in a file (in etcd, the later write loses).
+    let refs: Vec<&Route> = routes.iter().collect();
+    let (_, rejected) = build(&refs, &mut UpstreamTable::new(Timeouts::default()));
+    if let Some(r) = rejected.first() {
+        let i = routes.iter().position(|x| x.id == r.id).unwrap_or(0);
+        return Err(FieldError::new(
+            field(&index("routes", i), "paths"),
+            r.reason.clone(),
+        ));
+    }
+
+    let timeouts = b.proxy.timeout.apply(Timeouts::default());
+    Ok(ConfigModel {
+        bootstrap: b,
+        routes,
+        upstreams,
+        timeouts,
+    })
+}
+
+#[cfg(test)]
+mod tests;

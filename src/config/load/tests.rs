@@ -1,0 +1,127 @@
+use super::*;
+
+const GOOD: &str = r#"
+listen: ["127.0.0.1:8080"]
+admin: { listen: "127.0.0.1:9180" }
+routes:
+  - id: users
+    paths: ["/api/users/:id"]
+    upstream: users
+  - id: static
+    hosts: ["*.example.com"]
+    paths: ["/static/*path"]
+    upstream: users
+upstreams:
+  users: { nodes: ["http://127.0.0.1:9001", {addr: "http://127.0.0.1:9002", weight: 2}] }
+"#;
+
+fn err(text: &str) -> FieldError {
+    parse(text).expect_err("config should be rejected")
+}
+
+#[test]
+fn the_example_parses() {
+    let m = parse(GOOD).unwrap();
+    assert_eq!(m.routes.len(), 2);
+    assert_eq!(m.upstreams["users"].1.len(), 2);
+    assert_eq!(m.bootstrap.threads, 2);
+}
+
+#[test]
+fn shipped_example_config_is_valid() {
+    let text = include_str!("../../../conf/tollgate.yaml");
+    parse(text).unwrap();
+}
+
+#[test]
+fn malformed_yaml_is_reported() {
+    let e = err("listen: [\"127.0.0.1:1\"\nroutes: {");
+    assert!(!e.message.is_empty());
+}
+
+#[test]
+fn unknown_fields_are_named() {
+    let e = err("listen: [\"127.0.0.1:1\"]\nlisen: x\n");
+    assert!(e.message.contains("unknown field `lisen`"), "{e}");
+    let e = err(&GOOD.replace(
+        "upstream: users\n  - id: static",
+        "upstrem: users\n  - id: static",
+    ));
+    assert_eq!(e.path, "routes[0].upstrem", "{e}");
+    assert!(!e.message.starts_with("routes[0]"), "{e}");
+    assert!(e.message.contains("upstrem"), "{e}");
+}
+
+#[test]
+fn bad_fields_name_their_path() {
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            GOOD.replace("id: static", "id: users"),
+            "routes[1].id",
+            "duplicate route id",
+        ),
+        (
+            GOOD.replace("/static/*path", "static"),
+            "routes[1].paths[0]",
+            "must start with '/'",
+        ),
+        (
+            GOOD.replace("/static/*path", "/static/*path/x"),
+            "routes[1].paths[0]",
+            "last segment",
+        ),
+        (
+            GOOD.replace("weight: 2", "weight: 0"),
+            "upstreams.users.nodes[1].weight",
+            "between 1",
+        ),
+        (
+            GOOD.replace("weight: 2", "weight: -3"),
+            "upstreams.users.nodes[1].weight",
+            "between 1",
+        ),
+        (
+            GOOD.replace("http://127.0.0.1:9001", "127.0.0.1:9001"),
+            "upstreams.users.nodes[0]",
+            "URL",
+        ),
+        (
+            GOOD.replace(
+                "upstream: users\n  - id: static",
+                "upstream: ghost\n  - id: static",
+            ),
+            "routes[0].upstream",
+            "no nodes",
+        ),
+        (
+            GOOD.replace("\"127.0.0.1:8080\"", "\"nowhere\""),
+            "listen[0]",
+            "ip:port",
+        ),
+        (
+            GOOD.replace("hosts: [\"*.example.com\"]", "hosts: []")
+                .replace("/static/*path", "/api/users/:name"),
+            "routes[1].paths",
+            "already taken by route \"users\"",
+        ),
+    ];
+    for (text, path, why) in cases {
+        let e = err(&text);
+        assert_eq!(e.path, path, "{e}");
+        assert!(e.message.contains(why), "{e}");
+    }
+}
+
+#[test]
+fn routes_in_the_file_are_refused_with_etcd() {
+    let e = err(&format!(
+        "{GOOD}etcd: {{ endpoints: [\"http://127.0.0.1:2379\"] }}\n"
+    ));
+    assert_eq!(e.path, "routes");
+}
+
+#[test]
+fn type_errors_name_the_field() {
+    let e = err("threads: many\n");
+    assert_eq!(e.path, "threads", "{e}");
+}

@@ -1,0 +1,181 @@
+//! The bootstrap file (`conf/tollgate.yaml`): listeners, admin, etcd,
+//! state dir, and in standalone mode the routes and upstreams themselves.
+
+mod load;
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub use load::{load_file, parse, ConfigError, ConfigModel};
+
+use crate::model::{RouteSpec, TimeoutSpec, UpstreamSpec};
+
+/// The whole bootstrap file. Unknown fields are errors: a misspelt key
+/// would otherwise silently fall back to a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bootstrap {
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Proxy worker threads.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Tokio work stealing between proxy threads; off measured faster for
+    /// a proxy here (see bench/README.md).
+    #[serde(default)]
+    pub work_stealing: bool,
+    /// Where the last applied snapshot is kept (fail-static start-up).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// This node's name in `/tollgate/gateways/`; defaults to the hostname.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// Absent: standalone, routes come from this file.
+    #[serde(default)]
+    pub etcd: Option<EtcdConfig>,
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub reload: ReloadConfig,
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    #[serde(default = "default_registry_prefix")]
+    pub registry_prefix: String,
+    #[serde(default = "default_dial_timeout_ms")]
+    pub dial_timeout_ms: u64,
+}
+
+/// Proxy-wide defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Default upstream timeouts; upstreams and routes override per field.
+    #[serde(default)]
+    pub timeout: TimeoutSpec,
+    /// Idle upstream connections kept per process.
+    #[serde(default = "default_keepalive_pool")]
+    pub keepalive_pool: usize,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    #[serde(default = "default_shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            timeout: TimeoutSpec::default(),
+            keepalive_pool: default_keepalive_pool(),
+            shutdown_timeout_secs: default_shutdown_timeout_secs(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `tollgate=debug,pingora=warn`;
+    /// `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// How the file is watched for edits in standalone mode.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Poll interval; polling sees atomic renames and symlink swaps
+    /// (Kubernetes ConfigMaps) that inotify watches on the file miss.
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            poll_ms: default_poll_ms(),
+        }
+    }
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["0.0.0.0:8080".into()]
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9180".into()
+}
+fn default_threads() -> usize {
+    2
+}
+fn default_state_dir() -> PathBuf {
+    "/var/lib/tollgate".into()
+}
+fn default_prefix() -> String {
+    "/tollgate".into()
+}
+fn default_registry_prefix() -> String {
+    "/services".into()
+}
+fn default_dial_timeout_ms() -> u64 {
+    2000
+}
+fn default_keepalive_pool() -> usize {
+    256
+}
+fn default_shutdown_timeout_secs() -> u64 {
+    30
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_poll_ms() -> u64 {
+    500
+}

@@ -1,0 +1,16 @@
+//! Tollgate: an etcd-native L7 API gateway on Pingora.
+//!
+//! Data flows one way: `source` (file or etcd) → `store` (last good value
+//! per key) → `snapshot` (compiled router + upstream leaves, arc-swapped) →
+//! `proxy` (reads one snapshot per request). `admin` only reads.
+
+pub mod admin;
+pub mod balance;
+pub mod cmd;
+pub mod config;
+pub mod model;
+pub mod proxy;
+pub mod router;
+pub mod snapshot;
+pub mod source;
+pub mod store;

@@ -1,0 +1,70 @@
+//! Validation errors that name the offending field, so an operator can find
+//! the typo (`routes[2].paths[0]: ...`) without reading the source.
+
+use std::fmt;
+
+/// One invalid field: where it is and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct FieldError {
+    /// Dotted path of the field, e.g. `routes[2].paths[0]`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl FieldError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Re-roots the error under `prefix` (an empty prefix leaves it as is).
+    pub fn under(mut self, prefix: &str) -> Self {
+        if !prefix.is_empty() {
+            self.path = if self.path.is_empty() {
+                prefix.to_string()
+            } else if self.path.starts_with('[') {
+                format!("{prefix}{}", self.path)
+            } else {
+                format!("{prefix}.{}", self.path)
+            };
+        }
+        self
+    }
+}
+
+/// Joins a parent path and a child field name.
+pub fn field(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}.{name}")
+    }
+}
+
+/// Joins a parent path and a list index.
+pub fn index(parent: &str, i: usize) -> String {
+    format!("{parent}[{i}]")
+}
+
+/// Deserializes JSON with the failing field's path in the error, so a bad
+/// etcd value is reported as precisely as a bad YAML file.
+pub fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, FieldError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        FieldError::new(path, e.into_inner().to_string())
+    })
+}

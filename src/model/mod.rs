@@ -1,0 +1,15 @@
+//! What operators write: routes, upstream policies and registered
+//! instances, with validation that names the bad field. Nothing here knows
+//! where a value came from (file or etcd) or how it is served.
+
+pub mod error;
+pub mod instance;
+pub mod pattern;
+pub mod route;
+pub mod timeout;
+pub mod upstream;
+
+pub use error::FieldError;
+pub use route::{Route, RouteSpec};
+pub use timeout::{TimeoutSpec, Timeouts};
+pub use upstream::{Node, UpstreamSpec};

@@ -1,0 +1,165 @@
+//! Upstream policies and the nodes (static or registered) they send to.
+
+use serde::{Deserialize, Serialize};
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use super::error::{field, index, FieldError};
+use super::timeout::TimeoutSpec;
+
+/// A static node: a bare URL or `{addr, weight}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum NodeSpec {
+    Url(String),
+    Weighted {
+        addr: String,
+        #[serde(default)]
+        weight: Option<i64>,
+    },
+}
+
+/// An upstream policy: static nodes for services that don't register, and
+/// the timeouts for every node of the upstream.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<TimeoutSpec>,
+}
+
+/// One resolved node; `id` is the registry instance id or the static URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub id: String,
+    pub addr: SocketAddr,
+    /// `host:port` as written, for a non-preserved Host header.
+    pub authority: String,
+    pub weight: u32,
+    pub draining: bool,
+}
+
+pub const MAX_WEIGHT: i64 = 10_000;
+
+/// Parses `http://host:port` (port defaults to 80) and resolves it once,
+/// off the request path. Only plain HTTP upstreams are supported.
+pub fn parse_node_url(url: &str) -> Result<(SocketAddr, String), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if parsed.scheme() != "http" {
+        return Err(format!(
+            "{url:?}: only http:// upstreams are supported (got {}://)",
+            parsed.scheme()
+        ));
+    }
+    if parsed.path() != "/" || parsed.query().is_some() || !parsed.username().is_empty() {
+        return Err(format!(
+            "{url:?}: an upstream URL is scheme://host:port, nothing more"
+        ));
+    }
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| format!("{url:?} has no host"))?;
+    let port = parsed.port().unwrap_or(80);
+    let authority = format!("{host}:{port}");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addr = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{url:?}: cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{url:?}: {host} resolves to no address"))?;
+    Ok((addr, authority))
+}
+
+pub fn check_weight(w: i64) -> Result<u32, String> {
+    if (1..=MAX_WEIGHT).contains(&w) {
+        Ok(w as u32)
+    } else {
+        Err(format!(
+            "weight must be between 1 and {MAX_WEIGHT}, got {w}"
+        ))
+    }
+}
+
+impl UpstreamSpec {
+    /// Validates the policy and resolves its static nodes.
+    pub fn compile(&self, path: &str) -> Result<Vec<Node>, FieldError> {
+        if let Some(t) = &self.timeout {
+            t.validate(&field(path, "timeout"))?;
+        }
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let at = index(&field(path, "nodes"), i);
+                let (url, weight) = match n {
+                    NodeSpec::Url(u) => (u, 1),
+                    NodeSpec::Weighted { addr, weight } => (
+                        addr,
+                        check_weight(weight.unwrap_or(1))
+                            .map_err(|m| FieldError::new(field(&at, "weight"), m))?,
+                    ),
+                };
+                let (addr, authority) = parse_node_url(url).map_err(|m| FieldError::new(&at, m))?;
+                Ok(Node {
+                    id: url.clone(),
+                    addr,
+                    authority,
+                    weight,
+                    draining: false,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_nodes_resolve_with_weights() {
+        let spec: UpstreamSpec = serde_json::from_str(
+            r#"{"nodes":["http://127.0.0.1:9001",{"addr":"http://localhost:9002","weight":3}]}"#,
+        )
+        .unwrap();
+        let nodes = spec.compile("upstreams.users").unwrap();
+        assert_eq!(nodes[0].addr, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(nodes[0].weight, 1);
+        assert_eq!(nodes[1].addr.port(), 9002);
+        assert_eq!(nodes[1].weight, 3);
+        assert_eq!(nodes[1].authority, "localhost:9002");
+    }
+
+    #[test]
+    fn bad_nodes_name_their_field() {
+        for (json, want, why) in [
+            (
+                r#"{"nodes":[{"addr":"http://127.0.0.1:1","weight":0}]}"#,
+                "u.nodes[0].weight",
+                "between 1",
+            ),
+            (
+                r#"{"nodes":[{"addr":"http://127.0.0.1:1","weight":-2}]}"#,
+                "u.nodes[0].weight",
+                "between 1",
+            ),
+            (
+                r#"{"nodes":["ftp://127.0.0.1:1"]}"#,
+                "u.nodes[0]",
+                "only http://",
+            ),
+            (r#"{"nodes":["not a url"]}"#, "u.nodes[0]", "not a URL"),
+            (
+                r#"{"nodes":["http://127.0.0.1:1/path"]}"#,
+                "u.nodes[0]",
+                "nothing more",
+            ),
+        ] {
+            let spec: UpstreamSpec = serde_json::from_str(json).unwrap();
+            let err = spec.compile("u").unwrap_err();
+            assert_eq!(err.path, want, "{json}");
+            assert!(err.message.contains(why), "{json}: {err}");
+        }
+    }
+}

@@ -1,0 +1,173 @@
+use super::*;
+use crate::model::pattern::PathPattern;
+
+/// Builds a router from (paths, hosts, methods, priority) rows; route i is row i.
+fn router(rows: &[(&[&str], &[&str], &[&str], i32)]) -> Router {
+    let mut r = Router::default();
+    for (i, (paths, hosts, methods, priority)) in rows.iter().enumerate() {
+        let patterns: Vec<PathPattern> = paths
+            .iter()
+            .map(|p| PathPattern::parse(p).unwrap())
+            .collect();
+        let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        let methods = methods.iter().fold(0, |m, x| m | method_bit(x));
+        r.add(
+            i as u32,
+            &RouteShape {
+                patterns: &patterns,
+                hosts: &hosts,
+                methods,
+                priority: *priority,
+            },
+        )
+        .unwrap();
+    }
+    r
+}
+
+#[test]
+fn exact_beats_param_beats_catch_all() {
+    let r = router(&[
+        (&["/users/*rest"], &[], &[], 0),
+        (&["/users/:id"], &[], &[], 0),
+        (&["/users/new"], &[], &[], 0),
+    ]);
+    assert_eq!(r.lookup("h", "GET", "/users/new"), Some(2));
+    assert_eq!(r.lookup("h", "GET", "/users/42"), Some(1));
+    assert_eq!(r.lookup("h", "GET", "/users/42/posts"), Some(0));
+    assert_eq!(
+        r.lookup("h", "GET", "/users"),
+        Some(0),
+        "catch-all takes zero segments"
+    );
+    assert_eq!(r.lookup("h", "GET", "/other"), None);
+}
+
+#[test]
+fn param_needs_a_non_empty_segment_and_exact_is_exact() {
+    let r = router(&[(&["/users/:id"], &[], &[], 0), (&["/a"], &[], &[], 0)]);
+    assert_eq!(r.lookup("h", "GET", "/users/"), None);
+    assert_eq!(r.lookup("h", "GET", "/users"), None);
+    assert_eq!(
+        r.lookup("h", "GET", "/a/"),
+        None,
+        "trailing slash is a different path"
+    );
+    assert_eq!(r.lookup("h", "GET", "/a"), Some(1));
+    assert_eq!(r.lookup("h", "GET", "a"), None);
+}
+
+#[test]
+fn backtracks_when_the_specific_path_does_not_take_the_method() {
+    let r = router(&[
+        (&["/users/:id"], &[], &["GET"], 0),
+        (&["/users/new"], &[], &["POST"], 0),
+    ]);
+    assert_eq!(r.lookup("h", "POST", "/users/new"), Some(1));
+    assert_eq!(r.lookup("h", "GET", "/users/new"), Some(0));
+    assert_eq!(r.lookup("h", "DELETE", "/users/new"), None);
+}
+
+#[test]
+fn priority_then_host_specificity() {
+    let r = router(&[
+        (&["/api"], &[], &[], 0),
+        (&["/api"], &["*.example.com"], &[], 0),
+        (&["/api"], &["api.example.com"], &[], 0),
+        (&["/api"], &["*.b.example.com"], &[], 0),
+        (&["/p"], &["api.example.com"], &[], 0),
+        (&["/p"], &[], &[], 5),
+    ]);
+    assert_eq!(r.lookup("api.example.com", "GET", "/api"), Some(2));
+    assert_eq!(
+        r.lookup("API.Example.com", "GET", "/api"),
+        Some(2),
+        "hosts ignore case"
+    );
+    assert_eq!(r.lookup("x.example.com", "GET", "/api"), Some(1));
+    assert_eq!(
+        r.lookup("x.b.example.com", "GET", "/api"),
+        Some(3),
+        "longer wildcard wins"
+    );
+    assert_eq!(r.lookup("example.com", "GET", "/api"), Some(0));
+    assert_eq!(r.lookup("other.org", "GET", "/api"), Some(0));
+    assert_eq!(
+        r.lookup("api.example.com", "GET", "/p"),
+        Some(5),
+        "priority beats host"
+    );
+}
+
+#[test]
+fn host_only_routes_do_not_catch_other_hosts() {
+    let r = router(&[(&["/x"], &["a.com"], &[], 0)]);
+    assert_eq!(r.lookup("b.com", "GET", "/x"), None);
+    assert_eq!(r.lookup("a.com", "GET", "/x"), Some(0));
+}
+
+#[test]
+fn root_and_catch_all_root() {
+    let r = router(&[(&["/"], &[], &[], 0), (&["/*any"], &[], &[], 0)]);
+    assert_eq!(r.lookup("h", "GET", "/"), Some(0));
+    assert_eq!(r.lookup("h", "GET", "/x/y"), Some(1));
+}
+
+#[test]
+fn conflicts_are_reported_and_leave_the_table_unchanged() {
+    let mut r = router(&[(&["/a/:id"], &["x.com"], &["GET"], 0)]);
+    let pats = [
+        PathPattern::parse("/b").unwrap(),
+        PathPattern::parse("/a/:name").unwrap(),
+    ];
+    let hosts = ["x.com".to_string()];
+    let err = r
+        .add(
+            1,
+            &RouteShape {
+                patterns: &pats,
+                hosts: &hosts,
+                methods: 0,
+                priority: 0,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.other, 0);
+    assert_eq!(err.pattern, "/a/:name");
+    assert_eq!(
+        r.lookup("x.com", "GET", "/b"),
+        None,
+        "nothing of the rejected route was added"
+    );
+    // Disjoint methods, another priority or another host do not conflict.
+    for (methods, priority, host) in [
+        (method_bit("POST"), 0, "x.com"),
+        (0, 1, "x.com"),
+        (0, 0, "y.com"),
+    ] {
+        let hosts = [host.to_string()];
+        r.add(
+            2,
+            &RouteShape {
+                patterns: &pats[1..],
+                hosts: &hosts,
+                methods,
+                priority,
+            },
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_route_may_repeat_its_own_path() {
+    let r = router(&[(&["/a", "/a"], &["x.com", "x.com"], &[], 0)]);
+    assert_eq!(r.lookup("x.com", "GET", "/a"), Some(0));
+}
+
+#[test]
+fn unknown_methods_match_only_any_method_routes() {
+    let r = router(&[(&["/a"], &[], &["GET"], 0), (&["/b"], &[], &[], 0)]);
+    assert_eq!(r.lookup("h", "PROPFIND", "/a"), None);
+    assert_eq!(r.lookup("h", "PROPFIND", "/b"), Some(1));
+}

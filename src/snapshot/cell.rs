@@ -1,0 +1,130 @@
+//! The hand-off point between the single config writer and the many
+//! request threads: the current snapshot plus sync status counters.
+
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::Snapshot;
+
+/// Where the config comes from and whether that source is reachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SourceState {
+    Standalone = 0,
+    Connected = 1,
+    Disconnected = 2,
+}
+
+impl SourceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceState::Standalone => "standalone",
+            SourceState::Connected => "connected",
+            SourceState::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// Counters the admin endpoints report; written by the config writer only.
+#[derive(Debug, Default)]
+pub struct SyncStatus {
+    ready: AtomicBool,
+    stale: AtomicBool,
+    source: AtomicU8,
+    revision: AtomicI64,
+    routes: AtomicUsize,
+    upstreams: AtomicUsize,
+    instances: AtomicUsize,
+    rejected: AtomicU64,
+    applied_unix_ms: AtomicU64,
+}
+
+/// A plain copy of [`SyncStatus`] for reporting.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusView {
+    pub ready: bool,
+    pub stale: bool,
+    pub etcd: &'static str,
+    pub revision: i64,
+    pub routes: usize,
+    pub upstreams: usize,
+    pub instances: usize,
+    pub rejected: u64,
+    pub applied_unix_ms: u64,
+}
+
+impl SyncStatus {
+    pub fn set_source(&self, s: SourceState) {
+        self.source.store(s as u8, Ordering::Relaxed);
+    }
+
+    pub fn source(&self) -> SourceState {
+        match self.source.load(Ordering::Relaxed) {
+            1 => SourceState::Connected,
+            2 => SourceState::Disconnected,
+            _ => SourceState::Standalone,
+        }
+    }
+
+    /// Marks the served config as possibly behind its source (or not).
+    pub fn set_stale(&self, stale: bool) {
+        self.stale.store(stale, Ordering::Relaxed);
+    }
+
+    pub fn count_rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_apply(&self, revision: i64, routes: usize, upstreams: usize, instances: usize) {
+        self.revision.store(revision, Ordering::Relaxed);
+        self.routes.store(routes, Ordering::Relaxed);
+        self.upstreams.store(upstreams, Ordering::Relaxed);
+        self.instances.store(instances, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.applied_unix_ms.store(now, Ordering::Relaxed);
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.revision.load(Ordering::Relaxed)
+    }
+
+    pub fn view(&self) -> StatusView {
+        StatusView {
+            ready: self.ready.load(Ordering::Acquire),
+            stale: self.stale.load(Ordering::Relaxed),
+            etcd: self.source().as_str(),
+            revision: self.revision.load(Ordering::Relaxed),
+            routes: self.routes.load(Ordering::Relaxed),
+            upstreams: self.upstreams.load(Ordering::Relaxed),
+            instances: self.instances.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            applied_unix_ms: self.applied_unix_ms.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The current snapshot and its status. Readers do one `load_full` per
+/// request; the writer swaps whole snapshots.
+#[derive(Debug, Default)]
+pub struct SnapshotCell {
+    current: ArcSwap<Snapshot>,
+    pub status: SyncStatus,
+}
+
+impl SnapshotCell {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn store(&self, s: Snapshot) {
+        self.current.store(Arc::new(s));
+    }
+}

@@ -1,0 +1,4 @@
+//! Where config comes from: the bootstrap file (standalone) or etcd. A
+//! source validates what it reads and hands it to the [`crate::store`].
+
+pub mod file;
