@@ -160,6 +160,7 @@ fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-bench.XXXXXX")
 pids=()
+wrk_pid=""
 declare -A pid_name=() pid_log=()
 
 # True while PID runs (a zombie child, exited but not yet reaped, is not alive).
@@ -175,6 +176,10 @@ alive() {
 cleanup() {
     local rc=$? pid deadline
     trap - EXIT INT TERM
+    if [[ -n "$wrk_pid" ]]; then
+        kill -TERM "$wrk_pid" 2>/dev/null || true
+        wait "$wrk_pid" 2>/dev/null || true
+    fi
     for pid in "${pids[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
@@ -365,12 +370,18 @@ run_wrk() {
     local target=$1 secs=$2 tag=$3 raw line kv
     local requests=0 duration_us=0 p50=0 p99=0 status_errors=0 socket_errors=0
     raw=$tmp/wrk-$target-$tag.txt
-    if ! wrk -t "$wrk_threads" -c "$conns" -d "${secs}s" --latency \
-        -s "$tmp/report.lua" "${url[$target]}" >"$raw" 2>&1; then
+    # In the background + wait, so INT/TERM interrupt the run at once
+    # (bash runs traps only between foreground commands); cleanup kills wrk.
+    wrk -t "$wrk_threads" -c "$conns" -d "${secs}s" --latency \
+        -s "$tmp/report.lua" "${url[$target]}" >"$raw" 2>&1 &
+    wrk_pid=$!
+    if ! wait "$wrk_pid"; then
+        wrk_pid=""
         cat "$raw" >&2
         log "wrk failed against $target"
         return 1
     fi
+    wrk_pid=""
     [[ "$tag" == warmup ]] && return 0
     line=$(grep '^BENCH_RESULT ' "$raw") || {
         cat "$raw" >&2

@@ -94,6 +94,7 @@ impl ServeHttp for AdminApp {
                 json(code, &body)
             }
             "/status" => json(200, &self.status_json()),
+            "/metrics" => respond(200, "text/plain; version=0.0.4", crate::metrics::render()),
             _ => json(
                 404,
                 &serde_json::json!({ "error": "not found", "path": path }),

@@ -14,6 +14,7 @@ use crate::admin::{AdminApp, NodeInfo};
 use crate::config::{load_file, ConfigModel};
 use crate::proxy::{Gateway, InFlight};
 use crate::snapshot::{SnapshotCell, SourceState};
+use crate::source::etcd::EtcdSource;
 use crate::source::file::{self, FileSource};
 use crate::store::Store;
 
@@ -52,11 +53,30 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
 
     let cell = SnapshotCell::new();
     let mut store = Store::new(cell.clone(), model.timeouts);
-    if b.etcd.is_some() {
-        anyhow::bail!("etcd mode is not available in this build yet");
-    }
-    cell.status.set_source(SourceState::Standalone);
-    file::apply(&mut store, model.clone());
+    let node_id = node_id(&model);
+    let source: Box<dyn pingora::services::ServiceWithDependents> = match &b.etcd {
+        Some(etcd) => {
+            cell.status.set_source(SourceState::Disconnected);
+            Box::new(background_service(
+                "etcd-sync",
+                EtcdSource::new(
+                    etcd.clone(),
+                    b.state_dir.clone(),
+                    node_id.clone(),
+                    store,
+                    model.timeouts,
+                ),
+            ))
+        }
+        None => {
+            cell.status.set_source(SourceState::Standalone);
+            file::apply(&mut store, model.clone());
+            Box::new(background_service(
+                "config-file",
+                FileSource::new(config.to_path_buf(), &model, store),
+            ))
+        }
+    };
 
     let mut server = Server::new_with_opt_and_conf(
         Opt {
@@ -81,7 +101,7 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
     server.add_service(proxy);
 
     let node = NodeInfo {
-        node_id: node_id(&model),
+        node_id,
         version: env!("CARGO_PKG_VERSION"),
     };
     let mut admin = Service::new(
@@ -92,10 +112,7 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
     admin.threads = Some(1);
     server.add_service(admin);
 
-    server.add_service(background_service(
-        "config-file",
-        FileSource::new(config.to_path_buf(), &model, store),
-    ));
+    server.add_boxed_service(source);
 
     tracing::info!(listen = ?b.listen, admin = %b.admin.listen, threads = b.threads, "tollgate starting");
     server.run(RunArgs {

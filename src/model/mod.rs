@@ -6,6 +6,7 @@ pub mod error;
 pub mod instance;
 pub mod pattern;
 pub mod route;
+pub mod settings;
 pub mod timeout;
 pub mod upstream;
 

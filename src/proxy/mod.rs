@@ -119,7 +119,13 @@ impl ProxyHttp for Gateway {
                 Ok(false)
             }
             None => {
-                error_response::respond(session, 404, "no route", &ctx.request_id).await;
+                // Before the first config is applied, "no route" would be a lie.
+                let (status, message) = if self.cell.status.is_ready() {
+                    (404, "no route")
+                } else {
+                    (503, "gateway has no config yet")
+                };
+                error_response::respond(session, status, message, &ctx.request_id).await;
                 Ok(true)
             }
         }
@@ -212,6 +218,11 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _error: &Error) -> bool {
+        // fail_to_proxy logs every failure once, with its request id.
+        true
     }
 
     fn fail_to_connect(

@@ -38,6 +38,7 @@ pub struct SyncStatus {
     instances: AtomicUsize,
     rejected: AtomicU64,
     applied_unix_ms: AtomicU64,
+    gateways: AtomicUsize,
 }
 
 /// A plain copy of [`SyncStatus`] for reporting.
@@ -52,6 +53,8 @@ pub struct StatusView {
     pub instances: usize,
     pub rejected: u64,
     pub applied_unix_ms: u64,
+    /// Live gateway nodes registered in etcd (0 in standalone mode).
+    pub gateways: usize,
 }
 
 impl SyncStatus {
@@ -72,6 +75,10 @@ impl SyncStatus {
         self.stale.store(stale, Ordering::Relaxed);
     }
 
+    pub fn set_gateways(&self, n: usize) {
+        self.gateways.store(n, Ordering::Relaxed);
+    }
+
     pub fn count_rejected(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
     }
@@ -86,6 +93,11 @@ impl SyncStatus {
             .map_or(0, |d| d.as_millis() as u64);
         self.applied_unix_ms.store(now, Ordering::Relaxed);
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// Whether any config has been applied yet.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 
     pub fn revision(&self) -> i64 {
@@ -103,6 +115,7 @@ impl SyncStatus {
             instances: self.instances.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
             applied_unix_ms: self.applied_unix_ms.load(Ordering::Relaxed),
+            gateways: self.gateways.load(Ordering::Relaxed),
         }
     }
 }

@@ -1,0 +1,90 @@
+//! Prometheus metrics, registered once per process. Labels are bounded:
+//! route ids, upstream names, kinds and status classes, never raw paths
+//! or client addresses.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use std::sync::LazyLock;
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Config values refused by validation, by kind (route, upstream, ...).
+    pub config_rejected: IntCounterVec,
+    /// Registry keys written without a lease (never removed by expiry).
+    pub unleased_instances: IntCounter,
+    pub watch_events: IntCounterVec,
+    pub etcd_connected: IntGauge,
+    pub applied_revision: IntGauge,
+    pub relists: IntCounterVec,
+    pub rebuilds: IntCounter,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+/// The process-wide metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let r = Registry::new();
+    Metrics {
+        config_rejected: counter_vec(
+            &r,
+            "tollgate_config_rejected_total",
+            "Config values rejected by validation; the key keeps its last good value",
+            &["kind"],
+        ),
+        unleased_instances: counter(
+            &r,
+            "tollgate_registry_unleased_total",
+            "Registry keys ignored because they carry no lease",
+        ),
+        watch_events: counter_vec(
+            &r,
+            "tollgate_etcd_watch_events_total",
+            "etcd watch events received, by prefix",
+            &["prefix"],
+        ),
+        etcd_connected: gauge(
+            &r,
+            "tollgate_etcd_connected",
+            "1 while the etcd watch is established",
+        ),
+        applied_revision: gauge(
+            &r,
+            "tollgate_applied_revision",
+            "The etcd revision the served config reflects",
+        ),
+        relists: counter_vec(
+            &r,
+            "tollgate_etcd_relists_total",
+            "Full re-lists of etcd, by reason",
+            &["reason"],
+        ),
+        rebuilds: counter(&r, "tollgate_router_rebuilds_total", "Router rebuilds"),
+        registry: r,
+    }
+});
+
+/// Text exposition of every metric.
+pub fn render() -> Vec<u8> {
+    use prometheus::Encoder;
+    let mut buf = Vec::new();
+    let _ = prometheus::TextEncoder::new().encode(&METRICS.registry.gather(), &mut buf);
+    buf
+}

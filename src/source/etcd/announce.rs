@@ -1,0 +1,102 @@
+//! Each gateway registers itself under `<prefix>/gateways/<node-id>` with a
+//! lease, so an operator sees which nodes are alive and which config
+//! revision each has applied. The record is rewritten only when the config
+//! revision changes: its own writes are gateway keys, which do not move the
+//! config revision, so a node never wakes itself (rule 7).
+
+use etcd_client::{Client, PutOptions};
+use std::time::Duration;
+use tokio::sync::watch;
+
+use super::backoff::Backoff;
+
+pub const LEASE_TTL_SECS: i64 = 10;
+
+/// What the gateway's record says.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Record<'a> {
+    node_id: &'a str,
+    version: &'a str,
+    config_revision: i64,
+    started_unix_ms: u64,
+}
+
+/// Keeps this node's record alive until the task is dropped.
+pub async fn run(
+    endpoints: Vec<String>,
+    key: String,
+    node_id: String,
+    mut config_revision: watch::Receiver<i64>,
+) {
+    let started_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        let result = session(
+            &endpoints,
+            &key,
+            &node_id,
+            started_unix_ms,
+            &mut config_revision,
+            &mut backoff,
+        )
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(error = %e, key, "gateway registration lost; retrying");
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+async fn session(
+    endpoints: &[String],
+    key: &str,
+    node_id: &str,
+    started_unix_ms: u64,
+    config_revision: &mut watch::Receiver<i64>,
+    backoff: &mut Backoff,
+) -> anyhow::Result<()> {
+    let mut client = Client::connect(endpoints, None).await?;
+    let lease = client.lease_grant(LEASE_TTL_SECS, None).await?.id();
+    let (mut keeper, mut acks) = client.lease_keep_alive(lease).await?;
+    let put = |rev: i64| {
+        let value = serde_json::to_string(&Record {
+            node_id,
+            version: env!("CARGO_PKG_VERSION"),
+            config_revision: rev,
+            started_unix_ms,
+        })
+        .unwrap_or_default();
+        let mut c = client.clone();
+        let key = key.to_string();
+        async move {
+            c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                .await
+        }
+    };
+    let rev = *config_revision.borrow_and_update();
+    put(rev).await?;
+    backoff.reset();
+    let mut tick = tokio::time::interval(Duration::from_secs((LEASE_TTL_SECS / 3) as u64));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                keeper.keep_alive().await?;
+                match acks.message().await? {
+                    Some(ack) if ack.ttl() > 0 => {}
+                    _ => anyhow::bail!("lease {lease} expired"),
+                }
+            }
+            changed = config_revision.changed() => {
+                if changed.is_err() {
+                    // The gateway is shutting down: withdraw at once.
+                    let _ = client.lease_revoke(lease).await;
+                    return Ok(());
+                }
+                let rev = *config_revision.borrow_and_update();
+                put(rev).await?;
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Which etcd key means what: `<prefix>/routes/<id>`,
+//! `<prefix>/upstreams/<name>`, `<prefix>/settings`,
+//! `<prefix>/gateways/<node>` and `<registry>/<service>/<instance>`.
+
+/// A key, classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key<'a> {
+    Route(&'a str),
+    Upstream(&'a str),
+    Settings,
+    Gateway(&'a str),
+    Instance {
+        service: &'a str,
+        id: &'a str,
+    },
+    /// Under a watched prefix but not ours to interpret (logged, skipped).
+    Unknown,
+}
+
+/// The two prefixes we watch, normalised without a trailing slash.
+#[derive(Debug, Clone)]
+pub struct Keyspace {
+    pub prefix: String,
+    pub registry: String,
+}
+
+impl Keyspace {
+    pub fn new(prefix: &str, registry: &str) -> Self {
+        Self {
+            prefix: prefix.trim_end_matches('/').to_string(),
+            registry: registry.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// What we list and watch for config (routes, upstreams, settings, gateways).
+    pub fn config_range(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+
+    /// What we list and watch for registered instances.
+    pub fn registry_range(&self) -> String {
+        format!("{}/", self.registry)
+    }
+
+    pub fn gateway_key(&self, node: &str) -> String {
+        format!("{}/gateways/{node}", self.prefix)
+    }
+
+    pub fn classify<'a>(&self, key: &'a str) -> Key<'a> {
+        let non_empty = |s: &'a str| (!s.is_empty() && !s.contains('/')).then_some(s);
+        if let Some(rest) = key
+            .strip_prefix(self.registry.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+        {
+            return match rest.split_once('/') {
+                Some((service, id)) if !service.is_empty() && !id.is_empty() => {
+                    Key::Instance { service, id }
+                }
+                _ => Key::Unknown,
+            };
+        }
+        let Some(rest) = key
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            return Key::Unknown;
+        };
+        if rest == "settings" {
+            return Key::Settings;
+        }
+        let (kind, name) = rest.split_once('/').unwrap_or((rest, ""));
+        match (kind, non_empty(name)) {
+            ("routes", Some(id)) => Key::Route(id),
+            ("upstreams", Some(n)) => Key::Upstream(n),
+            ("gateways", Some(n)) => Key::Gateway(n),
+            _ => Key::Unknown,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_every_kind() {
+        let k = Keyspace::new("/tollgate", "/services/");
+        assert_eq!(k.classify("/tollgate/routes/users"), Key::Route("users"));
+        assert_eq!(
+            k.classify("/tollgate/upstreams/users"),
+            Key::Upstream("users")
+        );
+        assert_eq!(k.classify("/tollgate/settings"), Key::Settings);
+        assert_eq!(k.classify("/tollgate/gateways/n1"), Key::Gateway("n1"));
+        assert_eq!(
+            k.classify("/services/users/i-1"),
+            Key::Instance {
+                service: "users",
+                id: "i-1"
+            }
+        );
+        for unknown in [
+            "/tollgate/routes/",
+            "/tollgate/routes/a/b",
+            "/tollgate/x/y",
+            "/services/users",
+            "/other",
+        ] {
+            assert_eq!(k.classify(unknown), Key::Unknown, "{unknown}");
+        }
+    }
+}

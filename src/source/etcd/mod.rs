@@ -1,0 +1,263 @@
+//! etcd as the config source: list + watch of the config prefix and the
+//! service registry, per-key validation, fail-static with a last-known-good
+//! file, and this node's own registration. The rules it follows are in
+//! design.md ("Syncing with etcd").
+
+mod announce;
+mod backoff;
+mod keyspace;
+mod list;
+mod state;
+mod watch;
+
+use async_trait::async_trait;
+use etcd_client::{Client, ConnectOptions};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use self::backoff::Backoff;
+pub use self::keyspace::{Key, Keyspace};
+use self::state::EtcdState;
+use self::watch::{follow, OnApplied};
+use super::lkg::{self, LastKnownGood};
+use crate::config::EtcdConfig;
+use crate::metrics::METRICS;
+use crate::model::Timeouts;
+use crate::snapshot::SourceState;
+use crate::store::Store;
+
+/// Minimum time between two last-known-good writes; a burst of changes is
+/// persisted once.
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
+
+/// The etcd source, run as a Pingora background service.
+pub struct EtcdSource {
+    cfg: EtcdConfig,
+    keys: Keyspace,
+    state_dir: PathBuf,
+    node_id: String,
+    state: Mutex<Option<EtcdState>>,
+}
+
+impl EtcdSource {
+    pub fn new(
+        cfg: EtcdConfig,
+        state_dir: PathBuf,
+        node_id: String,
+        store: Store,
+        base: Timeouts,
+    ) -> Self {
+        let keys = Keyspace::new(&cfg.prefix, &cfg.registry_prefix);
+        Self {
+            state: Mutex::new(Some(EtcdState::new(store, keys.clone(), base))),
+            cfg,
+            keys,
+            state_dir,
+            node_id,
+        }
+    }
+
+    fn connect_options(&self) -> ConnectOptions {
+        ConnectOptions::new()
+            .with_connect_timeout(Duration::from_millis(self.cfg.dial_timeout_ms))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true)
+    }
+
+    /// Serves the last-known-good file while etcd cannot be reached.
+    fn load_last_known_good(&self, state: &mut EtcdState) {
+        match lkg::load(&self.state_dir) {
+            Ok(Some(saved)) => {
+                let kvs: Vec<list::Kv> = saved
+                    .kvs
+                    .into_iter()
+                    // Leases are unknown offline; a saved instance was leased.
+                    .map(|(k, v)| (k, v.into_bytes(), -1, saved.revision))
+                    .collect();
+                state.relist(&kvs, saved.revision);
+                state.publish(saved.revision);
+                state.store.cell().status.set_stale(true);
+                tracing::warn!(
+                    revision = saved.revision,
+                    keys = kvs.len(),
+                    "etcd unreachable at start-up: serving the last-known-good config (stale)"
+                );
+            }
+            Ok(None) => {
+                tracing::warn!("etcd unreachable at start-up and no last-known-good config yet")
+            }
+            Err(e) => tracing::error!(error = %e, "cannot use the last-known-good config"),
+        }
+    }
+
+    /// One connection's life: list, follow, re-list when told to. Returns
+    /// only on an error (the caller reconnects).
+    async fn session(
+        &self,
+        state: &mut EtcdState,
+        persist: &mut Persister,
+        backoff: &mut Backoff,
+    ) -> anyhow::Result<()> {
+        let dial = Duration::from_millis(self.cfg.dial_timeout_ms);
+        let mut client = tokio::time::timeout(
+            dial,
+            Client::connect(&self.cfg.endpoints, Some(self.connect_options())),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting to {:?} timed out", self.cfg.endpoints))??;
+        let prefixes = [self.keys.config_range(), self.keys.registry_range()];
+        loop {
+            let started = Instant::now();
+            let (listed, kvs) =
+                list::list(&mut client, &prefixes, dial.max(Duration::from_secs(5))).await?;
+            state.relist(&kvs, listed.revision);
+            let report = state.publish(listed.revision);
+            let status = &state.store.cell().status;
+            status.set_source(SourceState::Connected);
+            status.set_stale(false);
+            METRICS.etcd_connected.set(1);
+            backoff.reset();
+            persist.applied(state, listed.revision);
+            persist.cluster_id = listed.cluster_id;
+            tracing::info!(
+                revision = listed.revision,
+                keys = kvs.len(),
+                rebuilt = report.rebuilt,
+                took_ms = started.elapsed().as_millis() as u64,
+                "etcd listed"
+            );
+            let relist = follow(
+                &mut client,
+                [
+                    ("config", prefixes[0].clone()),
+                    ("registry", prefixes[1].clone()),
+                ],
+                listed,
+                state,
+                persist,
+            )
+            .await?;
+            METRICS.relists.with_label_values(&[relist.reason()]).inc();
+            tracing::warn!(reason = %relist, "re-listing etcd");
+        }
+    }
+}
+
+/// Writes the last-known-good file off the watch loop, at most once per
+/// [`PERSIST_EVERY`], and tells the announcer the config revision.
+struct Persister {
+    state_dir: PathBuf,
+    cluster_id: u64,
+    last_write: Option<Instant>,
+    pending: Option<i64>,
+    announce: tokio::sync::watch::Sender<i64>,
+}
+
+impl Persister {
+    fn flush(&mut self, state: &EtcdState) {
+        let Some(revision) = self.pending.take() else {
+            return;
+        };
+        self.last_write = Some(Instant::now());
+        let lkg = LastKnownGood {
+            revision,
+            cluster_id: self.cluster_id,
+            saved_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            kvs: state.known().clone(),
+        };
+        let dir = self.state_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = lkg::save(&dir, &lkg) {
+                tracing::error!(error = %e, dir = %dir.display(), "cannot write the last-known-good config");
+            }
+        });
+    }
+
+    fn due(&self) -> Option<Instant> {
+        self.pending?;
+        Some(
+            self.last_write
+                .map_or_else(Instant::now, |t| t + PERSIST_EVERY),
+        )
+    }
+}
+
+impl OnApplied for Persister {
+    fn due(&self) -> Option<Instant> {
+        Persister::due(self)
+    }
+
+    fn run_due(&mut self, state: &EtcdState) {
+        self.flush(state);
+    }
+
+    fn applied(&mut self, state: &EtcdState, revision: i64) {
+        self.announce.send_if_modified(|r| {
+            let changed = *r != state.config_revision();
+            *r = state.config_revision();
+            changed
+        });
+        self.pending = Some(revision);
+        if self.due().is_some_and(|t| t <= Instant::now()) {
+            self.flush(state);
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for EtcdSource {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(mut state) = self.state.lock().ok().and_then(|mut s| s.take()) else {
+            return;
+        };
+        let (announce_tx, announce_rx) = tokio::sync::watch::channel(0);
+        let announcer = tokio::spawn(announce::run(
+            self.cfg.endpoints.clone(),
+            self.keys.gateway_key(&self.node_id),
+            self.node_id.clone(),
+            announce_rx,
+        ));
+        let mut persist = Persister {
+            state_dir: self.state_dir.clone(),
+            cluster_id: 0,
+            last_write: None,
+            pending: None,
+            announce: announce_tx,
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut synced_once = false;
+        loop {
+            let result = tokio::select! {
+                r = self.session(&mut state, &mut persist, &mut backoff) => r,
+                _ = shutdown.changed() => break,
+            };
+            if let Err(e) = result {
+                let status = &state.store.cell().status;
+                if status.source() == SourceState::Connected {
+                    synced_once = true;
+                }
+                status.set_source(SourceState::Disconnected);
+                status.set_stale(true);
+                METRICS.etcd_connected.set(0);
+                if !synced_once && !status.view().ready {
+                    self.load_last_known_good(&mut state);
+                }
+                persist.flush(&state);
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "etcd unavailable; serving the last applied config");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }
+        persist.flush(&state);
+        announcer.abort();
+    }
+}

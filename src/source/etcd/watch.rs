@@ -1,0 +1,198 @@
+//! Following etcd after a listing: one watch per prefix from R+1, with
+//! previous values and progress notifications; compaction, a revision
+//! going backwards or a new cluster id ask for a re-list (rule 2); a
+//! stream that stops answering progress requests is declared dead (rule 5).
+
+use etcd_client::{Client, EventType, WatchOptions, WatchResponse, WatchStream};
+use futures_util::FutureExt;
+use std::time::{Duration, Instant};
+
+use super::list::Listed;
+use super::state::EtcdState;
+use crate::metrics::METRICS;
+
+/// Why a watch session ended without an error.
+#[derive(Debug)]
+pub enum Relist {
+    Compacted(i64),
+    RevisionBackwards { seen: i64, had: i64 },
+    NewCluster { seen: u64, had: u64 },
+}
+
+impl std::fmt::Display for Relist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Relist::Compacted(r) => write!(f, "watch fell behind compaction at revision {r}"),
+            Relist::RevisionBackwards { seen, had } => {
+                write!(f, "etcd revision went backwards from {had} to {seen}")
+            }
+            Relist::NewCluster { seen, had } => {
+                write!(f, "etcd cluster id changed from {had:x} to {seen:x}")
+            }
+        }
+    }
+}
+
+impl Relist {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Relist::Compacted(_) => "compacted",
+            Relist::RevisionBackwards { .. } => "revision_backwards",
+            Relist::NewCluster { .. } => "new_cluster",
+        }
+    }
+}
+
+/// How often idle streams are asked for progress, and how many unanswered
+/// asks make a stream silent.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+const SILENT_AFTER: u32 = 3;
+/// Messages taken from already-buffered input before one publish.
+const MAX_BATCH: usize = 4096;
+
+struct Stream {
+    name: &'static str,
+    inner: WatchStream,
+    /// Everything up to here has been applied from this stream.
+    revision: i64,
+    last_message: Instant,
+}
+
+/// What a caller learns after each applied batch, and deferred work it
+/// wants to run from the watch loop (never cancelling the watch).
+pub trait OnApplied {
+    fn applied(&mut self, state: &EtcdState, revision: i64);
+    /// When [`OnApplied::run_due`] next wants to run.
+    fn due(&self) -> Option<Instant>;
+    fn run_due(&mut self, state: &EtcdState);
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+pub async fn follow(
+    client: &mut Client,
+    prefixes: [(&'static str, String); 2],
+    from: Listed,
+    state: &mut EtcdState,
+    on_applied: &mut (dyn OnApplied + Send),
+) -> anyhow::Result<Relist> {
+    let mut streams = Vec::with_capacity(2);
+    for (name, prefix) in prefixes {
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from.revision + 1)
+            .with_prev_key()
+            .with_progress_notify();
+        let inner = client.watch(prefix, Some(opts)).await?;
+        streams.push(Stream {
+            name,
+            inner,
+            revision: from.revision,
+            last_message: Instant::now(),
+        });
+    }
+    let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let (a, b) = streams.split_at_mut(1);
+        let (first, second) = (&mut a[0], &mut b[0]);
+        tokio::select! {
+            m = first.inner.message() => {
+                if let Some(r) = handle(first, m?, from, state)? { return Ok(r); }
+            }
+            m = second.inner.message() => {
+                if let Some(r) = handle(second, m?, from, state)? { return Ok(r); }
+            }
+            _ = sleep_until(on_applied.due()) => {
+                on_applied.run_due(state);
+                continue;
+            }
+            _ = ticker.tick() => {
+                for s in [&mut *first, &mut *second] {
+                    if s.last_message.elapsed() > PROGRESS_EVERY * SILENT_AFTER {
+                        anyhow::bail!("{} watch stream is silent", s.name);
+                    }
+                    s.inner.request_progress().await?;
+                }
+                continue;
+            }
+        }
+        // Coalesce: take what is already buffered, then publish once.
+        for _ in 0..MAX_BATCH {
+            let mut got = false;
+            for s in [&mut *first, &mut *second] {
+                if let Some(m) = s.inner.message().now_or_never() {
+                    got = true;
+                    if let Some(r) = handle(s, m?, from, state)? {
+                        return Ok(r);
+                    }
+                }
+            }
+            if !got {
+                break;
+            }
+        }
+        let revision = first.revision.min(second.revision);
+        state.publish(revision);
+        on_applied.applied(state, revision);
+    }
+}
+
+fn handle(
+    s: &mut Stream,
+    msg: Option<WatchResponse>,
+    from: Listed,
+    state: &mut EtcdState,
+) -> anyhow::Result<Option<Relist>> {
+    let Some(resp) = msg else {
+        anyhow::bail!("{} watch stream closed", s.name);
+    };
+    s.last_message = Instant::now();
+    if resp.canceled() {
+        if resp.compact_revision() > 0 {
+            return Ok(Some(Relist::Compacted(resp.compact_revision())));
+        }
+        anyhow::bail!("{} watch cancelled: {}", s.name, resp.cancel_reason());
+    }
+    if let Some(h) = resp.header() {
+        if h.cluster_id() != from.cluster_id {
+            return Ok(Some(Relist::NewCluster {
+                seen: h.cluster_id(),
+                had: from.cluster_id,
+            }));
+        }
+        if resp.events().is_empty() {
+            if h.revision() < s.revision {
+                return Ok(Some(Relist::RevisionBackwards {
+                    seen: h.revision(),
+                    had: s.revision,
+                }));
+            }
+            // A progress notification: everything up to here was sent.
+            s.revision = h.revision();
+        }
+    }
+    for ev in resp.events() {
+        let Some(kv) = ev.kv() else { continue };
+        METRICS.watch_events.with_label_values(&[s.name]).inc();
+        let key = String::from_utf8_lossy(kv.key());
+        let rev = kv.mod_revision();
+        if rev < s.revision && rev > 0 {
+            return Ok(Some(Relist::RevisionBackwards {
+                seen: rev,
+                had: s.revision,
+            }));
+        }
+        match ev.event_type() {
+            EventType::Put => state.put(&key, kv.value(), kv.lease(), rev),
+            EventType::Delete => state.delete(&key, rev),
+        }
+        s.revision = s.revision.max(rev);
+    }
+    Ok(None)
+}
