@@ -192,7 +192,7 @@ cleanup() {
         fi
         wait "$pid" 2>/dev/null || true
     done
-    if ((rc != 0)); then
+    if ((rc != 0 && rc != 130 && rc != 143)); then
         for pid in "${pids[@]}"; do
             log "---- last lines of ${pid_name[$pid]} log (${pid_log[$pid]})"
             tail -n 15 "${pid_log[$pid]}" >&2 2>/dev/null || true

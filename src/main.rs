@@ -31,6 +31,8 @@ enum Verb {
     Run,
     /// Validate the bootstrap file and exit: 0 if good, 1 naming the bad field.
     Check,
+    /// Register a service instance in etcd and keep it registered.
+    Register(tollgate::cmd::register::RegisterArgs),
 }
 
 fn main() {
@@ -44,6 +46,16 @@ fn main() {
             }
         },
         Verb::Check => tollgate::cmd::check::check(&cli.config),
+        Verb::Register(args) => {
+            tollgate::cmd::logging::init(&tollgate::config::LogConfig::default());
+            match tollgate::cmd::register::register(args) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("tollgate register: {e:#}");
+                    1
+                }
+            }
+        }
     };
     std::process::exit(code);
 }

@@ -216,6 +216,21 @@ fn forwarding_headers_are_added() {
     let h = &echo(&r)["headers"];
     assert_eq!(h["x-forwarded-for"], "203.0.113.7, 198.51.100.1, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
+
+    // The chain may come on several header lines; none of it is dropped.
+    let r = send(
+        &gw,
+        "GET",
+        "/x",
+        &[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-for", "198.51.100.1"),
+        ],
+    );
+    assert_eq!(
+        echo(&r)["headers"]["x-forwarded-for"],
+        "203.0.113.7, 198.51.100.1, 127.0.0.1"
+    );
 }
 
 #[test]

@@ -2,5 +2,6 @@
 
 pub mod check;
 pub mod logging;
+pub mod register;
 pub mod run;
 mod shutdown;

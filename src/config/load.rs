@@ -18,7 +18,7 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] FieldError),
 }
 

@@ -9,11 +9,12 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::router::request_host;
-use crate::snapshot::{InstanceSet, RouteEntry, Snapshot, SnapshotCell};
+use crate::snapshot::{InstanceSet, RouteEntry, SnapshotCell, UpstreamLeaf};
 pub use request_id::RequestIds;
 
 /// Counts requests in flight, so a graceful shutdown knows when it drained.
@@ -40,8 +41,7 @@ impl Drop for InFlightGuard {
 pub struct RequestCtx {
     _in_flight: InFlightGuard,
     request_id: String,
-    snapshot: Option<Arc<Snapshot>>,
-    route: usize,
+    route: Option<Arc<RouteEntry>>,
     /// The instance set and node picked for the current attempt.
     picked: Option<(Arc<InstanceSet>, usize)>,
     attempts: u32,
@@ -49,7 +49,7 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     fn route(&self) -> Option<&RouteEntry> {
-        self.snapshot.as_ref()?.routes.get(self.route)
+        self.route.as_deref()
     }
 }
 
@@ -78,13 +78,66 @@ fn host_of(req: &RequestHeader) -> &str {
         .map_or("", request_host)
 }
 
+/// Whether any segment of `path` is `.` or `..`, literally or
+/// percent-encoded (`%2e`), which an upstream would resolve after routing.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let s = seg.as_bytes();
+        if s.is_empty() || s.len() > 6 {
+            return false;
+        }
+        let mut dots = 0;
+        let mut i = 0;
+        while i < s.len() {
+            if s[i] == b'.' {
+                i += 1;
+            } else if s.len() >= i + 3
+                && s[i] == b'%'
+                && s[i + 1] == b'2'
+                && (s[i + 2] | 0x20) == b'e'
+            {
+                i += 3;
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        dots <= 2
+    })
+}
+
 /// Appends the client to `X-Forwarded-For`, keeping what proxies before us
-/// recorded.
-fn forwarded_for(existing: Option<&http::HeaderValue>, client: &str) -> String {
-    match existing.and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
-        _ => client.to_string(),
+/// recorded, across every `X-Forwarded-For` line the client sent.
+fn forwarded_for<'a>(
+    existing: impl IntoIterator<Item = &'a http::HeaderValue>,
+    client: &str,
+) -> String {
+    let mut chain: Vec<&str> = existing
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    chain.push(client);
+    chain.join(", ")
+}
+
+/// The node for this attempt: the balancer's pick, except that a retry
+/// goes to a serving node other than the one that just `failed` whenever
+/// there is one (a heavier failed node may come up several picks in a row).
+fn pick_node(leaf: &UpstreamLeaf, set: &InstanceSet, failed: Option<SocketAddr>) -> Option<usize> {
+    let pick = leaf.pick(set)?;
+    let Some(bad) = failed else {
+        return Some(pick);
+    };
+    if set.nodes[pick].addr != bad {
+        return Some(pick);
     }
+    let n = set.nodes.len();
+    (1..n)
+        .map(|k| (pick + k) % n)
+        .find(|&i| !set.nodes[i].draining && set.nodes[i].addr != bad)
+        .or(Some(pick))
 }
 
 #[async_trait]
@@ -96,8 +149,7 @@ impl ProxyHttp for Gateway {
         RequestCtx {
             _in_flight: InFlightGuard(self.in_flight.clone()),
             request_id: String::new(),
-            snapshot: None,
-            route: 0,
+            route: None,
             picked: None,
             attempts: 0,
         }
@@ -108,14 +160,16 @@ impl ProxyHttp for Gateway {
         ctx.request_id =
             request_id::from_client(req.headers.get("x-request-id").map(|v| v.as_bytes()))
                 .unwrap_or_else(|| self.ids.next());
-        let snapshot = self.cell.load();
-        match snapshot
-            .router
-            .lookup(host_of(req), req.method.as_str(), req.uri.path())
-        {
-            Some(i) => {
-                ctx.route = i as usize;
-                ctx.snapshot = Some(snapshot);
+        let path = req.uri.path();
+        if has_dot_segment(path) {
+            // The upstream would resolve `..` after we matched the raw path:
+            // a `/public/*rest` route must never reach `/admin`.
+            error_response::respond(session, 400, "path has dot segments", &ctx.request_id).await;
+            return Ok(true);
+        }
+        match self.cell.route_for(host_of(req), req.method.as_str(), path) {
+            Some(route) => {
+                ctx.route = Some(route);
                 Ok(false)
             }
             None => {
@@ -140,21 +194,13 @@ impl ProxyHttp for Gateway {
             .route()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in context"))?;
         let set = route.upstream.instances();
+        // The node that just failed, looked up in the set it was picked
+        // from: the set may have changed since.
         let failed = ctx
             .picked
             .as_ref()
-            .map(|(_, i)| set.nodes.get(*i).map(|n| n.addr));
-        // On a retry, prefer an instance other than the one that just failed.
-        let mut pick = route.upstream.pick(&set);
-        for _ in 0..set.nodes.len().min(4) {
-            match (pick, failed) {
-                (Some(i), Some(Some(bad))) if set.nodes[i].addr == bad && set.serving() > 1 => {
-                    pick = route.upstream.pick(&set);
-                }
-                _ => break,
-            }
-        }
-        let Some(i) = pick else {
+            .and_then(|(prev, i)| prev.nodes.get(*i).map(|n| n.addr));
+        let Some(i) = pick_node(&route.upstream, &set, failed) else {
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),
                 format!("upstream {} has no live instance", route.upstream.name),
@@ -193,7 +239,7 @@ impl ProxyHttp for Gateway {
         }
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
             let xff = forwarded_for(
-                upstream.headers.get("x-forwarded-for"),
+                upstream.headers.get_all("x-forwarded-for"),
                 &client.ip().to_string(),
             );
             upstream.insert_header("x-forwarded-for", xff)?;
@@ -277,5 +323,61 @@ mod tests {
         let v = http::HeaderValue::from_static("1.2.3.4");
         assert_eq!(forwarded_for(Some(&v), "5.6.7.8"), "1.2.3.4, 5.6.7.8");
         assert_eq!(forwarded_for(None, "5.6.7.8"), "5.6.7.8");
+    }
+
+    #[test]
+    fn dot_segments_are_found_in_every_spelling() {
+        for bad in ["/a/../b", "/..", "/a/.", "/%2e%2e/x", "/a/.%2E/b", "/%2E/"] {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for ok in ["/", "/a/b", "/a/...", "/a/.hidden", "/v1.2/x", "/a%2eb"] {
+            assert!(!has_dot_segment(ok), "{ok}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_keeps_every_line_the_client_sent() {
+        let mut h = http::HeaderMap::new();
+        h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
+        h.append("x-forwarded-for", " ".parse().unwrap());
+        h.append("x-forwarded-for", "2.2.2.2, 3.3.3.3".parse().unwrap());
+        assert_eq!(
+            forwarded_for(h.get_all("x-forwarded-for"), "5.6.7.8"),
+            "1.1.1.1, 2.2.2.2, 3.3.3.3, 5.6.7.8"
+        );
+    }
+
+    fn node(port: u16, weight: u32) -> crate::model::Node {
+        crate::model::Node {
+            id: format!("n{port}"),
+            addr: ([127, 0, 0, 1], port).into(),
+            authority: format!("127.0.0.1:{port}"),
+            weight,
+            draining: false,
+        }
+    }
+
+    #[test]
+    fn a_retry_never_goes_back_to_the_failed_node_while_another_serves() {
+        let mut table = crate::snapshot::UpstreamTable::new(crate::model::Timeouts::default());
+        let nodes = vec![node(1, 5), node(2, 1)];
+        table.set_policy("u", Some((Default::default(), nodes)));
+        let leaf = table.leaf("u");
+        let set = leaf.instances();
+        let bad = set.nodes[0].addr;
+        for _ in 0..50 {
+            let i = pick_node(&leaf, &set, Some(bad)).unwrap();
+            assert_ne!(set.nodes[i].addr, bad);
+        }
+        // First attempts follow the weights.
+        let firsts: Vec<usize> = (0..6)
+            .map(|_| pick_node(&leaf, &set, None).unwrap())
+            .collect();
+        assert_eq!(firsts.iter().filter(|&&i| i == 0).count(), 5, "{firsts:?}");
+        // With a single node there is nowhere else to go.
+        table.set_policy("one", Some((Default::default(), vec![node(3, 1)])));
+        let one = table.leaf("one");
+        let set = one.instances();
+        assert_eq!(pick_node(&one, &set, Some(set.nodes[0].addr)), Some(0));
     }
 }

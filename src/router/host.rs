@@ -4,9 +4,9 @@
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HostKey {
     /// Lower-cased exact host.
-    Exact(Box<str>),
+    Exact(std::sync::Arc<str>),
     /// Lower-cased suffix including the dot: `*.example.com` → `.example.com`.
-    Wildcard(Box<str>),
+    Wildcard(std::sync::Arc<str>),
     Any,
 }
 

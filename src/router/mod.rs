@@ -8,10 +8,16 @@
 //! request's host or method, lookup backtracks to the next most specific.
 //! Lookup walks one trie branch per segment: its cost follows the path's
 //! depth, not the number of routes, and it never allocates.
+//!
+//! The trie is persistent: nodes are shared between versions behind `Arc`,
+//! and [`Router::insert`] / [`Router::remove`] copy only the nodes on the
+//! changed paths. A route edit on a 10,000-route table costs about what it
+//! costs on a 10-route one, and readers of the old version are untouched.
 
 mod host;
 
 use ahash::AHashMap;
+use std::sync::Arc;
 
 use crate::model::pattern::{PathPattern, Segment};
 use crate::model::route::{method_bit, MethodMask};
@@ -20,41 +26,61 @@ use host::{wildcard_matches, HostKey};
 
 /// One (route, host) pair waiting at a trie leaf.
 #[derive(Debug, Clone)]
-struct Entry {
-    route: u32,
+struct Entry<T> {
+    id: Arc<str>,
+    value: T,
     priority: i32,
     methods: MethodMask,
 }
 
 /// Route entries that end at one trie position, split by host kind so an
 /// exact host is one hash lookup however many hosts share the path.
-#[derive(Debug, Default)]
-struct Leaf {
-    exact: AHashMap<Box<str>, Vec<Entry>>,
+#[derive(Debug, Clone)]
+struct Leaf<T> {
+    exact: AHashMap<Arc<str>, Vec<Entry<T>>>,
     /// (suffix, entries), longest suffix first.
-    wildcard: Vec<(Box<str>, Vec<Entry>)>,
-    any: Vec<Entry>,
+    wildcard: Vec<(Arc<str>, Vec<Entry<T>>)>,
+    any: Vec<Entry<T>>,
 }
 
-#[derive(Debug, Default)]
-struct Node {
-    statics: AHashMap<Box<str>, Node>,
-    param: Option<Box<Node>>,
+impl<T> Default for Leaf<T> {
+    fn default() -> Self {
+        Self {
+            exact: AHashMap::new(),
+            wildcard: Vec::new(),
+            any: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Node<T> {
+    statics: AHashMap<Arc<str>, Arc<Node<T>>>,
+    param: Option<Arc<Node<T>>>,
     /// Routes whose pattern ends exactly here.
-    end: Leaf,
+    end: Leaf<T>,
     /// Routes with a catch-all after this position.
-    catch_all: Leaf,
+    catch_all: Leaf<T>,
+}
+
+impl<T> Default for Node<T> {
+    fn default() -> Self {
+        Self {
+            statics: AHashMap::new(),
+            param: None,
+            end: Leaf::default(),
+            catch_all: Leaf::default(),
+        }
+    }
 }
 
 /// Why a route could not be added.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "path {pattern:?} with the same hosts, methods and priority is already taken by route {other}"
-)]
+#[error("path {pattern:?} with the same hosts, methods and priority is already taken by route {other:?}")]
 pub struct Conflict {
     pub pattern: String,
-    /// Index of the route already holding the slot.
-    pub other: u32,
+    /// Id of the route already holding the slot.
+    pub other: Arc<str>,
 }
 
 /// What the router needs of a route to place it.
@@ -66,14 +92,43 @@ pub struct RouteShape<'a> {
     pub priority: i32,
 }
 
-/// A compiled, immutable route table.
-#[derive(Debug, Default)]
-pub struct Router {
-    root: Node,
+impl RouteShape<'_> {
+    fn host_keys(&self) -> Vec<HostKey> {
+        if self.hosts.is_empty() {
+            vec![HostKey::Any]
+        } else {
+            self.hosts
+                .iter()
+                .map(|h| HostKey::from_route_host(h))
+                .collect()
+        }
+    }
+}
+
+/// A compiled route table whose values are `T` (the served route).
+/// Cloning is one reference-count increment.
+#[derive(Debug, Clone)]
+pub struct Router<T = u32> {
+    root: Arc<Node<T>>,
     len: usize,
 }
 
-fn best(a: Option<(i32, u8, u32)>, b: Option<(i32, u8, u32)>) -> Option<(i32, u8, u32)> {
+impl<T> Default for Router<T> {
+    fn default() -> Self {
+        Self {
+            root: Arc::new(Node::default()),
+            len: 0,
+        }
+    }
+}
+
+/// (priority, host rank, entry): the best candidate so far.
+type Candidate<'a, T> = (i32, u8, &'a T);
+
+fn better<'a, T>(
+    a: Option<Candidate<'a, T>>,
+    b: Option<Candidate<'a, T>>,
+) -> Option<Candidate<'a, T>> {
     match (a, b) {
         (Some(x), Some(y)) => {
             // Higher priority, then lower host rank; ties keep the first.
@@ -88,20 +143,27 @@ fn best(a: Option<(i32, u8, u32)>, b: Option<(i32, u8, u32)>) -> Option<(i32, u8
     }
 }
 
-fn first_allowed(entries: &[Entry], method: MethodMask, rank: u8) -> Option<(i32, u8, u32)> {
+fn first_allowed<T>(
+    entries: &[Entry<T>],
+    method: MethodMask,
+    rank: u8,
+) -> Option<Candidate<'_, T>> {
     entries
         .iter()
         .find(|e| e.methods == 0 || e.methods & method != 0)
-        .map(|e| (e.priority, rank, e.route))
+        .map(|e| (e.priority, rank, &e.value))
 }
 
-impl Leaf {
-    fn bucket_mut(&mut self, key: &HostKey) -> &mut Vec<Entry> {
+fn overlaps(a: MethodMask, b: MethodMask) -> bool {
+    a == 0 || b == 0 || a & b != 0
+}
+
+impl<T: Clone> Leaf<T> {
+    fn bucket_mut(&mut self, key: &HostKey) -> &mut Vec<Entry<T>> {
         match key {
             HostKey::Exact(h) => self.exact.entry(h.clone()).or_default(),
             HostKey::Wildcard(s) => {
-                let pos = self.wildcard.iter().position(|(x, _)| x == s);
-                let i = match pos {
+                let i = match self.wildcard.iter().position(|(x, _)| x == s) {
                     Some(i) => i,
                     None => {
                         // Longest (most specific) suffix first.
@@ -120,7 +182,7 @@ impl Leaf {
         }
     }
 
-    fn bucket(&self, key: &HostKey) -> Option<&Vec<Entry>> {
+    fn bucket(&self, key: &HostKey) -> Option<&Vec<Entry<T>>> {
         match key {
             HostKey::Exact(h) => self.exact.get(h),
             HostKey::Wildcard(s) => self.wildcard.iter().find(|(x, _)| x == s).map(|(_, v)| v),
@@ -128,19 +190,25 @@ impl Leaf {
         }
     }
 
-    fn conflict(&self, key: &HostKey, e: &Entry) -> Option<u32> {
+    /// The route (other than `id`) already holding this slot, if any.
+    fn conflict(
+        &self,
+        key: &HostKey,
+        id: &str,
+        priority: i32,
+        methods: MethodMask,
+    ) -> Option<Arc<str>> {
         self.bucket(key)?
             .iter()
-            .find(|o| {
-                o.priority == e.priority
-                    && (o.methods == 0 || e.methods == 0 || o.methods & e.methods != 0)
-            })
-            .map(|o| o.route)
+            .find(|o| &*o.id != id && o.priority == priority && overlaps(o.methods, methods))
+            .map(|o| o.id.clone())
     }
 
-    fn insert(&mut self, key: &HostKey, e: Entry) {
+    fn insert(&mut self, key: &HostKey, e: Entry<T>) {
         let bucket = self.bucket_mut(key);
-        // Stable: among equal priorities the earlier route stays first.
+        if bucket.iter().any(|o| o.id == e.id) {
+            return; // the route lists this path or host twice
+        }
         let at = bucket
             .iter()
             .position(|o| o.priority < e.priority)
@@ -148,20 +216,42 @@ impl Leaf {
         bucket.insert(at, e);
     }
 
+    fn remove(&mut self, key: &HostKey, id: &str) {
+        match key {
+            HostKey::Exact(h) => {
+                if let Some(v) = self.exact.get_mut(h) {
+                    v.retain(|e| &*e.id != id);
+                    if v.is_empty() {
+                        self.exact.remove(h);
+                    }
+                }
+            }
+            HostKey::Wildcard(s) => {
+                for (_, v) in self.wildcard.iter_mut().filter(|(x, _)| x == s) {
+                    v.retain(|e| &*e.id != id);
+                }
+                self.wildcard.retain(|(_, v)| !v.is_empty());
+            }
+            HostKey::Any => self.any.retain(|e| &*e.id != id),
+        }
+    }
+}
+
+impl<T> Leaf<T> {
     /// The best entry for this host and method across the three host kinds.
-    fn find(&self, host: &str, lower_host: Option<&str>, method: MethodMask) -> Option<u32> {
+    fn find(&self, q: &Query<'_>) -> Option<&T> {
         let mut found = None;
-        if let Some(h) = lower_host {
+        if let Some(h) = q.lower_host {
             if let Some(v) = self.exact.get(h) {
-                found = first_allowed(v, method, 0);
+                found = first_allowed(v, q.method, 0);
             }
         }
         for (suffix, v) in &self.wildcard {
-            if wildcard_matches(suffix, host) {
-                found = best(found, first_allowed(v, method, 1));
+            if wildcard_matches(suffix, q.host) {
+                found = better(found, first_allowed(v, q.method, 1));
             }
         }
-        found = best(found, first_allowed(&self.any, method, 2));
+        found = better(found, first_allowed(&self.any, q.method, 2));
         found.map(|(_, _, r)| r)
     }
 
@@ -178,37 +268,75 @@ fn next_segment(rest: &str) -> (&str, Option<&str>) {
     }
 }
 
-impl Node {
-    fn leaf_for(&mut self, pattern: &PathPattern) -> &mut Leaf {
-        let mut node = self;
-        for seg in &pattern.segments {
-            node = match seg {
-                Segment::Static(s) => node.statics.entry(s.as_str().into()).or_default(),
-                Segment::Param(_) => node.param.get_or_insert_with(Default::default),
-                Segment::CatchAll(_) => return &mut node.catch_all,
-            };
+impl<T: Clone> Node<T> {
+    /// The leaf for `segments`, copying shared nodes on the way (path copying).
+    fn leaf_mut<'a>(node: &'a mut Arc<Node<T>>, segments: &[Segment]) -> &'a mut Leaf<T> {
+        let n = Arc::make_mut(node);
+        match segments.split_first() {
+            None => &mut n.end,
+            Some((Segment::CatchAll(_), _)) => &mut n.catch_all,
+            Some((Segment::Static(s), rest)) => {
+                let child = n.statics.entry(s.as_str().into()).or_default();
+                Self::leaf_mut(child, rest)
+            }
+            Some((Segment::Param(_), rest)) => {
+                let child = n.param.get_or_insert_with(Default::default);
+                Self::leaf_mut(child, rest)
+            }
         }
-        &mut node.end
     }
 
-    fn leaf(&self, pattern: &PathPattern) -> Option<&Leaf> {
-        let mut node = self;
-        for seg in &pattern.segments {
-            node = match seg {
-                Segment::Static(s) => node.statics.get(s.as_str())?,
-                Segment::Param(_) => node.param.as_deref()?,
-                Segment::CatchAll(_) => return Some(&node.catch_all),
-            };
+    /// Applies `f` to the leaf for `segments` if it exists, then prunes
+    /// nodes left with nothing in them.
+    fn edit_existing(
+        node: &mut Arc<Node<T>>,
+        segments: &[Segment],
+        f: &mut dyn FnMut(&mut Leaf<T>),
+    ) {
+        let n = Arc::make_mut(node);
+        match segments.split_first() {
+            None => f(&mut n.end),
+            Some((Segment::CatchAll(_), _)) => f(&mut n.catch_all),
+            Some((Segment::Static(s), rest)) => {
+                if let Some(child) = n.statics.get_mut(s.as_str()) {
+                    Self::edit_existing(child, rest, f);
+                    if child.is_empty() {
+                        n.statics.remove(s.as_str());
+                    }
+                }
+            }
+            Some((Segment::Param(_), rest)) => {
+                if let Some(child) = n.param.as_mut() {
+                    Self::edit_existing(child, rest, f);
+                    if child.is_empty() {
+                        n.param = None;
+                    }
+                }
+            }
         }
-        Some(&node.end)
+    }
+}
+
+impl<T> Node<T> {
+    fn leaf(&self, segments: &[Segment]) -> Option<&Leaf<T>> {
+        match segments.split_first() {
+            None => Some(&self.end),
+            Some((Segment::CatchAll(_), _)) => Some(&self.catch_all),
+            Some((Segment::Static(s), rest)) => self.statics.get(s.as_str())?.leaf(rest),
+            Some((Segment::Param(_), rest)) => self.param.as_deref()?.leaf(rest),
+        }
     }
 
-    fn find(&self, rest: Option<&str>, q: &Query<'_>) -> Option<u32> {
+    fn is_empty(&self) -> bool {
+        self.statics.is_empty()
+            && self.param.is_none()
+            && self.end.is_empty()
+            && self.catch_all.is_empty()
+    }
+
+    fn find(&self, rest: Option<&str>, q: &Query<'_>) -> Option<&T> {
         let Some(rest) = rest else {
-            return self
-                .end
-                .find(q.host, q.lower_host, q.method)
-                .or_else(|| self.catch_all.find(q.host, q.lower_host, q.method));
+            return self.end.find(q).or_else(|| self.catch_all.find(q));
         };
         let (seg, tail) = next_segment(rest);
         if let Some(child) = self.statics.get(seg) {
@@ -226,7 +354,7 @@ impl Node {
         if self.catch_all.is_empty() {
             return None;
         }
-        self.catch_all.find(q.host, q.lower_host, q.method)
+        self.catch_all.find(q)
     }
 }
 
@@ -236,27 +364,19 @@ struct Query<'a> {
     method: MethodMask,
 }
 
-impl Router {
-    /// Adds route number `route`, all its (path, host) pairs or none of them.
-    pub fn add(&mut self, route: u32, shape: &RouteShape<'_>) -> Result<(), Conflict> {
-        let keys: Vec<HostKey> = if shape.hosts.is_empty() {
-            vec![HostKey::Any]
-        } else {
-            shape
-                .hosts
-                .iter()
-                .map(|h| HostKey::from_route_host(h))
-                .collect()
-        };
-        let entry = Entry {
-            route,
-            priority: shape.priority,
-            methods: shape.methods,
-        };
+impl<T: Clone> Router<T> {
+    /// Adds route `id` with all its (path, host) pairs, or none of them.
+    pub fn insert(
+        &mut self,
+        id: &Arc<str>,
+        value: T,
+        shape: &RouteShape<'_>,
+    ) -> Result<(), Conflict> {
+        let keys = shape.host_keys();
         for p in shape.patterns {
-            if let Some(leaf) = self.root.leaf(p) {
+            if let Some(leaf) = self.root.leaf(&p.segments) {
                 for k in &keys {
-                    if let Some(other) = leaf.conflict(k, &entry) {
+                    if let Some(other) = leaf.conflict(k, id, shape.priority, shape.methods) {
                         return Err(Conflict {
                             pattern: p.raw.clone(),
                             other,
@@ -265,22 +385,53 @@ impl Router {
                 }
             }
         }
-        // A route listing the same path (or host) twice must not conflict with itself.
         for p in shape.patterns {
-            let leaf = self.root.leaf_for(p);
+            let leaf = Node::leaf_mut(&mut self.root, &p.segments);
             for k in &keys {
-                if leaf.conflict(k, &entry) != Some(route) {
-                    leaf.insert(k, entry.clone());
-                }
+                leaf.insert(
+                    k,
+                    Entry {
+                        id: id.clone(),
+                        value: value.clone(),
+                        priority: shape.priority,
+                        methods: shape.methods,
+                    },
+                );
             }
         }
         self.len += 1;
         Ok(())
     }
 
+    /// Removes route `id`, which was inserted with `shape`.
+    pub fn remove(&mut self, id: &str, shape: &RouteShape<'_>) {
+        let keys = shape.host_keys();
+        for p in shape.patterns {
+            if self.root.leaf(&p.segments).is_none() {
+                continue;
+            }
+            Node::edit_existing(&mut self.root, &p.segments, &mut |leaf| {
+                for k in &keys {
+                    leaf.remove(k, id);
+                }
+            });
+        }
+        self.len = self.len.saturating_sub(1);
+    }
+}
+
+impl Router<u32> {
+    /// Adds route number `route` (its id is the number): the simple form
+    /// for tests and benchmarks.
+    pub fn add(&mut self, route: u32, shape: &RouteShape<'_>) -> Result<(), Conflict> {
+        self.insert(&Arc::from(route.to_string()), route, shape)
+    }
+}
+
+impl<T> Router<T> {
     /// The route for a request, if any. `host` is the Host header without
     /// port; `path` is the request path without query.
-    pub fn lookup(&self, host: &str, method: &str, path: &str) -> Option<u32> {
+    pub fn lookup(&self, host: &str, method: &str, path: &str) -> Option<&T> {
         let mut buf = [0u8; 256];
         let lower_host = (host.len() <= buf.len())
             .then(|| {
@@ -299,7 +450,7 @@ impl Router {
         self.root.find(Some(rest), &q)
     }
 
-    /// How many routes were added.
+    /// How many routes are in the table.
     pub fn len(&self) -> usize {
         self.len
     }

@@ -1,8 +1,15 @@
 use super::*;
 use crate::model::pattern::PathPattern;
 
-/// Builds a router from (paths, hosts, methods, priority) rows; route i is row i.
-fn router(rows: &[(&[&str], &[&str], &[&str], i32)]) -> Router {
+fn look(r: &Router, host: &str, method: &str, path: &str) -> Option<u32> {
+    r.lookup(host, method, path).copied()
+}
+
+/// (paths, hosts, methods, priority)
+type Row<'a> = (&'a [&'a str], &'a [&'a str], &'a [&'a str], i32);
+
+/// Builds a router from rows; route i is row i.
+fn router(rows: &[Row<'_>]) -> Router {
     let mut r = Router::default();
     for (i, (paths, hosts, methods, priority)) in rows.iter().enumerate() {
         let patterns: Vec<PathPattern> = paths
@@ -32,29 +39,29 @@ fn exact_beats_param_beats_catch_all() {
         (&["/users/:id"], &[], &[], 0),
         (&["/users/new"], &[], &[], 0),
     ]);
-    assert_eq!(r.lookup("h", "GET", "/users/new"), Some(2));
-    assert_eq!(r.lookup("h", "GET", "/users/42"), Some(1));
-    assert_eq!(r.lookup("h", "GET", "/users/42/posts"), Some(0));
+    assert_eq!(look(&r, "h", "GET", "/users/new"), Some(2));
+    assert_eq!(look(&r, "h", "GET", "/users/42"), Some(1));
+    assert_eq!(look(&r, "h", "GET", "/users/42/posts"), Some(0));
     assert_eq!(
-        r.lookup("h", "GET", "/users"),
+        look(&r, "h", "GET", "/users"),
         Some(0),
         "catch-all takes zero segments"
     );
-    assert_eq!(r.lookup("h", "GET", "/other"), None);
+    assert_eq!(look(&r, "h", "GET", "/other"), None);
 }
 
 #[test]
 fn param_needs_a_non_empty_segment_and_exact_is_exact() {
     let r = router(&[(&["/users/:id"], &[], &[], 0), (&["/a"], &[], &[], 0)]);
-    assert_eq!(r.lookup("h", "GET", "/users/"), None);
-    assert_eq!(r.lookup("h", "GET", "/users"), None);
+    assert_eq!(look(&r, "h", "GET", "/users/"), None);
+    assert_eq!(look(&r, "h", "GET", "/users"), None);
     assert_eq!(
-        r.lookup("h", "GET", "/a/"),
+        look(&r, "h", "GET", "/a/"),
         None,
         "trailing slash is a different path"
     );
-    assert_eq!(r.lookup("h", "GET", "/a"), Some(1));
-    assert_eq!(r.lookup("h", "GET", "a"), None);
+    assert_eq!(look(&r, "h", "GET", "/a"), Some(1));
+    assert_eq!(look(&r, "h", "GET", "a"), None);
 }
 
 #[test]
@@ -63,9 +70,9 @@ fn backtracks_when_the_specific_path_does_not_take_the_method() {
         (&["/users/:id"], &[], &["GET"], 0),
         (&["/users/new"], &[], &["POST"], 0),
     ]);
-    assert_eq!(r.lookup("h", "POST", "/users/new"), Some(1));
-    assert_eq!(r.lookup("h", "GET", "/users/new"), Some(0));
-    assert_eq!(r.lookup("h", "DELETE", "/users/new"), None);
+    assert_eq!(look(&r, "h", "POST", "/users/new"), Some(1));
+    assert_eq!(look(&r, "h", "GET", "/users/new"), Some(0));
+    assert_eq!(look(&r, "h", "DELETE", "/users/new"), None);
 }
 
 #[test]
@@ -78,22 +85,22 @@ fn priority_then_host_specificity() {
         (&["/p"], &["api.example.com"], &[], 0),
         (&["/p"], &[], &[], 5),
     ]);
-    assert_eq!(r.lookup("api.example.com", "GET", "/api"), Some(2));
+    assert_eq!(look(&r, "api.example.com", "GET", "/api"), Some(2));
     assert_eq!(
-        r.lookup("API.Example.com", "GET", "/api"),
+        look(&r, "API.Example.com", "GET", "/api"),
         Some(2),
         "hosts ignore case"
     );
-    assert_eq!(r.lookup("x.example.com", "GET", "/api"), Some(1));
+    assert_eq!(look(&r, "x.example.com", "GET", "/api"), Some(1));
     assert_eq!(
-        r.lookup("x.b.example.com", "GET", "/api"),
+        look(&r, "x.b.example.com", "GET", "/api"),
         Some(3),
         "longer wildcard wins"
     );
-    assert_eq!(r.lookup("example.com", "GET", "/api"), Some(0));
-    assert_eq!(r.lookup("other.org", "GET", "/api"), Some(0));
+    assert_eq!(look(&r, "example.com", "GET", "/api"), Some(0));
+    assert_eq!(look(&r, "other.org", "GET", "/api"), Some(0));
     assert_eq!(
-        r.lookup("api.example.com", "GET", "/p"),
+        look(&r, "api.example.com", "GET", "/p"),
         Some(5),
         "priority beats host"
     );
@@ -102,15 +109,15 @@ fn priority_then_host_specificity() {
 #[test]
 fn host_only_routes_do_not_catch_other_hosts() {
     let r = router(&[(&["/x"], &["a.com"], &[], 0)]);
-    assert_eq!(r.lookup("b.com", "GET", "/x"), None);
-    assert_eq!(r.lookup("a.com", "GET", "/x"), Some(0));
+    assert_eq!(look(&r, "b.com", "GET", "/x"), None);
+    assert_eq!(look(&r, "a.com", "GET", "/x"), Some(0));
 }
 
 #[test]
 fn root_and_catch_all_root() {
     let r = router(&[(&["/"], &[], &[], 0), (&["/*any"], &[], &[], 0)]);
-    assert_eq!(r.lookup("h", "GET", "/"), Some(0));
-    assert_eq!(r.lookup("h", "GET", "/x/y"), Some(1));
+    assert_eq!(look(&r, "h", "GET", "/"), Some(0));
+    assert_eq!(look(&r, "h", "GET", "/x/y"), Some(1));
 }
 
 #[test]
@@ -132,10 +139,10 @@ fn conflicts_are_reported_and_leave_the_table_unchanged() {
             },
         )
         .unwrap_err();
-    assert_eq!(err.other, 0);
+    assert_eq!(&*err.other, "0");
     assert_eq!(err.pattern, "/a/:name");
     assert_eq!(
-        r.lookup("x.com", "GET", "/b"),
+        look(&r, "x.com", "GET", "/b"),
         None,
         "nothing of the rejected route was added"
     );
@@ -162,12 +169,12 @@ fn conflicts_are_reported_and_leave_the_table_unchanged() {
 #[test]
 fn a_route_may_repeat_its_own_path() {
     let r = router(&[(&["/a", "/a"], &["x.com", "x.com"], &[], 0)]);
-    assert_eq!(r.lookup("x.com", "GET", "/a"), Some(0));
+    assert_eq!(look(&r, "x.com", "GET", "/a"), Some(0));
 }
 
 #[test]
 fn unknown_methods_match_only_any_method_routes() {
     let r = router(&[(&["/a"], &[], &["GET"], 0), (&["/b"], &[], &[], 0)]);
-    assert_eq!(r.lookup("h", "PROPFIND", "/a"), None);
-    assert_eq!(r.lookup("h", "PROPFIND", "/b"), Some(1));
+    assert_eq!(look(&r, "h", "PROPFIND", "/a"), None);
+    assert_eq!(look(&r, "h", "PROPFIND", "/b"), Some(1));
 }

@@ -1,11 +1,13 @@
-//! Snapshot construction: a pure function of validated routes plus the
-//! upstream leaves they name.
+//! Snapshot construction: routes become [`RouteEntry`]s placed in the
+//! router. [`build`] compiles a whole table from scratch (the file check
+//! and unit tests); the store edits the current table in place with
+//! [`entry_for`] and [`shape_of`].
 
-use ahash::AHashSet;
+use std::sync::Arc;
 
 use super::{RouteEntry, Snapshot, UpstreamTable};
 use crate::model::Route;
-use crate::router::{RouteShape, Router};
+use crate::router::RouteShape;
 
 /// A valid route that could not be served because an earlier route holds
 /// the same path, hosts, methods and priority.
@@ -15,54 +17,51 @@ pub struct Rejected {
     pub reason: String,
 }
 
-/// Compiles `routes` (earliest first: on a conflict the earlier one keeps
-/// its slot) into a snapshot. Leaves come from `table`, so instance sets and
-/// their round-robin cursors survive the rebuild.
-pub fn build(routes: &[&Route], table: &mut UpstreamTable) -> (Snapshot, Vec<Rejected>) {
-    let mut router = Router::default();
-    let mut entries: Vec<RouteEntry> = Vec::with_capacity(routes.len());
-    let mut rejected = Vec::new();
-    for route in routes {
-        let shape = RouteShape {
-            patterns: &route.patterns,
-            hosts: &route.hosts,
-            methods: route.methods,
-            priority: route.spec.priority,
-        };
-        if let Err(c) = router.add(entries.len() as u32, &shape) {
-            let other = entries.get(c.other as usize).map_or("?", |e| &e.id);
-            rejected.push(Rejected {
-                id: route.id.clone(),
-                reason: format!(
-                    "path {:?} with the same hosts, methods and priority is already taken by route {other:?}",
-                    c.pattern
-                ),
-            });
-            continue;
-        }
-        entries.push(RouteEntry {
-            id: route.id.as_str().into(),
-            upstream: table.leaf(&route.spec.upstream),
-            strip_prefix: route.spec.strip_prefix.as_deref().map(Into::into),
-            preserve_host: route.spec.preserve_host.unwrap_or(true),
-            timeout: route.spec.timeout,
-            retries: route.spec.retries.unwrap_or(DEFAULT_RETRIES),
-        });
-    }
-    let used: AHashSet<&str> = routes.iter().map(|r| r.spec.upstream.as_str()).collect();
-    table.retain_used(&used);
-    (
-        Snapshot {
-            router,
-            routes: entries,
-        },
-        rejected,
-    )
-}
-
 /// A failed connect is retried once on another instance unless the route
 /// says otherwise (nginx's proxy_next_upstream does the same).
 pub const DEFAULT_RETRIES: u32 = 1;
+
+/// Where a route sits in the router.
+pub fn shape_of(route: &Route) -> RouteShape<'_> {
+    RouteShape {
+        patterns: &route.patterns,
+        hosts: &route.hosts,
+        methods: route.methods,
+        priority: route.spec.priority,
+    }
+}
+
+/// The served form of a route, bound to its upstream's leaf.
+pub fn entry_for(route: &Route, table: &mut UpstreamTable) -> Arc<RouteEntry> {
+    Arc::new(RouteEntry {
+        id: route.id.as_str().into(),
+        upstream: table.leaf(&route.spec.upstream),
+        strip_prefix: route.spec.strip_prefix.as_deref().map(Into::into),
+        preserve_host: route.spec.preserve_host.unwrap_or(true),
+        timeout: route.spec.timeout,
+        retries: route.spec.retries.unwrap_or(DEFAULT_RETRIES),
+    })
+}
+
+/// Compiles `routes` (earliest first: on a conflict the earlier one keeps
+/// its slot) into a fresh snapshot.
+pub fn build(routes: &[&Route], table: &mut UpstreamTable) -> (Snapshot, Vec<Rejected>) {
+    let mut snap = Snapshot::default();
+    let mut rejected = Vec::new();
+    for route in routes {
+        let entry = entry_for(route, table);
+        if let Err(c) = snap
+            .router
+            .insert(&entry.id, entry.clone(), &shape_of(route))
+        {
+            rejected.push(Rejected {
+                id: route.id.clone(),
+                reason: c.to_string(),
+            });
+        }
+    }
+    (snap, rejected)
+}
 
 #[cfg(test)]
 mod tests {
@@ -97,7 +96,7 @@ mod tests {
     }
 
     #[test]
-    fn rebuild_keeps_leaves_and_rejects_the_later_conflict() {
+    fn the_later_conflicting_route_is_rejected_and_leaves_are_shared() {
         let mut table = UpstreamTable::new(Timeouts::default());
         let a = route("a", r#"{"paths":["/x"],"upstream":"u"}"#);
         let b = route("b", r#"{"paths":["/x"],"upstream":"v"}"#);
@@ -110,9 +109,10 @@ mod tests {
             "{}",
             rejected[0].reason
         );
-        assert!(std::sync::Arc::ptr_eq(
-            &s1.routes[0].upstream,
-            &s2.routes[0].upstream
-        ));
+        let (r1, r2) = (
+            s1.route("h", "GET", "/x").unwrap(),
+            s2.route("h", "GET", "/x").unwrap(),
+        );
+        assert!(Arc::ptr_eq(&r1.upstream, &r2.upstream));
     }
 }

@@ -5,7 +5,7 @@ use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::Snapshot;
+use super::{RouteEntry, Snapshot};
 
 /// Where the config comes from and whether that source is reachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +135,12 @@ impl SnapshotCell {
 
     pub fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// The route for a request: one lock-free load of the current snapshot
+    /// and one reference-count increment for the route it finds.
+    pub fn route_for(&self, host: &str, method: &str, path: &str) -> Option<Arc<RouteEntry>> {
+        self.current.load().route(host, method, path).cloned()
     }
 
     pub fn store(&self, s: Snapshot) {

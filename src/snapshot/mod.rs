@@ -9,7 +9,7 @@ mod upstream;
 
 use std::sync::Arc;
 
-pub use build::{build, Rejected};
+pub use build::{build, entry_for, shape_of, Rejected};
 pub use cell::{SnapshotCell, SourceState, StatusView, SyncStatus};
 pub use upstream::{InstanceSet, UpstreamLeaf, UpstreamTable};
 
@@ -48,18 +48,25 @@ impl RouteEntry {
     }
 }
 
-/// Everything a request needs, immutable once published.
-#[derive(Debug, Default)]
+/// Everything a request needs, immutable once published. Cloning shares
+/// the whole trie; edits copy only the nodes they touch.
+#[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    pub router: Router,
-    pub routes: Vec<RouteEntry>,
+    pub router: Router<Arc<RouteEntry>>,
 }
 
 impl Snapshot {
     /// The route for a request, if any.
-    pub fn route(&self, host: &str, method: &str, path: &str) -> Option<&RouteEntry> {
-        self.router
-            .lookup(host, method, path)
-            .and_then(|i| self.routes.get(i as usize))
+    pub fn route(&self, host: &str, method: &str, path: &str) -> Option<&Arc<RouteEntry>> {
+        self.router.lookup(host, method, path)
+    }
+
+    /// How many routes are served.
+    pub fn len(&self) -> usize {
+        self.router.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.router.is_empty()
     }
 }

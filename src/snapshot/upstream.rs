@@ -169,11 +169,16 @@ impl UpstreamTable {
             .store(Arc::new(InstanceSet::new(nodes, timeouts, defined)));
     }
 
-    /// Forgets leaves nothing defines and no route in `used` names.
-    pub fn retain_used(&mut self, used: &ahash::AHashSet<&str>) {
-        self.leaves.retain(|name, (_, inputs)| {
-            used.contains(name.as_str()) || inputs.policy.is_some() || !inputs.registered.is_empty()
-        });
+    /// Forgets `name`'s leaf if nothing defines it; the caller knows no
+    /// route names it.
+    pub fn forget_if_unused(&mut self, name: &str) {
+        if self
+            .leaves
+            .get(name)
+            .is_some_and(|(_, i)| i.policy.is_none() && i.registered.is_empty())
+        {
+            self.leaves.remove(name);
+        }
     }
 
     /// (upstreams defined, instances serving).

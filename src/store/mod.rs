@@ -1,33 +1,45 @@
 //! The single config writer: keeps the last good value of every key,
-//! applies changes from a source, and publishes snapshots. Route edits
-//! rebuild the router; upstream and instance edits only swap their leaf.
+//! applies changes from a source, and publishes snapshots.
+//!
+//! Publishing is incremental: only routes changed since the last publish
+//! are removed from and re-inserted into a copy of the current router
+//! (which shares every untouched trie node), so a change costs what it
+//! changes, not the size of the table. Upstream and instance edits only
+//! swap their leaf and never touch the router.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::model::{Node, Route, Timeouts, UpstreamSpec};
-use crate::snapshot::{build, Rejected, SnapshotCell, UpstreamTable};
+use crate::snapshot::{entry_for, shape_of, Rejected, RouteEntry, SnapshotCell, UpstreamTable};
 
-/// What one apply did, for logs and metrics.
+/// What one publish did, for logs and metrics.
 #[derive(Debug, Default)]
 pub struct ApplyReport {
+    /// Whether the router changed.
     pub rebuilt: bool,
-    /// Routes valid on their own but conflicting with an earlier route.
+    /// Routes valid on their own but conflicting with a route already served.
     pub rejected: Vec<Rejected>,
     pub took: std::time::Duration,
 }
 
-/// Desired state, by key, and the table of live upstream leaves.
+/// Desired state, by key, and what is actually served.
 pub struct Store {
     cell: Arc<SnapshotCell>,
     table: UpstreamTable,
-    /// id → (order of first acceptance, route). Earlier routes win conflicts.
-    routes: BTreeMap<String, (u64, Route)>,
+    /// What the source wants served, by route id.
+    desired: BTreeMap<String, Route>,
+    /// What the router holds, by route id (may lag `desired` for routes in conflict).
+    served: BTreeMap<String, (Route, Arc<RouteEntry>)>,
+    /// Route ids changed since the last publish.
+    changed: BTreeSet<String>,
+    /// Routes waiting for a conflicting route to go away.
+    blocked: BTreeSet<String>,
+    /// How many desired routes name each upstream, to forget unused leaves.
+    upstream_users: BTreeMap<String, usize>,
     policies: BTreeMap<String, UpstreamSpec>,
-    next_order: u64,
     revision: i64,
-    routes_dirty: bool,
 }
 
 impl Store {
@@ -35,11 +47,13 @@ impl Store {
         Self {
             cell,
             table: UpstreamTable::new(defaults),
-            routes: BTreeMap::new(),
+            desired: BTreeMap::new(),
+            served: BTreeMap::new(),
+            changed: BTreeSet::new(),
+            blocked: BTreeSet::new(),
+            upstream_users: BTreeMap::new(),
             policies: BTreeMap::new(),
-            next_order: 0,
             revision: 0,
-            routes_dirty: true,
         }
     }
 
@@ -47,27 +61,34 @@ impl Store {
         &self.cell
     }
 
+    fn count_user(&mut self, upstream: &str, delta: isize) {
+        let n = self.upstream_users.entry(upstream.to_string()).or_default();
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            self.upstream_users.remove(upstream);
+            self.table.forget_if_unused(upstream);
+        }
+    }
+
     /// Sets or removes one route.
     pub fn set_route(&mut self, id: &str, route: Option<Route>) {
-        match route {
+        let old = match route {
             Some(r) => {
-                let order = match self.routes.get(id) {
-                    Some((_, old)) if *old == r => return,
-                    Some((o, _)) => *o,
-                    None => {
-                        self.next_order += 1;
-                        self.next_order
-                    }
-                };
-                self.routes.insert(id.to_string(), (order, r));
-            }
-            None => {
-                if self.routes.remove(id).is_none() {
+                if self.desired.get(id) == Some(&r) {
                     return;
                 }
+                self.upstream_users
+                    .entry(r.spec.upstream.clone())
+                    .and_modify(|n| *n += 1)
+                    .or_insert(1);
+                self.desired.insert(id.to_string(), r)
             }
+            None => self.desired.remove(id),
+        };
+        if let Some(old) = old {
+            self.count_user(&old.spec.upstream, -1);
         }
-        self.routes_dirty = true;
+        self.changed.insert(id.to_string());
     }
 
     /// Sets or removes one upstream policy (static nodes already resolved).
@@ -84,41 +105,43 @@ impl Store {
             }
         }
         self.table.set_policy(name, policy);
+        if !self.upstream_users.contains_key(name) {
+            self.table.forget_if_unused(name);
+        }
     }
 
     /// Sets or removes one registered instance; swaps only its leaf.
     pub fn set_instance(&mut self, service: &str, id: &str, node: Option<Node>) {
+        let removed = node.is_none();
         self.table.set_instance(service, id, node);
-    }
-
-    /// Every (service, instance id) currently registered.
-    pub fn instance_ids(&self) -> Vec<(String, String)> {
-        self.table.registered_ids()
+        if removed && !self.upstream_users.contains_key(service) {
+            self.table.forget_if_unused(service);
+        }
     }
 
     pub fn route_ids(&self) -> Vec<String> {
-        self.routes.keys().cloned().collect()
+        self.desired.keys().cloned().collect()
     }
 
     pub fn upstream_names(&self) -> Vec<String> {
         self.policies.keys().cloned().collect()
     }
 
-    /// Replaces the whole desired state (a file source delivers it whole);
-    /// file order is precedence order.
+    /// Replaces the whole desired state (a file source delivers it whole).
     pub fn replace_all(
         &mut self,
         routes: Vec<Route>,
         upstreams: BTreeMap<String, (UpstreamSpec, Vec<Node>)>,
     ) {
-        let mut next: BTreeMap<String, (u64, Route)> = BTreeMap::new();
-        for (i, r) in routes.into_iter().enumerate() {
-            next.insert(r.id.clone(), (i as u64, r));
+        let keep: BTreeSet<String> = routes.iter().map(|r| r.id.clone()).collect();
+        for id in self.route_ids() {
+            if !keep.contains(&id) {
+                self.set_route(&id, None);
+            }
         }
-        if next != self.routes {
-            self.routes = next;
-            self.next_order = self.routes.len() as u64;
-            self.routes_dirty = true;
+        for r in routes {
+            let id = r.id.clone();
+            self.set_route(&id, Some(r));
         }
         for name in self.upstream_names() {
             if !upstreams.contains_key(&name) {
@@ -140,27 +163,74 @@ impl Store {
         self.revision = revision;
     }
 
-    /// Publishes what changed: a new snapshot if routes changed, fresh
+    /// Publishes what changed: a new snapshot if any route changed, fresh
     /// status counters either way.
     pub fn publish(&mut self) -> ApplyReport {
         let started = Instant::now();
         let mut report = ApplyReport::default();
-        if self.routes_dirty {
-            let mut ordered: Vec<&(u64, Route)> = self.routes.values().collect();
-            ordered.sort_by_key(|(o, r)| (*o, r.id.as_str()));
-            let refs: Vec<&Route> = ordered.into_iter().map(|(_, r)| r).collect();
-            let (snap, rejected) = build(&refs, &mut self.table);
+        if !self.changed.is_empty() {
+            let mut snap = (*self.cell.load()).clone();
+            let changed = std::mem::take(&mut self.changed);
+            // Take every changed route out first, so two routes swapping
+            // paths in one batch do not conflict with each other.
+            let mut previous = BTreeMap::new();
+            for id in &changed {
+                if let Some((old, entry)) = self.served.remove(id) {
+                    snap.router.remove(id, &shape_of(&old));
+                    previous.insert(id.clone(), (old, entry));
+                }
+            }
+            // Then the changed routes, and routes blocked earlier (their
+            // blocker may be gone), in id order.
+            let blocked = std::mem::take(&mut self.blocked);
+            let todo: BTreeSet<&String> = changed.iter().chain(blocked.iter()).collect();
+            for id in todo {
+                let Some(route) = self.desired.get(id) else {
+                    continue;
+                };
+                if let Some((old, entry)) = self.served.remove(id) {
+                    snap.router.remove(id, &shape_of(&old));
+                    previous.insert(id.clone(), (old, entry));
+                }
+                let entry = entry_for(route, &mut self.table);
+                match snap
+                    .router
+                    .insert(&entry.id, entry.clone(), &shape_of(route))
+                {
+                    Ok(()) => {
+                        self.served.insert(id.clone(), (route.clone(), entry));
+                    }
+                    Err(conflict) => {
+                        self.blocked.insert(id.clone());
+                        report.rejected.push(Rejected {
+                            id: id.clone(),
+                            reason: conflict.to_string(),
+                        });
+                        // The key keeps its last good value: the version
+                        // served before this edit goes back in.
+                        if let Some((old, entry)) = previous.remove(id) {
+                            if snap
+                                .router
+                                .insert(&entry.id, entry.clone(), &shape_of(&old))
+                                .is_ok()
+                            {
+                                self.served.insert(id.clone(), (old, entry));
+                            }
+                        }
+                    }
+                }
+            }
             self.cell.store(snap);
-            report.rejected = rejected;
             report.rebuilt = true;
-            self.routes_dirty = false;
         }
         let (upstreams, instances) = self.table.counts();
-        let routes = self.cell.load().routes.len();
         self.cell
             .status
-            .record_apply(self.revision, routes, upstreams, instances);
+            .record_apply(self.revision, self.served.len(), upstreams, instances);
         report.took = started.elapsed();
         report
     }
 }
+
+#[cfg(test)]
+mod tests;

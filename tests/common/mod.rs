@@ -2,6 +2,8 @@
 //! snippets, and assertions on the echo backend's and the gateway's JSON.
 #![allow(dead_code)]
 
+pub mod etcd_gw;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

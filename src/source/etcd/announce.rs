@@ -4,11 +4,12 @@
 //! revision changes: its own writes are gateway keys, which do not move the
 //! config revision, so a node never wakes itself (rule 7).
 
-use etcd_client::{Client, PutOptions};
+use etcd_client::{Client, ConnectOptions, PutOptions};
 use std::time::Duration;
 use tokio::sync::watch;
 
 use super::backoff::Backoff;
+use super::endpoints::Rotation;
 
 pub const LEASE_TTL_SECS: i64 = 10;
 
@@ -21,7 +22,8 @@ struct Record<'a> {
     started_unix_ms: u64,
 }
 
-/// Keeps this node's record alive until the task is dropped.
+/// Keeps this node's record alive; when the revision sender is dropped
+/// (shutdown) it revokes the lease, so the record goes at once, and returns.
 pub async fn run(
     endpoints: Vec<String>,
     key: String,
@@ -32,9 +34,10 @@ pub async fn run(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut rotation = Rotation::new(endpoints);
     loop {
         let result = session(
-            &endpoints,
+            rotation.current(),
             &key,
             &node_id,
             started_unix_ms,
@@ -42,22 +45,34 @@ pub async fn run(
             &mut backoff,
         )
         .await;
-        if let Err(e) = result {
-            tracing::debug!(error = %e, key, "gateway registration lost; retrying");
+        match result {
+            // The gateway is shutting down and the record was withdrawn.
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, key, endpoint = rotation.current(), "gateway registration lost; retrying");
+                rotation.advance();
+            }
         }
-        tokio::time::sleep(backoff.next_delay()).await;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            // Shutting down while not registered: nothing to withdraw.
+            Err(_) = config_revision.changed() => return,
+        }
     }
 }
 
 async fn session(
-    endpoints: &[String],
+    endpoint: &str,
     key: &str,
     node_id: &str,
     started_unix_ms: u64,
     config_revision: &mut watch::Receiver<i64>,
     backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
-    let mut client = Client::connect(endpoints, None).await?;
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
+    let mut client = Client::connect([endpoint], Some(opts)).await?;
     let lease = client.lease_grant(LEASE_TTL_SECS, None).await?.id();
     let (mut keeper, mut acks) = client.lease_keep_alive(lease).await?;
     let put = |rev: i64| {

@@ -4,7 +4,8 @@
 //! design.md ("Syncing with etcd").
 
 mod announce;
-mod backoff;
+pub mod backoff;
+pub mod endpoints;
 mod keyspace;
 mod list;
 mod state;
@@ -19,6 +20,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use self::backoff::Backoff;
+use self::endpoints::Rotation;
 pub use self::keyspace::{Key, Keyspace};
 use self::state::EtcdState;
 use self::watch::{follow, OnApplied};
@@ -98,6 +100,7 @@ impl EtcdSource {
     /// only on an error (the caller reconnects).
     async fn session(
         &self,
+        endpoint: &str,
         state: &mut EtcdState,
         persist: &mut Persister,
         backoff: &mut Backoff,
@@ -105,10 +108,10 @@ impl EtcdSource {
         let dial = Duration::from_millis(self.cfg.dial_timeout_ms);
         let mut client = tokio::time::timeout(
             dial,
-            Client::connect(&self.cfg.endpoints, Some(self.connect_options())),
+            Client::connect([endpoint], Some(self.connect_options())),
         )
         .await
-        .map_err(|_| anyhow::anyhow!("connecting to {:?} timed out", self.cfg.endpoints))??;
+        .map_err(|_| anyhow::anyhow!("connecting to {endpoint} timed out"))??;
         let prefixes = [self.keys.config_range(), self.keys.registry_range()];
         loop {
             let started = Instant::now();
@@ -125,6 +128,7 @@ impl EtcdSource {
             persist.cluster_id = listed.cluster_id;
             tracing::info!(
                 revision = listed.revision,
+                endpoint,
                 keys = kvs.len(),
                 rebuilt = report.rebuilt,
                 took_ms = started.elapsed().as_millis() as u64,
@@ -232,9 +236,10 @@ impl BackgroundService for EtcdSource {
         };
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut synced_once = false;
+        let mut rotation = Rotation::new(self.cfg.endpoints.clone());
         loop {
             let result = tokio::select! {
-                r = self.session(&mut state, &mut persist, &mut backoff) => r,
+                r = self.session(rotation.current(), &mut state, &mut persist, &mut backoff) => r,
                 _ = shutdown.changed() => break,
             };
             if let Err(e) = result {
@@ -250,7 +255,9 @@ impl BackgroundService for EtcdSource {
                 }
                 persist.flush(&state);
                 let delay = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "etcd unavailable; serving the last applied config");
+                let endpoint = rotation.current().to_string();
+                rotation.advance();
+                tracing::warn!(error = %e, endpoint, next = rotation.current(), retry_in_ms = delay.as_millis() as u64, "etcd unavailable; serving the last applied config");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => break,
@@ -258,6 +265,15 @@ impl BackgroundService for EtcdSource {
             }
         }
         persist.flush(&state);
-        announcer.abort();
+        // Dropping the sender tells the announcer to revoke its lease, so
+        // the node's record goes at once instead of after the lease TTL.
+        drop(persist);
+        let mut announcer = announcer;
+        if tokio::time::timeout(Duration::from_secs(1), &mut announcer)
+            .await
+            .is_err()
+        {
+            announcer.abort();
+        }
     }
 }

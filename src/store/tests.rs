@@ -1,0 +1,157 @@
+use super::*;
+use crate::model::RouteSpec;
+
+fn route(id: &str, json: &str) -> Route {
+    serde_json::from_str::<RouteSpec>(json)
+        .unwrap()
+        .compile(id, "")
+        .unwrap()
+}
+
+fn store() -> Store {
+    Store::new(SnapshotCell::new(), Timeouts::default())
+}
+
+fn served(s: &Store, path: &str) -> Option<String> {
+    s.cell()
+        .route_for("h", "GET", path)
+        .map(|r| r.id.to_string())
+}
+
+fn node(port: u16) -> Node {
+    Node {
+        id: format!("i{port}"),
+        addr: ([127, 0, 0, 1], port).into(),
+        authority: format!("127.0.0.1:{port}"),
+        weight: 1,
+        draining: false,
+    }
+}
+
+#[test]
+fn routes_apply_update_and_delete_incrementally() {
+    let mut s = store();
+    s.set_route("a", Some(route("a", r#"{"paths":["/a"],"upstream":"u"}"#)));
+    s.set_route("b", Some(route("b", r#"{"paths":["/b"],"upstream":"u"}"#)));
+    assert!(s.publish().rebuilt);
+    assert_eq!(served(&s, "/a").as_deref(), Some("a"));
+    let before = s.cell().load();
+    s.set_route("a", Some(route("a", r#"{"paths":["/a2"],"upstream":"u"}"#)));
+    s.publish();
+    assert_eq!(served(&s, "/a"), None);
+    assert_eq!(served(&s, "/a2").as_deref(), Some("a"));
+    assert_eq!(
+        before.route("h", "GET", "/a").map(|r| &*r.id),
+        Some("a"),
+        "old snapshot untouched"
+    );
+    s.set_route("b", None);
+    s.publish();
+    assert_eq!(served(&s, "/b"), None);
+    assert_eq!(s.cell().status.view().routes, 1);
+    assert!(!s.publish().rebuilt, "nothing changed, nothing rebuilt");
+}
+
+#[test]
+fn two_routes_may_swap_paths_in_one_batch() {
+    let mut s = store();
+    s.set_route("a", Some(route("a", r#"{"paths":["/x"],"upstream":"u"}"#)));
+    s.set_route("b", Some(route("b", r#"{"paths":["/y"],"upstream":"u"}"#)));
+    s.publish();
+    s.set_route("a", Some(route("a", r#"{"paths":["/y"],"upstream":"u"}"#)));
+    s.set_route("b", Some(route("b", r#"{"paths":["/x"],"upstream":"u"}"#)));
+    let report = s.publish();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    assert_eq!(served(&s, "/x").as_deref(), Some("b"));
+    assert_eq!(served(&s, "/y").as_deref(), Some("a"));
+}
+
+#[test]
+fn a_conflicting_route_waits_and_an_edit_keeps_the_old_version() {
+    let mut s = store();
+    s.set_route("a", Some(route("a", r#"{"paths":["/x"],"upstream":"u"}"#)));
+    s.set_route("c", Some(route("c", r#"{"paths":["/c"],"upstream":"u"}"#)));
+    s.publish();
+    // A newcomer taking a's slot is refused; a keeps serving.
+    s.set_route("b", Some(route("b", r#"{"paths":["/x"],"upstream":"v"}"#)));
+    let report = s.publish();
+    assert_eq!(report.rejected.len(), 1);
+    assert_eq!(served(&s, "/x").as_deref(), Some("a"));
+    // An edit of c into a's slot is refused too, and c's old version stays.
+    s.set_route("c", Some(route("c", r#"{"paths":["/x"],"upstream":"u"}"#)));
+    assert_eq!(s.publish().rejected.len(), 2, "b and c are both blocked");
+    assert_eq!(served(&s, "/c").as_deref(), Some("c"));
+    // When a goes, the first blocked route (by id) takes the slot.
+    s.set_route("a", None);
+    s.publish();
+    assert_eq!(served(&s, "/x").as_deref(), Some("b"));
+}
+
+#[test]
+fn a_route_sees_instances_registered_before_or_after_it() {
+    let mut s = store();
+    s.set_instance("early", "i1", Some(node(1)));
+    s.set_route(
+        "a",
+        Some(route("a", r#"{"paths":["/a"],"upstream":"early"}"#)),
+    );
+    s.set_route(
+        "b",
+        Some(route("b", r#"{"paths":["/b"],"upstream":"late"}"#)),
+    );
+    s.publish();
+    let a = s.cell().route_for("h", "GET", "/a").unwrap();
+    assert_eq!(a.upstream.instances().nodes.len(), 1);
+    let b = s.cell().route_for("h", "GET", "/b").unwrap();
+    assert!(b.upstream.instances().nodes.is_empty());
+    s.set_instance("late", "i2", Some(node(2)));
+    assert_eq!(
+        b.upstream.instances().nodes.len(),
+        1,
+        "same leaf, no rebuild"
+    );
+    s.set_instance("late", "i2", None);
+    s.set_instance("late", "i3", Some(node(3)));
+    assert_eq!(
+        b.upstream.instances().nodes[0].id,
+        "i3",
+        "leaf kept while a route names it"
+    );
+}
+
+#[test]
+fn incremental_edits_match_a_fresh_build() {
+    let mut s = store();
+    let spec = |i: usize, v: usize| {
+        route(
+            &format!("r{i}"),
+            &format!(
+                r#"{{"paths":["/p/{}/:id","/q{i}/*rest"],"priority":{},"upstream":"u"}}"#,
+                (i * 7 + v) % 50,
+                i % 3
+            ),
+        )
+    };
+    for i in 0..60 {
+        s.set_route(&format!("r{i}"), Some(spec(i, 0)));
+    }
+    s.publish();
+    for i in (0..60).step_by(3) {
+        s.set_route(&format!("r{i}"), Some(spec(i, 1)));
+    }
+    for i in (1..60).step_by(7) {
+        s.set_route(&format!("r{i}"), None);
+    }
+    s.publish();
+    let mut fresh = store();
+    for id in s.route_ids() {
+        let r = s.desired[&id].clone();
+        fresh.set_route(&id, Some(r));
+    }
+    fresh.publish();
+    for n in 0..50 {
+        for path in [format!("/p/{n}/x"), format!("/q{n}/y")] {
+            assert_eq!(served(&s, &path), served(&fresh, &path), "{path}");
+        }
+    }
+}

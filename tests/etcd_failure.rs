@@ -1,0 +1,322 @@
+//! etcd failures against the real binary: fail static while etcd is down,
+//! catching up after it returns, re-listing after compaction (gateway down,
+//! and gateway frozen while its watch falls behind), starting from the
+//! last-known-good file, and losing the leader of a 3-node cluster under
+//! continuous traffic.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::etcd_gw::{
+    answer, assert_gw_error, metric, put_route, readyz, start_gw, start_gw_in, wait_connected,
+    wait_gateway_status, wait_ok, wait_revision, wait_served_by, wait_status, TempDir, Traffic,
+    ROUTES, SERVICES, SIGCONT, SIGSTOP,
+};
+use testkit::{http_get, Backend, Etcd, EtcdCluster, SIGKILL};
+
+const APPLY: Duration = Duration::from_secs(10);
+/// Reconnecting after etcd returns: backoff is capped at 5s, plus a dial.
+const RECONNECT: Duration = Duration::from_secs(20);
+
+#[test]
+fn etcd_down_keeps_traffic_flowing_and_changes_apply_after_it_returns() {
+    let mut etcd = Etcd::start();
+    let svc = Backend::start("fs-1");
+    let lease = etcd.keep_alive(10);
+    etcd.put_with_lease(&format!("{SERVICES}svc/i1"), &svc.url(), lease.id);
+    let gw = start_gw("gw-down", &[etcd.endpoint()]);
+    put_route(etcd.client(), "before", &["/before"], "svc");
+    wait_served_by(&gw, "/before", "fs-1", APPLY);
+    assert_eq!(readyz(&gw).1["state"], "ready");
+
+    let traffic = Traffic::start(gw.url("/before"));
+    etcd.stop();
+    let s = wait_status(&gw, "etcd disconnected", APPLY, |s| {
+        s["etcd"] == "disconnected"
+    });
+    assert_eq!(s["stale"], true, "{s}");
+    assert_eq!(s["routes"], 1, "{s}");
+    let (code, body) = readyz(&gw);
+    assert_eq!(
+        (code, body["state"].as_str()),
+        (200, Some("stale")),
+        "{body}"
+    );
+    assert_eq!(metric(&gw, "tollgate_etcd_connected"), 0.0);
+    // Keep going through a few reconnect attempts with etcd still gone.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert_eq!(answer(&gw, "/before"), Ok("fs-1".into()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    etcd.restart();
+    // A change made after etcd is back applies once the gateway reconnects.
+    let rev = put_route(etcd.client(), "after", &["/after"], "svc");
+    wait_served_by(&gw, "/after", "fs-1", RECONNECT);
+    let s = wait_revision(&gw, rev, APPLY);
+    assert_eq!(
+        (s["etcd"].as_str(), s["stale"].as_bool()),
+        (Some("connected"), Some(false)),
+        "{s}"
+    );
+    assert_eq!(readyz(&gw).1["state"], "ready");
+    assert_eq!(metric(&gw, "tollgate_etcd_connected"), 1.0);
+
+    let (n, failures) = traffic.finish();
+    assert!(n > 20, "only {n} requests sent");
+    assert!(
+        failures.is_empty(),
+        "{} of {n} failed: {failures:?}",
+        failures.len()
+    );
+}
+
+#[test]
+fn a_gateway_restarted_after_compaction_lists_the_current_state() {
+    let etcd = Etcd::start();
+    let svc = Backend::start("cp-1");
+    let lease = etcd.keep_alive(30);
+    etcd.put_with_lease(&format!("{SERVICES}svc/i1"), &svc.url(), lease.id);
+    let state = TempDir::new("compact-state");
+    let mut gw = start_gw_in("gw-compact", &[etcd.endpoint()], state.path());
+    wait_connected(&gw, APPLY);
+    for id in ["a", "b", "c"] {
+        put_route(etcd.client(), id, &[&format!("/{id}")], "svc");
+    }
+    for id in ["a", "b", "c"] {
+        wait_served_by(&gw, &format!("/{id}"), "cp-1", APPLY);
+    }
+    // Let it persist a last-known-good file with b in it.
+    wait_ok("last-known-good has b", APPLY, || {
+        let f = std::fs::read_to_string(state.path().join("last-known-good.json"))
+            .map_err(|e| e.to_string())?;
+        f.contains(&format!("{ROUTES}b")).then_some(()).ok_or(f)
+    });
+    gw.signal(SIGKILL);
+    gw.wait_exit(Duration::from_secs(5))
+        .expect("gateway killed");
+
+    // Meanwhile: delete b, move a, add d, churn e, then compact it all away.
+    etcd.delete(&format!("{ROUTES}b"));
+    put_route(etcd.client(), "a", &["/a2"], "svc");
+    put_route(etcd.client(), "d", &["/d"], "svc");
+    for i in 0..50 {
+        put_route(etcd.client(), "e", &[&format!("/e{i}")], "svc");
+        etcd.delete(&format!("{ROUTES}e"));
+    }
+    let rev = etcd.revision();
+    etcd.compact(rev);
+
+    let gw = start_gw_in("gw-compact", &[etcd.endpoint()], state.path());
+    wait_connected(&gw, APPLY);
+    let s = wait_revision(&gw, rev, APPLY);
+    assert_eq!(s["routes"], 3, "a, c, d: {s}");
+    for (path, ok) in [
+        ("/a2", true),
+        ("/c", true),
+        ("/d", true),
+        ("/a", false),
+        ("/b", false),
+    ] {
+        if ok {
+            assert_eq!(answer(&gw, path), Ok("cp-1".into()), "GET {path}");
+        } else {
+            assert_gw_error(&gw.get(path), 404, "");
+        }
+    }
+    assert_gw_error(&gw.get("/e49"), 404, "");
+}
+
+#[test]
+fn a_frozen_gateway_whose_watch_fell_behind_compaction_converges() {
+    let etcd = Etcd::start();
+    let svc = Backend::start("fz-1");
+    let lease = etcd.keep_alive(30);
+    etcd.put_with_lease(&format!("{SERVICES}svc/i1"), &svc.url(), lease.id);
+    let gw = start_gw("gw-frozen", &[etcd.endpoint()]);
+    for id in ["keep", "gone", "moved"] {
+        put_route(etcd.client(), id, &[&format!("/{id}")], "svc");
+    }
+    for id in ["keep", "gone", "moved"] {
+        wait_served_by(&gw, &format!("/{id}"), "fz-1", APPLY);
+    }
+
+    // Freeze the gateway; its watch streams stop reading. Large events
+    // (under the watched prefix, ignored by the gateway) fill the
+    // connection's flow-control window and etcd's per-watcher buffer until
+    // etcd parks the watcher as slow (its own gauge says so); then the real
+    // changes, then compaction of everything the watcher still needs.
+    gw.signal(SIGSTOP);
+    let frozen = Instant::now();
+    let blob = "x".repeat(64 * 1024);
+    let slow = || {
+        let m = http_get(&format!("{}/metrics", etcd.endpoint())).body;
+        common::etcd_gw::metric_in(&m, "etcd_debugging_mvcc_slow_watcher_total")
+    };
+    let mut filler_puts = 0;
+    while slow() < 1.0 {
+        assert!(
+            filler_puts < 4000,
+            "etcd never marked the frozen watcher slow"
+        );
+        std::thread::scope(|s| {
+            for w in 0..4 {
+                let (c, blob) = (etcd.client().clone(), &blob);
+                s.spawn(move || {
+                    for _ in 0..25 {
+                        c.put(&format!("/tollgate/filler/{w}"), blob);
+                    }
+                });
+            }
+        });
+        filler_puts += 100;
+    }
+    etcd.delete(&format!("{ROUTES}gone"));
+    put_route(etcd.client(), "moved", &["/moved2"], "svc");
+    put_route(etcd.client(), "new", &["/new"], "svc");
+    for w in 0..4 {
+        etcd.delete(&format!("/tollgate/filler/{w}"));
+    }
+    let rev = etcd.revision();
+    etcd.compact(rev);
+    let frozen_for = frozen.elapsed();
+    gw.signal(SIGCONT);
+
+    // After thawing, the served state equals etcd's, deletes included.
+    wait_served_by(&gw, "/new", "fz-1", APPLY);
+    wait_served_by(&gw, "/moved2", "fz-1", APPLY);
+    wait_gateway_status(&gw, "/gone", 404, APPLY);
+    wait_gateway_status(&gw, "/moved", 404, APPLY);
+    assert_eq!(answer(&gw, "/keep"), Ok("fz-1".into()));
+    let s = wait_revision(&gw, rev, APPLY);
+    assert_eq!(
+        (s["routes"].as_i64(), s["etcd"].as_str()),
+        (Some(3), Some("connected")),
+        "{s}"
+    );
+
+    // It got there by a re-list after its watch was cancelled as compacted
+    // (or, if the frozen gap also looked like a silent stream, a reconnect).
+    let compacted = metric(&gw, "tollgate_etcd_relists_total{reason=\"compacted\"}");
+    let reconnected = gw.logs().contains("etcd unavailable");
+    eprintln!(
+        "frozen {frozen_for:.2?} ({filler_puts} filler puts): relists(compacted)={compacted}, \
+         reconnected={reconnected}, applied revision {} (compacted at {rev})",
+        s["revision"]
+    );
+    assert!(
+        compacted >= 1.0 || reconnected,
+        "converged without a re-list?\n{}",
+        gw.logs()
+    );
+}
+
+#[test]
+fn a_gateway_started_with_etcd_down_serves_the_last_known_good_config() {
+    let mut etcd = Etcd::start();
+    let svc = Backend::start("lkg-1");
+    let lease = etcd.keep_alive(30);
+    etcd.put_with_lease(&format!("{SERVICES}svc/i1"), &svc.url(), lease.id);
+    let state = TempDir::new("lkg-state");
+    let mut first = start_gw_in("gw-lkg", &[etcd.endpoint()], state.path());
+    wait_connected(&first, APPLY);
+    put_route(etcd.client(), "lkg", &["/lkg"], "svc");
+    put_route(etcd.client(), "doomed", &["/doomed"], "svc");
+    wait_served_by(&first, "/lkg", "lkg-1", APPLY);
+    wait_served_by(&first, "/doomed", "lkg-1", APPLY);
+    let lkg = state.path().join("last-known-good.json");
+    wait_ok(
+        "last-known-good.json has the routes and the instance",
+        APPLY,
+        || {
+            let f = std::fs::read_to_string(&lkg).map_err(|e| e.to_string())?;
+            [
+                format!("{ROUTES}lkg"),
+                format!("{ROUTES}doomed"),
+                format!("{SERVICES}svc/i1"),
+            ]
+            .iter()
+            .all(|k| f.contains(k))
+            .then_some(())
+            .ok_or(f)
+        },
+    );
+    first.signal(SIGKILL);
+    first
+        .wait_exit(Duration::from_secs(5))
+        .expect("gateway killed");
+    // Deleted while no gateway runs; the file still has it.
+    etcd.delete(&format!("{ROUTES}doomed"));
+    etcd.stop();
+
+    let gw = start_gw_in("gw-lkg", &[etcd.endpoint()], state.path());
+    gw.wait_ready(APPLY);
+    let (code, body) = readyz(&gw);
+    assert_eq!(
+        (code, body["state"].as_str()),
+        (200, Some("stale")),
+        "{body}"
+    );
+    let s = gw.status();
+    assert_eq!(
+        (s["etcd"].as_str(), s["stale"].as_bool()),
+        (Some("disconnected"), Some(true)),
+        "{s}"
+    );
+    assert_eq!(
+        (s["routes"].as_i64(), s["instances"].as_i64()),
+        (Some(2), Some(1)),
+        "{s}"
+    );
+    assert_eq!(answer(&gw, "/lkg"), Ok("lkg-1".into()));
+    assert_eq!(
+        answer(&gw, "/doomed"),
+        Ok("lkg-1".into()),
+        "stale but served"
+    );
+    assert!(gw.logs().contains("last-known-good"), "{}", gw.logs());
+
+    // etcd returns: no longer stale, and the route deleted meanwhile goes.
+    etcd.restart();
+    let s = wait_status(&gw, "connected and fresh", RECONNECT, |s| {
+        s["etcd"] == "connected" && s["stale"] == false
+    });
+    assert_eq!(s["routes"], 1, "{s}");
+    assert_gw_error(&gw.get("/doomed"), 404, "");
+    assert_eq!(answer(&gw, "/lkg"), Ok("lkg-1".into()));
+    assert_eq!(readyz(&gw).1["state"], "ready");
+}
+
+#[test]
+fn losing_the_cluster_leader_drops_no_request_and_changes_still_apply() {
+    let mut cluster = EtcdCluster::start(3);
+    let svc = Backend::start("cl-1");
+    let c = cluster.client().clone();
+    let lease = c.keep_alive(10);
+    c.put_with_lease(&format!("{SERVICES}svc/i1"), &svc.url(), lease.id);
+    put_route(&c, "steady", &["/steady"], "svc");
+    let gw = start_gw("gw-cluster", &cluster.endpoints());
+    wait_served_by(&gw, "/steady", "cl-1", APPLY);
+
+    let traffic = Traffic::start(gw.url("/steady"));
+    let leader = cluster.leader();
+    cluster.kill(leader);
+    let new_leader = cluster.leader();
+    assert_ne!(new_leader, leader);
+    let rev = put_route(&c, "fresh", &["/fresh"], "svc");
+    wait_served_by(&gw, "/fresh", "cl-1", RECONNECT);
+    let s = wait_revision(&gw, rev, APPLY);
+    assert_eq!(s["etcd"], "connected", "{s}");
+    // The instance is still registered (its lease survived the election).
+    assert_eq!(s["instances"], 1, "{s}");
+
+    let (n, failures) = traffic.finish();
+    assert!(n > 20, "only {n} requests sent");
+    assert!(
+        failures.is_empty(),
+        "{} of {n} failed: {failures:?}",
+        failures.len()
+    );
+}
