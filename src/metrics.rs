@@ -16,6 +16,12 @@ pub struct Metrics {
     pub applied_revision: IntGauge,
     pub relists: IntCounterVec,
     pub rebuilds: IntCounter,
+    /// Requests refused with 429, by route.
+    pub ratelimit_rejected: IntCounterVec,
+    /// Requests of new clients that found the per-route client table full.
+    pub ratelimit_overflow: IntCounter,
+    /// Idle per-client buckets dropped by the sweeper.
+    pub ratelimit_evictions: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -77,6 +83,22 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["reason"],
         ),
         rebuilds: counter(&r, "tollgate_router_rebuilds_total", "Router rebuilds"),
+        ratelimit_rejected: counter_vec(
+            &r,
+            "tollgate_ratelimit_rejected_total",
+            "Requests refused by a rate limit (429), by route",
+            &["route"],
+        ),
+        ratelimit_overflow: counter(
+            &r,
+            "tollgate_ratelimit_overflow_total",
+            "Rate-limit decisions for new clients made on the shared overflow bucket (client table full)",
+        ),
+        ratelimit_evictions: counter(
+            &r,
+            "tollgate_ratelimit_evictions_total",
+            "Idle per-client rate-limit buckets evicted",
+        ),
         registry: r,
     }
 });

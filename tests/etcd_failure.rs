@@ -148,13 +148,17 @@ fn a_frozen_gateway_whose_watch_fell_behind_compaction_converges() {
     // connection's flow-control window and etcd's per-watcher buffer until
     // etcd parks the watcher as slow (its own gauge says so); then the real
     // changes, then compaction of everything the watcher still needs.
-    gw.signal(SIGSTOP);
-    let frozen = Instant::now();
-    let blob = "x".repeat(64 * 1024);
     let slow = || {
         let m = http_get(&format!("{}/metrics", etcd.endpoint())).body;
         common::etcd_gw::metric_in(&m, "etcd_debugging_mvcc_slow_watcher_total")
     };
+    wait_ok("etcd: every watcher in sync", APPLY, || {
+        let n = slow();
+        (n == 0.0).then_some(()).ok_or(format!("{n} slow watchers"))
+    });
+    gw.signal(SIGSTOP);
+    let frozen = Instant::now();
+    let blob = "x".repeat(64 * 1024);
     let mut filler_puts = 0;
     while slow() < 1.0 {
         assert!(

@@ -92,7 +92,11 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(cell.clone(), in_flight.clone()),
+        Gateway::new(
+            cell.clone(),
+            in_flight.clone(),
+            model.trusted_proxies.clone(),
+        ),
         "proxy",
     );
     for addr in &b.listen {
@@ -113,6 +117,10 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
     server.add_service(admin);
 
     server.add_boxed_service(source);
+    server.add_service(background_service(
+        "limiter-sweeper",
+        crate::limiter::Sweeper,
+    ));
 
     tracing::info!(listen = ?b.listen, admin = %b.admin.listen, threads = b.threads, "tollgate starting");
     server.run(RunArgs {

@@ -7,6 +7,10 @@ use std::path::Path;
 
 use super::Bootstrap;
 use crate::model::error::{field, index};
+use ipnet::IpNet;
+
+use crate::model::rate_limit::{LimitKey, RateLimitSpec};
+use crate::model::settings::SettingsSpec;
 use crate::model::{FieldError, Node, Route, Timeouts, UpstreamSpec};
 use crate::snapshot::{build, UpstreamTable};
 
@@ -31,6 +35,9 @@ pub struct ConfigModel {
     pub upstreams: BTreeMap<String, (UpstreamSpec, Vec<Node>)>,
     /// Proxy-wide default timeouts.
     pub timeouts: Timeouts,
+    /// The default rate limit (standalone `settings.rate_limit`).
+    pub default_limit: Option<(RateLimitSpec, LimitKey)>,
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 pub fn load_file(path: &Path) -> Result<ConfigModel, ConfigError> {
@@ -161,12 +168,36 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
         ));
     }
 
-    let timeouts = b.proxy.timeout.apply(Timeouts::default());
+    let mut trusted_proxies = Vec::with_capacity(b.trusted_proxies.len());
+    for (i, p) in b.trusted_proxies.iter().enumerate() {
+        let net = p
+            .parse::<IpNet>()
+            .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                FieldError::new(
+                    index("trusted_proxies", i),
+                    format!("{p:?} is not an IP address or CIDR"),
+                )
+            })?;
+        trusted_proxies.push(net);
+    }
+    if b.etcd.is_some() && b.settings != SettingsSpec::default() {
+        return Err(FieldError::new(
+            "settings",
+            "settings come from etcd (<prefix>/settings) when `etcd:` is set",
+        ));
+    }
+    let limit_key = b.settings.validate("settings")?;
+    let default_limit = b.settings.rate_limit.clone().zip(limit_key);
+    let base = b.proxy.timeout.apply(Timeouts::default());
+    let timeouts = b.settings.timeout.map_or(base, |t| t.apply(base));
     Ok(ConfigModel {
         bootstrap: b,
         routes,
         upstreams,
         timeouts,
+        default_limit,
+        trusted_proxies,
     })
 }
 

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 pub use load::{load_file, parse, ConfigError, ConfigModel};
 
+use crate::model::settings::SettingsSpec;
 use crate::model::{RouteSpec, TimeoutSpec, UpstreamSpec};
 
 /// The whole bootstrap file. Unknown fields are errors: a misspelt key
@@ -42,6 +43,13 @@ pub struct Bootstrap {
     pub log: LogConfig,
     #[serde(default)]
     pub reload: ReloadConfig,
+    /// Proxies whose `X-Forwarded-For` is believed (IPs or CIDRs), for
+    /// `client_ip` rate limits.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Standalone defaults (in etcd mode: `<prefix>/settings`).
+    #[serde(default)]
+    pub settings: SettingsSpec,
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
     #[serde(default)]

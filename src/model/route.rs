@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{field, index, FieldError};
 use super::pattern::PathPattern;
+use super::rate_limit::{LimitKey, RateLimitSpec};
 use super::timeout::TimeoutSpec;
 
 /// A route as operators write it: in the bootstrap file's `routes:` list or
@@ -36,6 +37,9 @@ pub struct RouteSpec {
     /// How many times a failed connect is retried on another instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// This route's limit; absent means the settings' default, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
 }
 
 /// The HTTP methods a route may name; anything else is almost surely a typo.
@@ -65,6 +69,8 @@ pub struct Route {
     /// Lower-cased hosts.
     pub hosts: Vec<String>,
     pub methods: MethodMask,
+    /// The parsed `rate_limit.key`, when the route has its own limit.
+    pub limit_key: Option<LimitKey>,
 }
 
 fn validate_host(host: &str) -> Result<String, String> {
@@ -166,12 +172,18 @@ impl RouteSpec {
                 ));
             }
         }
+        let limit_key = self
+            .rate_limit
+            .as_ref()
+            .map(|l| l.validate(&field(path, "rate_limit")))
+            .transpose()?;
         Ok(Route {
             id: id.to_string(),
             spec: self,
             patterns,
             hosts,
             methods,
+            limit_key,
         })
     }
 }

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::rate_limit::{LimitKey, RateLimitSpec};
 use super::timeout::TimeoutSpec;
 use super::FieldError;
 
@@ -13,13 +14,20 @@ pub struct SettingsSpec {
     /// Default upstream timeouts, over the bootstrap file's `proxy.timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<TimeoutSpec>,
+    /// The limit of every route that sets none of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
 }
 
 impl SettingsSpec {
-    pub fn validate(&self) -> Result<(), FieldError> {
+    /// Validates; returns the default limit's parsed key.
+    pub fn validate(&self, path: &str) -> Result<Option<LimitKey>, FieldError> {
         if let Some(t) = &self.timeout {
-            t.validate("timeout")?;
+            t.validate(&super::error::field(path, "timeout"))?;
         }
-        Ok(())
+        self.rate_limit
+            .as_ref()
+            .map(|l| l.validate(&super::error::field(path, "rate_limit")))
+            .transpose()
     }
 }

@@ -37,9 +37,23 @@ pub fn body(message: &str, request_id: &str) -> Bytes {
 
 /// Writes a complete JSON error response to the client.
 pub async fn respond(session: &mut Session, status: u16, message: &str, request_id: &str) {
+    respond_with(session, status, message, request_id, &[]).await;
+}
+
+/// [`respond`] with extra headers (e.g. `Retry-After`).
+pub async fn respond_with(
+    session: &mut Session,
+    status: u16,
+    message: &str,
+    request_id: &str,
+    extra: &[(&'static str, String)],
+) {
     let body = body(message, request_id);
     let written = async {
-        let mut resp = ResponseHeader::build(status, Some(4))?;
+        let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+        for (name, value) in extra {
+            resp.insert_header(*name, value.as_str())?;
+        }
         resp.insert_header("content-type", "application/json")?;
         resp.insert_header("content-length", body.len().to_string())?;
         resp.insert_header("cache-control", "no-store")?;

@@ -5,14 +5,17 @@ mod error_response;
 mod request_id;
 
 use async_trait::async_trait;
+use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::limiter::{self, Client, Decision};
+use crate::metrics::METRICS;
 use crate::router::request_host;
 use crate::snapshot::{InstanceSet, RouteEntry, SnapshotCell, UpstreamLeaf};
 pub use request_id::RequestIds;
@@ -45,6 +48,8 @@ pub struct RequestCtx {
     /// The instance set and node picked for the current attempt.
     picked: Option<(Arc<InstanceSet>, usize)>,
     attempts: u32,
+    /// (limit, remaining) for `X-RateLimit-*` on the response.
+    rate_limit: Option<(u32, u32)>,
 }
 
 impl RequestCtx {
@@ -58,16 +63,102 @@ pub struct Gateway {
     cell: Arc<SnapshotCell>,
     ids: RequestIds,
     in_flight: Arc<InFlight>,
+    trusted_proxies: Vec<IpNet>,
 }
 
 impl Gateway {
-    pub fn new(cell: Arc<SnapshotCell>, in_flight: Arc<InFlight>) -> Self {
+    pub fn new(
+        cell: Arc<SnapshotCell>,
+        in_flight: Arc<InFlight>,
+        trusted_proxies: Vec<IpNet>,
+    ) -> Self {
         Self {
             cell,
             ids: RequestIds::default(),
             in_flight,
+            trusted_proxies,
         }
     }
+
+    /// The client's address: the peer, or, when the peer is a trusted
+    /// proxy, the rightmost untrusted hop of `X-Forwarded-For`.
+    fn client_ip(&self, session: &Session) -> Option<IpAddr> {
+        let peer = session.client_addr()?.as_inet()?.ip();
+        client_ip(
+            peer,
+            session
+                .req_header()
+                .headers
+                .get_all("x-forwarded-for")
+                .iter(),
+            &self.trusted_proxies,
+        )
+    }
+
+    /// Takes a token; `Some(response)` when the request must be refused.
+    fn rate_limit(
+        &self,
+        session: &Session,
+        route: &RouteEntry,
+        ctx: &mut RequestCtx,
+    ) -> Option<RateLimited> {
+        let limiter = route.limiter.as_ref()?;
+        let ip = if limiter.keys_by_client_ip() {
+            self.client_ip(session)
+        } else {
+            None
+        };
+        let header = limiter
+            .header_name()
+            .and_then(|h| session.req_header().headers.get(h))
+            .map(|v| v.as_bytes());
+        let verdict = limiter.check(&Client { ip, header }, limiter::now_ns());
+        match verdict.decision {
+            Decision::Allow { remaining } => {
+                if verdict.headers {
+                    ctx.rate_limit = Some((verdict.limit, remaining));
+                }
+                None
+            }
+            Decision::Deny { retry_after_ns } => Some(RateLimited {
+                limit: verdict.limit,
+                retry_after_secs: retry_after_ns.div_ceil(1_000_000_000).max(1),
+            }),
+        }
+    }
+}
+
+struct RateLimited {
+    limit: u32,
+    retry_after_secs: u64,
+}
+
+/// See [`Gateway::client_ip`].
+fn client_ip<'a>(
+    peer: IpAddr,
+    forwarded: impl DoubleEndedIterator<Item = &'a http::HeaderValue>,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    for line in forwarded.rev() {
+        let Ok(line) = line.to_str() else { break };
+        for hop in line.rsplit(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !is_trusted(&ip) {
+                        return Some(client);
+                    }
+                }
+                Err(_) => return Some(client),
+            }
+        }
+    }
+    Some(client)
 }
 
 fn host_of(req: &RequestHeader) -> &str {
@@ -152,6 +243,7 @@ impl ProxyHttp for Gateway {
             route: None,
             picked: None,
             attempts: 0,
+            rate_limit: None,
         }
     }
 
@@ -169,6 +261,26 @@ impl ProxyHttp for Gateway {
         }
         match self.cell.route_for(host_of(req), req.method.as_str(), path) {
             Some(route) => {
+                if let Some(limited) = self.rate_limit(session, &route, ctx) {
+                    METRICS
+                        .ratelimit_rejected
+                        .with_label_values(&[&route.id])
+                        .inc();
+                    let headers = [
+                        ("retry-after", limited.retry_after_secs.to_string()),
+                        ("x-ratelimit-limit", limited.limit.to_string()),
+                        ("x-ratelimit-remaining", "0".to_string()),
+                    ];
+                    error_response::respond_with(
+                        session,
+                        429,
+                        "rate limited",
+                        &ctx.request_id,
+                        &headers,
+                    )
+                    .await;
+                    return Ok(true);
+                }
                 ctx.route = Some(route);
                 Ok(false)
             }
@@ -263,6 +375,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some((limit, remaining)) = ctx.rate_limit {
+            upstream_response.insert_header("x-ratelimit-limit", limit.to_string())?;
+            upstream_response.insert_header("x-ratelimit-remaining", remaining.to_string())?;
+        }
         Ok(())
     }
 
@@ -323,6 +439,30 @@ mod tests {
         let v = http::HeaderValue::from_static("1.2.3.4");
         assert_eq!(forwarded_for(Some(&v), "5.6.7.8"), "1.2.3.4, 5.6.7.8");
         assert_eq!(forwarded_for(None, "5.6.7.8"), "5.6.7.8");
+    }
+
+    #[test]
+    fn client_ip_believes_only_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let xff = |v: &str| vec![http::HeaderValue::from_str(v).unwrap()];
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        let stranger: IpAddr = "203.0.113.9".parse().unwrap();
+        // An untrusted peer's claim is ignored.
+        assert_eq!(
+            client_ip(stranger, xff("1.1.1.1").iter(), &trusted),
+            Some(stranger)
+        );
+        // Through a trusted proxy: the rightmost untrusted hop.
+        assert_eq!(
+            client_ip(peer, xff("6.6.6.6, 1.1.1.1, 10.0.0.7").iter(), &trusted),
+            Some("1.1.1.1".parse().unwrap())
+        );
+        // Garbage stops the walk at the last address we could trust.
+        assert_eq!(
+            client_ip(peer, xff("nonsense").iter(), &trusted),
+            Some(peer)
+        );
+        assert_eq!(client_ip(peer, Vec::new().iter(), &trusted), Some(peer));
     }
 
     #[test]

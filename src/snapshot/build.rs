@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use super::{RouteEntry, Snapshot, UpstreamTable};
+use crate::limiter::RouteLimiter;
 use crate::model::Route;
 use crate::router::RouteShape;
 
@@ -31,8 +32,12 @@ pub fn shape_of(route: &Route) -> RouteShape<'_> {
     }
 }
 
-/// The served form of a route, bound to its upstream's leaf.
-pub fn entry_for(route: &Route, table: &mut UpstreamTable) -> Arc<RouteEntry> {
+/// The served form of a route, bound to its upstream's leaf and limiter.
+pub fn entry_for(
+    route: &Route,
+    table: &mut UpstreamTable,
+    limiter: Option<Arc<RouteLimiter>>,
+) -> Arc<RouteEntry> {
     Arc::new(RouteEntry {
         id: route.id.as_str().into(),
         upstream: table.leaf(&route.spec.upstream),
@@ -40,16 +45,18 @@ pub fn entry_for(route: &Route, table: &mut UpstreamTable) -> Arc<RouteEntry> {
         preserve_host: route.spec.preserve_host.unwrap_or(true),
         timeout: route.spec.timeout,
         retries: route.spec.retries.unwrap_or(DEFAULT_RETRIES),
+        limiter,
     })
 }
 
 /// Compiles `routes` (earliest first: on a conflict the earlier one keeps
-/// its slot) into a fresh snapshot.
+/// its slot) into a fresh snapshot, without limiters (for checking a file
+/// and for tests of routing).
 pub fn build(routes: &[&Route], table: &mut UpstreamTable) -> (Snapshot, Vec<Rejected>) {
     let mut snap = Snapshot::default();
     let mut rejected = Vec::new();
     for route in routes {
-        let entry = entry_for(route, table);
+        let entry = entry_for(route, table, None);
         if let Err(c) = snap
             .router
             .insert(&entry.id, entry.clone(), &shape_of(route))

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize,
 use std::sync::Arc;
 
 use super::{RouteEntry, Snapshot};
+use crate::limiter::FleetSize;
 
 /// Where the config comes from and whether that source is reachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,15 +123,21 @@ impl SyncStatus {
 
 /// The current snapshot and its status. Readers do one `load_full` per
 /// request; the writer swaps whole snapshots.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SnapshotCell {
     current: ArcSwap<Snapshot>,
     pub status: SyncStatus,
+    /// Live gateway nodes, for cluster-scoped limits (1 until known).
+    pub fleet: FleetSize,
 }
 
 impl SnapshotCell {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        Arc::new(Self {
+            current: ArcSwap::default(),
+            status: SyncStatus::default(),
+            fleet: Arc::new(AtomicUsize::new(1)),
+        })
     }
 
     pub fn load(&self) -> Arc<Snapshot> {

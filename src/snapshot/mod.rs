@@ -13,6 +13,7 @@ pub use build::{build, entry_for, shape_of, Rejected};
 pub use cell::{SnapshotCell, SourceState, StatusView, SyncStatus};
 pub use upstream::{InstanceSet, UpstreamLeaf, UpstreamTable};
 
+use crate::limiter::RouteLimiter;
 use crate::model::{TimeoutSpec, Timeouts};
 use crate::router::Router;
 
@@ -25,6 +26,7 @@ pub struct RouteEntry {
     pub preserve_host: bool,
     timeout: Option<TimeoutSpec>,
     pub retries: u32,
+    pub limiter: Option<Arc<RouteLimiter>>,
 }
 
 impl RouteEntry {

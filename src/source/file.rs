@@ -34,6 +34,7 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
 /// Applies a validated file to the store and publishes it.
 pub fn apply(store: &mut Store, model: ConfigModel) {
     store.set_default_timeouts(model.timeouts);
+    store.set_default_limit(model.default_limit);
     store.replace_all(model.routes, model.upstreams);
     let report = store.publish();
     let s = store.cell().status.view();

@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::limiter::{self, RouteLimiter};
+use crate::model::rate_limit::{LimitKey, RateLimitSpec};
 use crate::model::{Node, Route, Timeouts, UpstreamSpec};
 use crate::snapshot::{entry_for, shape_of, Rejected, RouteEntry, SnapshotCell, UpstreamTable};
 
@@ -40,6 +42,10 @@ pub struct Store {
     upstream_users: BTreeMap<String, usize>,
     policies: BTreeMap<String, UpstreamSpec>,
     revision: i64,
+    /// The settings' limit for routes without their own.
+    default_limit: Option<(RateLimitSpec, LimitKey)>,
+    /// Each route's limiter, carried across edits while its limit holds.
+    limiters: BTreeMap<String, Arc<RouteLimiter>>,
 }
 
 impl Store {
@@ -54,6 +60,8 @@ impl Store {
             upstream_users: BTreeMap::new(),
             policies: BTreeMap::new(),
             revision: 0,
+            default_limit: None,
+            limiters: BTreeMap::new(),
         }
     }
 
@@ -153,6 +161,45 @@ impl Store {
         }
     }
 
+    /// Sets the default limit; every route without its own is re-placed
+    /// with its new limiter (routes with their own keep theirs).
+    pub fn set_default_limit(&mut self, limit: Option<(RateLimitSpec, LimitKey)>) {
+        if self.default_limit == limit {
+            return;
+        }
+        self.default_limit = limit;
+        let ids: Vec<String> = self
+            .desired
+            .iter()
+            .filter(|(_, r)| r.spec.rate_limit.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.changed.extend(ids);
+    }
+
+    /// The limiter a route gets: its own limit or the default; the same
+    /// limiter (and bucket levels) as before if the limit did not change.
+    fn limiter_for(&mut self, id: &str, route: &Route) -> Option<Arc<RouteLimiter>> {
+        let own = route.spec.rate_limit.clone().zip(route.limit_key.clone());
+        let Some((spec, key)) = own.or_else(|| self.default_limit.clone()) else {
+            self.limiters.remove(id);
+            return None;
+        };
+        let previous = self.limiters.get(id);
+        if let Some(l) = previous.filter(|l| l.spec == spec) {
+            return Some(l.clone());
+        }
+        let l = Arc::new(RouteLimiter::new(
+            spec,
+            key,
+            &self.cell.fleet,
+            previous.map(|p| p.as_ref()),
+            limiter::now_ns(),
+        ));
+        self.limiters.insert(id.to_string(), l.clone());
+        Some(l)
+    }
+
     /// Changes the proxy-wide default timeouts (a bootstrap file edit).
     pub fn set_default_timeouts(&mut self, t: Timeouts) {
         self.table.set_defaults(t);
@@ -185,14 +232,17 @@ impl Store {
             let blocked = std::mem::take(&mut self.blocked);
             let todo: BTreeSet<&String> = changed.iter().chain(blocked.iter()).collect();
             for id in todo {
-                let Some(route) = self.desired.get(id) else {
+                let Some(route) = self.desired.get(id).cloned() else {
+                    self.limiters.remove(id);
                     continue;
                 };
+                let route = &route;
                 if let Some((old, entry)) = self.served.remove(id) {
                     snap.router.remove(id, &shape_of(&old));
                     previous.insert(id.clone(), (old, entry));
                 }
-                let entry = entry_for(route, &mut self.table);
+                let limiter = self.limiter_for(id, route);
+                let entry = entry_for(route, &mut self.table, limiter);
                 match snap
                     .router
                     .insert(&entry.id, entry.clone(), &shape_of(route))

@@ -95,21 +95,22 @@ impl EtcdState {
                     }
                 }
             }
-            Key::Settings => {
-                match from_json::<SettingsSpec>(value).and_then(|s| s.validate().map(|_| s)) {
-                    Ok(s) => {
-                        let t = s
-                            .timeout
-                            .map_or(self.base_timeouts, |t| t.apply(self.base_timeouts));
-                        self.store.set_default_timeouts(t);
-                        true
-                    }
-                    Err(e) => {
-                        reject("settings", key, &e, &self.store);
-                        false
-                    }
+            Key::Settings => match from_json::<SettingsSpec>(value)
+                .and_then(|s| s.validate("").map(|k| (s, k)))
+            {
+                Ok((s, limit_key)) => {
+                    let t = s
+                        .timeout
+                        .map_or(self.base_timeouts, |t| t.apply(self.base_timeouts));
+                    self.store.set_default_timeouts(t);
+                    self.store.set_default_limit(s.rate_limit.zip(limit_key));
+                    true
                 }
-            }
+                Err(e) => {
+                    reject("settings", key, &e, &self.store);
+                    false
+                }
+            },
             Key::Instance { service, id } => {
                 if lease == 0 {
                     METRICS.unleased_instances.inc();
@@ -154,7 +155,10 @@ impl EtcdState {
         match self.keys.classify(key) {
             Key::Route(id) => self.store.set_route(id, None),
             Key::Upstream(name) => self.store.set_upstream(name, None),
-            Key::Settings => self.store.set_default_timeouts(self.base_timeouts),
+            Key::Settings => {
+                self.store.set_default_timeouts(self.base_timeouts);
+                self.store.set_default_limit(None);
+            }
             Key::Instance { service, id } => self.store.set_instance(service, id, None),
             Key::Gateway(node) => {
                 self.gateways.remove(node);

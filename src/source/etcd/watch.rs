@@ -49,6 +49,11 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 const SILENT_AFTER: u32 = 3;
 /// Messages taken from already-buffered input before one publish.
 const MAX_BATCH: usize = 4096;
+/// Least time between two publishes while changes keep arriving: a lone
+/// change is published at once, a burst at most this often. Taking only
+/// what is already buffered is not enough: with a fast rebuild, a burst of
+/// 1,000 separate puts still cost hundreds of router rebuilds.
+pub const MIN_PUBLISH_GAP: Duration = Duration::from_millis(10);
 
 struct Stream {
     name: &'static str,
@@ -98,6 +103,7 @@ pub async fn follow(
     }
     let mut ticker = tokio::time::interval(PROGRESS_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_publish: Option<Instant> = None;
     loop {
         let (a, b) = streams.split_at_mut(1);
         let (first, second) = (&mut a[0], &mut b[0]);
@@ -137,8 +143,23 @@ pub async fn follow(
                 break;
             }
         }
+        // Right after a publish, keep collecting until the gap has passed.
+        if let Some(hold) = last_publish.map(|t| t + MIN_PUBLISH_GAP) {
+            while Instant::now() < hold {
+                tokio::select! {
+                    m = first.inner.message() => {
+                        if let Some(r) = handle(first, m?, from, state)? { return Ok(r); }
+                    }
+                    m = second.inner.message() => {
+                        if let Some(r) = handle(second, m?, from, state)? { return Ok(r); }
+                    }
+                    _ = tokio::time::sleep_until(hold.into()) => break,
+                }
+            }
+        }
         let revision = first.revision.min(second.revision);
         state.publish(revision);
+        last_publish = Some(Instant::now());
         on_applied.applied(state, revision);
     }
 }
