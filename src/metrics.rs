@@ -2,8 +2,14 @@
 //! route ids, upstream names, kinds and status classes, never raw paths
 //! or client addresses.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use std::sync::LazyLock;
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
+use std::sync::{LazyLock, OnceLock};
+use std::time::Duration;
+
+use crate::model::route::METHODS;
 
 pub struct Metrics {
     pub registry: Registry,
@@ -22,6 +28,17 @@ pub struct Metrics {
     pub ratelimit_overflow: IntCounter,
     /// Idle per-client buckets dropped by the sweeper.
     pub ratelimit_evictions: IntCounter,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub bytes_in: IntCounterVec,
+    pub bytes_out: IntCounterVec,
+    /// Instances by service and state (live, draining, ejected, unhealthy).
+    pub instances: IntGaugeVec,
+    pub retries: IntCounterVec,
+    pub last_apply_seconds: Gauge,
+    pub snapshot_age_seconds: Gauge,
+    pub access_log_dropped: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -36,6 +53,31 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     r.register(Box::new(c.clone()))
         .expect("metric registered once");
     c
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let buckets = vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("static metric definition");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn float_gauge(r: &Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::new(name, help).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -99,12 +141,195 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "tollgate_ratelimit_evictions_total",
             "Idle per-client rate-limit buckets evicted",
         ),
-        registry: r,
+        requests: counter_vec(
+            &r,
+            "tollgate_requests_total",
+            "Requests by route, method and status class (route \"\" = no route matched)",
+            &["route", "method", "status"],
+        ),
+        request_duration: histogram_vec(
+            &r,
+            "tollgate_request_duration_seconds",
+            "Whole-request latency as the gateway saw it, by route",
+            &["route"],
+        ),
+        upstream_duration: histogram_vec(
+            &r,
+            "tollgate_upstream_duration_seconds",
+            "Time from sending the request upstream to the response header, by route",
+            &["route"],
+        ),
+        bytes_in: counter_vec(&r, "tollgate_request_bytes_total", "Request body bytes read from clients", &["route"]),
+        bytes_out: counter_vec(&r, "tollgate_response_bytes_total", "Response body bytes sent to clients", &["route"]),
+        instances: gauge_vec(
+            &r,
+            "tollgate_instances",
+            "Instances by service and state (live, draining, ejected, unhealthy)",
+            &["service", "state"],
+        ),
+        retries: counter_vec(&r, "tollgate_retries_total", "Upstream attempts retried, by route", &["route"]),
+        last_apply_seconds: float_gauge(
+            &r,
+            "tollgate_last_apply_duration_seconds",
+            "How long the last config apply (validate + publish) took",
+        ),
+        snapshot_age_seconds: float_gauge(
+            &r,
+            "tollgate_snapshot_age_seconds",
+            "Seconds since the served config was last applied",
+        ),
+        access_log_dropped: counter(
+            &r,
+            "tollgate_access_log_dropped_total",
+            "Access log lines dropped because the writer fell behind",
+        ),
+        registry: {
+            let info = IntGaugeVec::new(Opts::new("tollgate_build_info", "Build information"), &["version"])
+                .expect("static metric definition");
+            info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+            r.register(Box::new(info)).expect("metric registered once");
+            r
+        },
     }
 });
 
-/// Text exposition of every metric.
-pub fn render() -> Vec<u8> {
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        500..=599 => 4,
+        _ => 5,
+    }
+}
+
+/// A route's metric handles, resolved once per route edit so the request
+/// path never takes the registry's lock: request counters are created on
+/// first use per (method, class) and then read lock-free.
+pub struct RouteMetrics {
+    route: Box<str>,
+    requests: [[OnceLock<IntCounter>; CLASSES.len()]; METHODS.len() + 1],
+    duration: Histogram,
+    upstream: Histogram,
+    bytes_in: IntCounter,
+    bytes_out: IntCounter,
+    pub retries: IntCounter,
+    pub rate_limited: IntCounter,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("route", &self.route)
+            .finish()
+    }
+}
+
+/// What one finished request reports.
+pub struct Observation {
+    pub method: &'static str,
+    pub status: u16,
+    pub total: Duration,
+    pub upstream: Option<Duration>,
+    pub bytes_in: usize,
+    pub bytes_out: usize,
+}
+
+/// The method label: a known method, or `OTHER` (bounded cardinality).
+pub fn method_label(m: &str) -> &'static str {
+    METHODS
+        .iter()
+        .find(|x| **x == m)
+        .copied()
+        .unwrap_or("OTHER")
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str) -> Self {
+        let m = &*METRICS;
+        Self {
+            route: route.into(),
+            requests: Default::default(),
+            duration: m.request_duration.with_label_values(&[route]),
+            upstream: m.upstream_duration.with_label_values(&[route]),
+            bytes_in: m.bytes_in.with_label_values(&[route]),
+            bytes_out: m.bytes_out.with_label_values(&[route]),
+            retries: m.retries.with_label_values(&[route]),
+            rate_limited: m.ratelimit_rejected.with_label_values(&[route]),
+        }
+    }
+
+    pub fn observe(&self, o: &Observation) {
+        let mi = METHODS
+            .iter()
+            .position(|x| *x == o.method)
+            .unwrap_or(METHODS.len());
+        let ci = class_index(o.status);
+        self.requests[mi][ci]
+            .get_or_init(|| {
+                METRICS
+                    .requests
+                    .with_label_values(&[&self.route, o.method, CLASSES[ci]])
+            })
+            .inc();
+        self.duration.observe(o.total.as_secs_f64());
+        if let Some(u) = o.upstream {
+            self.upstream.observe(u.as_secs_f64());
+        }
+        self.bytes_in.inc_by(o.bytes_in as u64);
+        self.bytes_out.inc_by(o.bytes_out as u64);
+    }
+}
+
+/// Requests that matched no route.
+pub static UNROUTED: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new(""));
+
+/// Drops a deleted route's series so churned ids do not pile up.
+pub fn forget_route(route: &str) {
+    let m = &*METRICS;
+    for method in METHODS.iter().chain(std::iter::once(&"OTHER")) {
+        for class in CLASSES {
+            let _ = m.requests.remove_label_values(&[route, method, class]);
+        }
+    }
+    let _ = m.request_duration.remove_label_values(&[route]);
+    let _ = m.upstream_duration.remove_label_values(&[route]);
+    let _ = m.bytes_in.remove_label_values(&[route]);
+    let _ = m.bytes_out.remove_label_values(&[route]);
+    let _ = m.retries.remove_label_values(&[route]);
+    let _ = m.ratelimit_rejected.remove_label_values(&[route]);
+}
+
+/// Publishes a service's instance counts by state.
+pub fn set_instances(service: &str, live: usize, draining: usize) {
+    let m = &*METRICS;
+    m.instances
+        .with_label_values(&[service, "live"])
+        .set(live as i64);
+    m.instances
+        .with_label_values(&[service, "draining"])
+        .set(draining as i64);
+}
+
+pub fn forget_service(service: &str) {
+    for state in ["live", "draining", "ejected", "unhealthy"] {
+        let _ = METRICS.instances.remove_label_values(&[service, state]);
+    }
+}
+
+/// Text exposition of every metric; `applied_unix_ms` feeds the snapshot age.
+pub fn render(applied_unix_ms: u64) -> Vec<u8> {
+    if applied_unix_ms > 0 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        METRICS
+            .snapshot_age_seconds
+            .set(now.saturating_sub(applied_unix_ms) as f64 / 1000.0);
+    }
     use prometheus::Encoder;
     let mut buf = Vec::new();
     let _ = prometheus::TextEncoder::new().encode(&METRICS.registry.gather(), &mut buf);

@@ -94,7 +94,11 @@ impl ServeHttp for AdminApp {
                 json(code, &body)
             }
             "/status" => json(200, &self.status_json()),
-            "/metrics" => respond(200, "text/plain; version=0.0.4", crate::metrics::render()),
+            "/metrics" => respond(
+                200,
+                "text/plain; version=0.0.4",
+                crate::metrics::render(self.cell.status.view().applied_unix_ms),
+            ),
             _ => json(
                 404,
                 &serde_json::json!({ "error": "not found", "path": path }),

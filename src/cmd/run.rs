@@ -12,6 +12,7 @@ use std::sync::Arc;
 use super::shutdown::DrainOnSignal;
 use crate::admin::{AdminApp, NodeInfo};
 use crate::config::{load_file, ConfigModel};
+use crate::proxy::access_log::AccessLog;
 use crate::proxy::{Gateway, InFlight};
 use crate::snapshot::{SnapshotCell, SourceState};
 use crate::source::etcd::EtcdSource;
@@ -96,6 +97,7 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
             cell.clone(),
             in_flight.clone(),
             model.trusted_proxies.clone(),
+            AccessLog::start(&b.access_log)?,
         ),
         "proxy",
     );

@@ -87,6 +87,12 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
         return Err(FieldError::new("threads", "must be between 1 and 1024"));
     }
     b.proxy.timeout.validate("proxy.timeout")?;
+    if !(0.0..=1.0).contains(&b.access_log.sample) {
+        return Err(FieldError::new(
+            "access_log.sample",
+            "must be between 0 and 1",
+        ));
+    }
     if b.reload.poll_ms < 10 {
         return Err(FieldError::new("reload.poll_ms", "must be at least 10"));
     }

@@ -43,6 +43,8 @@ pub struct Bootstrap {
     pub log: LogConfig,
     #[serde(default)]
     pub reload: ReloadConfig,
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
     /// Proxies whose `X-Forwarded-For` is believed (IPs or CIDRs), for
     /// `client_ip` rate limits.
     #[serde(default)]
@@ -134,6 +136,40 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// One JSON line per request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A file to append to, or `-` for stdout.
+    #[serde(default = "default_access_log_path")]
+    pub path: String,
+    /// Share of requests logged, 0 to 1.
+    #[serde(default = "default_sample")]
+    pub sample: f64,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: default_access_log_path(),
+            sample: default_sample(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_access_log_path() -> String {
+    "-".into()
+}
+fn default_sample() -> f64 {
+    1.0
 }
 
 /// How the file is watched for edits in standalone mode.

@@ -1,6 +1,7 @@
 //! The Pingora `ProxyHttp` implementation: one snapshot load per request,
 //! route match, instance pick, header rewrites, JSON errors.
 
+pub mod access_log;
 mod error_response;
 mod request_id;
 
@@ -15,10 +16,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::limiter::{self, Client, Decision};
-use crate::metrics::METRICS;
+use crate::metrics::{method_label, Observation, UNROUTED};
 use crate::router::request_host;
 use crate::snapshot::{InstanceSet, RouteEntry, SnapshotCell, UpstreamLeaf};
+use access_log::AccessLog;
 pub use request_id::RequestIds;
+use std::time::{Duration, Instant};
 
 /// Counts requests in flight, so a graceful shutdown knows when it drained.
 #[derive(Debug, Default)]
@@ -50,6 +53,10 @@ pub struct RequestCtx {
     attempts: u32,
     /// (limit, remaining) for `X-RateLimit-*` on the response.
     rate_limit: Option<(u32, u32)>,
+    started: Instant,
+    /// When the request went upstream, and how long the response header took.
+    upstream_sent: Option<Instant>,
+    upstream_took: Option<Duration>,
 }
 
 impl RequestCtx {
@@ -64,6 +71,7 @@ pub struct Gateway {
     ids: RequestIds,
     in_flight: Arc<InFlight>,
     trusted_proxies: Vec<IpNet>,
+    access_log: Option<AccessLog>,
 }
 
 impl Gateway {
@@ -71,13 +79,46 @@ impl Gateway {
         cell: Arc<SnapshotCell>,
         in_flight: Arc<InFlight>,
         trusted_proxies: Vec<IpNet>,
+        access_log: Option<AccessLog>,
     ) -> Self {
         Self {
             cell,
             ids: RequestIds::default(),
             in_flight,
             trusted_proxies,
+            access_log,
         }
+    }
+
+    fn log_access(&self, session: &Session, ctx: &RequestCtx, status: u16, total: Duration) {
+        let Some(log) = &self.access_log else { return };
+        if !log.wants() {
+            return;
+        }
+        let req = session.req_header();
+        let upstream = ctx
+            .picked
+            .as_ref()
+            .and_then(|(set, i)| set.nodes.get(*i))
+            .map_or_else(String::new, |n| n.addr.to_string());
+        log.send(access_log::Record {
+            time: access_log::rfc3339(std::time::SystemTime::now() - total),
+            request_id: ctx.request_id.clone(),
+            client_ip: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map_or_else(String::new, |a| a.ip().to_string()),
+            method: req.method.to_string(),
+            host: host_of(req).to_string(),
+            path: req.uri.path().to_string(),
+            route: ctx.route().map_or_else(String::new, |r| r.id.to_string()),
+            upstream,
+            status,
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            duration_ms: total.as_secs_f64() * 1000.0,
+            upstream_ms: ctx.upstream_took.map(|d| d.as_secs_f64() * 1000.0),
+        });
     }
 
     /// The client's address: the peer, or, when the peer is a trusted
@@ -244,6 +285,9 @@ impl ProxyHttp for Gateway {
             picked: None,
             attempts: 0,
             rate_limit: None,
+            started: Instant::now(),
+            upstream_sent: None,
+            upstream_took: None,
         }
     }
 
@@ -261,11 +305,9 @@ impl ProxyHttp for Gateway {
         }
         match self.cell.route_for(host_of(req), req.method.as_str(), path) {
             Some(route) => {
+                ctx.route = Some(route.clone());
                 if let Some(limited) = self.rate_limit(session, &route, ctx) {
-                    METRICS
-                        .ratelimit_rejected
-                        .with_label_values(&[&route.id])
-                        .inc();
+                    route.metrics.rate_limited.inc();
                     let headers = [
                         ("retry-after", limited.retry_after_secs.to_string()),
                         ("x-ratelimit-limit", limited.limit.to_string()),
@@ -281,7 +323,6 @@ impl ProxyHttp for Gateway {
                     .await;
                     return Ok(true);
                 }
-                ctx.route = Some(route);
                 Ok(false)
             }
             None => {
@@ -336,6 +377,7 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        ctx.upstream_sent = Some(Instant::now());
         let Some(route) = ctx.route() else {
             return Ok(());
         };
@@ -374,12 +416,33 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if let Some(sent) = ctx.upstream_sent {
+            ctx.upstream_took.get_or_insert_with(|| sent.elapsed());
+        }
         upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let Some((limit, remaining)) = ctx.rate_limit {
             upstream_response.insert_header("x-ratelimit-limit", limit.to_string())?;
             upstream_response.insert_header("x-ratelimit-remaining", remaining.to_string())?;
         }
         Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
+        let total = ctx.started.elapsed();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let obs = Observation {
+            method: method_label(session.req_header().method.as_str()),
+            status,
+            total,
+            upstream: ctx.upstream_took,
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+        };
+        match ctx.route() {
+            Some(r) => r.metrics.observe(&obs),
+            None => UNROUTED.observe(&obs),
+        }
+        self.log_access(session, ctx, status, total);
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _error: &Error) -> bool {
@@ -395,9 +458,11 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing reached the upstream: safe to retry any method elsewhere.
-        let retries = ctx.route().map_or(0, |r| r.retries);
-        if ctx.attempts <= retries {
-            e.set_retry(true);
+        if let Some(route) = ctx.route() {
+            if ctx.attempts <= route.retries {
+                route.metrics.retries.inc();
+                e.set_retry(true);
+            }
         }
         e
     }

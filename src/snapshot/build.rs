@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::{RouteEntry, Snapshot, UpstreamTable};
 use crate::limiter::RouteLimiter;
+use crate::metrics::RouteMetrics;
 use crate::model::Route;
 use crate::router::RouteShape;
 
@@ -46,6 +47,7 @@ pub fn entry_for(
         timeout: route.spec.timeout,
         retries: route.spec.retries.unwrap_or(DEFAULT_RETRIES),
         limiter,
+        metrics: RouteMetrics::new(&route.id),
     })
 }
 

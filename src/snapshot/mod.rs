@@ -14,6 +14,7 @@ pub use cell::{SnapshotCell, SourceState, StatusView, SyncStatus};
 pub use upstream::{InstanceSet, UpstreamLeaf, UpstreamTable};
 
 use crate::limiter::RouteLimiter;
+use crate::metrics::RouteMetrics;
 use crate::model::{TimeoutSpec, Timeouts};
 use crate::router::Router;
 
@@ -27,6 +28,7 @@ pub struct RouteEntry {
     timeout: Option<TimeoutSpec>,
     pub retries: u32,
     pub limiter: Option<Arc<RouteLimiter>>,
+    pub metrics: RouteMetrics,
 }
 
 impl RouteEntry {

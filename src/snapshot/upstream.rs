@@ -165,8 +165,10 @@ impl UpstreamTable {
             .and_then(|(s, _)| s.timeout)
             .map_or(defaults, |t| t.apply(defaults));
         let defined = inputs.policy.is_some() || !inputs.registered.is_empty();
-        leaf.set
-            .store(Arc::new(InstanceSet::new(nodes, timeouts, defined)));
+        let set = InstanceSet::new(nodes, timeouts, defined);
+        let serving = set.serving();
+        crate::metrics::set_instances(name, serving, set.nodes.len() - serving);
+        leaf.set.store(Arc::new(set));
     }
 
     /// Forgets `name`'s leaf if nothing defines it; the caller knows no
@@ -178,6 +180,8 @@ impl UpstreamTable {
             .is_some_and(|(_, i)| i.policy.is_none() && i.registered.is_empty())
         {
             self.leaves.remove(name);
+            crate::metrics::forget_service(name);
+            crate::metrics::forget_service(name);
         }
     }
 

@@ -234,6 +234,7 @@ impl Store {
             for id in todo {
                 let Some(route) = self.desired.get(id).cloned() else {
                     self.limiters.remove(id);
+                    crate::metrics::forget_route(id);
                     continue;
                 };
                 let route = &route;
@@ -278,6 +279,9 @@ impl Store {
             .status
             .record_apply(self.revision, self.served.len(), upstreams, instances);
         report.took = started.elapsed();
+        crate::metrics::METRICS
+            .last_apply_seconds
+            .set(report.took.as_secs_f64());
         report
     }
 }

@@ -59,7 +59,7 @@ pub fn thread_cpu(pid: u32) -> Vec<(String, Duration)> {
             None => out.push((name, d)),
         }
     }
-    out.sort_by(|a, b| b.1.cmp(&a.1));
+    out.sort_by_key(|t| std::cmp::Reverse(t.1));
     out
 }
 

@@ -9,8 +9,6 @@ pub struct Summary {
     pub p90: Duration,
     pub p99: Duration,
     pub max: Duration,
-    pub min: Duration,
-    pub mean: Duration,
 }
 
 /// Nearest-rank percentile of sorted samples.
@@ -25,19 +23,12 @@ fn rank(sorted: &[Duration], p: f64) -> Duration {
 pub fn summarize(samples: &[Duration]) -> Summary {
     let mut v = samples.to_vec();
     v.sort_unstable();
-    let total: Duration = v.iter().sum();
     Summary {
         n: v.len(),
         p50: rank(&v, 50.0),
         p90: rank(&v, 90.0),
         p99: rank(&v, 99.0),
         max: v.last().copied().unwrap_or_default(),
-        min: v.first().copied().unwrap_or_default(),
-        mean: if v.is_empty() {
-            Duration::ZERO
-        } else {
-            total / v.len() as u32
-        },
     }
 }
 
@@ -57,7 +48,10 @@ mod tests {
         assert_eq!(s.p50, Duration::from_millis(50));
         assert_eq!(s.p99, Duration::from_millis(99));
         assert_eq!(s.max, Duration::from_millis(100));
-        assert_eq!(summarize(&[Duration::from_millis(7)]).p99, Duration::from_millis(7));
+        assert_eq!(
+            summarize(&[Duration::from_millis(7)]).p99,
+            Duration::from_millis(7)
+        );
         assert_eq!(summarize(&[]).n, 0);
     }
 }

@@ -11,7 +11,6 @@ pub struct WrkResult {
     pub p99: Option<Duration>,
     pub non_2xx: u64,
     pub socket_errors: u64,
-    pub raw: String,
 }
 
 fn parse_latency(s: &str) -> Option<Duration> {
@@ -27,14 +26,13 @@ fn parse_latency(s: &str) -> Option<Duration> {
     } else {
         return None;
     };
-    Some(Duration::from_secs_f64(num.trim().parse::<f64>().ok()? * mult))
+    Some(Duration::from_secs_f64(
+        num.trim().parse::<f64>().ok()? * mult,
+    ))
 }
 
 pub fn parse(raw: &str) -> Option<WrkResult> {
-    let mut r = WrkResult {
-        raw: raw.to_string(),
-        ..Default::default()
-    };
+    let mut r = WrkResult::default();
     let mut have_rps = false;
     for line in raw.lines() {
         let t = line.trim();

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Config propagation benchmark: how fast etcd changes reach a running
+# tollgate, what a large config costs in memory, and whether config churn
+# slows the data path. One run measures, against a real etcd, real echo
+# backends and target/release/tollgate (threads 1, etcd mode, loopback):
+#   1. route put -> first 200 (and delete -> first 404) at 10 and 10,000 routes
+#   2. registry instance re-pointed / added -> first answer from its backend
+#   3. lease revoked -> first 503
+#   4. gateway VmRSS with 10,000 routes + 10,000 leased instances applied
+#   5. wrk req/s quiet vs. while 100 route updates/s are written
+# Prints a table (measured numbers, each target PASS/MISS) and writes it to
+# bench/results/propagation-latest.txt. The work is done by the
+# `propagation` binary (bench/propagation/); see its doc comment.
+#
+# Usage: bench/propagation.sh [options]
+#   --quick        smoke mode (scripts/test.sh): tables of 10 and 1,000
+#                  routes, 50 samples each, 1,000 routes + 1,000 instances
+#                  for memory, 3 s wrk windows; writes
+#                  bench/results/propagation-quick.txt instead of -latest
+#   --strict       exit non-zero when a target is missed (default: only
+#                  when the harness fails: gateway died, a change never
+#                  arrived, wrk errors)
+#   --out FILE     where to write the table
+#   --no-build     do not run cargo build (use the existing binaries)
+#   -h, --help
+#
+# Environment: TOLLGATE_BIN overrides the gateway binary (default
+# target/release/tollgate, or $CARGO_TARGET_DIR/release/tollgate);
+# TESTKIT_ETCD_BIN the etcd binary (default: etcd on PATH).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+die() {
+    printf 'propagation.sh: %s\n' "$*" >&2
+    exit 2
+}
+log() { printf '%s\n' "$*" >&2; }
+usage() { sed -n '/^# Usage:/,/^# TESTKIT_ETCD_BIN/{s/^# \{0,1\}//;p}' "$0"; }
+
+build=1
+args=()
+while (($# > 0)); do
+    arg=$1
+    shift
+    if [[ "$arg" == --*=* ]]; then
+        set -- "${arg#*=}" "$@"
+        arg=${arg%%=*}
+    fi
+    case "$arg" in
+    --quick | --strict) args+=("$arg") ;;
+    --out)
+        (($# > 0)) || die "--out: missing value"
+        args+=(--out "$1")
+        shift
+        ;;
+    --no-build) build=0 ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    *) die "unknown argument: $arg (try --help)" ;;
+    esac
+done
+
+for tool in wrk etcd; do
+    if ! command -v "$tool" >/dev/null 2>&1 && [[ ! -x "/usr/sbin/$tool" ]]; then
+        log "$tool missing; running scripts/deps.sh"
+        scripts/deps.sh
+        break
+    fi
+done
+
+if ((build)); then
+    log "building release binaries (cargo build --release -p tollgate -p propagation)"
+    cargo build --release -p tollgate -p propagation
+fi
+
+bin_dir=${CARGO_TARGET_DIR:-$ROOT/target}/release
+TOLLGATE=${TOLLGATE_BIN:-$bin_dir/tollgate}
+PROPAGATION=$bin_dir/propagation
+[[ -x "$TOLLGATE" ]] || die "tollgate not built: $TOLLGATE"
+[[ -x "$PROPAGATION" ]] || die "propagation not built: $PROPAGATION"
+
+# Run the bench in its own process group so that an interrupt also takes
+# down what it started (etcd, gateways, wrk) even if it cannot clean up.
+setsid "$PROPAGATION" --tollgate "$TOLLGATE" "${args[@]}" &
+bench_pid=$!
+# shellcheck disable=SC2317  # invoked from traps
+stop() {
+    trap - INT TERM
+    kill -TERM -- "-$bench_pid" 2>/dev/null || kill -TERM "$bench_pid" 2>/dev/null || true
+    wait "$bench_pid" 2>/dev/null || true
+    exit "$1"
+}
+trap 'stop 130' INT
+trap 'stop 143' TERM
+rc=0
+wait "$bench_pid" || rc=$?
+exit "$rc"

@@ -1,0 +1,1289 @@
+//! `propagation`: how fast etcd changes reach a running tollgate, what it
+//! costs in memory, and whether config churn slows the data path.
+//!
+//! Measured in one run, against a real etcd (testkit), real echo backends
+//! and the real `tollgate` binary (threads: 1, etcd mode), on loopback:
+//!
+//! 1. route propagation at a small and a large table: put a new route,
+//!    time from the put's acknowledgement to the first 200 through the
+//!    gateway (and delete → first 404);
+//! 2. instance propagation: re-point / add a registry instance, time to the
+//!    first answer from the new backend (`x-backend`);
+//! 3. lease revoke: time from the revoke's acknowledgement to the first 503;
+//! 4. VmRSS with N routes and N leased instances applied;
+//! 5. wrk throughput quiet vs. while 100 route updates/s are written.
+//!
+//! Usage: `propagation [--quick] [--tollgate PATH] [--out FILE] [--strict]`.
+//! Prints the table to stdout and writes it to FILE (default
+//! `bench/results/propagation-latest.txt`, or `propagation-quick.txt` with
+//! `--quick`). Exits 1 if the harness fails (gateway died, a change never
+//! arrived, wrk errors); target misses only fail with `--strict`.
+
+mod http;
+mod procfs;
+mod stats;
+mod wrk;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use etcd_client::{PutOptions, Txn, TxnOp};
+use serde_json::{json, Value};
+use testkit::process::tail_file;
+use testkit::rt::{block_on, rt};
+use testkit::{http_request, Backend, Etcd, EtcdClient, Gateway};
+
+use crate::http::{KeepAlive, Reply};
+use crate::stats::{ms, summarize, Summary};
+
+const ROUTES: &str = "/tollgate/routes/";
+const SERVICES: &str = "/services/";
+/// Registry services the preloaded routes are spread over.
+const SERVICE_COUNT: usize = 100;
+/// Puts per etcd transaction when preloading (etcd's default limit is 128).
+const TXN_OPS: usize = 100;
+/// Deadline for one change to show through the gateway.
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline for a gateway to list and apply a preloaded keyspace.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(90);
+/// Route updates per second written during the churn window.
+const CHURN_PER_SEC: u64 = 100;
+
+// ------------------------------------------------------------------ options
+
+struct Opts {
+    quick: bool,
+    strict: bool,
+    tollgate: PathBuf,
+    out: PathBuf,
+}
+
+/// How much of everything; `--quick` shrinks it to a smoke run.
+struct Plan {
+    small: usize,
+    big: usize,
+    changes: usize,
+    instance_samples: usize,
+    lease_samples: usize,
+    rss_routes: usize,
+    rss_instances: usize,
+    wrk_secs: u64,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                small: 10,
+                big: 1_000,
+                changes: 50,
+                instance_samples: 50,
+                lease_samples: 50,
+                rss_routes: 1_000,
+                rss_instances: 1_000,
+                wrk_secs: 3,
+            }
+        } else {
+            Plan {
+                small: 10,
+                big: 10_000,
+                changes: 200,
+                instance_samples: 200,
+                lease_samples: 200,
+                rss_routes: 10_000,
+                rss_instances: 10_000,
+                wrk_secs: 10,
+            }
+        }
+    }
+}
+
+const USAGE: &str = "usage: propagation [--quick] [--tollgate PATH] [--out FILE] [--strict]";
+
+fn parse_args() -> Result<Opts> {
+    let mut quick = false;
+    let mut strict = false;
+    let mut tollgate = None;
+    let mut out = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (a.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| anyhow!("{flag} needs a value\n{USAGE}"))
+        };
+        match flag.as_str() {
+            "--quick" => quick = true,
+            "--strict" => strict = true,
+            "--tollgate" => tollgate = Some(PathBuf::from(value()?)),
+            "--out" => out = Some(PathBuf::from(value()?)),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}\n{USAGE}"),
+        }
+    }
+    let tollgate = tollgate.unwrap_or_else(|| PathBuf::from("target/release/tollgate"));
+    if !tollgate.is_file() {
+        bail!(
+            "tollgate binary not found at {} (build it: cargo build --release -p tollgate)",
+            tollgate.display()
+        );
+    }
+    let out = out.unwrap_or_else(|| {
+        PathBuf::from(if quick {
+            "bench/results/propagation-quick.txt"
+        } else {
+            "bench/results/propagation-latest.txt"
+        })
+    });
+    Ok(Opts {
+        quick,
+        strict,
+        tollgate,
+        out,
+    })
+}
+
+fn started() -> &'static Instant {
+    static T: OnceLock<Instant> = OnceLock::new();
+    T.get_or_init(Instant::now)
+}
+
+fn log(msg: impl std::fmt::Display) {
+    eprintln!(
+        "[propagation {:6.1}s] {msg}",
+        started().elapsed().as_secs_f64()
+    );
+}
+
+// ------------------------------------------------------------------ gateway
+
+/// A running gateway plus a keep-alive poller pointed at its proxy port.
+struct Gw {
+    g: Gateway,
+    node_id: String,
+    poll: KeepAlive,
+}
+
+impl Gw {
+    fn start(bin: &Path, node_id: &str, endpoint: &str) -> Result<Gw> {
+        let body = format!("node_id: \"{node_id}\"\netcd: {{ endpoints: [\"{endpoint}\"] }}\n");
+        let t = Instant::now();
+        let g = Gateway::try_start(bin, &body)
+            .map_err(|e| anyhow!("gateway {node_id} did not start:\n{e}"))?;
+        log(format!(
+            "gateway {node_id} healthy in {:.2?} (pid {}, proxy {})",
+            t.elapsed(),
+            g.pid(),
+            g.proxy_addr()
+        ));
+        let poll = KeepAlive::new(g.proxy_addr());
+        Ok(Gw {
+            g,
+            node_id: node_id.to_string(),
+            poll,
+        })
+    }
+
+    /// An error carrying `msg` and the gateway's log tail.
+    fn fail(&self, msg: impl std::fmt::Display) -> anyhow::Error {
+        anyhow!(
+            "{msg}\n---- last lines of gateway {} log ({}):\n{}\n----",
+            self.node_id,
+            self.g.log_path().display(),
+            tail_file(self.g.log_path(), 40)
+        )
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        match self.g.wait_exit(Duration::ZERO) {
+            Some(code) => {
+                Err(self.fail(format!("gateway {} exited with code {code}", self.node_id)))
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn admin(&mut self, path: &str) -> Result<String> {
+        match http_request("GET", &self.g.admin_url(path), &[], None) {
+            Ok(r) if r.status == 200 => Ok(r.body),
+            Ok(r) => Err(self.fail(format!("admin {path} answered {}: {}", r.status, r.body))),
+            Err(e) => {
+                self.check_alive()?;
+                Err(self.fail(format!("admin {path}: {e}")))
+            }
+        }
+    }
+
+    fn status(&mut self) -> Result<Value> {
+        let body = self.admin("/status")?;
+        serde_json::from_str(&body).map_err(|e| self.fail(format!("/status is not JSON ({e})")))
+    }
+
+    /// A counter or gauge from `/metrics` (the sum over label sets
+    /// matching `prefix`).
+    fn metric(&mut self, prefix: &str) -> Result<f64> {
+        let body = self.admin("/metrics")?;
+        Ok(body
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    /// Polls `/status` until `ok` holds.
+    fn wait_status(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let t = Instant::now();
+        loop {
+            let s = self.status()?;
+            if ok(&s) {
+                return Ok(s);
+            }
+            if t.elapsed() > timeout {
+                return Err(self.fail(format!(
+                    "timed out after {timeout:?} waiting for {what}; /status: {s}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls `path` back-to-back until `done(reply)`; returns the time since
+    /// `t0` at which the matching reply arrived, and the number of polls.
+    fn poll_until(
+        &mut self,
+        path: &str,
+        t0: Instant,
+        timeout: Duration,
+        done: impl Fn(&Reply) -> bool,
+    ) -> Result<(Duration, u64)> {
+        self.poll_reply(path, t0, timeout, done)
+            .map(|(d, n, _)| (d, n))
+    }
+
+    /// [`Gw::poll_until`], also returning the matching reply.
+    fn poll_reply(
+        &mut self,
+        path: &str,
+        t0: Instant,
+        timeout: Duration,
+        done: impl Fn(&Reply) -> bool,
+    ) -> Result<(Duration, u64, Reply)> {
+        let mut polls = 0u64;
+        loop {
+            let last = match self.poll.get(path) {
+                Ok(r) => {
+                    let at = t0.elapsed();
+                    polls += 1;
+                    if done(&r) {
+                        return Ok((at, polls, r));
+                    }
+                    format!("status {} backend {:?}", r.status, r.backend)
+                }
+                Err(e) => {
+                    self.check_alive()?;
+                    std::thread::sleep(Duration::from_millis(1));
+                    format!("transport error: {e}")
+                }
+            };
+            if t0.elapsed() > timeout {
+                self.check_alive()?;
+                return Err(self.fail(format!(
+                    "GET {path}: no matching answer within {timeout:?} ({polls} polls); last: {last}"
+                )));
+            }
+        }
+    }
+
+    /// (VmRSS, VmHWM) in KiB.
+    fn rss(&mut self) -> Result<(u64, u64)> {
+        self.check_alive()?;
+        procfs::rss_kib(self.g.pid()).ok_or_else(|| self.fail("cannot read /proc/<pid>/status"))
+    }
+
+    fn pid(&self) -> u32 {
+        self.g.pid()
+    }
+
+    /// Sleeps `d` while checking the process stays up.
+    fn idle(&mut self, d: Duration) -> Result<()> {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            self.check_alive()?;
+            std::thread::sleep(Duration::from_millis(50).min(end - Instant::now()));
+        }
+        self.check_alive()
+    }
+}
+
+// ------------------------------------------------------------------ etcd data
+
+/// Route `r<i>` of a preloaded table: a mix of exact, parameter, catch-all
+/// and host-bound paths (many distinct first segments, as a gateway in
+/// front of many services has), spread over [`SERVICE_COUNT`] services.
+fn table_route(i: usize, read_ms: Option<u64>) -> String {
+    let upstream = format!("svc-{}", i % SERVICE_COUNT);
+    let mut v = match i % 4 {
+        0 => json!({
+            "paths": [format!("/api/v1/svc{i}/items/:id"), format!("/api/v1/svc{i}/items")],
+            "upstream": upstream,
+        }),
+        1 => json!({ "paths": [format!("/svc{i}/*rest")], "upstream": upstream }),
+        2 => json!({
+            "hosts": [format!("svc{i}.example.com")],
+            "paths": ["/shared/*rest"],
+            "upstream": upstream,
+        }),
+        _ => json!({
+            "paths": [format!("/static{i}/index.html")],
+            "methods": ["GET", "HEAD"],
+            "upstream": upstream,
+        }),
+    };
+    if let Some(ms) = read_ms {
+        v["timeout"] = json!({ "read_ms": ms });
+    }
+    v.to_string()
+}
+
+fn table(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("{ROUTES}r{i}"), table_route(i, None)))
+        .collect()
+}
+
+/// Writes `kvs` in transactions of [`TXN_OPS`] puts, 8 in flight.
+fn put_all(c: &EtcdClient, kvs: &[(String, String)], lease: Option<i64>) {
+    let txns: Vec<Vec<TxnOp>> = kvs
+        .chunks(TXN_OPS)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|(k, v)| {
+                    TxnOp::put(
+                        k.as_str(),
+                        v.as_str(),
+                        lease.map(|l| PutOptions::new().with_lease(l)),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for ops in txns {
+            while set.len() >= 8 {
+                let _ = set.join_next().await;
+            }
+            let c = c.clone();
+            set.spawn(async move {
+                c.run_async("txn put", |mut cl| {
+                    let ops = ops.clone();
+                    async move { cl.txn(Txn::new().and_then(ops)).await.map(|_| ()) }
+                })
+                .await
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            if let Err(e) = r {
+                panic!("preload transaction failed: {e}");
+            }
+        }
+    });
+}
+
+/// Removes every route and registration from earlier phases.
+fn clean(c: &EtcdClient) {
+    c.delete_prefix(ROUTES);
+    c.delete_prefix(SERVICES);
+}
+
+fn as_usize(v: &Value) -> usize {
+    v.as_u64().unwrap_or(u64::MAX) as usize
+}
+
+// ------------------------------------------------------------------ phase 1
+
+struct RouteRun {
+    n: usize,
+    put: Summary,
+    del: Summary,
+    first_poll_hits: usize,
+    poll_rtt: Summary,
+    apply_start: Duration,
+    rss_kib: (u64, u64),
+}
+
+/// Median round trip of `GET path` on the warmed poller (404s, no change
+/// pending): the resolution of every measurement.
+fn poll_rtt(gw: &mut Gw, path: &str) -> Result<Summary> {
+    let mut v = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let (d, _) = gw.poll_until(path, Instant::now(), SAMPLE_TIMEOUT, |_| true)?;
+        v.push(d);
+    }
+    Ok(summarize(&v))
+}
+
+fn phase_routes(
+    etcd: &Etcd,
+    opts: &Opts,
+    plan: &Plan,
+    n: usize,
+    backend: &Backend,
+    next_id: &mut usize,
+) -> Result<RouteRun> {
+    let c = etcd.client();
+    log(format!("route propagation at {n} routes: preloading"));
+    clean(c);
+    let lease = c.keep_alive(30);
+    let instances: Vec<(String, String)> = (0..SERVICE_COUNT)
+        .map(|s| (format!("{SERVICES}svc-{s}/a"), backend.url()))
+        .collect();
+    put_all(c, &instances, Some(lease.id));
+    put_all(c, &table(n), None);
+
+    let t = Instant::now();
+    let mut gw = Gw::start(
+        &opts.tollgate,
+        &format!("prop-routes-{n}"),
+        &etcd.endpoint(),
+    )?;
+    gw.wait_status(&format!("/status routes == {n}"), APPLY_TIMEOUT, |s| {
+        s["etcd"] == "connected"
+            && as_usize(&s["routes"]) == n
+            && as_usize(&s["instances"]) == SERVICE_COUNT
+    })?;
+    let apply_start = t.elapsed();
+    log(format!(
+        "  {n} routes applied {apply_start:.2?} after start"
+    ));
+    // Warm the keep-alive connection and the upstream pool.
+    gw.poll_until("/svc1/warm", Instant::now(), SAMPLE_TIMEOUT, |r| {
+        r.status == 200
+    })?;
+    let rtt = poll_rtt(&mut gw, "/p/none")?;
+
+    let (mut put, mut del) = (Vec::new(), Vec::new());
+    let mut first_poll_hits = 0;
+    for _ in 0..plan.changes {
+        let k = *next_id;
+        *next_id += 1;
+        let key = format!("{ROUTES}p{k}");
+        let path = format!("/p/{k}");
+        let value = json!({ "paths": [&path], "upstream": format!("svc-{}", k % SERVICE_COUNT) });
+        c.put(&key, &value.to_string());
+        let t0 = Instant::now();
+        let (d, polls) = gw.poll_until(&path, t0, SAMPLE_TIMEOUT, |r| r.status == 200)?;
+        put.push(d);
+        if polls == 1 {
+            first_poll_hits += 1;
+        }
+        // Delete it again so the table stays at n routes.
+        c.delete(&key);
+        let t0 = Instant::now();
+        let (d, _) = gw.poll_until(&path, t0, SAMPLE_TIMEOUT, |r| r.status == 404)?;
+        del.push(d);
+    }
+    let s = gw.status()?;
+    if as_usize(&s["routes"]) != n {
+        return Err(gw.fail(format!(
+            "expected {n} routes after the changes; /status: {s}"
+        )));
+    }
+    let rss_kib = gw.rss()?;
+    let run = RouteRun {
+        n,
+        put: summarize(&put),
+        del: summarize(&del),
+        first_poll_hits,
+        poll_rtt: rtt,
+        apply_start,
+        rss_kib,
+    };
+    log(format!(
+        "  {n} routes: put->200 p50 {} ms p99 {} ms max {} ms; delete->404 p50 {} ms p99 {} ms",
+        ms(run.put.p50),
+        ms(run.put.p99),
+        ms(run.put.max),
+        ms(run.del.p50),
+        ms(run.del.p99)
+    ));
+    drop(gw);
+    c.revoke(lease.id);
+    Ok(run)
+}
+
+// ------------------------------------------------------------------ phases 2, 3
+
+struct InstanceRun {
+    moved: Summary,
+    added: Summary,
+    all: Summary,
+    lease: Summary,
+    baseline_rss: (u64, u64),
+}
+
+fn other<'a>(cur: &str, a: &'a Backend, b: &'a Backend) -> &'a Backend {
+    if cur == a.name() {
+        b
+    } else {
+        a
+    }
+}
+
+fn phase_instances_and_leases(
+    etcd: &Etcd,
+    opts: &Opts,
+    plan: &Plan,
+    a: &Backend,
+    b: &Backend,
+) -> Result<InstanceRun> {
+    let c = etcd.client();
+    log("instance propagation and lease revoke");
+    clean(c);
+    let lease = c.keep_alive(30);
+    c.put(
+        &format!("{ROUTES}inst"),
+        &json!({ "paths": ["/inst/*rest"], "upstream": "isvc" }).to_string(),
+    );
+    c.put(
+        &format!("{ROUTES}lease"),
+        &json!({ "paths": ["/lease/*rest"], "upstream": "lsvc" }).to_string(),
+    );
+    let i0 = format!("{SERVICES}isvc/i0");
+    c.put_with_lease(&i0, &a.url(), lease.id);
+
+    let mut gw = Gw::start(&opts.tollgate, "prop-instances", &etcd.endpoint())?;
+    gw.wait_status("/status routes == 2", APPLY_TIMEOUT, |s| {
+        s["etcd"] == "connected" && as_usize(&s["routes"]) == 2 && as_usize(&s["instances"]) == 1
+    })?;
+    let a_name = a.name().to_string();
+    gw.poll_until("/inst/x", Instant::now(), SAMPLE_TIMEOUT, |r| {
+        r.status == 200 && r.backend.as_deref() == Some(a_name.as_str())
+    })?;
+    let baseline_rss = gw.rss()?;
+
+    // 2. Alternately move i0 to the other backend, and add a second
+    //    instance on the other backend (then remove it again).
+    let mut current = a.name().to_string();
+    let (mut moved, mut added) = (Vec::new(), Vec::new());
+    for k in 0..plan.instance_samples {
+        let target = other(&current, a, b);
+        let want = target.name().to_string();
+        if k % 2 == 0 {
+            c.put_with_lease(&i0, &target.url(), lease.id);
+            let t0 = Instant::now();
+            let (d, _) = gw.poll_until("/inst/x", t0, SAMPLE_TIMEOUT, |r| {
+                r.status == 200 && r.backend.as_deref() == Some(want.as_str())
+            })?;
+            moved.push(d);
+            current = want;
+        } else {
+            let key = format!("{SERVICES}isvc/add{k}");
+            c.put_with_lease(&key, &target.url(), lease.id);
+            let t0 = Instant::now();
+            let (d, _) = gw.poll_until("/inst/x", t0, SAMPLE_TIMEOUT, |r| {
+                r.status == 200 && r.backend.as_deref() == Some(want.as_str())
+            })?;
+            added.push(d);
+            // Remove it; with one instance left, 4 answers in a row from
+            // the old backend show the removal applied (round-robin over
+            // two would alternate).
+            c.delete(&key);
+            let t0 = Instant::now();
+            let mut streak = 0;
+            while streak < 4 {
+                let (_, _, r) =
+                    gw.poll_reply("/inst/x", t0, SAMPLE_TIMEOUT, |r| r.status == 200)?;
+                if r.backend.as_deref() == Some(current.as_str()) {
+                    streak += 1;
+                } else {
+                    streak = 0;
+                }
+                if t0.elapsed() > SAMPLE_TIMEOUT {
+                    return Err(gw.fail(format!("instance {key} still served after its delete")));
+                }
+            }
+        }
+    }
+    let mut all = moved.clone();
+    all.extend_from_slice(&added);
+    log(format!(
+        "  instance change -> new backend: p50 {} ms p99 {} ms",
+        ms(summarize(&all).p50),
+        ms(summarize(&all).p99)
+    ));
+
+    // 3. Lease revoke -> 503, re-registering on a fresh lease each time.
+    let l0 = format!("{SERVICES}lsvc/l0");
+    let mut revoked = Vec::new();
+    for _ in 0..plan.lease_samples {
+        let id = c.grant(30);
+        c.put_with_lease(&l0, &a.url(), id);
+        gw.poll_until("/lease/x", Instant::now(), SAMPLE_TIMEOUT, |r| {
+            r.status == 200
+        })?;
+        c.revoke(id);
+        let t0 = Instant::now();
+        let (d, _) = gw.poll_until("/lease/x", t0, SAMPLE_TIMEOUT, |r| r.status == 503)?;
+        revoked.push(d);
+    }
+    let lease_sum = summarize(&revoked);
+    log(format!(
+        "  lease revoke -> 503: p50 {} ms p99 {} ms",
+        ms(lease_sum.p50),
+        ms(lease_sum.p99)
+    ));
+    drop(gw);
+    c.revoke(lease.id);
+    Ok(InstanceRun {
+        moved: summarize(&moved),
+        added: summarize(&added),
+        all: summarize(&all),
+        lease: lease_sum,
+        baseline_rss,
+    })
+}
+
+// ------------------------------------------------------------------ phases 4, 5
+
+struct Window {
+    wrk: wrk::WrkResult,
+    gw_cpu: f64,
+    etcd_cpu: f64,
+    rss_kib: (u64, u64),
+    /// Route updates written (churn window only).
+    puts: u64,
+    /// Router rebuilds and config watch events seen by the gateway.
+    rebuilds: f64,
+    config_events: f64,
+}
+
+struct LoadRun {
+    routes: usize,
+    instances: usize,
+    apply_start: Duration,
+    rss_applied: (u64, u64),
+    rss_settled: (u64, u64),
+    quiet: Window,
+    churn: Window,
+    churn_applied_in: Duration,
+    thread_cpu: Vec<(String, Duration)>,
+}
+
+/// The instance address of registration `i` (never contacted).
+fn instance_value(i: usize) -> String {
+    let addr = format!(
+        "http://10.{}.{}.{}:8080",
+        (i >> 16) & 255,
+        (i >> 8) & 255,
+        i & 255
+    );
+    if i % 2 == 0 {
+        addr
+    } else {
+        json!({
+            "addr": addr,
+            "weight": 1 + i % 3,
+            "meta": { "zone": format!("z{}", i % 3), "version": "1.4.2" },
+        })
+        .to_string()
+    }
+}
+
+/// A fixed-body echo backend for wrk on its own thread and runtime.
+fn start_wrk_backend() -> Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    l.set_nonblocking(true)?;
+    let addr = l.local_addr()?;
+    std::thread::Builder::new()
+        .name("wrk-backend".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("wrk backend runtime");
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(l).expect("wrk backend listener");
+                testkit::backend::serve(l, "wrk-backend", true).await
+            });
+        })?;
+    Ok(addr)
+}
+
+/// Background writer of `per_sec` route updates per second to routes
+/// `r0..r<routes>`; each update changes the route's JSON (its read timeout).
+struct Churn {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    max_rev: Arc<AtomicI64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Churn {
+    fn start(c: &EtcdClient, routes: usize, per_sec: u64) -> Churn {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let max_rev = Arc::new(AtomicI64::new(0));
+        let (c, s, d, m) = (c.clone(), stop.clone(), done.clone(), max_rev.clone());
+        let task = rt().spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_sec));
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut n: usize = 0;
+            while !s.load(Ordering::Relaxed) {
+                tick.tick().await;
+                // A stride co-prime with most table sizes spreads the edits.
+                let j = (n * 7919) % routes;
+                let key = format!("{ROUTES}r{j}");
+                let value = table_route(j, Some(10_000 + n as u64));
+                let (c, d, m) = (c.clone(), d.clone(), m.clone());
+                tasks.spawn(async move {
+                    let rev = c
+                        .run_async("churn put", |mut cl| {
+                            let (k, v) = (key.clone(), value.clone());
+                            async move {
+                                let r = cl.put(k, v, None).await?;
+                                Ok(r.header().map_or(0, |h| h.revision()))
+                            }
+                        })
+                        .await;
+                    m.fetch_max(rev, Ordering::Relaxed);
+                    d.fetch_add(1, Ordering::Relaxed);
+                });
+                while tasks.try_join_next().is_some() {}
+                n += 1;
+            }
+            while tasks.join_next().await.is_some() {}
+        });
+        Churn {
+            stop,
+            done,
+            max_rev,
+            task,
+        }
+    }
+
+    /// Stops writing; (updates acknowledged, highest revision written).
+    fn stop(self) -> (u64, i64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = block_on(self.task);
+        (
+            self.done.load(Ordering::Relaxed),
+            self.max_rev.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// One wrk window, with CPU used by the gateway and etcd while it ran.
+fn window(gw: &mut Gw, etcd_pid: Option<u32>, url: &str, secs: u64) -> Result<Window> {
+    let cpu = |pid: Option<u32>| pid.and_then(procfs::cpu_time).unwrap_or_default();
+    let (rebuilds0, events0) = (
+        gw.metric("tollgate_router_rebuilds_total")?,
+        gw.metric("tollgate_etcd_watch_events_total{kind=\"config\"}")?,
+    );
+    let (g0, e0, t0) = (cpu(Some(gw.pid())), cpu(etcd_pid), Instant::now());
+    let result = wrk::run(url, secs);
+    let wall = t0.elapsed().as_secs_f64();
+    gw.check_alive()?;
+    let result = result.map_err(|e| gw.fail(e))?;
+    let (g1, e1) = (cpu(Some(gw.pid())), cpu(etcd_pid));
+    Ok(Window {
+        wrk: result,
+        gw_cpu: (g1 - g0).as_secs_f64() / wall,
+        etcd_cpu: e1.saturating_sub(e0).as_secs_f64() / wall,
+        rss_kib: gw.rss()?,
+        puts: 0,
+        rebuilds: gw.metric("tollgate_router_rebuilds_total")? - rebuilds0,
+        config_events: gw.metric("tollgate_etcd_watch_events_total{kind=\"config\"}")? - events0,
+    })
+}
+
+fn phase_load(etcd: &Etcd, opts: &Opts, plan: &Plan) -> Result<LoadRun> {
+    let c = etcd.client();
+    let (routes, instances) = (plan.rss_routes, plan.rss_instances);
+    log(format!(
+        "memory and churn: preloading {routes} routes and {instances} leased instances"
+    ));
+    clean(c);
+    let lease = c.keep_alive(60);
+    let regs: Vec<(String, String)> = (0..instances)
+        .map(|i| {
+            (
+                format!("{SERVICES}svc-{}/i{i}", i % SERVICE_COUNT),
+                instance_value(i),
+            )
+        })
+        .collect();
+    put_all(c, &regs, Some(lease.id));
+    put_all(c, &table(routes), None);
+    let backend = start_wrk_backend()?;
+    c.put(
+        &format!("{ROUTES}bench"),
+        &json!({ "paths": ["/bench/*rest"], "upstream": "wsvc" }).to_string(),
+    );
+    c.put_with_lease(
+        &format!("{SERVICES}wsvc/w0"),
+        &format!("http://{backend}"),
+        lease.id,
+    );
+
+    let t = Instant::now();
+    let mut gw = Gw::start(&opts.tollgate, "prop-load", &etcd.endpoint())?;
+    gw.wait_status(
+        &format!(
+            "/status routes == {} and instances == {}",
+            routes + 1,
+            instances + 1
+        ),
+        APPLY_TIMEOUT,
+        |s| {
+            s["etcd"] == "connected"
+                && as_usize(&s["routes"]) == routes + 1
+                && as_usize(&s["instances"]) == instances + 1
+        },
+    )?;
+    let apply_start = t.elapsed();
+    let rss_applied = gw.rss()?;
+    log(format!(
+        "  applied {apply_start:.2?} after start; VmRSS {:.1} MiB (peak {:.1} MiB)",
+        rss_applied.0 as f64 / 1024.0,
+        rss_applied.1 as f64 / 1024.0
+    ));
+    // Let start-up work finish (last-known-good write, first announce).
+    gw.idle(Duration::from_secs(2))?;
+    let rss_settled = gw.rss()?;
+
+    let url = gw.g.url("/bench/echo");
+    gw.poll_until("/bench/echo", Instant::now(), SAMPLE_TIMEOUT, |r| {
+        r.status == 200
+    })?;
+    let etcd_pid = procfs::child_named("etcd");
+    log(format!("  wrk warm-up 1s, then {}s quiet", plan.wrk_secs));
+    wrk::run(&url, 1).map_err(|e| gw.fail(e))?;
+    let quiet = window(&mut gw, etcd_pid, &url, plan.wrk_secs)?;
+    log(format!(
+        "  quiet: {:.0} req/s; now {}s with {CHURN_PER_SEC} route updates/s",
+        quiet.wrk.rps, plan.wrk_secs
+    ));
+    let before_threads = procfs::thread_cpu(gw.pid());
+    let churn_task = Churn::start(c, routes, CHURN_PER_SEC);
+    let churn_result = window(&mut gw, etcd_pid, &url, plan.wrk_secs);
+    let (puts, max_rev) = churn_task.stop();
+    let mut churn = churn_result?;
+    churn.puts = puts;
+    let after_threads = procfs::thread_cpu(gw.pid());
+    let thread_cpu = after_threads
+        .into_iter()
+        .map(|(name, t)| {
+            let before = before_threads
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(Duration::ZERO, |(_, b)| *b);
+            (name, t.saturating_sub(before))
+        })
+        .filter(|(_, t)| !t.is_zero())
+        .collect();
+    let t = Instant::now();
+    gw.wait_status(
+        &format!("/status revision >= {max_rev} (the last churn update)"),
+        Duration::from_secs(15),
+        |s| s["revision"].as_i64().unwrap_or(0) >= max_rev,
+    )?;
+    let churn_applied_in = t.elapsed();
+    log(format!(
+        "  churn: {:.0} req/s, {puts} updates written",
+        churn.wrk.rps
+    ));
+    drop(gw);
+    c.revoke(lease.id);
+    Ok(LoadRun {
+        routes,
+        instances,
+        apply_start,
+        rss_applied,
+        rss_settled,
+        quiet,
+        churn,
+        churn_applied_in,
+        thread_cpu,
+    })
+}
+
+// ------------------------------------------------------------------ report
+
+struct Verdicts {
+    met: usize,
+    missed: usize,
+}
+
+impl Verdicts {
+    fn check(&mut self, ok: bool) -> &'static str {
+        if ok {
+            self.met += 1;
+            "PASS"
+        } else {
+            self.missed += 1;
+            "MISS"
+        }
+    }
+}
+
+fn sh(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+fn header(opts: &Opts, plan: &Plan) -> Vec<String> {
+    let date = sh("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]).unwrap_or_default();
+    let mut rev =
+        sh("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "no commit".into());
+    if sh("git", &["diff", "--quiet", "HEAD"]).is_none() {
+        rev.push_str("+dirty");
+    }
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown cpu".into());
+    let ncpu = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = sh("uname", &["-r"]).unwrap_or_default();
+    let etcd_v = sh("etcd", &["--version"])
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_default();
+    vec![
+        format!("# bench/propagation.sh{} — {date}, rev {rev}", if opts.quick { " --quick" } else { "" }),
+        format!("# host: {ncpu} cpu(s), {cpu}, linux {kernel}; {etcd_v} (one member, loopback, testkit)"),
+        format!(
+            "# gateway: threads 1, etcd mode; tables of {} and {} routes over {SERVICE_COUNT} services; {} changes per table",
+            plan.small, plan.big, plan.changes
+        ),
+        "# latency = etcd client call acknowledged (put / delete / revoke returned) -> first matching HTTP answer through the".into(),
+        "#   gateway, polled back-to-back on one keep-alive connection (so it includes up to one poll round trip)".into(),
+    ]
+}
+
+fn lat_row(name: &str, s: &Summary, target: &str, verdict: &str) -> String {
+    format!(
+        "{name:<44} {:>7} {:>9} {:>9} {:>9} {:>9}   {target:<22} {verdict}",
+        s.n,
+        ms(s.p50),
+        ms(s.p90),
+        ms(s.p99),
+        ms(s.max)
+    )
+}
+
+fn report(
+    opts: &Opts,
+    plan: &Plan,
+    small: &RouteRun,
+    big: &RouteRun,
+    inst: &InstanceRun,
+    load: &LoadRun,
+) -> (Vec<String>, Verdicts, bool) {
+    let mut v = Verdicts { met: 0, missed: 0 };
+    let mut out = header(opts, plan);
+    out.push(String::new());
+    out.push(format!(
+        "{:<44} {:>7} {:>9} {:>9} {:>9} {:>9}   {:<22} result",
+        "propagation (ms)", "samples", "p50", "p90", "p99", "max", "target"
+    ));
+    for r in [small, big] {
+        let is_big = std::ptr::eq(r, big);
+        let (target, verdict) = if is_big {
+            (
+                "p50<=2, p99<=10".to_string(),
+                v.check(
+                    r.put.p50 <= Duration::from_millis(2) && r.put.p99 <= Duration::from_millis(10),
+                ),
+            )
+        } else {
+            ("-".to_string(), "")
+        };
+        out.push(lat_row(
+            &format!("route put -> first 200 ({} routes)", r.n),
+            &r.put,
+            &target,
+            verdict,
+        ));
+        out.push(lat_row(
+            &format!("route delete -> first 404 ({} routes)", r.n),
+            &r.del,
+            "-",
+            "",
+        ));
+    }
+    let ratio = big.put.p50.as_secs_f64() / small.put.p50.as_secs_f64().max(1e-9);
+    out.push(format!(
+        "{:<44} {:>7} {:>8.2}x {:>9} {:>9} {:>9}   {:<22} {}",
+        format!("route p50 ratio {} / {} routes", big.n, small.n),
+        "",
+        ratio,
+        "",
+        "",
+        "",
+        "<= 2x",
+        v.check(ratio <= 2.0)
+    ));
+    out.push(lat_row(
+        "instance re-pointed -> first answer from it",
+        &inst.moved,
+        "-",
+        "",
+    ));
+    out.push(lat_row(
+        "instance added -> first answer from it",
+        &inst.added,
+        "-",
+        "",
+    ));
+    out.push(lat_row("instance changes (both kinds)", &inst.all, "-", ""));
+    out.push(lat_row(
+        "lease revoked -> first 503",
+        &inst.lease,
+        "p99<=10",
+        v.check(inst.lease.p99 <= Duration::from_millis(10)),
+    ));
+    for r in [small, big] {
+        out.push(format!(
+            "#   {} routes: poll round trip p50 {} ms (p99 {}); {}/{} new routes already served on the first poll; listed+applied {:.2?} after start",
+            r.n,
+            ms(r.poll_rtt.p50),
+            ms(r.poll_rtt.p99),
+            r.first_poll_hits,
+            r.put.n,
+            r.apply_start
+        ));
+    }
+
+    out.push(String::new());
+    out.push(format!(
+        "{:<56} {:>10} {:>10}   {:<22} result",
+        "gateway memory", "VmRSS MiB", "VmHWM MiB", "target"
+    ));
+    let mem = |name: String, kib: (u64, u64), target: &str, verdict: &str| {
+        format!(
+            "{name:<56} {:>10} {:>10}   {target:<22} {verdict}",
+            mib(kib.0),
+            mib(kib.1)
+        )
+    };
+    out.push(mem(
+        "2 routes, 1 instance (phase 2 start)".into(),
+        inst.baseline_rss,
+        "-",
+        "",
+    ));
+    for r in [small, big] {
+        out.push(mem(
+            format!(
+                "{} routes, {SERVICE_COUNT} instances, after {} changes",
+                r.n,
+                2 * r.put.n
+            ),
+            r.rss_kib,
+            "-",
+            "",
+        ));
+    }
+    out.push(mem(
+        format!(
+            "{} routes, {} instances, just applied",
+            load.routes + 1,
+            load.instances + 1
+        ),
+        load.rss_applied,
+        "-",
+        "",
+    ));
+    let loaded = load.rss_applied.0.max(load.rss_settled.0);
+    out.push(mem(
+        format!(
+            "{} routes, {} instances, 2 s later",
+            load.routes + 1,
+            load.instances + 1
+        ),
+        load.rss_settled,
+        "<= 64 MiB",
+        v.check(loaded <= 64 * 1024),
+    ));
+    out.push(mem(
+        "  after wrk quiet window".into(),
+        load.quiet.rss_kib,
+        "-",
+        "",
+    ));
+    out.push(mem(
+        "  after wrk churn window".into(),
+        load.churn.rss_kib,
+        "-",
+        "",
+    ));
+    out.push(format!(
+        "#   {} routes + {} instances listed and applied {:.2?} after start",
+        load.routes + 1,
+        load.instances + 1,
+        load.apply_start
+    ));
+
+    out.push(String::new());
+    out.push(format!(
+        "throughput: wrk -t2 -c32 -d{}s --latency on a routed path, {} routes + {} instances loaded",
+        plan.wrk_secs,
+        load.routes + 1,
+        load.instances + 1
+    ));
+    out.push(format!(
+        "{:<44} {:>10} {:>8} {:>8} {:>7} {:>8} {:>8} {:>9} {:>8}",
+        "window",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "gw cpu",
+        "etcd cpu",
+        "rebuilds",
+        "cfg evts"
+    ));
+    let win = |name: String, w: &Window| {
+        format!(
+            "{name:<44} {:>10.0} {:>8} {:>8} {:>7} {:>7.0}% {:>7.0}% {:>9} {:>8}",
+            w.wrk.rps,
+            w.wrk.p50.map_or("-".into(), ms),
+            w.wrk.p99.map_or("-".into(), ms),
+            w.wrk.non_2xx + w.wrk.socket_errors,
+            w.gw_cpu * 100.0,
+            w.etcd_cpu * 100.0,
+            w.rebuilds,
+            w.config_events
+        )
+    };
+    out.push(win("quiet".into(), &load.quiet));
+    out.push(win(
+        format!(
+            "churn ({} updates/s asked, {:.1}/s written)",
+            CHURN_PER_SEC,
+            load.churn.puts as f64 / plan.wrk_secs as f64
+        ),
+        &load.churn,
+    ));
+    let tp_ratio = load.churn.wrk.rps / load.quiet.wrk.rps.max(1e-9);
+    out.push(format!(
+        "{:<44} {:>9.3}x {:>61}   {}",
+        "ratio churn / quiet",
+        tp_ratio,
+        ">= 0.95",
+        v.check(tp_ratio >= 0.95)
+    ));
+    out.push(format!(
+        "#   every churn update applied within {:.2?} after the window; gateway CPU by thread during churn: {}",
+        load.churn_applied_in,
+        load.thread_cpu
+            .iter()
+            .take(6)
+            .map(|(n, t)| format!("{n} {:.2}s", t.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    out.push(String::new());
+    out.push(format!(
+        "# targets: {} met, {} missed{}",
+        v.met,
+        v.missed,
+        if opts.quick {
+            " (quick mode: smaller tables and fewer samples than the targets are stated for)"
+        } else {
+            ""
+        }
+    ));
+    let errors = [&load.quiet, &load.churn]
+        .iter()
+        .any(|w| (w.wrk.non_2xx + w.wrk.socket_errors) * 100 > w.wrk.requests.max(1));
+    (out, v, errors)
+}
+
+// ------------------------------------------------------------------ main
+
+fn run(opts: &Opts) -> Result<bool> {
+    let plan = Plan::new(opts.quick);
+    started();
+    log(format!(
+        "{} run against {}",
+        if opts.quick { "quick" } else { "full" },
+        opts.tollgate.display()
+    ));
+    let etcd = Etcd::start();
+    log(format!("etcd up at {}", etcd.endpoint()));
+    let a = Backend::start("backend-a");
+    let b = Backend::start("backend-b");
+
+    let mut next_id = 0;
+    let small = phase_routes(&etcd, opts, &plan, plan.small, &a, &mut next_id)?;
+    let big = phase_routes(&etcd, opts, &plan, plan.big, &a, &mut next_id)?;
+    let inst = phase_instances_and_leases(&etcd, opts, &plan, &a, &b)?;
+    let load = phase_load(&etcd, opts, &plan)?;
+
+    let (lines, verdicts, wrk_errors) = report(opts, &plan, &small, &big, &inst, &load);
+    let text = lines.join("\n") + "\n";
+    println!();
+    print!("{text}");
+    if let Some(dir) = opts.out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&opts.out, &text).with_context(|| format!("writing {}", opts.out.display()))?;
+    log(format!("written to {}", opts.out.display()));
+    if wrk_errors {
+        log("FAIL: more than 1% of wrk requests failed");
+        return Ok(false);
+    }
+    if opts.strict && verdicts.missed > 0 {
+        log(format!("--strict: {} target(s) missed", verdicts.missed));
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+fn main() -> ExitCode {
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("propagation: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&opts) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("propagation: FAILED: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
