@@ -8,6 +8,7 @@ pub mod admin;
 pub mod balance;
 pub mod cmd;
 pub mod config;
+pub mod http_probe;
 pub mod limiter;
 pub mod metrics;
 pub mod model;

@@ -39,6 +39,11 @@ pub struct Metrics {
     pub last_apply_seconds: Gauge,
     pub snapshot_age_seconds: Gauge,
     pub access_log_dropped: IntCounter,
+    /// Picks made in panic mode (too few healthy instances: health ignored).
+    pub panic_picks: IntCounter,
+    pub ejections: IntCounterVec,
+    /// Active health check verdict changes, by upstream and result.
+    pub health_transitions: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -182,6 +187,23 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "tollgate_access_log_dropped_total",
             "Access log lines dropped because the writer fell behind",
+        ),
+        panic_picks: counter(
+            &r,
+            "tollgate_upstream_panic_picks_total",
+            "Instance picks made in panic mode: too few healthy instances, so health was ignored",
+        ),
+        ejections: counter_vec(
+            &r,
+            "tollgate_ejections_total",
+            "Instances ejected by passive health checks, by upstream",
+            &["upstream"],
+        ),
+        health_transitions: counter_vec(
+            &r,
+            "tollgate_health_check_transitions_total",
+            "Active health check verdict changes, by upstream and new state",
+            &["upstream", "state"],
         ),
         registry: {
             let info = IntGaugeVec::new(Opts::new("tollgate_build_info", "Build information"), &["version"])

@@ -1,5 +1,8 @@
-//! The admin listener (loopback by default): liveness, readiness, status.
-//! It only reads the snapshot cell; it never changes routing.
+//! The admin listener (loopback by default): liveness, readiness, status,
+//! metrics, and (only when `admin.profiling` is on) CPU profiles. It only
+//! reads the snapshot cell; it never changes routing.
+
+pub mod profile;
 
 use async_trait::async_trait;
 use http::Response;
@@ -23,6 +26,8 @@ pub struct AdminApp {
     node: NodeInfo,
     /// Set once shutdown begins: readiness fails so load balancers move on.
     draining: Arc<AtomicBool>,
+    /// `/debug/pprof/*` answered (`admin.profiling`); 404 otherwise.
+    profiling: bool,
 }
 
 impl AdminApp {
@@ -31,7 +36,14 @@ impl AdminApp {
             cell,
             node,
             draining,
+            profiling: false,
         }
+    }
+
+    /// Serve `/debug/pprof/profile` and `/debug/pprof/flamegraph`.
+    pub fn with_profiling(mut self, on: bool) -> Self {
+        self.profiling = on;
+        self
     }
 
     fn status_json(&self) -> serde_json::Value {
@@ -99,6 +111,11 @@ impl ServeHttp for AdminApp {
                 "text/plain; version=0.0.4",
                 crate::metrics::render(self.cell.status.view().applied_unix_ms),
             ),
+            p if self.profiling && profile::Format::for_path(p).is_some() => {
+                let format = profile::Format::for_path(p).unwrap_or(profile::Format::Svg);
+                let query = session.req_header().uri.query().map(str::to_string);
+                profile::serve(format, query.as_deref()).await
+            }
             _ => json(
                 404,
                 &serde_json::json!({ "error": "not found", "path": path }),

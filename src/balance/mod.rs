@@ -1,130 +1,309 @@
-//! Instance selection. A schedule is computed once per instance-set change
-//! so that picking on the request path is one atomic increment and an index.
+//! Instance selection: weighted round robin, least request (power of two
+//! choices) and consistent hashing, over instances whose health allows it,
+//! failing open across all of them when too few are healthy (panic mode).
+//! Everything a pick reads is precomputed per instance-set change; a pick
+//! itself is a few atomic loads.
 
-/// Longest smooth weighted round-robin sequence we precompute; larger
-/// weight sums fall back to cumulative-weight search (still lock-free).
-const MAX_SEQUENCE: u64 = 4096;
+pub mod active;
+pub mod health;
+mod ring;
+mod schedule;
 
-/// A precomputed weighted round-robin order over node indexes.
-#[derive(Debug, Clone, Default)]
-pub struct Schedule {
-    kind: Kind,
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use health::{NodeHealth, Passive};
+pub use ring::{stable_hash, Ring};
+pub use schedule::Schedule;
+
+use crate::model::policy::{HashKey, LbSpec};
+
+/// The per-set strategy, built with the set.
+#[derive(Debug, Clone)]
+pub enum Strategy {
+    RoundRobin(Schedule),
+    LeastRequest,
+    ConsistentHash(Ring, HashKey),
 }
 
-#[derive(Debug, Clone, Default)]
-enum Kind {
-    #[default]
-    Empty,
-    /// nginx's smooth WRR, unrolled: weights 5,1,1 give a,a,b,a,c,a,a.
-    Sequence(Box<[u32]>),
-    /// (cumulative weight, node index), for very large weight sums.
-    Cumulative(Box<[(u64, u32)]>, u64),
-}
-
-fn gcd(a: u64, b: u64) -> u64 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
+impl Default for Strategy {
+    fn default() -> Self {
+        Strategy::RoundRobin(Schedule::default())
     }
 }
 
-impl Schedule {
-    /// `weights[i]` is node i's weight; 0 leaves it out (e.g. draining).
-    pub fn build(weights: &[u32]) -> Self {
-        let live: Vec<(u32, u64)> = weights
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| **w > 0)
-            .map(|(i, w)| (i as u32, u64::from(*w)))
-            .collect();
-        if live.is_empty() {
-            return Self { kind: Kind::Empty };
-        }
-        let g = live.iter().fold(0, |g, (_, w)| gcd(g, *w));
-        let total: u64 = live.iter().map(|(_, w)| w / g).sum();
-        if total <= MAX_SEQUENCE {
-            let mut current = vec![0i64; live.len()];
-            let mut seq = Vec::with_capacity(total as usize);
-            for _ in 0..total {
-                for (c, (_, w)) in current.iter_mut().zip(&live) {
-                    *c += (w / g) as i64;
-                }
-                let (best, _) = current
-                    .iter()
-                    .enumerate()
-                    .max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i)))
-                    .unwrap_or((0, &0));
-                current[best] -= total as i64;
-                seq.push(live[best].0);
-            }
-            Self {
-                kind: Kind::Sequence(seq.into()),
-            }
-        } else {
-            let mut acc = 0;
-            let cum = live
+/// What a pick may need from the request.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PickInput {
+    /// Round-robin cursor / random source for this pick.
+    pub cursor: usize,
+    /// Hash of the consistent-hash key, if the strategy uses one.
+    pub key_hash: Option<u64>,
+    /// An instance to avoid (the one a retry is moving away from).
+    pub avoid: Option<SocketAddr>,
+    pub now_ns: u64,
+}
+
+/// The outcome of a pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Picked {
+    pub index: usize,
+    /// Health was ignored because too few instances are healthy.
+    pub panic: bool,
+}
+
+/// One candidate instance as the balancer sees it.
+pub struct Candidate<'a> {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub draining: bool,
+    pub health: &'a NodeHealth,
+}
+
+impl Strategy {
+    /// Builds the strategy for a set of (id, weight, serving) nodes.
+    pub fn build(lb: &LbSpec, hash_key: Option<HashKey>, nodes: &[(&str, u32, bool)]) -> Self {
+        let weights = || {
+            nodes
                 .iter()
-                .map(|(i, w)| {
-                    acc += w;
-                    (acc, *i)
-                })
-                .collect::<Vec<_>>();
-            Self {
-                kind: Kind::Cumulative(cum.into(), acc),
-            }
+                .map(|(_, w, serving)| if *serving { *w } else { 0 })
+        };
+        match (lb, hash_key) {
+            (LbSpec::LeastRequest, _) => Strategy::LeastRequest,
+            (LbSpec::ConsistentHash { .. }, Some(k)) => Strategy::ConsistentHash(
+                Ring::build(
+                    nodes
+                        .iter()
+                        .map(|(id, w, serving)| (*id, if *serving { *w } else { 0 })),
+                ),
+                k,
+            ),
+            _ => Strategy::RoundRobin(Schedule::build(&weights().collect::<Vec<_>>())),
         }
     }
 
-    /// The node for the `n`th pick.
-    pub fn pick(&self, n: usize) -> Option<u32> {
-        match &self.kind {
-            Kind::Empty => None,
-            Kind::Sequence(seq) => Some(seq[n % seq.len()]),
-            Kind::Cumulative(cum, total) => {
-                let x = n as u64 % total;
-                let i = cum.partition_point(|(c, _)| *c <= x);
-                cum.get(i).map(|(_, node)| *node)
-            }
+    pub fn hash_key(&self) -> Option<&HashKey> {
+        match self {
+            Strategy::ConsistentHash(_, k) => Some(k),
+            _ => None,
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        matches!(self.kind, Kind::Empty)
+    /// Picks an instance. `panic_threshold` is the healthy share below
+    /// which health is ignored.
+    pub fn pick(
+        &self,
+        nodes: &[Candidate<'_>],
+        input: PickInput,
+        panic_threshold: f64,
+    ) -> Option<Picked> {
+        let serving = |i: usize| !nodes[i].draining;
+        let healthy = |i: usize| serving(i) && nodes[i].health.available(input.now_ns);
+        // The strategy's own choice, moving off the instance to avoid.
+        let natural = self
+            .first(nodes, input, &|i| {
+                serving(i) && Some(nodes[i].addr) != input.avoid
+            })
+            .or_else(|| self.first(nodes, input, &serving))?;
+        if healthy(natural) {
+            return Some(Picked {
+                index: natural,
+                panic: false,
+            });
+        }
+        // Unhealthy: look elsewhere, unless too few are healthy, in which
+        // case health is ignored and traffic spreads over all (panic mode).
+        let total = (0..nodes.len()).filter(|&i| serving(i)).count();
+        let up = (0..nodes.len()).filter(|&i| healthy(i)).count();
+        if up == 0 || (up as f64) < panic_threshold * total as f64 {
+            return Some(Picked {
+                index: natural,
+                panic: true,
+            });
+        }
+        self.first(nodes, input, &|i| {
+            healthy(i) && Some(nodes[i].addr) != input.avoid
+        })
+        .or_else(|| self.first(nodes, input, &healthy))
+        .map(|index| Picked {
+            index,
+            panic: false,
+        })
     }
+
+    fn first(
+        &self,
+        nodes: &[Candidate<'_>],
+        input: PickInput,
+        ok: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        if nodes.is_empty() {
+            return None;
+        }
+        match self {
+            Strategy::RoundRobin(s) => (0..nodes.len().max(8))
+                .filter_map(|k| s.pick(input.cursor.wrapping_add(k)).map(|i| i as usize))
+                .find(|&i| ok(i))
+                .or_else(|| (0..nodes.len()).find(|&i| ok(i))),
+            Strategy::LeastRequest => {
+                let n = nodes.len();
+                let a = input.cursor % n;
+                let b = (input.cursor / n.max(1)).wrapping_mul(7).wrapping_add(1) % n;
+                let load = |i: usize| {
+                    let w = u64::from(nodes[i].weight.max(1));
+                    (nodes[i]
+                        .health
+                        .in_flight
+                        .load(std::sync::atomic::Ordering::Relaxed) as u64
+                        + 1)
+                        * 1_000_000
+                        / w
+                };
+                let two = [a, if b == a { (a + 1) % n } else { b }];
+                let best = two
+                    .iter()
+                    .copied()
+                    .filter(|&i| ok(i))
+                    .min_by_key(|&i| load(i));
+                best.or_else(|| (0..n).filter(|&i| ok(i)).min_by_key(|&i| load(i)))
+            }
+            Strategy::ConsistentHash(ring, _) => {
+                let key = input.key_hash.unwrap_or(input.cursor as u64);
+                ring.walk(key).map(|i| i as usize).find(|&i| ok(i))
+            }
+        }
+    }
+}
+
+/// Counts ejected instances, for the max-ejected-share rule.
+pub fn ejected_share(health: &[Arc<NodeHealth>], now_ns: u64) -> f64 {
+    if health.is_empty() {
+        return 0.0;
+    }
+    health.iter().filter(|h| h.is_ejected(now_ns)).count() as f64 / health.len() as f64
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn counts(s: &Schedule, nodes: usize, picks: usize) -> Vec<usize> {
-        let mut c = vec![0; nodes];
-        for n in 0..picks {
-            c[s.pick(n).unwrap() as usize] += 1;
+    fn cands(health: &[NodeHealth]) -> Vec<Candidate<'_>> {
+        health
+            .iter()
+            .enumerate()
+            .map(|(i, h)| Candidate {
+                addr: ([127, 0, 0, 1], 1000 + i as u16).into(),
+                weight: 1,
+                draining: false,
+                health: h,
+            })
+            .collect()
+    }
+
+    fn rr(n: usize) -> Strategy {
+        let ids: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
+        let nodes: Vec<(&str, u32, bool)> = ids.iter().map(|s| (s.as_str(), 1, true)).collect();
+        Strategy::build(&LbSpec::RoundRobin, None, &nodes)
+    }
+
+    fn input(cursor: usize) -> PickInput {
+        PickInput {
+            cursor,
+            now_ns: 1,
+            ..Default::default()
         }
-        c
     }
 
     #[test]
-    fn smooth_weighted_order() {
-        let s = Schedule::build(&[5, 1, 1]);
-        let order: Vec<u32> = (0..7).map(|n| s.pick(n).unwrap()).collect();
-        assert_eq!(order, vec![0, 0, 1, 0, 2, 0, 0]);
-        assert_eq!(counts(&Schedule::build(&[2, 4]), 2, 600), vec![200, 400]);
+    fn skips_unhealthy_and_avoided_instances() {
+        let h: Vec<NodeHealth> = (0..3).map(|_| NodeHealth::default()).collect();
+        h[1].record_check(false, 1, 1);
+        let c = cands(&h);
+        let s = rr(3);
+        for cursor in 0..12 {
+            let p = s.pick(&c, input(cursor), 0.5).unwrap();
+            assert_ne!(p.index, 1);
+            assert!(!p.panic);
+        }
+        let avoid = PickInput {
+            avoid: Some(c[0].addr),
+            ..input(0)
+        };
+        assert_eq!(s.pick(&c, avoid, 0.5).unwrap().index, 2);
     }
 
     #[test]
-    fn zero_weight_is_skipped_and_empty_is_none() {
-        assert_eq!(counts(&Schedule::build(&[1, 0, 1]), 3, 10), vec![5, 0, 5]);
-        assert!(Schedule::build(&[0, 0]).pick(0).is_none());
-        assert!(Schedule::build(&[]).is_empty());
+    fn fails_open_when_too_few_are_healthy() {
+        let h: Vec<NodeHealth> = (0..4).map(|_| NodeHealth::default()).collect();
+        for x in &h[..3] {
+            x.record_check(false, 1, 1);
+        }
+        let c = cands(&h);
+        let s = rr(4);
+        let picks: Vec<Picked> = (0..8).map(|k| s.pick(&c, input(k), 0.5).unwrap()).collect();
+        // 1 of 4 healthy is below 50%: every instance keeps its share.
+        for i in 0..4 {
+            assert_eq!(
+                picks.iter().filter(|p| p.index == i).count(),
+                2,
+                "{picks:?}"
+            );
+        }
+        assert!(picks.iter().filter(|p| p.index != 3).all(|p| p.panic));
+        // Above the threshold, health is honoured.
+        h[0].record_check(true, 1, 1);
+        assert!((0..8).all(|k| {
+            let p = s.pick(&c, input(k), 0.5).unwrap();
+            !p.panic && (p.index == 0 || p.index == 3)
+        }));
     }
 
     #[test]
-    fn huge_weight_sums_stay_proportional() {
-        let s = Schedule::build(&[9999, 9998, 1]);
-        assert!(matches!(s.kind, Kind::Cumulative(..)));
-        assert_eq!(counts(&s, 3, 19998), vec![9999, 9998, 1]);
+    fn least_request_prefers_the_idle_instance() {
+        let h: Vec<NodeHealth> = (0..2).map(|_| NodeHealth::default()).collect();
+        h[0].in_flight
+            .store(10, std::sync::atomic::Ordering::Relaxed);
+        let c = cands(&h);
+        let s = Strategy::build(
+            &LbSpec::LeastRequest,
+            None,
+            &[("a", 1, true), ("b", 1, true)],
+        );
+        for cursor in 0..10 {
+            assert_eq!(s.pick(&c, input(cursor), 0.5).unwrap().index, 1);
+        }
+    }
+
+    #[test]
+    fn consistent_hash_keeps_a_key_and_skips_unhealthy() {
+        let h: Vec<NodeHealth> = (0..3).map(|_| NodeHealth::default()).collect();
+        let c = cands(&h);
+        let lb = LbSpec::ConsistentHash { key: "path".into() };
+        let s = Strategy::build(
+            &lb,
+            Some(HashKey::Path),
+            &[("a", 1, true), ("b", 1, true), ("c", 1, true)],
+        );
+        let with_key = |k: u64| PickInput {
+            key_hash: Some(k),
+            ..input(0)
+        };
+        let first = s.pick(&c, with_key(42), 0.5).unwrap().index;
+        for cursor in 0..5 {
+            let again = s
+                .pick(
+                    &c,
+                    PickInput {
+                        cursor,
+                        ..with_key(42)
+                    },
+                    0.5,
+                )
+                .unwrap()
+                .index;
+            assert_eq!(again, first);
+        }
+        h[first].record_check(false, 1, 1);
+        assert_ne!(s.pick(&c, with_key(42), 0.5).unwrap().index, first);
     }
 }

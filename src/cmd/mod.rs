@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod logging;
+pub mod notify;
 pub mod register;
 pub mod run;
 mod shutdown;

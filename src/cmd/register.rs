@@ -7,7 +7,6 @@
 use anyhow::Context;
 use etcd_client::{Client, ConnectOptions, PutOptions};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::model::upstream::parse_node_url;
@@ -46,31 +45,6 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "host".into())
-}
-
-/// GET `url` with a short timeout; true on a 2xx answer.
-async fn healthy(url: &str) -> bool {
-    let Ok(parsed) = url::Url::parse(url) else {
-        return false;
-    };
-    let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
-        return false;
-    };
-    let check = async {
-        let mut s = tokio::net::TcpStream::connect((host, port)).await?;
-        let req = format!(
-            "GET {} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\nUser-Agent: tollgate-register\r\n\r\n",
-            &parsed[url::Position::BeforePath..]
-        );
-        s.write_all(req.as_bytes()).await?;
-        let mut head = [0u8; 16];
-        let n = s.read(&mut head).await?;
-        Ok::<bool, std::io::Error>(n >= 12 && head.starts_with(b"HTTP/1.") && head[9] == b'2')
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), check).await,
-        Ok(Ok(true))
-    )
 }
 
 /// Registers until SIGTERM/SIGINT.
@@ -165,7 +139,7 @@ async fn session(
     let mut health = tokio::time::interval(Duration::from_millis(args.health_interval_ms.max(50)));
     loop {
         let want = match &args.health_url {
-            Some(url) => healthy(url).await,
+            Some(url) => crate::http_probe::url_ok(url, Duration::from_secs(2)).await,
             None => true,
         };
         if want && !registered {

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use super::notify;
 use super::shutdown::DrainOnSignal;
 use crate::admin::{AdminApp, NodeInfo};
 use crate::config::{load_file, ConfigModel};
@@ -112,7 +113,7 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
     };
     let mut admin = Service::new(
         "admin".into(),
-        AdminApp::new(cell.clone(), node, draining.clone()),
+        AdminApp::new(cell.clone(), node, draining.clone()).with_profiling(b.admin.profiling),
     );
     admin.add_tcp(&b.admin.listen);
     admin.threads = Some(1);
@@ -123,13 +124,21 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
         "limiter-sweeper",
         crate::limiter::Sweeper,
     ));
+    server.add_service(background_service(
+        "health-checks",
+        crate::balance::active::ActiveChecker::new(cell.checked.clone()),
+    ));
+
+    // systemd Type=notify: READY=1 once a snapshot is applied and the
+    // listeners are up (in --upgrade mode, after the hand-over above).
+    notify::spawn_ready_watcher(cell.clone(), b.admin.listen.clone());
 
     tracing::info!(listen = ?b.listen, admin = %b.admin.listen, threads = b.threads, "tollgate starting");
     server.run(RunArgs {
-        shutdown_signal: Box::new(DrainOnSignal {
+        shutdown_signal: Box::new(notify::NotifyOnShutdown(DrainOnSignal {
             in_flight,
             draining,
-        }),
+        })),
     });
     Ok(())
 }

@@ -63,12 +63,18 @@ pub struct Bootstrap {
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// Serve CPU profiles at `/debug/pprof/profile` and
+    /// `/debug/pprof/flamegraph` (404 when off). Anyone who can reach the
+    /// admin listener can then make the process sample itself.
+    #[serde(default)]
+    pub profiling: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            profiling: false,
         }
     }
 }

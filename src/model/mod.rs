@@ -5,6 +5,7 @@
 pub mod error;
 pub mod instance;
 pub mod pattern;
+pub mod policy;
 pub mod rate_limit;
 pub mod route;
 pub mod settings;

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{field, index, FieldError};
 use super::pattern::PathPattern;
+use super::policy::CanarySpec;
 use super::rate_limit::{LimitKey, RateLimitSpec};
 use super::timeout::TimeoutSpec;
 
@@ -40,6 +41,9 @@ pub struct RouteSpec {
     /// This route's limit; absent means the settings' default, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSpec>,
+    /// Send a share of this route's traffic to another upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySpec>,
 }
 
 /// The HTTP methods a route may name; anything else is almost surely a typo.
@@ -71,6 +75,14 @@ pub struct Route {
     pub methods: MethodMask,
     /// The parsed `rate_limit.key`, when the route has its own limit.
     pub limit_key: Option<LimitKey>,
+}
+
+impl Route {
+    /// Every upstream the route may send to (its own, and its canary's).
+    pub fn upstream_names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.spec.upstream.as_str())
+            .chain(self.spec.canary.as_ref().map(|c| c.upstream.as_str()))
+    }
 }
 
 fn validate_host(host: &str) -> Result<String, String> {
@@ -171,6 +183,9 @@ impl RouteSpec {
                     format!("at most {MAX_RETRIES}, got {r}"),
                 ));
             }
+        }
+        if let Some(c) = &self.canary {
+            c.validate(&field(path, "canary"))?;
         }
         let limit_key = self
             .rate_limit

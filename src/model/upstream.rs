@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, ToSocketAddrs};
 
 use super::error::{field, index, FieldError};
+use super::policy::{HealthCheckSpec, LbSpec, RetrySpec};
 use super::timeout::TimeoutSpec;
 
 /// A static node: a bare URL or `{addr, weight}`.
@@ -27,6 +28,12 @@ pub struct UpstreamSpec {
     pub nodes: Vec<NodeSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<TimeoutSpec>,
+    #[serde(default)]
+    pub lb: LbSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckSpec>,
 }
 
 /// One resolved node; `id` is the registry instance id or the static URL.
@@ -86,6 +93,13 @@ impl UpstreamSpec {
     pub fn compile(&self, path: &str) -> Result<Vec<Node>, FieldError> {
         if let Some(t) = &self.timeout {
             t.validate(&field(path, "timeout"))?;
+        }
+        self.lb.hash_key(&field(path, "lb"))?;
+        if let Some(r) = &self.retry {
+            r.validate(&field(path, "retry"))?;
+        }
+        if let Some(h) = &self.health_check {
+            h.validate(&field(path, "health_check"))?;
         }
         self.nodes
             .iter()

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{RouteEntry, Snapshot, UpstreamTable};
+use super::{Canary, RouteEntry, Snapshot, UpstreamTable};
 use crate::limiter::RouteLimiter;
 use crate::metrics::RouteMetrics;
 use crate::model::Route;
@@ -18,10 +18,6 @@ pub struct Rejected {
     pub id: String,
     pub reason: String,
 }
-
-/// A failed connect is retried once on another instance unless the route
-/// says otherwise (nginx's proxy_next_upstream does the same).
-pub const DEFAULT_RETRIES: u32 = 1;
 
 /// Where a route sits in the router.
 pub fn shape_of(route: &Route) -> RouteShape<'_> {
@@ -45,7 +41,12 @@ pub fn entry_for(
         strip_prefix: route.spec.strip_prefix.as_deref().map(Into::into),
         preserve_host: route.spec.preserve_host.unwrap_or(true),
         timeout: route.spec.timeout,
-        retries: route.spec.retries.unwrap_or(DEFAULT_RETRIES),
+        retries: route.spec.retries,
+        canary: route
+            .spec
+            .canary
+            .as_ref()
+            .map(|c| Canary::new(c, table.leaf(&c.upstream))),
         limiter,
         metrics: RouteMetrics::new(&route.id),
     })
@@ -99,8 +100,8 @@ mod tests {
         assert_eq!(r.rewrite_path("/api/users/1"), Some("/users/1"));
         assert_eq!(r.rewrite_path("/api"), Some("/"));
         assert_eq!(r.rewrite_path("/apix"), None);
-        assert_eq!(r.retries, DEFAULT_RETRIES);
-        assert_eq!(snap.route("x", "GET", "/health").unwrap().retries, 0);
+        assert_eq!(r.retries, None);
+        assert_eq!(snap.route("x", "GET", "/health").unwrap().retries, Some(0));
         assert!(snap.route("x", "GET", "/nope").is_none());
     }
 

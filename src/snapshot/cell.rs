@@ -5,7 +5,7 @@ use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::{RouteEntry, Snapshot};
+use super::{CheckedLeaves, RouteEntry, Snapshot};
 use crate::limiter::FleetSize;
 
 /// Where the config comes from and whether that source is reachable.
@@ -129,6 +129,8 @@ pub struct SnapshotCell {
     pub status: SyncStatus,
     /// Live gateway nodes, for cluster-scoped limits (1 until known).
     pub fleet: FleetSize,
+    /// Upstreams with active health checks, for the checker.
+    pub checked: CheckedLeaves,
 }
 
 impl SnapshotCell {
@@ -137,6 +139,7 @@ impl SnapshotCell {
             current: ArcSwap::default(),
             status: SyncStatus::default(),
             fleet: Arc::new(AtomicUsize::new(1)),
+            checked: CheckedLeaves::default(),
         })
     }
 

@@ -11,10 +11,11 @@ use std::sync::Arc;
 
 pub use build::{build, entry_for, shape_of, Rejected};
 pub use cell::{SnapshotCell, SourceState, StatusView, SyncStatus};
-pub use upstream::{InstanceSet, UpstreamLeaf, UpstreamTable};
+pub use upstream::{CheckedLeaves, InstanceSet, RetryBudget, UpstreamLeaf, UpstreamTable};
 
 use crate::limiter::RouteLimiter;
 use crate::metrics::RouteMetrics;
+use crate::model::policy::CanarySpec;
 use crate::model::{TimeoutSpec, Timeouts};
 use crate::router::Router;
 
@@ -26,12 +27,65 @@ pub struct RouteEntry {
     pub strip_prefix: Option<Box<str>>,
     pub preserve_host: bool,
     timeout: Option<TimeoutSpec>,
-    pub retries: u32,
+    /// The route's `retries` (short form of the retry policy), if set.
+    pub retries: Option<u32>,
+    pub canary: Option<Canary>,
     pub limiter: Option<Arc<RouteLimiter>>,
     pub metrics: RouteMetrics,
 }
 
+/// A share of a route's traffic sent to another upstream.
+#[derive(Debug)]
+pub struct Canary {
+    pub upstream: Arc<UpstreamLeaf>,
+    /// Requests per 10,000 that go to the canary.
+    per_10k: u64,
+    header: Option<(http::HeaderName, String)>,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl Canary {
+    pub fn new(spec: &CanarySpec, upstream: Arc<UpstreamLeaf>) -> Self {
+        Self {
+            upstream,
+            per_10k: (spec.weight * 100.0).round() as u64,
+            header: spec.header.as_ref().and_then(|h| {
+                http::HeaderName::from_bytes(h.name.as_bytes())
+                    .ok()
+                    .map(|n| (n, h.value.clone()))
+            }),
+            counter: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether this request goes to the canary: forced by the header, else
+    /// an exact share by counter (deterministic, lock-free).
+    pub fn takes(&self, headers: &http::HeaderMap) -> bool {
+        if let Some((name, value)) = &self.header {
+            if headers
+                .get(name)
+                .is_some_and(|v| v.as_bytes() == value.as_bytes())
+            {
+                return true;
+            }
+        }
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Spread the canary's share evenly: Bresenham over 10,000 slots.
+        (n % 10_000 + 1) * self.per_10k / 10_000 != (n % 10_000) * self.per_10k / 10_000
+    }
+}
+
 impl RouteEntry {
+    /// The upstream this request goes to.
+    pub fn upstream_for(&self, headers: &http::HeaderMap) -> &Arc<UpstreamLeaf> {
+        match &self.canary {
+            Some(c) if c.takes(headers) => &c.upstream,
+            _ => &self.upstream,
+        }
+    }
+
     /// The route's timeouts over the upstream's.
     pub fn timeouts(&self, upstream: Timeouts) -> Timeouts {
         self.timeout.map_or(upstream, |t| t.apply(upstream))
@@ -72,5 +126,28 @@ impl Snapshot {
 
     pub fn is_empty(&self) -> bool {
         self.router.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canary_takes_its_exact_share_and_the_header_forces_it() {
+        let mut table = UpstreamTable::new(Timeouts::default());
+        let spec: CanarySpec = serde_json::from_str(
+            r#"{"upstream":"v2","weight":10,"header":{"name":"X-Canary","value":"always"}}"#,
+        )
+        .unwrap();
+        let c = Canary::new(&spec, table.leaf("v2"));
+        let plain = http::HeaderMap::new();
+        let first_100 = (0..100).filter(|_| c.takes(&plain)).count();
+        assert_eq!(first_100, 10, "spread evenly, not bunched");
+        let rest = (100..10_000).filter(|_| c.takes(&plain)).count();
+        assert_eq!(first_100 + rest, 1000);
+        let mut forced = http::HeaderMap::new();
+        forced.insert("x-canary", "always".parse().unwrap());
+        assert!((0..50).all(|_| c.takes(&forced)));
     }
 }

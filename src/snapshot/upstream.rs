@@ -3,33 +3,89 @@
 
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::balance::Schedule;
+use crate::balance::{Candidate, NodeHealth, Passive, PickInput, Picked, Strategy};
+use crate::model::policy::{ActiveCheckSpec, HashKey, PassiveCheckSpec, RetrySpec};
 use crate::model::{Node, Timeouts, UpstreamSpec};
 
-/// The nodes an upstream sends to right now, with their schedule.
-#[derive(Debug, Default)]
+/// The nodes an upstream sends to right now, how to choose among them and
+/// the policies that govern them.
+#[derive(Debug)]
 pub struct InstanceSet {
     /// Static nodes first, then registered instances by id.
     pub nodes: Vec<Node>,
-    schedule: Schedule,
+    /// Per-node health, parallel to `nodes`, carried over by node id.
+    pub health: Vec<Arc<NodeHealth>>,
+    strategy: Strategy,
     pub timeouts: Timeouts,
+    /// The upstream's retry policy, if it sets one.
+    pub retry: Option<RetrySpec>,
+    pub passive: Option<PassiveCheckSpec>,
+    pub active: Option<ActiveCheckSpec>,
+    pub panic_threshold: f64,
     /// Whether anything (policy or registration) defines this upstream.
     pub defined: bool,
 }
 
-impl InstanceSet {
-    fn new(nodes: Vec<Node>, timeouts: Timeouts, defined: bool) -> Self {
-        let weights: Vec<u32> = nodes
-            .iter()
-            .map(|n| if n.draining { 0 } else { n.weight })
-            .collect();
+impl Default for InstanceSet {
+    fn default() -> Self {
         Self {
-            schedule: Schedule::build(&weights),
+            nodes: Vec::new(),
+            health: Vec::new(),
+            strategy: Strategy::default(),
+            timeouts: Timeouts::default(),
+            retry: None,
+            passive: None,
+            active: None,
+            panic_threshold: 0.5,
+            defined: false,
+        }
+    }
+}
+
+impl InstanceSet {
+    fn new(
+        nodes: Vec<Node>,
+        previous: &InstanceSet,
+        policy: Option<&UpstreamSpec>,
+        timeouts: Timeouts,
+        defined: bool,
+    ) -> Self {
+        let health = nodes
+            .iter()
+            .map(|n| {
+                previous
+                    .nodes
+                    .iter()
+                    .position(|p| p.id == n.id && p.addr == n.addr)
+                    .map_or_else(Default::default, |i| previous.health[i].clone())
+            })
+            .collect();
+        let shape: Vec<(&str, u32, bool)> = nodes
+            .iter()
+            .map(|n| (n.id.as_str(), n.weight, !n.draining))
+            .collect();
+        let lb = policy.map(|p| p.lb.clone()).unwrap_or_default();
+        let hash_key = lb.hash_key("").ok().flatten();
+        let hc = policy
+            .and_then(|p| p.health_check.clone())
+            .unwrap_or_default();
+        Self {
+            strategy: Strategy::build(&lb, hash_key, &shape),
+            health,
             nodes,
             timeouts,
+            retry: policy.and_then(|p| p.retry.clone()),
+            passive: hc.passive,
+            active: hc.active,
+            panic_threshold: if policy.and_then(|p| p.health_check.as_ref()).is_some() {
+                hc.panic_threshold
+            } else {
+                0.5
+            },
             defined,
         }
     }
@@ -37,6 +93,47 @@ impl InstanceSet {
     /// Nodes that take new requests.
     pub fn serving(&self) -> usize {
         self.nodes.iter().filter(|n| !n.draining).count()
+    }
+
+    /// Where the consistent-hash key comes from, if the upstream uses one.
+    pub fn hash_key(&self) -> Option<&HashKey> {
+        self.strategy.hash_key()
+    }
+}
+
+/// Retries may add at most a share of an upstream's traffic: every request
+/// deposits that share of a token, every retry spends one (with a small
+/// reserve so a quiet upstream can still retry).
+#[derive(Debug)]
+pub struct RetryBudget {
+    milli_tokens: AtomicI64,
+}
+
+const BUDGET_RESERVE: i64 = 10_000;
+const BUDGET_CAP: i64 = 100_000;
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self {
+            milli_tokens: AtomicI64::new(BUDGET_RESERVE),
+        }
+    }
+}
+
+impl RetryBudget {
+    pub fn deposit(&self, share: f64) {
+        let add = (share * 1000.0) as i64;
+        if self.milli_tokens.fetch_add(add, Ordering::Relaxed) + add > BUDGET_CAP {
+            self.milli_tokens.store(BUDGET_CAP, Ordering::Relaxed);
+        }
+    }
+
+    pub fn try_spend(&self) -> bool {
+        self.milli_tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                (t >= 1000).then_some(t - 1000)
+            })
+            .is_ok()
     }
 }
 
@@ -47,6 +144,7 @@ pub struct UpstreamLeaf {
     pub name: Arc<str>,
     set: ArcSwap<InstanceSet>,
     cursor: AtomicUsize,
+    pub budget: RetryBudget,
 }
 
 impl UpstreamLeaf {
@@ -55,6 +153,7 @@ impl UpstreamLeaf {
             name: name.into(),
             set: ArcSwap::from_pointee(InstanceSet::default()),
             cursor: AtomicUsize::new(0),
+            budget: RetryBudget::default(),
         }
     }
 
@@ -63,10 +162,57 @@ impl UpstreamLeaf {
         self.set.load_full()
     }
 
-    /// Picks the next node by weighted round-robin: its index in `set.nodes`.
-    pub fn pick(&self, set: &InstanceSet) -> Option<usize> {
-        let n = self.cursor.fetch_add(1, Ordering::Relaxed);
-        set.schedule.pick(n).map(|i| i as usize)
+    /// Picks an instance of `set`: its index in `set.nodes`.
+    pub fn pick(
+        &self,
+        set: &InstanceSet,
+        key_hash: Option<u64>,
+        avoid: Option<SocketAddr>,
+    ) -> Option<Picked> {
+        let candidates: Vec<Candidate<'_>> = set
+            .nodes
+            .iter()
+            .zip(&set.health)
+            .map(|(n, h)| Candidate {
+                addr: n.addr,
+                weight: n.weight,
+                draining: n.draining,
+                health: h,
+            })
+            .collect();
+        let input = PickInput {
+            cursor: self.cursor.fetch_add(1, Ordering::Relaxed),
+            key_hash,
+            avoid,
+            now_ns: crate::limiter::now_ns(),
+        };
+        let picked = set.strategy.pick(&candidates, input, set.panic_threshold);
+        if picked.is_some_and(|p| p.panic) {
+            crate::metrics::METRICS.panic_picks.inc();
+        }
+        picked
+    }
+
+    /// Feeds a request outcome on node `index` of `set` to passive health.
+    pub fn observe(&self, set: &InstanceSet, index: usize, ok: bool) {
+        let (Some(h), Some(spec)) = (set.health.get(index), set.passive.as_ref()) else {
+            return;
+        };
+        if ok {
+            h.record_success();
+            return;
+        }
+        let now = crate::limiter::now_ns();
+        let may_eject = crate::balance::ejected_share(&set.health, now)
+            + 1.0 / set.health.len() as f64
+            <= spec.max_ejected_share + f64::EPSILON;
+        if let Passive::Ejected { for_ms } = h.record_failure(spec, now, may_eject) {
+            crate::metrics::METRICS
+                .ejections
+                .with_label_values(&[&self.name])
+                .inc();
+            tracing::warn!(upstream = %self.name, instance = %set.nodes[index].id, for_ms, "instance ejected after consecutive failures");
+        }
     }
 }
 
@@ -82,13 +228,24 @@ struct Inputs {
 pub struct UpstreamTable {
     leaves: BTreeMap<String, (Arc<UpstreamLeaf>, Inputs)>,
     defaults: Timeouts,
+    /// Leaves with active health checks, for the checker.
+    checked: CheckedLeaves,
 }
+
+/// The leaves the active health checker probes; swapped whole on change.
+pub type CheckedLeaves = Arc<ArcSwap<Vec<Arc<UpstreamLeaf>>>>;
 
 impl UpstreamTable {
     pub fn new(defaults: Timeouts) -> Self {
+        Self::with_checked(defaults, CheckedLeaves::default())
+    }
+
+    /// A table that publishes its actively checked leaves into `checked`.
+    pub fn with_checked(defaults: Timeouts, checked: CheckedLeaves) -> Self {
         Self {
             leaves: BTreeMap::new(),
             defaults,
+            checked,
         }
     }
 
@@ -153,22 +310,41 @@ impl UpstreamTable {
     fn publish(&mut self, name: &str) {
         let defaults = self.defaults;
         let (leaf, inputs) = self.entry(name);
+        let policy = inputs.policy.as_ref().map(|(s, _)| s);
         let mut nodes: Vec<Node> = inputs
             .policy
             .as_ref()
             .map(|(_, n)| n.clone())
             .unwrap_or_default();
         nodes.extend(inputs.registered.values().cloned());
-        let timeouts = inputs
-            .policy
-            .as_ref()
-            .and_then(|(s, _)| s.timeout)
+        let timeouts = policy
+            .and_then(|s| s.timeout)
             .map_or(defaults, |t| t.apply(defaults));
         let defined = inputs.policy.is_some() || !inputs.registered.is_empty();
-        let set = InstanceSet::new(nodes, timeouts, defined);
+        let set = InstanceSet::new(nodes, &leaf.set.load(), policy, timeouts, defined);
         let serving = set.serving();
         crate::metrics::set_instances(name, serving, set.nodes.len() - serving);
         leaf.set.store(Arc::new(set));
+        let leaf = leaf.clone();
+        self.update_checked(leaf);
+    }
+
+    /// Keeps the list of leaves that have active health checks current.
+    fn update_checked(&mut self, leaf: Arc<UpstreamLeaf>) {
+        let wants = leaf.instances().active.is_some();
+        let list = self.checked.load();
+        let has = list.iter().any(|l| Arc::ptr_eq(l, &leaf));
+        if wants != has {
+            let mut next: Vec<Arc<UpstreamLeaf>> = list
+                .iter()
+                .filter(|l| !Arc::ptr_eq(l, &leaf))
+                .cloned()
+                .collect();
+            if wants {
+                next.push(leaf);
+            }
+            self.checked.store(Arc::new(next));
+        }
     }
 
     /// Forgets `name`'s leaf if nothing defines it; the caller knows no
@@ -179,7 +355,17 @@ impl UpstreamTable {
             .get(name)
             .is_some_and(|(_, i)| i.policy.is_none() && i.registered.is_empty())
         {
-            self.leaves.remove(name);
+            if let Some((leaf, _)) = self.leaves.remove(name) {
+                let list = self.checked.load();
+                if list.iter().any(|l| Arc::ptr_eq(l, &leaf)) {
+                    let next = list
+                        .iter()
+                        .filter(|l| !Arc::ptr_eq(l, &leaf))
+                        .cloned()
+                        .collect();
+                    self.checked.store(Arc::new(next));
+                }
+            }
             crate::metrics::forget_service(name);
             crate::metrics::forget_service(name);
         }
@@ -218,7 +404,9 @@ mod tests {
         t.set_instance("users", "b", Some(node("b", 2)));
         let set = leaf.instances();
         assert_eq!(set.nodes.len(), 2);
-        let picks: Vec<usize> = (0..4).map(|_| leaf.pick(&set).unwrap()).collect();
+        let picks: Vec<usize> = (0..4)
+            .map(|_| leaf.pick(&set, None, None).unwrap().index)
+            .collect();
         assert_eq!(picks, vec![0, 1, 0, 1]);
         t.set_instance("users", "a", None);
         assert_eq!(leaf.instances().nodes[0].id, "b");
@@ -234,9 +422,12 @@ mod tests {
         t.set_instance("s", "d", Some(d));
         let leaf = t.leaf("s");
         let set = leaf.instances();
-        assert_eq!(leaf.pick(&set), None);
+        assert_eq!(leaf.pick(&set, None, None), None);
         t.set_instance("s", "e", Some(node("e", 2)));
         let set = leaf.instances();
-        assert_eq!(set.nodes[leaf.pick(&set).unwrap()].id, "e");
+        assert_eq!(
+            set.nodes[leaf.pick(&set, None, None).unwrap().index].id,
+            "e"
+        );
     }
 }

@@ -51,8 +51,8 @@ pub struct Store {
 impl Store {
     pub fn new(cell: Arc<SnapshotCell>, defaults: Timeouts) -> Self {
         Self {
+            table: UpstreamTable::with_checked(defaults, cell.checked.clone()),
             cell,
-            table: UpstreamTable::new(defaults),
             desired: BTreeMap::new(),
             served: BTreeMap::new(),
             changed: BTreeSet::new(),
@@ -85,16 +85,17 @@ impl Store {
                 if self.desired.get(id) == Some(&r) {
                     return;
                 }
-                self.upstream_users
-                    .entry(r.spec.upstream.clone())
-                    .and_modify(|n| *n += 1)
-                    .or_insert(1);
+                for name in r.upstream_names() {
+                    *self.upstream_users.entry(name.to_string()).or_insert(0) += 1;
+                }
                 self.desired.insert(id.to_string(), r)
             }
             None => self.desired.remove(id),
         };
         if let Some(old) = old {
-            self.count_user(&old.spec.upstream, -1);
+            for name in old.upstream_names() {
+                self.count_user(name, -1);
+            }
         }
         self.changed.insert(id.to_string());
     }

@@ -60,6 +60,8 @@ struct Stream {
     inner: WatchStream,
     /// Everything up to here has been applied from this stream.
     revision: i64,
+    /// The revision of the last event received: events never go below it.
+    last_event: i64,
     last_message: Instant,
 }
 
@@ -98,6 +100,7 @@ pub async fn follow(
             name,
             inner,
             revision: from.revision,
+            last_event: from.revision,
             last_message: Instant::now(),
         });
     }
@@ -187,15 +190,17 @@ fn handle(
                 had: from.cluster_id,
             }));
         }
-        if resp.events().is_empty() {
-            if h.revision() < s.revision {
-                return Ok(Some(Relist::RevisionBackwards {
-                    seen: h.revision(),
-                    had: s.revision,
-                }));
-            }
-            // A progress notification: everything up to here was sent.
-            s.revision = h.revision();
+        // A progress notification: everything up to here was sent. It only
+        // ever moves the revision forward and never counts as the revision
+        // going backwards: etcd before 3.4.24 / 3.5.8 (Debian ships 3.4.23)
+        // answers a progress request out of band with the events (etcd
+        // #15220), so the answer can overtake events still queued or trail
+        // events already sent; re-listing on either was a full re-list every
+        // few seconds under write load. The "created" answer is no progress
+        // at all: its header is the current revision, and the events from
+        // the start revision up to it may still be on their way.
+        if resp.events().is_empty() && !resp.created() {
+            s.revision = s.revision.max(h.revision());
         }
     }
     for ev in resp.events() {
@@ -203,16 +208,19 @@ fn handle(
         METRICS.watch_events.with_label_values(&[s.name]).inc();
         let key = String::from_utf8_lossy(kv.key());
         let rev = kv.mod_revision();
-        if rev < s.revision && rev > 0 {
+        // Events of one stream come in revision order (several per revision
+        // in a transaction); one below an earlier event is a real anomaly.
+        if rev < s.last_event && rev > 0 {
             return Ok(Some(Relist::RevisionBackwards {
                 seen: rev,
-                had: s.revision,
+                had: s.last_event,
             }));
         }
         match ev.event_type() {
             EventType::Put => state.put(&key, kv.value(), kv.lease(), rev),
             EventType::Delete => state.delete(&key, rev),
         }
+        s.last_event = s.last_event.max(rev);
         s.revision = s.revision.max(rev);
     }
     Ok(None)

@@ -1,0 +1,150 @@
+//! Per-instance health, shared by every instance-set version that contains
+//! the instance (carried over by id, so churn elsewhere never resets it):
+//! requests in flight, passive ejection, and the active check's verdict.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use crate::model::policy::PassiveCheckSpec;
+
+#[derive(Debug)]
+pub struct NodeHealth {
+    pub in_flight: AtomicUsize,
+    consecutive_failures: AtomicU32,
+    /// Monotonic ns until which the node is ejected (0: not ejected).
+    ejected_until: AtomicU64,
+    ejections: AtomicU32,
+    /// The active check's verdict (true until a check says otherwise).
+    active_ok: AtomicBool,
+    active_streak: AtomicU32,
+}
+
+impl Default for NodeHealth {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            active_ok: AtomicBool::new(true),
+            active_streak: AtomicU32::new(0),
+        }
+    }
+}
+
+/// What a passive observation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passive {
+    Nothing,
+    Ejected { for_ms: u64 },
+}
+
+impl NodeHealth {
+    pub fn is_ejected(&self, now_ns: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now_ns
+    }
+
+    pub fn active_ok(&self) -> bool {
+        self.active_ok.load(Ordering::Relaxed)
+    }
+
+    /// Whether the node should take new requests.
+    pub fn available(&self, now_ns: u64) -> bool {
+        self.active_ok() && !self.is_ejected(now_ns)
+    }
+
+    pub fn record_success(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Counts a failure; ejects when the streak reaches the threshold and
+    /// `may_eject` (the max-ejected share is not reached). Each ejection
+    /// lasts longer than the last, up to 10× the base.
+    pub fn record_failure(&self, spec: &PassiveCheckSpec, now_ns: u64, may_eject: bool) -> Passive {
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < spec.consecutive_failures || !may_eject || self.is_ejected(now_ns) {
+            return Passive::Nothing;
+        }
+        let times = self.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let for_ms = spec.ejection_ms.saturating_mul(u64::from(times.min(10)));
+        self.ejected_until.store(
+            now_ns.saturating_add(for_ms.saturating_mul(1_000_000)),
+            Ordering::Relaxed,
+        );
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        Passive::Ejected { for_ms }
+    }
+
+    /// Feeds one active check result; returns the new verdict if it flipped.
+    pub fn record_check(&self, ok: bool, healthy: u32, unhealthy: u32) -> Option<bool> {
+        let current = self.active_ok();
+        if ok == current {
+            self.active_streak.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let streak = self.active_streak.fetch_add(1, Ordering::Relaxed) + 1;
+        let needed = if ok { healthy } else { unhealthy };
+        if streak >= needed {
+            self.active_ok.store(ok, Ordering::Relaxed);
+            self.active_streak.store(0, Ordering::Relaxed);
+            Some(ok)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn ejects_after_the_streak_and_for_longer_each_time() {
+        let h = NodeHealth::default();
+        let spec = PassiveCheckSpec {
+            consecutive_failures: 3,
+            ejection_ms: 100,
+            max_ejected_share: 0.5,
+        };
+        assert_eq!(h.record_failure(&spec, 0, true), Passive::Nothing);
+        h.record_success();
+        assert_eq!(h.record_failure(&spec, 0, true), Passive::Nothing);
+        assert_eq!(h.record_failure(&spec, 0, true), Passive::Nothing);
+        assert_eq!(
+            h.record_failure(&spec, 0, true),
+            Passive::Ejected { for_ms: 100 }
+        );
+        assert!(!h.available(99 * MS));
+        assert!(h.available(100 * MS));
+        for _ in 0..2 {
+            h.record_failure(&spec, 200 * MS, true);
+        }
+        assert_eq!(
+            h.record_failure(&spec, 200 * MS, true),
+            Passive::Ejected { for_ms: 200 }
+        );
+        // Not when the share is used up.
+        let g = NodeHealth::default();
+        for _ in 0..5 {
+            assert_eq!(g.record_failure(&spec, 0, false), Passive::Nothing);
+        }
+        assert!(g.available(0));
+    }
+
+    #[test]
+    fn active_checks_need_a_streak_to_flip() {
+        let h = NodeHealth::default();
+        assert_eq!(h.record_check(false, 2, 2), None);
+        assert_eq!(h.record_check(false, 2, 2), Some(false));
+        assert!(!h.available(0));
+        assert_eq!(h.record_check(true, 2, 2), None);
+        assert_eq!(
+            h.record_check(false, 2, 2),
+            None,
+            "a failure resets the streak"
+        );
+        assert_eq!(h.record_check(true, 2, 2), None);
+        assert_eq!(h.record_check(true, 2, 2), Some(true));
+    }
+}

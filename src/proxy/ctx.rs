@@ -1,0 +1,107 @@
+//! Per-request state shared across Pingora's phases, and the counters
+//! whose guards it holds.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::balance::NodeHealth;
+use crate::snapshot::{InstanceSet, RouteEntry, UpstreamLeaf};
+
+/// Counts requests in flight, so a graceful shutdown knows when it drained.
+#[derive(Debug, Default)]
+pub struct InFlight(AtomicUsize);
+
+impl InFlight {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+
+    pub fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(self.clone())
+    }
+}
+
+/// Decrements [`InFlight`] when the request's context is dropped, however
+/// the request ended.
+pub struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One attempt on one instance; holds the instance's in-flight count (for
+/// least-request balancing) until the attempt is over.
+pub struct Attempt {
+    pub set: Arc<InstanceSet>,
+    pub index: usize,
+    health: Arc<NodeHealth>,
+}
+
+impl Attempt {
+    pub fn new(set: Arc<InstanceSet>, index: usize) -> Option<Self> {
+        let health = set.health.get(index)?.clone();
+        health.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(Self { set, index, health })
+    }
+
+    pub fn node(&self) -> &crate::model::Node {
+        &self.set.nodes[self.index]
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        self.health.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct RequestCtx {
+    pub _in_flight: InFlightGuard,
+    pub request_id: String,
+    pub route: Option<Arc<RouteEntry>>,
+    /// The upstream this request goes to (the route's, or its canary's).
+    pub leaf: Option<Arc<UpstreamLeaf>>,
+    pub attempt: Option<Attempt>,
+    pub attempts: u32,
+    /// Set when a retry was already decided (e.g. on a 503 answer).
+    pub retry_decided: bool,
+    /// (limit, remaining) for `X-RateLimit-*` on the response.
+    pub rate_limit: Option<(u32, u32)>,
+    pub started: Instant,
+    /// When the request went upstream, and how long the response header took.
+    pub upstream_sent: Option<Instant>,
+    pub upstream_took: Option<Duration>,
+}
+
+impl RequestCtx {
+    pub fn new(in_flight: &Arc<InFlight>) -> Self {
+        Self {
+            _in_flight: in_flight.enter(),
+            request_id: String::new(),
+            route: None,
+            leaf: None,
+            attempt: None,
+            attempts: 0,
+            retry_decided: false,
+            rate_limit: None,
+            started: Instant::now(),
+            upstream_sent: None,
+            upstream_took: None,
+        }
+    }
+
+    pub fn route(&self) -> Option<&RouteEntry> {
+        self.route.as_deref()
+    }
+
+    /// Feeds the current attempt's outcome to passive health.
+    pub fn observe(&self, ok: bool) {
+        if let (Some(leaf), Some(a)) = (&self.leaf, &self.attempt) {
+            leaf.observe(&a.set, a.index, ok);
+        }
+    }
+}

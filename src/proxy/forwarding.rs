@@ -1,0 +1,173 @@
+//! What the gateway reads from and adds to requests on their way through:
+//! the host, the client address behind trusted proxies, `X-Forwarded-For`,
+//! and the path sanity check.
+
+use ipnet::IpNet;
+use pingora::http::RequestHeader;
+use std::net::IpAddr;
+
+use crate::router::request_host;
+
+/// The request's host without port ("" when absent).
+pub fn host_of(req: &RequestHeader) -> &str {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri.host())
+        .map_or("", request_host)
+}
+
+/// The client: the peer, or, when the peer is a trusted proxy, the
+/// rightmost untrusted hop of `X-Forwarded-For` (a client can prepend
+/// anything; only what trusted proxies appended is believed).
+pub fn client_ip<'a>(
+    peer: IpAddr,
+    forwarded: impl DoubleEndedIterator<Item = &'a http::HeaderValue>,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    for line in forwarded.rev() {
+        let Ok(line) = line.to_str() else { break };
+        for hop in line.rsplit(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !is_trusted(&ip) {
+                        return Some(client);
+                    }
+                }
+                Err(_) => return Some(client),
+            }
+        }
+    }
+    Some(client)
+}
+
+/// Whether any segment of `path` is `.` or `..`, literally or
+/// percent-encoded (`%2e`), which an upstream would resolve after routing.
+pub fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let s = seg.as_bytes();
+        if s.is_empty() || s.len() > 6 {
+            return false;
+        }
+        let mut dots = 0;
+        let mut i = 0;
+        while i < s.len() {
+            if s[i] == b'.' {
+                i += 1;
+            } else if s.len() >= i + 3
+                && s[i] == b'%'
+                && s[i + 1] == b'2'
+                && (s[i + 2] | 0x20) == b'e'
+            {
+                i += 3;
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        dots <= 2
+    })
+}
+
+/// Appends the client to `X-Forwarded-For`, keeping what proxies before us
+/// recorded, across every `X-Forwarded-For` line the client sent.
+pub fn forwarded_for<'a>(
+    existing: impl IntoIterator<Item = &'a http::HeaderValue>,
+    client: &str,
+) -> String {
+    let mut chain: Vec<&str> = existing
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    chain.push(client);
+    chain.join(", ")
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v.as_bytes())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_appends() {
+        let v = http::HeaderValue::from_static("1.2.3.4");
+        assert_eq!(forwarded_for(Some(&v), "5.6.7.8"), "1.2.3.4, 5.6.7.8");
+        assert_eq!(forwarded_for(None, "5.6.7.8"), "5.6.7.8");
+    }
+
+    #[test]
+    fn forwarded_for_keeps_every_line_the_client_sent() {
+        let mut h = http::HeaderMap::new();
+        h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
+        h.append("x-forwarded-for", " ".parse().unwrap());
+        h.append("x-forwarded-for", "2.2.2.2, 3.3.3.3".parse().unwrap());
+        assert_eq!(
+            forwarded_for(h.get_all("x-forwarded-for"), "5.6.7.8"),
+            "1.1.1.1, 2.2.2.2, 3.3.3.3, 5.6.7.8"
+        );
+    }
+
+    #[test]
+    fn client_ip_believes_only_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let xff = |v: &str| vec![http::HeaderValue::from_str(v).unwrap()];
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        let stranger: IpAddr = "203.0.113.9".parse().unwrap();
+        // An untrusted peer's claim is ignored.
+        assert_eq!(
+            client_ip(stranger, xff("1.1.1.1").iter(), &trusted),
+            Some(stranger)
+        );
+        // Through a trusted proxy: the rightmost untrusted hop.
+        assert_eq!(
+            client_ip(peer, xff("6.6.6.6, 1.1.1.1, 10.0.0.7").iter(), &trusted),
+            Some("1.1.1.1".parse().unwrap())
+        );
+        // Garbage stops the walk at the last address we could trust.
+        assert_eq!(
+            client_ip(peer, xff("nonsense").iter(), &trusted),
+            Some(peer)
+        );
+        assert_eq!(client_ip(peer, Vec::new().iter(), &trusted), Some(peer));
+    }
+
+    #[test]
+    fn dot_segments_are_found_in_every_spelling() {
+        for bad in ["/a/../b", "/..", "/a/.", "/%2e%2e/x", "/a/.%2E/b", "/%2E/"] {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for ok in ["/", "/a/b", "/a/...", "/a/.hidden", "/v1.2/x", "/a%2eb"] {
+            assert!(!has_dot_segment(ok), "{ok}");
+        }
+    }
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("cookie", "a=1; session=xyz").unwrap();
+        req.append_header("cookie", "b=2").unwrap();
+        assert_eq!(cookie(&req, "session"), Some(&b"xyz"[..]));
+        assert_eq!(cookie(&req, "b"), Some(&b"2"[..]));
+        assert_eq!(cookie(&req, "c"), None);
+    }
+}

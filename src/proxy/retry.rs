@@ -1,0 +1,79 @@
+//! When a failed attempt is tried again: the route's `retries` (short
+//! form) over the upstream's retry policy, the request's method, whether
+//! its body can be replayed, and the upstream's retry budget.
+
+use pingora::proxy::Session;
+
+use super::ctx::RequestCtx;
+use crate::model::policy::{RetryOn, RetrySpec};
+use crate::snapshot::UpstreamLeaf;
+
+/// A failed connect is retried once on another instance unless the route
+/// or upstream says otherwise (nginx's proxy_next_upstream does the same).
+pub const DEFAULT_ATTEMPTS: u32 = 1;
+
+/// The policy in force for this request.
+fn policy(ctx: &RequestCtx) -> (u32, RetrySpec) {
+    let upstream = ctx
+        .attempt
+        .as_ref()
+        .and_then(|a| a.set.retry.clone())
+        .unwrap_or_default();
+    let attempts = ctx
+        .route()
+        .and_then(|r| r.retries)
+        .or_else(|| {
+            ctx.attempt
+                .as_ref()
+                .and_then(|a| a.set.retry.as_ref())
+                .map(|r| r.attempts)
+        })
+        .unwrap_or(DEFAULT_ATTEMPTS);
+    (attempts, upstream)
+}
+
+/// Whether to try again after `cause`. `body_sent`: the request (and its
+/// body) may have reached the upstream, so a non-idempotent method is only
+/// retried if the policy allows it and the body can be replayed.
+pub fn should_retry(session: &Session, ctx: &RequestCtx, cause: RetryOn, body_sent: bool) -> bool {
+    let (attempts, spec) = policy(ctx);
+    if ctx.attempts > attempts {
+        return false;
+    }
+    let allowed = match cause {
+        // Nothing reached the upstream: every route retries connect failures.
+        RetryOn::ConnectFailure => true,
+        c => spec.on.contains(&c),
+    };
+    if !allowed {
+        return false;
+    }
+    if body_sent {
+        let req = session.req_header();
+        if spec.idempotent_only && !req.method.is_idempotent() {
+            return false;
+        }
+        if session.as_ref().retry_buffer_truncated() {
+            return false;
+        }
+    }
+    let Some(leaf) = &ctx.leaf else { return false };
+    // A refused or timed-out connect put no load on any instance, so only
+    // retries of requests that reached an upstream spend the budget.
+    if body_sent && !leaf.budget.try_spend() {
+        tracing::debug!(upstream = %leaf.name, "retry budget exhausted");
+        return false;
+    }
+    if let Some(r) = ctx.route() {
+        r.metrics.retries.inc();
+    }
+    true
+}
+
+/// The budget share each request adds to its upstream.
+pub fn budget_share(leaf: &UpstreamLeaf) -> f64 {
+    leaf.instances()
+        .retry
+        .as_ref()
+        .map_or(RetrySpec::default().budget, |r| r.budget)
+}
