@@ -21,6 +21,8 @@
 #                  when the harness fails: gateway died, a change never
 #                  arrived, wrk errors)
 #   --out FILE     where to write the table
+#   --poll-gap-us N  pause N µs between polls that did not match yet
+#                  (default 0: poll back-to-back)
 #   --no-build     do not run cargo build (use the existing binaries)
 #   -h, --help
 #
@@ -50,9 +52,9 @@ while (($# > 0)); do
     fi
     case "$arg" in
     --quick | --strict) args+=("$arg") ;;
-    --out)
-        (($# > 0)) || die "--out: missing value"
-        args+=(--out "$1")
+    --out | --poll-gap-us)
+        (($# > 0)) || die "$arg: missing value"
+        args+=("$arg" "$1")
         shift
         ;;
     --no-build) build=0 ;;

@@ -20,6 +20,8 @@ PACKAGES=(
     "nginx-light:nginx"                  # bench/proxy.sh baseline
     "curl:curl"                          # scripts: readiness polling
     "python3:python3"                    # scripts: free ports
+    "systemd:systemd-analyze"            # tests/ops_systemd.rs: verify the units
+    "prometheus:prometheus"              # tests/ops_prometheus.rs (and promtool)
 )
 
 log() { printf 'deps.sh: %s\n' "$*" >&2; }

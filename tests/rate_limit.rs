@@ -286,6 +286,9 @@ impl Run {
     }
 }
 
+/// One load thread's samples, errors and end time.
+type ThreadRun = (Vec<(Duration, u16)>, Vec<String>, Instant);
+
 /// `threads` keep-alive connections together sending `rate` GETs per
 /// second to `path` for `dur`. Each thread keeps a fixed schedule
 /// (staggered against the others), so a slow answer is caught up on
@@ -305,7 +308,7 @@ fn drive(
     }
     // Time for the threads to be spawned before the first send.
     let start = Instant::now() + Duration::from_millis(50);
-    let results: Vec<(Vec<(Duration, u16)>, Vec<String>, Instant)> = std::thread::scope(|s| {
+    let results: Vec<ThreadRun> = std::thread::scope(|s| {
         let handles: Vec<_> = conns
             .into_iter()
             .enumerate()
@@ -624,7 +627,8 @@ impl Source for EtcdSource {
 }
 
 /// Rate 100 → 200 applies; another route's drained bucket stays drained;
-/// editing a route's other fields keeps its bucket's level.
+/// editing a route's other fields keeps its bucket's level; so does a
+/// per-client bucket when its route's rate changes.
 fn limits_change_live(src: &mut dyn Source) {
     let a = |rate: f64| route("a", "/a/*rest", limit(rate, 100));
     let b = route("b", "/b", limit(SLOW, 3));
@@ -632,7 +636,12 @@ fn limits_change_live(src: &mut dyn Source) {
     let mut c_edited = c.clone();
     c_edited["methods"] = json!(["GET"]);
     c_edited["strip_prefix"] = json!("/c");
-    src.apply(&[a(100.0), b.clone(), c.clone()]);
+    let k = |rate: f64| {
+        let keyed = json!({ "rate": rate, "burst": 3, "key": "header:x-client" });
+        route("k", "/k", keyed)
+    };
+    let d = |rate: f64| route("d", "/d", limit(rate, 3));
+    src.apply(&[a(100.0), b.clone(), c.clone(), k(2.0 * SLOW), d(2.0 * SLOW)]);
     let addr = src.gw().proxy_addr();
     let mut conn = Conn::new(addr);
     let window = (Duration::from_secs(1), Duration::from_secs(4));
@@ -669,11 +678,27 @@ fn limits_change_live(src: &mut dyn Source) {
 
     // Drain c, then edit everything but its limit: still drained.
     drain(&mut conn, "/c/x", &[], 3);
-    src.apply(&[a(200.0), b, c_edited]);
+    src.apply(&[
+        a(200.0),
+        b.clone(),
+        c_edited.clone(),
+        k(2.0 * SLOW),
+        d(2.0 * SLOW),
+    ]);
     let r = src.gw().request("POST", "/c/x", &[], None).unwrap();
     assert_gateway_error(&r, 404, "no route");
     let r = conn.get("/c/x", &[]).unwrap();
     assert_limited(&r, 3);
+
+    // Halving the rate hands a drained bucket no part of a fresh burst:
+    // neither a route's nor a client's; a new client gets a whole one.
+    let client = |id: &'static str| [("x-client", id)];
+    drain(&mut conn, "/d", &[], 3);
+    drain(&mut conn, "/k", &client("k1"), 3);
+    src.apply(&[a(200.0), b, c_edited, k(SLOW), d(SLOW)]);
+    assert_limited(&conn.get("/d", &[]).unwrap(), 3);
+    assert_limited(&conn.get("/k", &client("k1")).unwrap(), 3);
+    drain(&mut conn, "/k", &client("k2"), 3);
 }
 
 #[test]
@@ -787,9 +812,16 @@ fn a_flood_of_distinct_keys_stays_within_max_keys() {
     let keyed = json!({
         "rate": 0.01, "burst": 1, "key": "header:x-api-key", "max_keys": 1000
     });
+    let swept = json!({
+        "rate": 1000, "burst": 5, "key": "header:x-api-key", "max_keys": 1000
+    });
     let gw = start(&file_body(
         "",
-        &[route("k", "/k", keyed), route("warm", "/warm", Value::Null)],
+        &[
+            route("k", "/k", keyed),
+            route("e", "/e", swept),
+            route("warm", "/warm", Value::Null),
+        ],
         &backend,
     ));
     let overflow = "tollgate_ratelimit_overflow_total";
@@ -839,6 +871,20 @@ fn a_flood_of_distinct_keys_stays_within_max_keys() {
         after < before + 4 * 1024,
         "RSS grew by {} KiB",
         after - before
+    );
+
+    // Idle buckets (full again: here after a millisecond) are swept, so a
+    // table at its cap has room for new clients again.
+    let evictions = "tollgate_ratelimit_evictions_total";
+    assert_eq!(send_keys("/e", "first", 1000), 1000);
+    wait_for("the sweeper to drop idle buckets", APPLY, || {
+        metric(&gw, evictions) >= 1000.0
+    });
+    assert_eq!(send_keys("/e", "second", 1000), 1000);
+    assert_eq!(
+        metric(&gw, overflow),
+        overflowed,
+        "no new client overflowed"
     );
 }
 

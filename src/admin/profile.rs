@@ -95,9 +95,14 @@ fn take(seconds: u64, format: Format) -> Result<(Vec<u8>, &'static str), String>
     drop(guard);
     match format {
         Format::Svg => {
+            let title = format!("tollgate CPU, {seconds}s");
+            // pprof-rs writes nothing at all for a profile without samples.
+            if report.data.is_empty() {
+                return Ok((no_samples_svg(&title).into_bytes(), "image/svg+xml"));
+            }
             let mut svg = Vec::new();
             let mut opts = pprof::flamegraph::Options::default();
-            opts.title = format!("tollgate CPU, {seconds}s");
+            opts.title = title;
             report
                 .flamegraph_with_options(&mut svg, &mut opts)
                 .map_err(|e| format!("cannot render the flame graph: {e}"))?;
@@ -111,6 +116,17 @@ fn take(seconds: u64, format: Format) -> Result<(Vec<u8>, &'static str), String>
             Ok((profile.encode_to_vec(), "application/octet-stream"))
         }
     }
+}
+
+/// The flame graph of an idle process: no CPU time was sampled.
+fn no_samples_svg(title: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" standalone=\"no\"?>\n\
+         <svg version=\"1.1\" xmlns=\"http://www.w3.org/2000/svg\" width=\"1200\" height=\"80\">\
+         <text x=\"600\" y=\"30\" text-anchor=\"middle\" font-size=\"17\">{title}</text>\
+         <text x=\"600\" y=\"60\" text-anchor=\"middle\" font-size=\"12\">no samples: the process used no CPU while it was profiled</text>\
+         </svg>\n"
+    )
 }
 
 /// Answers one profiling request (the caller has checked it is enabled).
@@ -167,6 +183,13 @@ mod tests {
         assert!(parse_seconds(Some("seconds=61")).is_err());
         assert!(parse_seconds(Some("seconds=abc")).is_err());
         assert!(parse_seconds(Some("seconds")).is_err());
+    }
+
+    #[test]
+    fn an_idle_profile_is_still_an_svg() {
+        let svg = no_samples_svg("tollgate CPU, 1s");
+        assert!(svg.starts_with("<?xml") && svg.contains("<svg") && svg.ends_with("</svg>\n"));
+        assert!(svg.contains("tollgate CPU, 1s") && svg.contains("no samples"));
     }
 
     #[test]

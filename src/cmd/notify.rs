@@ -129,16 +129,15 @@ pub struct NotifyOnShutdown<W>(pub W);
 impl<W: ShutdownSignalWatch + Send + Sync> ShutdownSignalWatch for NotifyOnShutdown<W> {
     async fn recv(&self) -> ShutdownSignal {
         let sig = self.0.recv().await;
-        let msg = match sig {
-            ShutdownSignal::GracefulUpgrade => {
-                "STATUS=handing the listeners over to the new process\n"
+        // Nothing on the upgrade hand-over: the old process is no longer
+        // the main one, and its status would overwrite the new one's.
+        if matches!(
+            sig,
+            ShutdownSignal::GracefulTerminate | ShutdownSignal::FastShutdown
+        ) {
+            if let Err(e) = notify("STOPPING=1\nSTATUS=shutting down\n") {
+                tracing::warn!(error = %e, "cannot notify systemd");
             }
-            ShutdownSignal::GracefulTerminate | ShutdownSignal::FastShutdown => {
-                "STOPPING=1\nSTATUS=shutting down\n"
-            }
-        };
-        if let Err(e) = notify(msg) {
-            tracing::warn!(error = %e, "cannot notify systemd");
         }
         sig
     }

@@ -134,10 +134,12 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
     notify::spawn_ready_watcher(cell.clone(), b.admin.listen.clone());
 
     tracing::info!(listen = ?b.listen, admin = %b.admin.listen, threads = b.threads, "tollgate starting");
+    let phases = std::sync::Mutex::new(Some(server.watch_execution_phase()));
     server.run(RunArgs {
         shutdown_signal: Box::new(notify::NotifyOnShutdown(DrainOnSignal {
             in_flight,
             draining,
+            phases,
         })),
     });
     Ok(())

@@ -2,29 +2,56 @@
 //! fixed grace period: on SIGTERM Pingora stops accepting, readiness turns
 //! 503, and the process exits as soon as no request is in flight (or when
 //! `proxy.shutdown_timeout_secs` runs out).
+//!
+//! On SIGQUIT (upgrade) Pingora first hands its listening sockets to the
+//! new process and keeps accepting on them for a few seconds while the new
+//! process picks them up; only then does it stop accepting. The drain is
+//! counted from that moment (Pingora's `ShutdownStarted` phase), never from
+//! the signal: exiting earlier drops the connections this process is still
+//! accepting and, until the new process has taken the sockets, leaves
+//! nobody accepting at all.
 
 use async_trait::async_trait;
-use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
+use pingora::server::{ExecutionPhase, ShutdownSignal, ShutdownSignalWatch};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::broadcast;
 
 use crate::proxy::InFlight;
 
 pub struct DrainOnSignal {
     pub in_flight: Arc<InFlight>,
     pub draining: Arc<AtomicBool>,
+    /// Pingora's execution phases (`Server::watch_execution_phase`), to
+    /// start counting the drain once it has stopped accepting.
+    pub phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
 }
 
-/// Time for Pingora to close its listeners after the signal, before an
-/// idle in-flight count can mean "drained".
+/// Blocks until Pingora has stopped accepting (or can no longer say).
+fn wait_until_not_accepting(phases: Option<broadcast::Receiver<ExecutionPhase>>) {
+    let Some(mut phases) = phases else { return };
+    loop {
+        match phases.blocking_recv() {
+            Ok(ExecutionPhase::ShutdownStarted) | Err(broadcast::error::RecvError::Closed) => {
+                return
+            }
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+        }
+    }
+}
+
+/// Time for Pingora to close its listeners once it stops accepting, before
+/// an idle in-flight count can mean "drained".
 const SETTLE: Duration = Duration::from_millis(200);
 
 impl DrainOnSignal {
     fn exit_when_drained(&self) {
         let in_flight = self.in_flight.clone();
+        let phases = self.phases.lock().unwrap_or_else(|e| e.into_inner()).take();
         std::thread::spawn(move || {
+            wait_until_not_accepting(phases);
             std::thread::sleep(SETTLE);
             let mut idle_checks = 0;
             loop {

@@ -78,6 +78,28 @@ impl Gcra {
             }
         }
     }
+
+    /// Re-expresses the level for a new emission interval: the tokens
+    /// owed at `now_ns` stay owed (see [`rescaled_tat`]).
+    pub fn rescale(&self, from_interval_ns: u64, to_interval_ns: u64, now_ns: u64) {
+        let _ = self
+            .tat
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |tat| {
+                (tat > now_ns).then(|| rescaled_tat(tat, from_interval_ns, to_interval_ns, now_ns))
+            });
+    }
+}
+
+/// The TAT that owes, at `now_ns`, as many tokens (fractions included)
+/// under `to_interval_ns` as `tat` does under `from_interval_ns`. Rounded
+/// up, so a bucket that could not admit before cannot after.
+pub fn rescaled_tat(tat: u64, from_interval_ns: u64, to_interval_ns: u64, now_ns: u64) -> u64 {
+    let Some(ahead) = tat.checked_sub(now_ns) else {
+        return tat; // in the past: a full bucket either way
+    };
+    let scaled = (u128::from(ahead) * u128::from(to_interval_ns))
+        .div_ceil(u128::from(from_interval_ns.max(1)));
+    now_ns.saturating_add(u64::try_from(scaled).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -115,6 +137,19 @@ mod tests {
         assert_eq!(g.take(p, t0 + SEC / 10), Decision::Allow { remaining: 0 });
         // A quiet second refills the whole burst, and no more.
         assert_eq!(admitted(&g, p, t0 + 2 * SEC, 10), 5);
+    }
+
+    #[test]
+    fn rescaling_keeps_the_tokens_owed() {
+        let g = Gcra::default();
+        let (slow, fast) = (Params::new(10.0, 5), Params::new(20.0, 5));
+        assert_eq!(admitted(&g, slow, SEC, 3), 3);
+        g.rescale(slow.interval_ns, fast.interval_ns, SEC);
+        assert_eq!(g.take(fast, SEC), Decision::Allow { remaining: 1 });
+        // A full bucket stays full.
+        let idle = Gcra::default();
+        idle.rescale(slow.interval_ns, fast.interval_ns, SEC);
+        assert_eq!(admitted(&idle, fast, SEC, 10), 5);
     }
 
     #[test]

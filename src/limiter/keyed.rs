@@ -60,6 +60,16 @@ impl KeyedBuckets {
         self.map.is_empty()
     }
 
+    /// Re-expresses every bucket's level for a new emission interval (a
+    /// route's rate changed): a drained client stays drained.
+    pub fn rescale(&self, from_interval_ns: u64, to_interval_ns: u64, now_ns: u64) {
+        for (_, g) in self.map.pin().iter() {
+            g.rescale(from_interval_ns, to_interval_ns, now_ns);
+        }
+        self.overflow
+            .rescale(from_interval_ns, to_interval_ns, now_ns);
+    }
+
     /// Drops every full bucket; returns how many.
     pub fn sweep(&self, now_ns: u64) -> usize {
         let before = self.map.len();

@@ -86,9 +86,12 @@ impl RouteLimiter {
             clients,
         };
         if let Some(p) = previous {
-            let owed = p.bucket.tat().saturating_sub(now_ns) / p.params().interval_ns;
-            let tat = now_ns + owed * me.params().interval_ns;
-            me.bucket = Gcra::with_tat(tat);
+            let (from, to) = (p.params().interval_ns, me.params().interval_ns);
+            me.bucket = Gcra::with_tat(gcra::rescaled_tat(p.bucket.tat(), from, to, now_ns));
+            // A carried client table keeps each client's level the same way.
+            if let Some(c) = me.clients.as_ref().filter(|_| from != to) {
+                c.rescale(from, to, now_ns);
+            }
         }
         me
     }
@@ -140,9 +143,18 @@ mod tests {
     const SEC: u64 = 1_000_000_000;
 
     fn limiter(json: &str, fleet: &FleetSize, prev: Option<&RouteLimiter>) -> RouteLimiter {
+        limiter_at(json, fleet, prev, SEC)
+    }
+
+    fn limiter_at(
+        json: &str,
+        fleet: &FleetSize,
+        prev: Option<&RouteLimiter>,
+        now: u64,
+    ) -> RouteLimiter {
         let spec: RateLimitSpec = serde_json::from_str(json).unwrap();
         let key = spec.validate("").unwrap();
-        RouteLimiter::new(spec, key, fleet, prev, SEC)
+        RouteLimiter::new(spec, key, fleet, prev, now)
     }
 
     fn allowed(l: &RouteLimiter, c: &Client<'_>, now: u64, n: usize) -> usize {
@@ -190,6 +202,33 @@ mod tests {
             1,
             "refills at the new rate"
         );
+    }
+
+    #[test]
+    fn a_new_rate_keeps_each_clients_level() {
+        let fleet: FleetSize = Arc::new(AtomicUsize::new(1));
+        let json = |rate: u32| format!(r#"{{"rate":{rate},"burst":4,"key":"client_ip"}}"#);
+        let a = Client {
+            ip: Some([10, 0, 0, 1].into()),
+            header: None,
+        };
+        let b = Client {
+            ip: Some([10, 0, 0, 2].into()),
+            header: None,
+        };
+        let old = limiter(&json(4), &fleet, None);
+        assert_eq!(allowed(&old, &a, SEC, 10), 4);
+        assert_eq!(allowed(&old, &b, SEC, 2), 2);
+        // Halving the rate hands a drained client nothing back.
+        let slower = limiter(&json(2), &fleet, Some(&old));
+        assert_eq!(allowed(&slower, &a, SEC, 10), 0);
+        assert_eq!(allowed(&slower, &b, SEC, 10), 2, "b still has 2 left");
+        assert_eq!(allowed(&slower, &a, SEC + SEC / 2, 10), 1, "new rate");
+        // Doubling it makes a drained client wait one new interval only.
+        let t = SEC + SEC / 2;
+        let faster = limiter_at(&json(4), &fleet, Some(&slower), t);
+        assert_eq!(allowed(&faster, &a, t, 10), 0);
+        assert_eq!(allowed(&faster, &a, t + SEC / 4, 10), 1);
     }
 
     #[test]

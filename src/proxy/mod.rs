@@ -435,6 +435,12 @@ impl ProxyHttp for Gateway {
         if cause.is_some() {
             ctx.observe(false);
         }
+        // Once the client has the response header (and maybe part of the
+        // body), another attempt's response would be spliced into it.
+        if session.response_written().is_some() {
+            e.set_retry(false);
+            return e;
+        }
         let retry = match cause {
             Some(c) if retry::should_retry(session, ctx, c, true) => true,
             // A pooled connection the upstream had already closed: the

@@ -51,29 +51,42 @@ impl Gateway {
     /// waits up to 20s for `GET /healthz` on the admin listener to answer 200.
     /// Panics with the log if the process exits first or the deadline passes.
     pub fn start(bin: &Path, body: &str) -> Gateway {
-        Self::launch(bin, body, None).unwrap_or_else(|e| panic!("gateway failed to start:\n{e}"))
+        Self::launch(bin, body, None, &[])
+            .unwrap_or_else(|e| panic!("gateway failed to start:\n{e}"))
+    }
+
+    /// Like [`Gateway::start`] with extra environment variables for the
+    /// process (e.g. test-only hooks such as `TOLLGATE_TEST_PANIC_HEADER`).
+    pub fn start_with_env(bin: &Path, body: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::launch(bin, body, None, env)
+            .unwrap_or_else(|e| panic!("gateway failed to start:\n{e}"))
     }
 
     /// Like [`Gateway::start`] but with a caller-owned state dir, so that a
     /// later gateway can start from what this one persisted.
     pub fn start_with_state_dir(bin: &Path, body: &str, state_dir: &Path) -> Gateway {
-        Self::launch(bin, body, Some(state_dir))
+        Self::launch(bin, body, Some(state_dir), &[])
             .unwrap_or_else(|e| panic!("gateway failed to start:\n{e}"))
     }
 
     /// For configs that must fail: `Err(exit code + log)` if the process
     /// exits (or is not healthy within 20s) instead of panicking.
     pub fn try_start(bin: &Path, body: &str) -> Result<Gateway, String> {
-        Self::launch(bin, body, None)
+        Self::launch(bin, body, None, &[])
     }
 
-    fn launch(bin: &Path, body: &str, state_dir: Option<&Path>) -> Result<Gateway, String> {
+    fn launch(
+        bin: &Path,
+        body: &str,
+        state_dir: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Result<Gateway, String> {
         // A free port can be taken by someone else before the gateway binds
         // it; only then do we retry, with new ports.
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Self::launch_once(bin, body, state_dir) {
+            match Self::launch_once(bin, body, state_dir, env) {
                 Err((log, true)) if attempt < 3 => {
                     eprintln!("testkit: gateway port clash, retrying with new ports:\n{log}")
                 }
@@ -88,6 +101,7 @@ impl Gateway {
         bin: &Path,
         body: &str,
         state_dir: Option<&Path>,
+        env: &[(&str, &str)],
     ) -> Result<Gateway, (String, bool)> {
         let dir = tempfile::Builder::new()
             .prefix("testkit-gw-")
@@ -116,6 +130,7 @@ impl Gateway {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        cmd.envs(env.iter().copied());
         let child = cmd
             .spawn()
             .map_err(|e| (format!("cannot spawn {}: {e}", bin.display()), false))?;

@@ -49,11 +49,16 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 const SILENT_AFTER: u32 = 3;
 /// Messages taken from already-buffered input before one publish.
 const MAX_BATCH: usize = 4096;
-/// Least time between two publishes while changes keep arriving: a lone
-/// change is published at once, a burst at most this often. Taking only
-/// what is already buffered is not enough: with a fast rebuild, a burst of
-/// 1,000 separate puts still cost hundreds of router rebuilds.
-pub const MIN_PUBLISH_GAP: Duration = Duration::from_millis(10);
+/// Least time between two publishes while changes keep arriving: a change
+/// after a quiet moment is published at once, a burst at most this often.
+/// Taking only what is already buffered is not enough: with a fast
+/// rebuild, a burst of 1,000 separate puts still cost hundreds of router
+/// rebuilds. Kept short so that steady streams of changes (an operator's
+/// script, a deploy) still converge within a couple of milliseconds each.
+pub const MIN_PUBLISH_GAP: Duration = Duration::from_millis(2);
+/// Least time between two progress requests sent because one stream got
+/// ahead of the other (see `nudge_at` in [`follow`]).
+const NUDGE_EVERY: Duration = Duration::from_millis(50);
 
 struct Stream {
     name: &'static str,
@@ -107,6 +112,12 @@ pub async fn follow(
     let mut ticker = tokio::time::interval(PROGRESS_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_publish: Option<Instant> = None;
+    // The reported revision is the lower of the two streams'. A change under
+    // one prefix moves only its stream; the other catches up on a progress
+    // answer, asked for soon after instead of at the next tick, so that the
+    // applied revision is not reported up to PROGRESS_EVERY late.
+    let mut nudge_at: Option<Instant> = None;
+    let mut last_nudge: Option<Instant> = None;
     loop {
         let (a, b) = streams.split_at_mut(1);
         let (first, second) = (&mut a[0], &mut b[0]);
@@ -119,6 +130,17 @@ pub async fn follow(
             }
             _ = sleep_until(on_applied.due()) => {
                 on_applied.run_due(state);
+                continue;
+            }
+            _ = sleep_until(nudge_at) => {
+                nudge_at = None;
+                last_nudge = Some(Instant::now());
+                let ahead = first.revision.max(second.revision);
+                for s in [&mut *first, &mut *second] {
+                    if s.revision < ahead {
+                        s.inner.request_progress().await?;
+                    }
+                }
                 continue;
             }
             _ = ticker.tick() => {
@@ -164,6 +186,10 @@ pub async fn follow(
         state.publish(revision);
         last_publish = Some(Instant::now());
         on_applied.applied(state, revision);
+        if first.revision != second.revision && nudge_at.is_none() {
+            let now = Instant::now();
+            nudge_at = Some(last_nudge.map_or(now, |t| (t + NUDGE_EVERY).max(now)));
+        }
     }
 }
 

@@ -1,0 +1,49 @@
+# syntax=docker/dockerfile:1
+#
+# Tollgate container image: a release build on Debian 12 (bookworm, like the
+# development machines), run as an unprivileged user on debian:bookworm-slim.
+#
+#   docker build -t tollgate .
+#   docker run --rm -p 8080:8080 -p 9180:9180 \
+#       -v $PWD/my-tollgate.yaml:/etc/tollgate/tollgate.yaml:ro tollgate
+#
+# The development and CI machines of this project have no Docker engine, so
+# this image is not built there; tests/ops_dockerfile.rs checks that the
+# build steps below are the ones scripts/deps.sh and the benchmarks use.
+
+# ---------------------------------------------------------------- build
+FROM rust:bookworm AS build
+# cmake: pingora's zlib-ng build; protobuf-compiler: etcd-client's build
+# (and pprof's); pkg-config: build scripts. Same packages as scripts/deps.sh.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends cmake protobuf-compiler pkg-config \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p tollgate \
+    && install -m 0755 target/release/tollgate /usr/local/bin/tollgate
+
+# ---------------------------------------------------------------- runtime
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/tollgate \
+        --shell /usr/sbin/nologin tollgate \
+    && mkdir -p /etc/tollgate /var/lib/tollgate \
+    && chown tollgate:tollgate /var/lib/tollgate
+COPY --from=build /usr/local/bin/tollgate /usr/local/bin/tollgate
+# The example configs: tollgate.yaml (standalone), tollgate-etcd.yaml. Mount
+# your own over /etc/tollgate/tollgate.yaml. In a container the admin
+# listener (/healthz /readyz /status /metrics) must listen beyond loopback
+# to be scraped, hence the rewrite.
+COPY conf/ /etc/tollgate/
+RUN sed -i 's/127.0.0.1:9180/0.0.0.0:9180/' /etc/tollgate/*.yaml \
+    && /usr/local/bin/tollgate check -c /etc/tollgate/tollgate.yaml \
+    && /usr/local/bin/tollgate check -c /etc/tollgate/tollgate-etcd.yaml
+VOLUME /var/lib/tollgate
+USER tollgate
+EXPOSE 8080 9180
+STOPSIGNAL SIGTERM
+# Ready = a config is applied and not draining. No curl in the image: bash
+# speaks HTTP/1.1 to the admin listener (change the port if you move it).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9180 && printf 'GET /readyz HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q ' 200 '"]
+ENTRYPOINT ["/usr/local/bin/tollgate", "run", "-c", "/etc/tollgate/tollgate.yaml"]
