@@ -342,6 +342,28 @@ pub fn forget_service(service: &str) {
     }
 }
 
+/// Creates the zero-valued series of counters whose labels are known up
+/// front, so dashboards and `increase()` see them before the first event.
+pub fn init() {
+    let m = &*METRICS;
+    for kind in [
+        "route",
+        "upstream",
+        "settings",
+        "instance",
+        "value",
+        "route_conflict",
+    ] {
+        m.config_rejected.with_label_values(&[kind]);
+    }
+    for reason in ["compacted", "revision_backwards", "new_cluster"] {
+        m.relists.with_label_values(&[reason]);
+    }
+    for prefix in ["config", "registry"] {
+        m.watch_events.with_label_values(&[prefix]);
+    }
+}
+
 /// Text exposition of every metric; `applied_unix_ms` feeds the snapshot age.
 pub fn render(applied_unix_ms: u64) -> Vec<u8> {
     if applied_unix_ms > 0 {

@@ -407,17 +407,13 @@ fn file_body(extra: &str, routes: &[Value], backend: &Backend) -> String {
     )
 }
 
-fn header<'a>(r: &'a Resp, name: &str) -> Option<&'a str> {
-    r.header(name)
-}
-
 /// Asserts an admitted answer from the backend with these rate headers
 /// (`None`: no `X-RateLimit-*` at all).
 fn assert_admitted(r: &Resp, limit_remaining: Option<(u32, u32)>) {
     echo(r);
     let got = (
-        header(r, "x-ratelimit-limit"),
-        header(r, "x-ratelimit-remaining"),
+        r.header("x-ratelimit-limit"),
+        r.header("x-ratelimit-remaining"),
     );
     match limit_remaining {
         Some((l, rem)) => assert_eq!(
@@ -433,16 +429,17 @@ fn assert_admitted(r: &Resp, limit_remaining: Option<(u32, u32)>) {
 fn assert_limited(r: &Resp, burst: u32) -> u64 {
     assert_gateway_error(r, 429, "rate limited");
     assert_eq!(r.json()["error"], "rate limited", "{r:?}");
-    let retry: u64 = header(r, "retry-after")
+    let retry: u64 = r
+        .header("retry-after")
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no numeric Retry-After: {r:?}"));
     assert!(retry >= 1, "{r:?}");
     assert_eq!(
-        header(r, "x-ratelimit-limit"),
+        r.header("x-ratelimit-limit"),
         Some(burst.to_string().as_str()),
         "{r:?}"
     );
-    assert_eq!(header(r, "x-ratelimit-remaining"), Some("0"), "{r:?}");
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"), "{r:?}");
     retry
 }
 
@@ -517,7 +514,7 @@ fn a_route_under_4x_overload_admits_burst_plus_rate_times_elapsed() {
     let expected = 100.0 + 100.0 * run.elapsed.as_secs_f64();
     assert_near("admitted", run.admitted() as f64, expected, 0.03);
     assert!(
-        run.samples.len() >= 1900,
+        run.elapsed < Duration::from_millis(5500),
         "the generator fell behind: {}",
         run.summary()
     );

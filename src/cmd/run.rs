@@ -53,6 +53,7 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&b.state_dir)
         .with_context(|| format!("cannot create state_dir {}", b.state_dir.display()))?;
 
+    crate::metrics::init();
     let cell = SnapshotCell::new();
     let mut store = Store::new(cell.clone(), model.timeouts);
     let node_id = node_id(&model);

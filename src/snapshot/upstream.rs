@@ -256,9 +256,12 @@ impl UpstreamTable {
     }
 
     fn entry(&mut self, name: &str) -> &mut (Arc<UpstreamLeaf>, Inputs) {
-        self.leaves
-            .entry(name.to_string())
-            .or_insert_with(|| (Arc::new(UpstreamLeaf::new(name)), Inputs::default()))
+        self.leaves.entry(name.to_string()).or_insert_with(|| {
+            // A named service with no instance yet is a service with 0
+            // live instances, and alerts should see it.
+            crate::metrics::set_instances(name, 0, 0);
+            (Arc::new(UpstreamLeaf::new(name)), Inputs::default())
+        })
     }
 
     /// Changes the proxy-wide default timeouts and republishes every leaf.

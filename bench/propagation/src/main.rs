@@ -277,10 +277,20 @@ impl Gw {
                 let m = rest.split(" reason=").next().unwrap_or(rest);
                 format!("{m} ({reason})")
             } else {
-                rest.split_whitespace()
+                let mut m = rest
+                    .split_whitespace()
                     .take_while(|w| !w.contains('='))
                     .collect::<Vec<_>>()
-                    .join(" ")
+                    .join(" ");
+                // Group failed requests by status and error kind.
+                if let Some(st) = rest.split(" status=").nth(1) {
+                    m.push_str(&format!(" status={}", st.split(' ').next().unwrap_or("")));
+                }
+                if let Some(e) = rest.split(" error=").nth(1) {
+                    let e: String = e.chars().take(70).collect();
+                    m.push_str(&format!(" error={e}"));
+                }
+                m
             };
             let msg = format!("{level} {msg}");
             match counts.iter_mut().find(|(m, _)| *m == msg) {
