@@ -444,9 +444,10 @@ impl ProxyHttp for Gateway {
         let retry = match cause {
             Some(c) if retry::should_retry(session, ctx, c, true) => true,
             // A pooled connection the upstream had already closed: the
-            // request never reached it, so an idempotent one is safe to resend.
+            // request never reached it, so an idempotent one is safe to resend
+            // (within the route's attempts: `retries: 0` means none).
             _ => {
-                let idempotent = session.req_header().method.is_idempotent();
+                let idempotent = session.req_header().method.is_idempotent() && retry::attempts_left(ctx);
                 let mut probe = e.retry;
                 probe.decide_reuse(client_reused);
                 idempotent && probe.retry() && !session.as_ref().retry_buffer_truncated()

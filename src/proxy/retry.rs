@@ -32,6 +32,11 @@ fn policy(ctx: &RequestCtx) -> (u32, RetrySpec) {
     (attempts, upstream)
 }
 
+/// Whether the policy allows another attempt at all.
+pub fn attempts_left(ctx: &RequestCtx) -> bool {
+    ctx.attempts <= policy(ctx).0
+}
+
 /// Whether to try again after `cause`. `body_sent`: the request (and its
 /// body) may have reached the upstream, so a non-idempotent method is only
 /// retried if the policy allows it and the body can be replayed.
