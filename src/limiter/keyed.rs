@@ -70,11 +70,15 @@ impl KeyedBuckets {
             .rescale(from_interval_ns, to_interval_ns, now_ns);
     }
 
-    /// Drops every full bucket; returns how many.
+    /// Drops every full bucket; returns how many. Each removal is counted
+    /// as it happens: comparing the length before and after would miss
+    /// those made while new clients are being inserted.
     pub fn sweep(&self, now_ns: u64) -> usize {
-        let before = self.map.len();
-        self.map.pin().retain(|_, g| g.tat() > now_ns);
-        before.saturating_sub(self.map.len())
+        let map = self.map.pin();
+        let idle = |_: &u64, g: &Gcra| g.tat() <= now_ns;
+        map.iter()
+            .filter(|&(k, g)| idle(k, g) && matches!(map.remove_if(k, idle), Ok(Some(_))))
+            .count()
     }
 }
 
@@ -127,6 +131,28 @@ mod tests {
         // One token's worth later, every bucket is full again.
         assert_eq!(t.sweep(SEC + SEC / 10), 10_000);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn sweeps_count_every_bucket_dropped_while_clients_keep_arriving() {
+        let t = KeyedBuckets::new(1_000_000);
+        let p = Params::new(1000.0, 5);
+        for i in 0..10_000u64 {
+            t.take(t.hash_of(i), p, SEC);
+        }
+        let evicted = std::thread::scope(|s| {
+            let arrivals = s.spawn(|| {
+                for i in 10_000..60_000u64 {
+                    t.take(t.hash_of(i), p, 2 * SEC);
+                }
+            });
+            let evicted = t.sweep(SEC + SEC / 100);
+            arrivals.join().unwrap();
+            evicted
+        });
+        // The first 10,000 are idle at the sweep; none of the new ones is.
+        assert_eq!(evicted, 10_000);
+        assert_eq!(t.len(), 50_000);
     }
 
     #[test]

@@ -447,7 +447,8 @@ impl ProxyHttp for Gateway {
             // request never reached it, so an idempotent one is safe to resend
             // (within the route's attempts: `retries: 0` means none).
             _ => {
-                let idempotent = session.req_header().method.is_idempotent() && retry::attempts_left(ctx);
+                let idempotent =
+                    session.req_header().method.is_idempotent() && retry::attempts_left(ctx);
                 let mut probe = e.retry;
                 probe.decide_reuse(client_reused);
                 idempotent && probe.retry() && !session.as_ref().retry_buffer_truncated()

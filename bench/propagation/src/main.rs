@@ -13,11 +13,18 @@
 //! 4. VmRSS with N routes and N leased instances applied;
 //! 5. wrk throughput quiet vs. while 100 route updates/s are written.
 //!
-//! Usage: `propagation [--quick] [--tollgate PATH] [--out FILE] [--strict]`.
-//! Prints the table to stdout and writes it to FILE (default
-//! `bench/results/propagation-latest.txt`, or `propagation-quick.txt` with
-//! `--quick`). Exits 1 if the harness fails (gateway died, a change never
-//! arrived, wrk errors); target misses only fail with `--strict`.
+//! Usage: `propagation [--quick] [--tollgate PATH] [--out FILE] [--strict]
+//! [--poll-gap-us N]`. Prints the table to stdout and writes it to FILE
+//! (default `bench/results/propagation-latest.txt`, or
+//! `propagation-quick.txt` with `--quick`). Exits 1 if the harness fails
+//! (gateway died, a change never arrived, wrk errors); target misses only
+//! fail with `--strict`.
+//!
+//! Route changes are measured twice: back-to-back (each change written as
+//! soon as the previous one was seen, which is what the targets are judged
+//! on) and spaced (40 ms of quiet before each change: what a lone change
+//! costs, shown for comparison). The throughput windows run in rounds
+//! (quiet, then churn; 3 rounds in the full run) and compare medians.
 
 mod http;
 mod procfs;
@@ -75,6 +82,8 @@ struct Plan {
     rss_routes: usize,
     rss_instances: usize,
     wrk_secs: u64,
+    /// Quiet/churn window pairs; the medians are compared.
+    wrk_rounds: usize,
 }
 
 impl Plan {
@@ -89,6 +98,7 @@ impl Plan {
                 rss_routes: 1_000,
                 rss_instances: 1_000,
                 wrk_secs: 3,
+                wrk_rounds: 1,
             }
         } else {
             Plan {
@@ -100,6 +110,7 @@ impl Plan {
                 rss_routes: 10_000,
                 rss_instances: 10_000,
                 wrk_secs: 10,
+                wrk_rounds: 3,
             }
         }
     }
@@ -819,6 +830,10 @@ struct Window {
     rebuilds: f64,
     config_events: f64,
     relists: f64,
+    /// Writes of the gateway's own record (`/tollgate/gateways/<node>`).
+    own_writes: i64,
+    /// Share of a core used by the gateway's etcd sync thread.
+    sync_cpu: f64,
 }
 
 struct LoadRun {
@@ -827,8 +842,8 @@ struct LoadRun {
     apply_start: Duration,
     rss_applied: (u64, u64),
     rss_settled: (u64, u64),
-    quiet: Window,
-    churn: Window,
+    /// One (quiet, churn) pair per round.
+    rounds: Vec<(Window, Window)>,
     churn_applied_in: Duration,
     thread_cpu: Vec<(String, Duration)>,
 }
@@ -883,7 +898,9 @@ struct Churn {
 }
 
 impl Churn {
-    fn start(c: &EtcdClient, routes: usize, per_sec: u64) -> Churn {
+    /// `first` numbers the first update: every update writes a value no
+    /// earlier one wrote (an unchanged value would be a no-op).
+    fn start(c: &EtcdClient, routes: usize, per_sec: u64, first: u64) -> Churn {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
         let max_rev = Arc::new(AtomicI64::new(0));
@@ -891,7 +908,7 @@ impl Churn {
         let task = rt().spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_sec));
             let mut tasks = tokio::task::JoinSet::new();
-            let mut n: usize = 0;
+            let mut n = first as usize;
             while !s.load(Ordering::Relaxed) {
                 tick.tick().await;
                 // A stride co-prime with most table sizes spreads the edits.
@@ -937,20 +954,49 @@ impl Churn {
 }
 
 /// One wrk window, with CPU used by the gateway and etcd while it ran.
-fn window(gw: &mut Gw, etcd_pid: Option<u32>, url: &str, secs: u64) -> Result<Window> {
+/// How many times `key` was written since it was created (0: absent).
+fn key_version(c: &EtcdClient, key: &str) -> i64 {
+    c.run(&format!("get {key}"), |mut cl| {
+        let key = key.to_string();
+        async move {
+            let r = cl.get(key, None).await?;
+            Ok(r.kvs().first().map_or(0, |kv| kv.version()))
+        }
+    })
+}
+
+fn window(
+    gw: &mut Gw,
+    c: &EtcdClient,
+    etcd_pid: Option<u32>,
+    url: &str,
+    secs: u64,
+) -> Result<Window> {
     let cpu = |pid: Option<u32>| pid.and_then(procfs::cpu_time).unwrap_or_default();
+    let own_key = format!("/tollgate/gateways/{}", gw.node_id);
+    let own0 = key_version(c, &own_key);
     let (rebuilds0, events0) = (
         gw.metric("tollgate_router_rebuilds_total")?,
         gw.metric("tollgate_etcd_watch_events_total{prefix=\"config\"}")?,
     );
     let relists0 = gw.metric("tollgate_etcd_relists_total")?;
+    let sync = |pid: u32| {
+        procfs::thread_cpu(pid)
+            .into_iter()
+            .filter(|(n, _)| n.contains("etcd-sync"))
+            .map(|(_, t)| t)
+            .sum::<Duration>()
+    };
+    let s0 = sync(gw.pid());
     let (g0, e0, t0) = (cpu(Some(gw.pid())), cpu(etcd_pid), Instant::now());
     let result = wrk::run(url, secs);
     let wall = t0.elapsed().as_secs_f64();
     gw.check_alive()?;
     let result = result.map_err(|e| gw.fail(e))?;
     let (g1, e1) = (cpu(Some(gw.pid())), cpu(etcd_pid));
+    let sync_cpu = sync(gw.pid()).saturating_sub(s0).as_secs_f64() / wall;
     Ok(Window {
+        sync_cpu,
         wrk: result,
         gw_cpu: (g1 - g0).as_secs_f64() / wall,
         etcd_cpu: e1.saturating_sub(e0).as_secs_f64() / wall,
@@ -959,6 +1005,7 @@ fn window(gw: &mut Gw, etcd_pid: Option<u32>, url: &str, secs: u64) -> Result<Wi
         rebuilds: gw.metric("tollgate_router_rebuilds_total")? - rebuilds0,
         relists: gw.metric("tollgate_etcd_relists_total")? - relists0,
         config_events: gw.metric("tollgate_etcd_watch_events_total{prefix=\"config\"}")? - events0,
+        own_writes: key_version(c, &own_key) - own0,
     })
 }
 
@@ -1022,19 +1069,27 @@ fn phase_load(etcd: &Etcd, opts: &Opts, plan: &Plan) -> Result<LoadRun> {
         r.status == 200
     })?;
     let etcd_pid = procfs::child_named("etcd");
-    log(format!("  wrk warm-up 1s, then {}s quiet", plan.wrk_secs));
+    log("  wrk warm-up 1s");
     wrk::run(&url, 1).map_err(|e| gw.fail(e))?;
-    let quiet = window(&mut gw, etcd_pid, &url, plan.wrk_secs)?;
-    log(format!(
-        "  quiet: {:.0} req/s; now {}s with {CHURN_PER_SEC} route updates/s",
-        quiet.wrk.rps, plan.wrk_secs
-    ));
     let before_threads = procfs::thread_cpu(gw.pid());
-    let churn_task = Churn::start(c, routes, CHURN_PER_SEC);
-    let churn_result = window(&mut gw, etcd_pid, &url, plan.wrk_secs);
-    let (puts, max_rev) = churn_task.stop();
-    let mut churn = churn_result?;
-    churn.puts = puts;
+    let mut rounds = Vec::new();
+    let mut max_rev = 0;
+    let mut updates = 0;
+    for round in 1..=plan.wrk_rounds {
+        let quiet = window(&mut gw, c, etcd_pid, &url, plan.wrk_secs)?;
+        let churn_task = Churn::start(c, routes, CHURN_PER_SEC, updates);
+        let churn_result = window(&mut gw, c, etcd_pid, &url, plan.wrk_secs);
+        let (puts, rev) = churn_task.stop();
+        max_rev = max_rev.max(rev);
+        updates += puts + 1;
+        let mut churn = churn_result?;
+        churn.puts = puts;
+        log(format!(
+            "  round {round}/{}: quiet {:.0} req/s, churn {:.0} req/s ({puts} route updates in {}s)",
+            plan.wrk_rounds, quiet.wrk.rps, churn.wrk.rps, plan.wrk_secs
+        ));
+        rounds.push((quiet, churn));
+    }
     let after_threads = procfs::thread_cpu(gw.pid());
     let thread_cpu = after_threads
         .into_iter()
@@ -1054,10 +1109,6 @@ fn phase_load(etcd: &Etcd, opts: &Opts, plan: &Plan) -> Result<LoadRun> {
         |s| s["revision"].as_i64().unwrap_or(0) >= max_rev,
     )?;
     let churn_applied_in = t.elapsed();
-    log(format!(
-        "  churn: {:.0} req/s, {puts} updates written",
-        churn.wrk.rps
-    ));
     gw.note_log("memory and churn");
     drop(gw);
     c.revoke(lease.id);
@@ -1067,8 +1118,7 @@ fn phase_load(etcd: &Etcd, opts: &Opts, plan: &Plan) -> Result<LoadRun> {
         apply_start,
         rss_applied,
         rss_settled,
-        quiet,
-        churn,
+        rounds,
         churn_applied_in,
         thread_cpu,
     })
@@ -1355,18 +1405,14 @@ fn report(
         "<= 64 MiB",
         v.check(loaded <= 64 * 1024),
     ));
-    out.push(mem(
-        "  after wrk quiet window".into(),
-        load.quiet.rss_kib,
-        "-",
-        "",
-    ));
-    out.push(mem(
-        "  after wrk churn window".into(),
-        load.churn.rss_kib,
-        "-",
-        "",
-    ));
+    if let Some((_, last)) = load.rounds.last() {
+        out.push(mem(
+            "  after the wrk rounds below".into(),
+            last.rss_kib,
+            "-",
+            "",
+        ));
+    }
     out.push(format!(
         "#   {} routes + {} instances listed and applied {:.2?} after start",
         load.routes + 1,
@@ -1376,57 +1422,91 @@ fn report(
 
     out.push(String::new());
     out.push(format!(
-        "throughput: wrk -t2 -c32 -d{}s --latency on a routed path, {} routes + {} instances loaded",
+        "throughput: wrk -t2 -c32 -d{}s --latency on a routed path, {} routes + {} instances loaded; {} quiet/churn round(s)",
         plan.wrk_secs,
         load.routes + 1,
-        load.instances + 1
+        load.instances + 1,
+        load.rounds.len()
     ));
     out.push(format!(
-        "{:<44} {:>10} {:>8} {:>8} {:>7} {:>8} {:>8} {:>9} {:>8} {:>7}",
+        "{:<30} {:>9} {:>8} {:>8} {:>6} {:>8} {:>6} {:>6} {:>8} {:>8} {:>8} {:>7}",
         "window",
         "req/s",
         "p50 ms",
         "p99 ms",
         "errors",
-        "gw cpu",
-        "etcd cpu",
+        "updates",
+        "gw",
+        "sync",
+        "etcd",
         "rebuilds",
         "cfg evts",
-        "relists"
+        "own wr"
     ));
     let win = |name: String, w: &Window| {
         format!(
-            "{name:<44} {:>10.0} {:>8} {:>8} {:>7} {:>7.0}% {:>7.0}% {:>9} {:>8} {:>7}",
+            "{name:<30} {:>9.0} {:>8} {:>8} {:>6} {:>8} {:>5.0}% {:>5.0}% {:>7.0}% {:>8} {:>8} {:>7}",
             w.wrk.rps,
             w.wrk.p50.map_or("-".into(), ms),
             w.wrk.p99.map_or("-".into(), ms),
             w.wrk.non_2xx + w.wrk.socket_errors,
+            w.puts,
             w.gw_cpu * 100.0,
+            w.sync_cpu * 100.0,
             w.etcd_cpu * 100.0,
             w.rebuilds,
             w.config_events,
-            w.relists
+            w.own_writes
         )
     };
-    out.push(win("quiet".into(), &load.quiet));
-    out.push(win(
-        format!(
-            "churn ({} updates/s asked, {:.1}/s written)",
-            CHURN_PER_SEC,
-            load.churn.puts as f64 / plan.wrk_secs as f64
-        ),
-        &load.churn,
-    ));
-    let tp_ratio = load.churn.wrk.rps / load.quiet.wrk.rps.max(1e-9);
+    for (i, (quiet, churn)) in load.rounds.iter().enumerate() {
+        out.push(win(format!("quiet #{}", i + 1), quiet));
+        out.push(win(
+            format!("churn #{} ({CHURN_PER_SEC} updates/s)", i + 1),
+            churn,
+        ));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    };
+    let mut q: Vec<f64> = load.rounds.iter().map(|(q, _)| q.wrk.rps).collect();
+    let mut c: Vec<f64> = load.rounds.iter().map(|(_, c)| c.wrk.rps).collect();
+    let (mq, mc) = (median(&mut q), median(&mut c));
+    let tp_ratio = mc / mq.max(1e-9);
+    let label = if load.rounds.len() > 1 {
+        format!("median churn / median quiet ({mc:.0} / {mq:.0})")
+    } else {
+        "ratio churn / quiet".to_string()
+    };
     out.push(format!(
-        "{:<44} {:>9.3}x {:>69}   {}",
-        "ratio churn / quiet",
-        tp_ratio,
+        "{label:<55} {tp_ratio:>6.3}x {:>41}   {}",
         ">= 0.95",
         v.check(tp_ratio >= 0.95)
     ));
+    let ratios: Vec<String> = load
+        .rounds
+        .iter()
+        .map(|(q, c)| format!("{:.3}", c.wrk.rps / q.wrk.rps.max(1e-9)))
+        .collect();
+    let relists: f64 = load.rounds.iter().map(|(q, c)| q.relists + c.relists).sum();
     out.push(format!(
-        "#   every churn update applied within {:.2?} after the window; gateway CPU by thread during churn: {}",
+        "#   per-round ratios {}; etcd re-lists during the rounds: {relists}",
+        ratios.join(", ")
+    ));
+    out.push(
+        "#   gw / sync / etcd = CPU of the gateway process / its etcd sync thread / etcd, in % of one core;".into(),
+    );
+    out.push(
+        "#   cfg evts = config watch events the gateway received; own wr = writes of its own /tollgate/gateways/<node> record"
+            .into(),
+    );
+    out.push(format!(
+        "#   every churn update applied within {:.2?} after the last window; gateway CPU by thread over all rounds: {}",
         load.churn_applied_in,
         load.thread_cpu
             .iter()
@@ -1449,8 +1529,10 @@ fn report(
             ""
         }
     ));
-    let errors = [&load.quiet, &load.churn]
+    let errors = load
+        .rounds
         .iter()
+        .flat_map(|(q, c)| [q, c])
         .any(|w| (w.wrk.non_2xx + w.wrk.socket_errors) * 100 > w.wrk.requests.max(1));
     (out, v, errors)
 }

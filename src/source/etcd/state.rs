@@ -194,7 +194,13 @@ impl EtcdState {
     /// Publishes the applied state at `revision`.
     pub fn publish(&mut self, revision: i64) -> ApplyReport {
         self.store.set_revision(revision);
-        self.store.cell().status.set_gateways(self.gateways.len());
+        let cell = self.store.cell();
+        cell.status.set_gateways(self.gateways.len());
+        // Cluster-scoped limits divide by the live gateways (at least us).
+        cell.fleet.store(
+            self.gateways.len().max(1),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let report = self.store.publish();
         if report.rebuilt {
             METRICS.rebuilds.inc();
