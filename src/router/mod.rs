@@ -16,13 +16,18 @@
 
 mod host;
 
-use ahash::AHashMap;
 use std::sync::Arc;
 
 use crate::model::pattern::{PathPattern, Segment};
 use crate::model::route::{method_bit, MethodMask};
 pub use host::request_host;
 use host::{wildcard_matches, HostKey};
+
+/// A persistent hash map: clones share structure, and an insert copies
+/// O(log n) small nodes instead of the whole table, so editing a node with
+/// 10,000 children stays cheap.
+type PMap<K, V> =
+    imbl::GenericHashMap<K, V, ahash::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
 
 /// One (route, host) pair waiting at a trie leaf.
 #[derive(Debug, Clone)]
@@ -37,7 +42,7 @@ struct Entry<T> {
 /// exact host is one hash lookup however many hosts share the path.
 #[derive(Debug, Clone)]
 struct Leaf<T> {
-    exact: AHashMap<Arc<str>, Vec<Entry<T>>>,
+    exact: PMap<Arc<str>, Vec<Entry<T>>>,
     /// (suffix, entries), longest suffix first.
     wildcard: Vec<(Arc<str>, Vec<Entry<T>>)>,
     any: Vec<Entry<T>>,
@@ -46,7 +51,7 @@ struct Leaf<T> {
 impl<T> Default for Leaf<T> {
     fn default() -> Self {
         Self {
-            exact: AHashMap::new(),
+            exact: PMap::default(),
             wildcard: Vec::new(),
             any: Vec::new(),
         }
@@ -55,7 +60,7 @@ impl<T> Default for Leaf<T> {
 
 #[derive(Debug, Clone)]
 struct Node<T> {
-    statics: AHashMap<Arc<str>, Arc<Node<T>>>,
+    statics: PMap<Arc<str>, Arc<Node<T>>>,
     param: Option<Arc<Node<T>>>,
     /// Routes whose pattern ends exactly here.
     end: Leaf<T>,
@@ -66,7 +71,7 @@ struct Node<T> {
 impl<T> Default for Node<T> {
     fn default() -> Self {
         Self {
-            statics: AHashMap::new(),
+            statics: PMap::default(),
             param: None,
             end: Leaf::default(),
             catch_all: Leaf::default(),
