@@ -64,7 +64,10 @@ step "fmt" cargo fmt --all -- --check
 step "clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "build" --fatal cargo build --workspace --bins
 step "tests" run_tests
-step "bench smoke" bench/proxy.sh --quick
+step "bench smoke: proxy" bench/proxy.sh --quick
+step "bench smoke: propagation" bench/propagation.sh --quick
+step "bench smoke: rate limit" bench/limit.sh --quick
+step "bench smoke: balancing" bench/lb.sh --quick
 
 summary
 if ((${#failed[@]} > 0)); then
