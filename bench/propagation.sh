@@ -23,6 +23,8 @@
 #   --out FILE     where to write the table
 #   --poll-gap-us N  pause N µs between polls that did not match yet
 #                  (default 0: poll back-to-back)
+#   --phases LIST  run only some of routes,instances,load (comma-separated;
+#                  the table is then only printed unless --out is given)
 #   --no-build     do not run cargo build (use the existing binaries)
 #   -h, --help
 #
@@ -52,7 +54,7 @@ while (($# > 0)); do
     fi
     case "$arg" in
     --quick | --strict) args+=("$arg") ;;
-    --out | --poll-gap-us)
+    --out | --poll-gap-us | --phases)
         (($# > 0)) || die "$arg: missing value"
         args+=("$arg" "$1")
         shift
