@@ -100,6 +100,7 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
             in_flight.clone(),
             model.trusted_proxies.clone(),
             AccessLog::start(&b.access_log)?,
+            b.request_metrics,
         ),
         "proxy",
     );

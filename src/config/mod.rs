@@ -45,6 +45,10 @@ pub struct Bootstrap {
     pub reload: ReloadConfig,
     #[serde(default)]
     pub access_log: AccessLogConfig,
+    /// Per-request metrics (counters and histograms by route); `/metrics`
+    /// still serves the sync and process families when off.
+    #[serde(default = "default_true")]
+    pub request_metrics: bool,
     /// Proxies whose `X-Forwarded-For` is believed (IPs or CIDRs), for
     /// `client_ip` rate limits.
     #[serde(default)]

@@ -42,6 +42,7 @@ pub struct Gateway {
     /// Test-only: a request carrying this header panics in the request
     /// filter (from `TOLLGATE_TEST_PANIC_HEADER`; unset in production).
     panic_header: Option<http::HeaderName>,
+    request_metrics: bool,
 }
 
 struct RateLimited {
@@ -55,6 +56,7 @@ impl Gateway {
         in_flight: Arc<InFlight>,
         trusted_proxies: Vec<IpNet>,
         access_log: Option<AccessLog>,
+        request_metrics: bool,
     ) -> Self {
         let panic_header = std::env::var("TOLLGATE_TEST_PANIC_HEADER")
             .ok()
@@ -66,6 +68,7 @@ impl Gateway {
             trusted_proxies,
             access_log,
             panic_header,
+            request_metrics,
         }
     }
 
@@ -391,9 +394,11 @@ impl ProxyHttp for Gateway {
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
         };
-        match ctx.route() {
-            Some(r) => r.metrics.observe(&obs),
-            None => UNROUTED.observe(&obs),
+        if self.request_metrics {
+            match ctx.route() {
+                Some(r) => r.metrics.observe(&obs),
+                None => UNROUTED.observe(&obs),
+            }
         }
         self.log_access(session, ctx, status, total);
     }
