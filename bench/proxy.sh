@@ -321,6 +321,9 @@ if want tollgate; then
         echo "threads: 1"
         [[ -n "$work_stealing" ]] && echo "work_stealing: $work_stealing"
         echo "state_dir: \"$tmp/state\""
+        # Like the nginx above (access_log off); request metrics stay on.
+        # bench/observability.sh measures the access log's cost.
+        echo "access_log: { enabled: false }"
         echo "routes:"
         echo "  - id: bench"
         echo "    paths: [\"/bench/*rest\"]"

@@ -33,7 +33,8 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     pub bytes_in: IntCounterVec,
     pub bytes_out: IntCounterVec,
-    /// Instances by service and state (live, draining, ejected, unhealthy).
+    /// Registered instances by service and state (live, draining); health
+    /// verdicts are in `ejections` and `health_transitions`.
     pub instances: IntGaugeVec,
     pub retries: IntCounterVec,
     pub last_apply_seconds: Gauge,
@@ -169,7 +170,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         instances: gauge_vec(
             &r,
             "tollgate_instances",
-            "Instances by service and state (live, draining, ejected, unhealthy)",
+            "Instances by service and registration state (live, draining); see tollgate_ejections_total and tollgate_health_check_transitions_total for health",
             &["service", "state"],
         ),
         retries: counter_vec(&r, "tollgate_retries_total", "Upstream attempts retried, by route", &["route"]),

@@ -167,9 +167,7 @@ impl Gateway {
                 .await;
             return Ok(true);
         }
-        let leaf = route.upstream_for(&session.req_header().headers).clone();
-        leaf.budget.deposit(retry::budget_share(&leaf));
-        ctx.leaf = Some(leaf);
+        ctx.leaf = Some(route.upstream_for(&session.req_header().headers).clone());
         Ok(false)
     }
 
@@ -181,6 +179,10 @@ impl Gateway {
             ));
         };
         let set = leaf.instances();
+        if ctx.attempts == 0 {
+            // Each request earns its upstream a share of a retry.
+            leaf.budget.deposit(retry::budget_share(&set));
+        }
         // A retry moves away from the instance that just failed.
         let avoid = ctx.attempt.as_ref().map(|a| a.node().addr);
         let key_hash = set.hash_key().and_then(|k| self.hash_of(session, k));

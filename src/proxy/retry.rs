@@ -6,7 +6,7 @@ use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
 use crate::model::policy::{RetryOn, RetrySpec};
-use crate::snapshot::UpstreamLeaf;
+use crate::snapshot::InstanceSet;
 
 /// A failed connect is retried once on another instance unless the route
 /// or upstream says otherwise (nginx's proxy_next_upstream does the same).
@@ -76,9 +76,8 @@ pub fn should_retry(session: &Session, ctx: &RequestCtx, cause: RetryOn, body_se
 }
 
 /// The budget share each request adds to its upstream.
-pub fn budget_share(leaf: &UpstreamLeaf) -> f64 {
-    leaf.instances()
-        .retry
+pub fn budget_share(set: &InstanceSet) -> f64 {
+    set.retry
         .as_ref()
         .map_or(RetrySpec::default().budget, |r| r.budget)
 }

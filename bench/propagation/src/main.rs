@@ -620,6 +620,8 @@ struct RouteRun {
     apply_start: Duration,
     rss_kib: (u64, u64),
     relists: f64,
+    /// Cores used by processes outside this benchmark during the series.
+    other_cpu: f64,
 }
 
 /// Median round trip of `GET path` on the warmed poller (404s, no change
@@ -709,6 +711,10 @@ fn phase_routes(
     gw.idle(Duration::from_millis(1500))?;
     let rtt = poll_rtt(&mut gw, "/p/none")?;
     let before = gw.counters()?;
+    let ours: Vec<u32> = std::iter::once(gw.pid())
+        .chain(procfs::child_named("etcd"))
+        .collect();
+    let foreign = procfs::Foreign::start(&ours);
 
     let b2b = route_series(&mut gw, c, plan.changes, Duration::ZERO, next_id)?;
     log(format!(
@@ -732,6 +738,7 @@ fn phase_routes(
             "expected {n} routes after the changes; /status: {s}"
         )));
     }
+    let other_cpu = foreign.cores_since(&ours);
     let relists = gw.counters()?.relists - before.relists;
     let rss_kib = gw.rss()?;
     gw.note_log(&format!("route propagation, {n} routes"));
@@ -745,6 +752,7 @@ fn phase_routes(
         apply_start,
         rss_kib,
         relists,
+        other_cpu,
     })
 }
 
@@ -900,6 +908,8 @@ struct Window {
     sync_cpu: f64,
     /// Share of a core used by the gateway's tokio blocking-pool threads.
     blocking_cpu: f64,
+    /// Cores used by processes that are not part of this benchmark.
+    other_cpu: f64,
 }
 
 /// One `GET /metrics` with the big table loaded.
@@ -1067,12 +1077,15 @@ fn window(
         )
     };
     let (s0, b0) = threads(gw.pid());
+    let ours: Vec<u32> = std::iter::once(gw.pid()).chain(etcd_pid).collect();
+    let foreign = procfs::Foreign::start(&ours);
     let (g0, e0, t0) = (cpu(Some(gw.pid())), cpu(etcd_pid), Instant::now());
     let result = wrk::run(url, secs);
     let wall = t0.elapsed().as_secs_f64();
     gw.check_alive()?;
     let result = result.map_err(|e| gw.fail(e))?;
     let (g1, e1) = (cpu(Some(gw.pid())), cpu(etcd_pid));
+    let other_cpu = foreign.cores_since(&ours);
     let (s1, b1) = threads(gw.pid());
     let sync_cpu = s1.saturating_sub(s0).as_secs_f64() / wall;
     let blocking_cpu = b1.saturating_sub(b0).as_secs_f64() / wall;
@@ -1081,6 +1094,7 @@ fn window(
     Ok(Window {
         sync_cpu,
         blocking_cpu,
+        other_cpu,
         wrk: result,
         gw_cpu: (g1 - g0).as_secs_f64() / wall,
         etcd_cpu: e1.saturating_sub(e0).as_secs_f64() / wall,
@@ -1250,6 +1264,8 @@ fn mib(kib: u64) -> String {
 }
 
 static LOAD_AT_START: OnceLock<String> = OnceLock::new();
+/// CPU used by processes outside this benchmark over the run, in cores.
+static FOREIGN_CORES: OnceLock<f64> = OnceLock::new();
 
 fn header(opts: &Opts, plan: &Plan) -> Vec<String> {
     let date = sh("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]).unwrap_or_default();
@@ -1275,7 +1291,13 @@ fn header(opts: &Opts, plan: &Plan) -> Vec<String> {
         format!("# bench/propagation.sh{} — {date}, rev {rev}", if opts.quick { " --quick" } else { "" }),
         format!("# host: {ncpu} cpu(s), {cpu}, linux {kernel}; {etcd_v} (one member, loopback, testkit)"),
         format!(
-            "# load average (1 min): {} at start, {} at end (other work on this host skews every number)",
+            "# other processes on this host used {:.2} of its {ncpu} CPUs during the run{}; load average (1 min) {} at start, {} at end",
+            FOREIGN_CORES.get().copied().unwrap_or(f64::NAN),
+            if FOREIGN_CORES.get().is_some_and(|c| *c > 0.1) {
+                " (enough to skew every number below)"
+            } else {
+                ""
+            },
             LOAD_AT_START.get().map_or("?", |s| s.as_str()),
             loadavg()
         ),
@@ -1510,7 +1532,7 @@ fn report_instances(out: &mut Vec<String>, v: &mut Verdicts, inst: &InstanceRun)
 fn report_route_notes(out: &mut Vec<String>, small: &RouteRun, big: &RouteRun) {
     for r in [small, big] {
         out.push(format!(
-            "#   {} routes: listed+applied {:.2?} after start; etcd put call p50 {} ms; 404 poll round trip p50 {} ms (p99 {}); served on the first poll: {}/{} back-to-back, {}/{} spaced; re-lists {}",
+            "#   {} routes: listed+applied {:.2?} after start; etcd put call p50 {} ms; 404 poll round trip p50 {} ms (p99 {}); served on the first poll: {}/{} back-to-back, {}/{} spaced; re-lists {}; other processes {:.2} CPUs",
             r.n,
             r.apply_start,
             ms(r.b2b.put_call.p50),
@@ -1520,7 +1542,8 @@ fn report_route_notes(out: &mut Vec<String>, small: &RouteRun, big: &RouteRun) {
             r.b2b.put.n,
             r.spaced.first_poll_hits,
             r.spaced.put.n,
-            r.relists
+            r.relists,
+            r.other_cpu
         ));
     }
 }
@@ -1585,7 +1608,7 @@ fn report_load(out: &mut Vec<String>, v: &mut Verdicts, plan: &Plan, load: &Load
         load.rounds.len()
     ));
     out.push(format!(
-        "{:<30} {:>9} {:>8} {:>8} {:>6} {:>8} {:>6} {:>6} {:>6} {:>6} {:>8} {:>8} {:>7}",
+        "{:<30} {:>9} {:>8} {:>8} {:>6} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>8} {:>8} {:>7}",
         "window",
         "req/s",
         "p50 ms",
@@ -1596,13 +1619,14 @@ fn report_load(out: &mut Vec<String>, v: &mut Verdicts, plan: &Plan, load: &Load
         "sync",
         "blk",
         "etcd",
+        "other",
         "rebuilds",
         "cfg evts",
         "own wr"
     ));
     let win = |name: String, w: &Window| {
         format!(
-            "{name:<30} {:>9.0} {:>8} {:>8} {:>6} {:>8} {:>5.0}% {:>5.0}% {:>5.0}% {:>5.0}% {:>8} {:>8} {:>7}",
+            "{name:<30} {:>9.0} {:>8} {:>8} {:>6} {:>8} {:>5.0}% {:>5.0}% {:>5.0}% {:>5.0}% {:>5.0}% {:>8} {:>8} {:>7}",
             w.wrk.rps,
             w.wrk.p50.map_or("-".into(), ms),
             w.wrk.p99.map_or("-".into(), ms),
@@ -1612,6 +1636,7 @@ fn report_load(out: &mut Vec<String>, v: &mut Verdicts, plan: &Plan, load: &Load
             w.sync_cpu * 100.0,
             w.blocking_cpu * 100.0,
             w.etcd_cpu * 100.0,
+            w.other_cpu * 100.0,
             w.rebuilds,
             w.config_events,
             w.own_writes
@@ -1659,7 +1684,7 @@ fn report_load(out: &mut Vec<String>, v: &mut Verdicts, plan: &Plan, load: &Load
         "#   gw / sync / blk / etcd = CPU in % of one core: gateway process / its etcd sync thread / its tokio blocking pool".into(),
     );
     out.push(
-        "#   (last-known-good writes, limiter sweeps) / etcd; cfg evts = config watch events the gateway received;".into(),
+        "#   (last-known-good writes, limiter sweeps) / etcd / processes outside this benchmark; cfg evts = config watch".into(),
     );
     out.push("#   own wr = writes of the gateway's own /tollgate/gateways/<node> record".into());
     out.push(format!(
@@ -1691,6 +1716,8 @@ fn run(opts: &Opts) -> Result<bool> {
     let _ = LOAD_AT_START.set(loadavg());
     let etcd = Etcd::start();
     log(format!("etcd up at {}", etcd.endpoint()));
+    let etcd_pid: Vec<u32> = procfs::child_named("etcd").into_iter().collect();
+    let foreign = procfs::Foreign::start(&etcd_pid);
     let a = Backend::start("backend-a");
     let b = Backend::start("backend-b");
 
@@ -1717,6 +1744,7 @@ fn run(opts: &Opts) -> Result<bool> {
         instances,
         load,
     };
+    let _ = FOREIGN_CORES.set(foreign.cores_since(&etcd_pid));
 
     let (lines, verdicts, wrk_errors) = report(opts, &plan, &results);
     let text = lines.join("\n") + "\n";

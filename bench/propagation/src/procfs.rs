@@ -80,3 +80,61 @@ pub fn child_named(name: &str) -> Option<u32> {
     }
     None
 }
+
+/// Busy CPU time of the whole machine (all CPUs, everything but idle and
+/// iowait) since boot.
+pub fn machine_busy() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| f.get(i))
+        .sum::<u64>();
+    Some(Duration::from_millis(busy * 1000 / clock_ticks()))
+}
+
+/// CPU time of this process plus the children it has already reaped
+/// (utime + stime + cutime + cstime).
+pub fn self_and_reaped() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &s[s.rfind(") ")? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // fields 14-17 (utime, stime, cutime, cstime) are rest[11..15]
+    let ticks: u64 = (11..15).filter_map(|i| f.get(i)?.parse::<u64>().ok()).sum();
+    Some(Duration::from_millis(ticks * 1000 / clock_ticks()))
+}
+
+/// CPU used by everything on the machine except this process, its reaped
+/// children and the live processes in `ours`, between two snapshots.
+#[derive(Clone, Copy)]
+pub struct Foreign {
+    busy: Duration,
+    own: Duration,
+    at: std::time::Instant,
+}
+
+impl Foreign {
+    pub fn start(ours: &[u32]) -> Foreign {
+        Foreign {
+            busy: machine_busy().unwrap_or_default(),
+            own: self_and_reaped().unwrap_or_default()
+                + ours.iter().filter_map(|&p| cpu_time(p)).sum::<Duration>(),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// Foreign CPU since `start`, in cores (1.0 = one CPU busy throughout).
+    pub fn cores_since(&self, ours: &[u32]) -> f64 {
+        let now = Foreign::start(ours);
+        let busy = now.busy.saturating_sub(self.busy).as_secs_f64();
+        let own = now.own.saturating_sub(self.own).as_secs_f64();
+        let wall = now.at.duration_since(self.at).as_secs_f64().max(1e-3);
+        ((busy - own) / wall).max(0.0)
+    }
+}

@@ -1,0 +1,731 @@
+//! Observability against the real binary: every `/metrics` family exists
+//! and moves with what happened (traffic, a 429, a passive ejection, etcd
+//! changes, a rejected value); request-metric labels stay bounded under
+//! thousands of distinct paths and methods; and the JSON access log line
+//! carries what an operator needs (request id, route, upstream, sizes),
+//! and nothing is written when the log is off or sampled to 0.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use common::etcd_gw::{
+    metrics, put_route, start_gw, wait_ok, wait_revision, wait_status, TempDir, ROUTES, SERVICES,
+};
+use common::{echo, send, start, upstream};
+use serde_json::{json, Value};
+use testkit::{Backend, Etcd, Mode};
+
+const APPLY: Duration = Duration::from_secs(10);
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+// ------------------------------------------------------------ /metrics text
+
+/// One exposed sample: name, labels, value.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// Parses the Prometheus text format (as the `prometheus` crate writes it:
+/// label values contain no `,` or `"` here).
+fn parse(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (series, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {l:?}"));
+            let (name, labels) = match series.split_once('{') {
+                None => (series.to_string(), BTreeMap::new()),
+                Some((name, rest)) => {
+                    let inner = rest.strip_suffix('}').expect("closing brace");
+                    let labels = inner
+                        .split(',')
+                        .filter(|kv| !kv.is_empty())
+                        .map(|kv| {
+                            let (k, v) = kv.split_once('=').expect("label k=v");
+                            (k.to_string(), v.trim_matches('"').to_string())
+                        })
+                        .collect();
+                    (name.to_string(), labels)
+                }
+            };
+            Sample {
+                name,
+                labels,
+                value,
+            }
+        })
+        .collect()
+}
+
+/// The samples named `name` whose labels include every pair of `labels`.
+fn matching<'a>(
+    samples: &'a [Sample],
+    name: &'a str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = &'a Sample> + 'a {
+    samples.iter().filter(move |s| {
+        s.name == name
+            && labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+    })
+}
+
+/// Sum over the matching series; None when no series matches.
+fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut it = matching(samples, name, labels).peekable();
+    it.peek()?;
+    Some(it.map(|s| s.value).sum())
+}
+
+/// Like [`sum`], panicking with the family's lines when absent.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    sum(samples, name, labels).unwrap_or_else(|| {
+        let have: Vec<String> = samples
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| format!("{:?} {}", s.labels, s.value))
+            .collect();
+        panic!("no series {name}{labels:?}; the family has: {have:#?}")
+    })
+}
+
+/// 0 when absent (a counter not created yet).
+fn value_or_0(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    sum(samples, name, labels).unwrap_or(0.0)
+}
+
+// ------------------------------------------------------------ a keep-alive client
+
+/// One keep-alive HTTP/1.1 connection, enough for the gateway's answers
+/// (Content-Length or chunked bodies).
+struct Conn {
+    addr: SocketAddr,
+    stream: Option<BufReader<TcpStream>>,
+}
+
+impl Conn {
+    fn new(addr: SocketAddr) -> Conn {
+        Conn { addr, stream: None }
+    }
+
+    /// Sends one body-less request; returns the status. Reconnects once
+    /// when a reused connection turns out closed before any answer.
+    fn request(&mut self, method: &str, path: &str) -> u16 {
+        for attempt in 0..2 {
+            let reused = self.stream.is_some();
+            match self.exchange(method, path) {
+                Ok((status, keep)) => {
+                    if !keep {
+                        self.stream = None;
+                    }
+                    return status;
+                }
+                Err(e) => {
+                    self.stream = None;
+                    assert!(
+                        reused && attempt == 0,
+                        "{method} {path}: transport error: {e}"
+                    );
+                }
+            }
+        }
+        unreachable!()
+    }
+
+    fn exchange(&mut self, method: &str, path: &str) -> std::io::Result<(u16, bool)> {
+        if self.stream.is_none() {
+            let s = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT)?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(IO_TIMEOUT))?;
+            s.set_write_timeout(Some(IO_TIMEOUT))?;
+            self.stream = Some(BufReader::new(s));
+        }
+        let r = self.stream.as_mut().expect("connected");
+        write!(
+            r.get_mut(),
+            "{method} {path} HTTP/1.1\r\nHost: metrics.test\r\n\r\n"
+        )?;
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before the status line",
+            ));
+        }
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let (mut length, mut chunked, mut keep) = (0usize, false, true);
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(':').unwrap_or((l, ""));
+            let (k, v) = (k.to_ascii_lowercase(), v.trim().to_ascii_lowercase());
+            match k.as_str() {
+                "content-length" => length = v.parse().unwrap_or(0),
+                "transfer-encoding" => chunked = v.contains("chunked"),
+                "connection" => keep = !v.contains("close"),
+                _ => {}
+            }
+        }
+        if chunked {
+            loop {
+                line.clear();
+                r.read_line(&mut line)?;
+                let n = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16)
+                    .map_err(std::io::Error::other)?;
+                let mut skip = vec![0; n + 2];
+                r.read_exact(&mut skip)?;
+                if n == 0 {
+                    break;
+                }
+            }
+        } else {
+            let mut body = vec![0; length];
+            r.read_exact(&mut body)?;
+        }
+        Ok((status, keep))
+    }
+}
+
+// ------------------------------------------------------------ 1. every family
+
+#[test]
+fn every_metric_family_appears_and_moves() {
+    let etcd = Etcd::start();
+    let good = Backend::start("good");
+    let bad = Backend::start("bad");
+    bad.set_mode(Mode::Status(500));
+    etcd.put(
+        "/tollgate/upstreams/svc",
+        &json!({ "health_check": { "passive": { "consecutive_failures": 2, "ejection_ms": 5000 } } })
+            .to_string(),
+    );
+    let lease = etcd.keep_alive(30);
+    etcd.put_with_lease(&format!("{SERVICES}svc/good"), &good.url(), lease.id);
+    etcd.put_with_lease(&format!("{SERVICES}svc/bad"), &bad.url(), lease.id);
+    put_route(etcd.client(), "echo", &["/echo"], "svc");
+    // One token per 20 s: the second request in a row is refused.
+    etcd.put(
+        &format!("{ROUTES}limited"),
+        &json!({ "paths": ["/limited"], "upstream": "svc", "rate_limit": { "rate": 0.05, "burst": 1 } })
+            .to_string(),
+    );
+    let gw = start_gw("ops-metrics", &[etcd.endpoint()]);
+    wait_status(&gw, "2 routes", APPLY, |s| s["routes"] == 2);
+    wait_ok("svc has 2 live instances", APPLY, || {
+        let m = parse(&metrics(&gw));
+        match sum(
+            &m,
+            "tollgate_instances",
+            &[("service", "svc"), ("state", "live")],
+        ) {
+            Some(2.0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+
+    let before = parse(&metrics(&gw));
+    let watch_before = value(&before, "tollgate_etcd_watch_events_total", &[]);
+    let rev_before = value(&before, "tollgate_applied_revision", &[]);
+    let rejected_before = value(
+        &before,
+        "tollgate_config_rejected_total",
+        &[("kind", "route")],
+    );
+    let ejections_before = value_or_0(&before, "tollgate_ejections_total", &[("upstream", "svc")]);
+
+    // --- traffic: round robin over good and bad until bad is ejected
+    // (two consecutive 500s), then only 200s from good.
+    let mut sent = 0;
+    let ejected = loop {
+        let r = send(&gw, "GET", "/echo", &[]);
+        assert!(r.status == 200 || r.status == 500, "{r:?}");
+        sent += 1;
+        let m = parse(&metrics(&gw));
+        if value_or_0(&m, "tollgate_ejections_total", &[("upstream", "svc")]) > ejections_before {
+            break sent;
+        }
+        assert!(
+            sent < 20,
+            "bad never ejected ({} hits of {sent})",
+            bad.hits()
+        );
+    };
+    let bad_hits = bad.hits();
+    for _ in 0..10 {
+        let r = send(&gw, "GET", "/echo", &[]);
+        assert_eq!(
+            echo(&r)["backend"],
+            "good",
+            "ejected bad still served: {r:?}"
+        );
+    }
+    assert_eq!(bad.hits(), bad_hits, "an ejected instance got traffic");
+
+    // --- a 429
+    let first = send(&gw, "GET", "/limited", &[]);
+    assert_ne!(first.status, 429, "{first:?}");
+    let limited = send(&gw, "GET", "/limited", &[]);
+    assert_eq!(limited.status, 429, "{limited:?}");
+
+    // --- an etcd change, then a rejected value
+    let rev = put_route(etcd.client(), "extra", &["/extra"], "svc");
+    wait_revision(&gw, rev, APPLY);
+    let rev = etcd.put(
+        &format!("{ROUTES}broken"),
+        r#"{"paths": ["no-slash"], "upstream": "svc"}"#,
+    );
+    wait_revision(&gw, rev, APPLY);
+    wait_status(&gw, "3 routes", APPLY, |s| s["routes"] == 3);
+
+    let text = metrics(&gw);
+    let after = parse(&text);
+    eprintln!(
+        "ejected after {ejected} requests; /metrics has {} samples",
+        after.len()
+    );
+
+    // Request families, by route / method / status class.
+    let ok_echo = value(
+        &after,
+        "tollgate_requests_total",
+        &[("route", "echo"), ("method", "GET"), ("status", "2xx")],
+    );
+    assert!(ok_echo >= 10.0, "echo 2xx = {ok_echo}");
+    assert_eq!(
+        value(
+            &after,
+            "tollgate_requests_total",
+            &[("route", "limited"), ("method", "GET"), ("status", "4xx")]
+        ),
+        1.0
+    );
+    assert!(
+        value(
+            &after,
+            "tollgate_requests_total",
+            &[("route", "echo"), ("status", "5xx")]
+        ) >= 2.0
+    );
+    assert!(
+        value(
+            &after,
+            "tollgate_request_duration_seconds_count",
+            &[("route", "echo")]
+        ) >= (ejected + 10) as f64
+    );
+    assert!(
+        value(
+            &after,
+            "tollgate_upstream_duration_seconds_count",
+            &[("route", "echo")]
+        ) >= (ejected + 10) as f64
+    );
+    assert!(
+        matching(
+            &after,
+            "tollgate_request_duration_seconds_bucket",
+            &[("route", "echo")]
+        )
+        .count()
+            > 5
+    );
+    // No request had a body; the series exists all the same.
+    assert_eq!(
+        value(&after, "tollgate_request_bytes_total", &[("route", "echo")]),
+        0.0
+    );
+    let bytes_out_before = value_or_0(
+        &before,
+        "tollgate_response_bytes_total",
+        &[("route", "echo")],
+    );
+    let bytes_out = value(
+        &after,
+        "tollgate_response_bytes_total",
+        &[("route", "echo")],
+    );
+    assert!(
+        bytes_out > bytes_out_before + 10.0 * 50.0,
+        "response bytes {bytes_out_before} -> {bytes_out}"
+    );
+    assert_eq!(
+        value(
+            &after,
+            "tollgate_ratelimit_rejected_total",
+            &[("route", "limited")]
+        ),
+        1.0
+    );
+
+    // Upstream families.
+    assert_eq!(
+        value(
+            &after,
+            "tollgate_instances",
+            &[("service", "svc"), ("state", "live")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(&after, "tollgate_ejections_total", &[("upstream", "svc")]),
+        ejections_before + 1.0
+    );
+    assert!(sum(&after, "tollgate_retries_total", &[("route", "echo")]).is_some());
+
+    // Config sync families.
+    assert_eq!(value(&after, "tollgate_etcd_connected", &[]), 1.0);
+    let rev_after = value(&after, "tollgate_applied_revision", &[]);
+    assert!(
+        rev_after >= rev as f64 && rev_after > rev_before,
+        "applied revision {rev_before} -> {rev_after}, last put {rev}"
+    );
+    let watch_after = value(&after, "tollgate_etcd_watch_events_total", &[]);
+    assert!(
+        watch_after >= watch_before + 2.0,
+        "watch events {watch_before} -> {watch_after}"
+    );
+    assert!(
+        value(
+            &after,
+            "tollgate_etcd_watch_events_total",
+            &[("prefix", "config")]
+        ) >= 2.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            "tollgate_config_rejected_total",
+            &[("kind", "route")]
+        ),
+        rejected_before + 1.0
+    );
+    assert!(value(&after, "tollgate_last_apply_duration_seconds", &[]) >= 0.0);
+    let age = value(&after, "tollgate_snapshot_age_seconds", &[]);
+    assert!((0.0..60.0).contains(&age), "snapshot age {age}");
+    assert_eq!(
+        value(
+            &after,
+            "tollgate_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    for family in [
+        "tollgate_registry_unleased_total",
+        "tollgate_etcd_relists_total",
+        "tollgate_router_rebuilds_total",
+        "tollgate_access_log_dropped_total",
+        "tollgate_upstream_panic_picks_total",
+        "tollgate_ratelimit_overflow_total",
+        "tollgate_ratelimit_evictions_total",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "family {family} missing from /metrics"
+        );
+    }
+}
+
+// ------------------------------------------------------------ 2. cardinality
+
+#[test]
+fn label_cardinality_stays_bounded_under_10000_distinct_paths() {
+    let b = Backend::start("b");
+    let gw = start(&format!(
+        "access_log: {{ enabled: false }}\n\
+         routes:\n\
+         \x20 - {{ id: all, hosts: [\"metrics.test\"], paths: [\"/*rest\"], upstream: u }}\n\
+         upstreams:\n{}",
+        upstream("u", &[&b])
+    ));
+    const THREADS: usize = 8;
+    const PER_THREAD: usize = 1250;
+    let addr = gw.proxy_addr();
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut conn = Conn::new(addr);
+                let mut unrouted = Conn::new(addr);
+                let mut statuses = BTreeMap::<u16, usize>::new();
+                for i in 0..PER_THREAD {
+                    let n = t * PER_THREAD + i;
+                    let path = format!("/uniqpath-{n}/item?q={n}");
+                    let status = match n % 50 {
+                        // A distinct unknown method, routed.
+                        0 => conn.request(&format!("XMETHOD{n}"), &path),
+                        // An unrouted host and path: 404 from the gateway.
+                        1 => unrouted_request(&mut unrouted, &format!("/nowhere-{n}")),
+                        2 => conn.request("DELETE", &path),
+                        _ => conn.request("GET", &path),
+                    };
+                    *statuses.entry(status).or_default() += 1;
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut statuses = BTreeMap::<u16, usize>::new();
+    for h in handles {
+        for (s, n) in h.join().expect("client thread") {
+            *statuses.entry(s).or_default() += n;
+        }
+    }
+    eprintln!("statuses: {statuses:?}");
+    assert_eq!(statuses.values().sum::<usize>(), THREADS * PER_THREAD);
+    assert_eq!(statuses.get(&404), Some(&(THREADS * PER_THREAD / 50)));
+    assert_eq!(
+        statuses.get(&200),
+        Some(&(THREADS * PER_THREAD * 49 / 50)),
+        "every routed request (any method) is answered by the backend"
+    );
+
+    // Counters are updated in the logging hook, after the response: poll.
+    let total = (THREADS * PER_THREAD) as f64;
+    let text = wait_ok("every request counted", APPLY, || {
+        let text = metrics(&gw);
+        let n = sum(&parse(&text), "tollgate_requests_total", &[]).unwrap_or(0.0);
+        if n >= total {
+            Ok(text)
+        } else {
+            Err(format!("{n} of {total} counted"))
+        }
+    });
+    let m = parse(&text);
+    let series: Vec<&Sample> = matching(&m, "tollgate_requests_total", &[]).collect();
+    for s in &series {
+        eprintln!("{:?} {}", s.labels, s.value);
+    }
+    assert!(
+        series.len() <= 12,
+        "{} tollgate_requests_total series for 10 000 distinct paths",
+        series.len()
+    );
+    assert_eq!(
+        value(
+            &m,
+            "tollgate_requests_total",
+            &[("route", "all"), ("method", "OTHER"), ("status", "2xx")]
+        ),
+        total / 50.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "tollgate_requests_total",
+            &[("route", ""), ("method", "GET"), ("status", "4xx")]
+        ),
+        total / 50.0
+    );
+    for raw in ["uniqpath", "nowhere", "XMETHOD", "item", "q="] {
+        assert!(
+            !text.contains(raw),
+            "a raw request detail ({raw}) leaked into /metrics"
+        );
+    }
+    // Every family of request metrics is keyed by route alone.
+    for family in [
+        "tollgate_request_duration_seconds_count",
+        "tollgate_upstream_duration_seconds_count",
+        "tollgate_request_bytes_total",
+        "tollgate_response_bytes_total",
+    ] {
+        let n = matching(&m, family, &[]).count();
+        assert!(n <= 2, "{family}: {n} series");
+    }
+    let lines = text.lines().filter(|l| !l.starts_with('#')).count();
+    assert!(lines < 300, "/metrics has {lines} samples");
+}
+
+/// A GET to an unrouted host on its own keep-alive connection.
+fn unrouted_request(conn: &mut Conn, path: &str) -> u16 {
+    // The route is bound to host metrics.test (what Conn sends); this
+    // request names another host, so it matches nothing.
+    for attempt in 0..2 {
+        let reused = conn.stream.is_some();
+        let r: std::io::Result<u16> = (|| {
+            if conn.stream.is_none() {
+                let s = TcpStream::connect_timeout(&conn.addr, IO_TIMEOUT)?;
+                s.set_read_timeout(Some(IO_TIMEOUT))?;
+                conn.stream = Some(BufReader::new(s));
+            }
+            let r = conn.stream.as_mut().expect("connected");
+            write!(
+                r.get_mut(),
+                "GET {path} HTTP/1.1\r\nHost: other.test\r\n\r\n"
+            )?;
+            let mut line = String::new();
+            r.read_line(&mut line)?;
+            let status: u16 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+            let mut length = 0;
+            loop {
+                line.clear();
+                r.read_line(&mut line)?;
+                let l = line.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = l.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            r.read_exact(&mut body)?;
+            Ok(status)
+        })();
+        match r {
+            Ok(s) => return s,
+            Err(e) => {
+                conn.stream = None;
+                assert!(reused && attempt == 0, "GET {path}: {e}");
+            }
+        }
+    }
+    unreachable!()
+}
+
+// ------------------------------------------------------------ 3. access log
+
+/// Every JSON line of the access log so far.
+fn log_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect()
+}
+
+/// Polls the access log until a line with `request_id` appears.
+fn wait_line(path: &Path, request_id: &str) -> Value {
+    wait_ok(&format!("access log line for {request_id}"), APPLY, || {
+        log_lines(path)
+            .into_iter()
+            .find(|l| l["request_id"] == request_id)
+            .ok_or_else(|| format!("{} lines", log_lines(path).len()))
+    })
+}
+
+fn access_log_gateway(b: &Backend, access_log: &str) -> testkit::Gateway {
+    start(&format!(
+        "access_log: {access_log}\n\
+         routes:\n\
+         \x20 - {{ id: echo, paths: [\"/echo/*rest\"], upstream: u }}\n\
+         upstreams:\n{}",
+        upstream("u", &[b])
+    ))
+}
+
+#[test]
+fn the_access_log_line_carries_request_id_and_route() {
+    let b = Backend::start("b");
+    let dir = TempDir::new("access-log");
+    let file = dir.path().join("access.log");
+    let gw = access_log_gateway(&b, &format!("{{ path: {:?} }}", file.to_str().unwrap()));
+
+    let r = send(
+        &gw,
+        "GET",
+        "/echo/items?x=1",
+        &[("x-request-id", "abc-123"), ("host", "api.example.test")],
+    );
+    let body_len = echo(&r).to_string().len();
+    assert_eq!(r.header("x-request-id"), Some("abc-123"));
+    let line = wait_line(&file, "abc-123");
+    eprintln!("{line}");
+    assert_eq!(line["route"], "echo", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["method"], "GET", "{line}");
+    assert_eq!(line["path"], "/echo/items", "{line}");
+    assert_eq!(line["host"], "api.example.test", "{line}");
+    assert_eq!(line["client_ip"], "127.0.0.1", "{line}");
+    assert_eq!(line["upstream"], b.addr().to_string(), "{line}");
+    assert_eq!(line["bytes_in"], 0, "{line}");
+    let bytes_out = line["bytes_out"].as_u64().expect("bytes_out");
+    assert!(
+        bytes_out > 0 && bytes_out as usize == r.body.len(),
+        "{line} vs body {body_len}"
+    );
+    let duration = line["duration_ms"].as_f64().expect("duration_ms");
+    assert!((0.0..10_000.0).contains(&duration), "{line}");
+    let upstream_ms = line["upstream_ms"].as_f64().expect("upstream_ms");
+    assert!(upstream_ms >= 0.0 && upstream_ms <= duration, "{line}");
+    let time = line["time"].as_str().expect("time");
+    assert!(
+        time.len() == 24 && time.ends_with('Z') && &time[10..11] == "T",
+        "{line}"
+    );
+
+    // A 404: no route, no upstream.
+    let r = send(&gw, "GET", "/missing", &[("x-request-id", "nf-404")]);
+    assert_eq!(r.status, 404, "{r:?}");
+    let line = wait_line(&file, "nf-404");
+    assert_eq!(line["route"], "", "{line}");
+    assert_eq!(line["status"], 404, "{line}");
+    assert_eq!(line["upstream"], "", "{line}");
+    assert_eq!(line["path"], "/missing", "{line}");
+    assert!(line.get("upstream_ms").is_none(), "{line}");
+    // The generated id of a request without one is logged as well.
+    let r = send(&gw, "GET", "/echo/gen", &[]);
+    let id = r.header("x-request-id").expect("generated id").to_string();
+    let line = wait_line(&file, &id);
+    assert_eq!(line["path"], "/echo/gen", "{line}");
+    assert_eq!(log_lines(&file).len(), 3);
+
+    // Off, and sampled to 0: nothing is written.
+    for (tag, cfg) in [
+        ("disabled", "{{ enabled: false, path: {:?} }}"),
+        ("sample-0", "{{ path: {:?}, sample: 0 }}"),
+    ] {
+        let file = dir.path().join(format!("{tag}.log"));
+        let cfg = cfg
+            .replace("{{", "{")
+            .replace("}}", "}")
+            .replace("{:?}", &format!("{:?}", file.to_str().unwrap()));
+        let gw = access_log_gateway(&b, &cfg);
+        let r = send(&gw, "GET", "/echo/quiet", &[("x-request-id", "quiet-1")]);
+        echo(&r);
+        let r = send(&gw, "GET", "/nope", &[("x-request-id", "quiet-2")]);
+        assert_eq!(r.status, 404);
+        // The requests are counted (logging hook ran) and still no line.
+        wait_ok("requests counted", APPLY, || {
+            let n = sum(&parse(&metrics(&gw)), "tollgate_requests_total", &[]).unwrap_or(0.0);
+            if n >= 2.0 {
+                Ok(())
+            } else {
+                Err(format!("{n}"))
+            }
+        });
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        assert!(text.is_empty(), "{tag}: access log written: {text}");
+        if tag == "disabled" {
+            assert!(!file.exists(), "a disabled access log created its file");
+        }
+    }
+}
