@@ -214,21 +214,18 @@ impl Gateway {
             return;
         }
         let req = session.req_header();
-        log.send(access_log::Record {
-            time: access_log::rfc3339(std::time::SystemTime::now() - total),
-            request_id: ctx.request_id.clone(),
+        log.send(&access_log::Line {
+            time: std::time::SystemTime::now() - total,
+            request_id: &ctx.request_id,
             client_ip: session
                 .client_addr()
                 .and_then(|a| a.as_inet())
-                .map_or_else(String::new, |a| a.ip().to_string()),
-            method: req.method.to_string(),
-            host: host_of(req).to_string(),
-            path: req.uri.path().to_string(),
-            route: ctx.route().map_or_else(String::new, |r| r.id.to_string()),
-            upstream: ctx
-                .attempt
-                .as_ref()
-                .map_or_else(String::new, |a| a.node().addr.to_string()),
+                .map(|a| a.ip()),
+            method: req.method.as_str(),
+            host: host_of(req),
+            path: req.uri.path(),
+            route: ctx.route().map_or("", |r| &r.id),
+            upstream: ctx.attempt.as_ref().map(|a| a.node().addr),
             status,
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
