@@ -35,6 +35,8 @@
 # target/release/*, or $CARGO_TARGET_DIR/release/*); KEEP_TMP=1 keeps the
 # temp dir (config, logs, raw wrk output).
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "$0")/lib.sh"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -45,13 +47,6 @@ declare -A route_of=([round_robin]=rr [least_request]=lr [consistent_hash]=ch)
 duration=10 kill_duration=10 conns=32 wrk_threads=2 rounds=3 warmup=1 keys=1000
 quick=0 build=1 out=""
 declare -A explicit=()
-
-die() {
-    printf 'lb.sh: %s\n' "$*" >&2
-    exit 2
-}
-log() { printf '%s\n' "$*" >&2; }
-usage() { sed -n '/^# Usage:/,/^# temp dir/{s/^# \{0,1\}//;p}' "$0"; }
 
 while (($# > 0)); do
     arg=$1
@@ -96,13 +91,8 @@ if ((quick)); then
 fi
 [[ -n "$out" ]] || out=bench/results/lb-latest.txt
 
-is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
-for pair in "duration:$duration" "kill-duration:$kill_duration" "conns:$conns" \
-    "threads:$wrk_threads" "rounds:$rounds" "keys:$keys"; do
-    if ! is_uint "${pair#*:}" || ((${pair#*:} == 0)); then
-        die "--${pair%%:*} must be a positive integer"
-    fi
-done
+require_positive "duration:$duration" "kill-duration:$kill_duration" "conns:$conns" \
+    "threads:$wrk_threads" "rounds:$rounds" "keys:$keys"
 is_uint "$warmup" || die "--warmup must be a non-negative integer"
 ((conns >= wrk_threads)) || die "--conns ($conns) must be >= --threads ($wrk_threads)"
 ((kill_duration >= 2)) || die "--kill-duration must be at least 2"
@@ -130,98 +120,10 @@ TOLLGATE=${TOLLGATE_BIN:-$bin_dir/tollgate}
 
 # ----------------------------------------------------------- processes, cleanup
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-lb-bench.XXXXXX")
-pids=()
-wrk_pid=""
-declare -A pid_name=() pid_log=()
-
-# True while PID runs (a zombie child, exited but not yet reaped, is not alive).
-alive() {
-    local stat
-    [[ -r "/proc/$1/stat" ]] || return 1
-    read -r stat <"/proc/$1/stat" 2>/dev/null || return 1
-    stat=${stat##*) }
-    [[ "${stat%% *}" != Z ]]
-}
-
-# shellcheck disable=SC2317  # invoked from the EXIT trap
-cleanup() {
-    local rc=$? pid deadline
-    trap - EXIT INT TERM
-    if [[ -n "$wrk_pid" ]]; then
-        kill -TERM "$wrk_pid" 2>/dev/null || true
-        wait "$wrk_pid" 2>/dev/null || true
-    fi
-    for pid in "${pids[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    deadline=$((SECONDS + 5))
-    for pid in "${pids[@]}"; do
-        while alive "$pid" && ((SECONDS < deadline)); do sleep 0.05; done
-        if alive "$pid"; then
-            log "${pid_name[$pid]} (pid $pid) ignored SIGTERM; killing"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        wait "$pid" 2>/dev/null || true
-    done
-    if ((rc != 0 && rc != 130 && rc != 143)); then
-        for pid in "${pids[@]}"; do
-            log "---- last lines of ${pid_name[$pid]} log (${pid_log[$pid]})"
-            tail -n 15 "${pid_log[$pid]}" >&2 2>/dev/null || true
-        done
-    fi
-    if [[ "${KEEP_TMP:-0}" == 1 ]]; then
-        log "kept temp dir: $tmp"
-    else
-        rm -rf "$tmp"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# start NAME CMD...: run CMD in the background, output to $tmp/NAME.log.
-start() {
-    local name=$1
-    shift
-    "$@" >"$tmp/$name.log" 2>&1 &
-    local pid=$!
-    pids+=("$pid")
-    pid_name[$pid]=$name
-    pid_log[$pid]=$tmp/$name.log
-    started_pid=$pid
-}
-
-# wait_http NAME PID URL: poll until URL answers 2xx; fail if PID dies or 30 s pass.
-wait_http() {
-    local name=$1 pid=$2 url=$3 deadline=$((SECONDS + 30))
-    until curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
-        if ! alive "$pid"; then
-            log "$name exited during start-up"
-            return 1
-        fi
-        if ((SECONDS >= deadline)); then
-            log "$name did not answer $url within 30 s"
-            curl -sS -o /dev/null -w "last attempt: HTTP %{http_code}\n" --max-time 2 "$url" >&2 || true
-            return 1
-        fi
-        sleep 0.05
-    done
-}
+make_tmp tollgate-lb-bench
 
 # Ask the OS for free ports (bound together so they are distinct).
-read -r port_b1 port_b2 port_b3 port_toll port_admin < <(
-    python3 -c '
-import socket
-socks = [socket.socket() for _ in range(5)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks:
-    s.close()
-'
-)
+read -r port_b1 port_b2 port_b3 port_toll port_admin < <(free_ports 5)
 backend_ports=("$port_b1" "$port_b2" "$port_b3")
 
 # ---------------------------------------------------------------- the servers
@@ -274,58 +176,26 @@ request = function()
   i = i % n + 1
   return reqs[i]
 end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "BENCH_RESULT requests=%.0f duration_us=%.0f p50_us=%.0f p99_us=%.0f status_errors=%.0f socket_errors=%.0f\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.status, e.connect + e.read + e.write + e.timeout))
-end
 EOF
+lua_done_hook >>"$tmp/lb.lua"
 
 # run_wrk NAME PATH SECONDS TAG [KILL_AT]: one wrk run; appends a row to
 # $tmp/results.tsv unless TAG is "warmup". With KILL_AT, the third backend
 # is SIGKILLed that many seconds into the run.
 run_wrk() {
-    local name=$1 path=$2 secs=$3 tag=$4 kill_at=${5:-} raw line kv
-    local requests=0 duration_us=0 p50=0 p99=0 status_errors=0 socket_errors=0
+    local name=$1 path=$2 secs=$3 tag=$4 kill_at=${5:-} raw res rps p50 p99 requests status_errors socket_errors
     raw=$tmp/wrk-$name-$tag.txt
-    # In the background + wait, so INT/TERM interrupt the run at once
-    # (bash runs traps only between foreground commands); cleanup kills wrk.
-    wrk -t "$wrk_threads" -c "$conns" -d "${secs}s" --latency -s "$tmp/lb.lua" \
-        "http://127.0.0.1:$port_toll$path" >"$raw" 2>&1 &
-    wrk_pid=$!
+    wrk_start "$raw" "$tmp/lb.lua" "http://127.0.0.1:$port_toll$path" "$secs"
     if [[ -n "$kill_at" ]]; then
         sleep "$kill_at"
         log "  killing echo-backend-3 (pid ${backend_pids[2]}) with SIGKILL"
         kill -KILL "${backend_pids[2]}"
         wait "${backend_pids[2]}" 2>/dev/null || true
     fi
-    if ! wait "$wrk_pid"; then
-        wrk_pid=""
-        cat "$raw" >&2
-        log "wrk failed against $name"
-        return 1
-    fi
-    wrk_pid=""
+    wrk_wait "$raw" "$name" || return 1
     [[ "$tag" == warmup ]] && return 0
-    line=$(grep '^BENCH_RESULT ' "$raw") || {
-        cat "$raw" >&2
-        log "no BENCH_RESULT line in wrk output for $name"
-        return 1
-    }
-    for kv in ${line#BENCH_RESULT }; do
-        case $kv in
-        requests=*) requests=${kv#*=} ;;
-        duration_us=*) duration_us=${kv#*=} ;;
-        p50_us=*) p50=${kv#*=} ;;
-        p99_us=*) p99=${kv#*=} ;;
-        status_errors=*) status_errors=${kv#*=} ;;
-        socket_errors=*) socket_errors=${kv#*=} ;;
-        esac
-    done
-    local rps
-    rps=$(awk -v r="$requests" -v d="$duration_us" 'BEGIN { printf "%.1f", (d > 0 ? r / (d / 1e6) : 0) }')
+    res=$(wrk_result "$raw" "$name") || return 1
+    read -r rps p50 p99 requests status_errors socket_errors <<<"$res"
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$tag" "$rps" "$p50" "$p99" \
         "$requests" "$status_errors" "$socket_errors" >>"$tmp/results.tsv"
     log "$(printf '  %-8s %-16s %10.0f req/s   p50 %7.3f ms   p99 %7.3f ms   errors %s+%s' \
@@ -350,20 +220,10 @@ run_wrk killed /kill/echo "$kill_duration" killed "$((kill_duration / 2))"
 
 # ---------------------------------------------------------------- the table
 
-# median COLUMN NAME: median of a results.tsv column over the rounds.
-median() {
-    awk -F'\t' -v c="$1" -v t="$2" '$1 == t { print $c }' "$tmp/results.tsv" | sort -g |
-        awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-sum_col() { awk -F'\t' -v c="$1" -v t="$2" '$1 == t { s += $c } END { print s + 0 }' "$tmp/results.tsv"; }
 ms() { awk -v v="$1" 'BEGIN { printf "%.3fms", v / 1000 }'; }
 
-declare -A m_rps=() m_p50=() m_p99=() reqs=() errs=()
-for n in "${POLICIES[@]}" steady killed; do
-    m_rps[$n]=$(median 3 "$n")
-    m_p50[$n]=$(median 4 "$n")
-    m_p99[$n]=$(median 5 "$n")
-    reqs[$n]=$(sum_col 6 "$n")
+summarize "${POLICIES[@]}" steady killed
+for n in "${POLICIES[@]}" steady killed; do # errors: status + socket
     errs[$n]=$(($(sum_col 7 "$n") + $(sum_col 8 "$n")))
 done
 below=()
@@ -372,15 +232,9 @@ for p in "${POLICIES[@]}"; do
     if awk -v x="$(ratio_of "$p")" 'BEGIN { exit !(x < 0.95) }'; then below+=("$p"); fi
 done
 
-cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
-rev=$(git rev-parse --short HEAD 2>/dev/null || echo "no commit")
-git diff --quiet HEAD 2>/dev/null || rev+="+dirty"
 report=$tmp/report.txt
 {
-    echo "# bench/lb.sh — $(date -u '+%Y-%m-%d %H:%M:%S UTC'), rev $rev"
-    echo "# host: $(nproc) cpu(s), ${cpu:-unknown cpu}, linux $(uname -r)"
-    echo "# wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'): -t$wrk_threads -c$conns -d${duration}s --latency;" \
-        "$rounds interleaved round(s), median shown; warm-up ${warmup}s"
+    report_header "$rounds interleaved round(s), median shown; warm-up ${warmup}s"
     echo "# tollgate threads 1 -> 3 echo-backends (--fixed-body); every request has x-user (one of $keys)"
     printf '%-16s %12s %10s %10s %15s %8s\n' policy req/s p50 p99 vs-round_robin errors
     for p in "${POLICIES[@]}"; do
@@ -399,11 +253,7 @@ report=$tmp/report.txt
     echo "# errors: all rounds; status errors are non-2xx answers, socket errors connect/read/write/timeout"
 } >"$report"
 
-echo
-cat "$report"
-mkdir -p "$(dirname "$out")"
-cp "$report" "$out"
-log "written to $out"
+publish_report "$report" "$out"
 
 status=0
 for n in "${POLICIES[@]}" steady killed; do
