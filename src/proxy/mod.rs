@@ -157,7 +157,7 @@ impl Gateway {
         };
         ctx.route = Some(route.clone());
         if let Some(limited) = self.rate_limit(session, &route, ctx) {
-            route.metrics.rate_limited.inc();
+            route.metrics.rate_limited();
             let headers = [
                 ("retry-after", limited.retry_after_secs.to_string()),
                 ("x-ratelimit-limit", limited.limit.to_string()),

@@ -70,7 +70,7 @@ pub fn should_retry(session: &Session, ctx: &RequestCtx, cause: RetryOn, body_se
         return false;
     }
     if let Some(r) = ctx.route() {
-        r.metrics.retries.inc();
+        r.metrics.retried();
     }
     true
 }
