@@ -1264,16 +1264,25 @@ fn mib(kib: u64) -> String {
 }
 
 static LOAD_AT_START: OnceLock<String> = OnceLock::new();
-/// CPU used by processes outside this benchmark over the run, in cores.
-static FOREIGN_CORES: OnceLock<f64> = OnceLock::new();
+/// (UTC date, git revision of the working tree) when the run started,
+/// i.e. right after the wrapper built the binaries.
+static STARTED_AT: OnceLock<(String, String)> = OnceLock::new();
 
-fn header(opts: &Opts, plan: &Plan) -> Vec<String> {
+fn record_start() {
     let date = sh("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]).unwrap_or_default();
     let mut rev =
         sh("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "no commit".into());
     if sh("git", &["diff", "--quiet", "HEAD"]).is_none() {
         rev.push_str("+dirty");
     }
+    let _ = STARTED_AT.set((date, rev));
+    let _ = LOAD_AT_START.set(loadavg());
+}
+/// CPU used by processes outside this benchmark over the run, in cores.
+static FOREIGN_CORES: OnceLock<f64> = OnceLock::new();
+
+fn header(opts: &Opts, plan: &Plan) -> Vec<String> {
+    let (date, rev) = STARTED_AT.get().cloned().unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -1713,7 +1722,7 @@ fn run(opts: &Opts) -> Result<bool> {
         if opts.quick { "quick" } else { "full" },
         opts.tollgate.display()
     ));
-    let _ = LOAD_AT_START.set(loadavg());
+    record_start();
     let etcd = Etcd::start();
     log(format!("etcd up at {}", etcd.endpoint()));
     let etcd_pid: Vec<u32> = procfs::child_named("etcd").into_iter().collect();
