@@ -4,7 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// What is persisted: the raw accepted values, re-validated on load.
@@ -25,9 +24,9 @@ pub fn path(state_dir: &Path) -> PathBuf {
 pub fn save(state_dir: &Path, lkg: &LastKnownGood) -> std::io::Result<()> {
     let final_path = path(state_dir);
     let tmp = state_dir.join(".last-known-good.json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = std::io::BufWriter::with_capacity(256 * 1024, std::fs::File::create(&tmp)?);
     serde_json::to_writer(&mut f, lkg)?;
-    f.flush()?;
+    let f = f.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
     std::fs::rename(&tmp, &final_path)?;
     if let Ok(dir) = std::fs::File::open(state_dir) {

@@ -1690,12 +1690,15 @@ fn report_load(out: &mut Vec<String>, v: &mut Verdicts, plan: &Plan, load: &Load
         ratios.join(", ")
     ));
     out.push(
-        "#   gw / sync / blk / etcd = CPU in % of one core: gateway process / its etcd sync thread / its tokio blocking pool".into(),
+        "#   gw / sync / blk / etcd / other = CPU in % of one core: gateway process / its etcd sync thread / its tokio blocking pool".into(),
     );
     out.push(
         "#   (last-known-good writes, limiter sweeps) / etcd / processes outside this benchmark; cfg evts = config watch".into(),
     );
-    out.push("#   own wr = writes of the gateway's own /tollgate/gateways/<node> record".into());
+    out.push(
+        "#   events the gateway received; own wr = writes of the gateway's own /tollgate/gateways/<node> record"
+            .into(),
+    );
     out.push(format!(
         "#   every churn update applied within {:.2?} after the last window; gateway CPU by thread over all rounds: {}",
         load.churn_applied_in,

@@ -16,7 +16,8 @@ use etcd_client::{Client, ConnectOptions};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use self::backoff::Backoff;
@@ -158,14 +159,27 @@ struct Persister {
     cluster_id: u64,
     last_write: Option<Instant>,
     pending: Option<i64>,
+    /// The config revision last saved: progress-only publishes (every 2 s)
+    /// change nothing worth rewriting the file for.
+    saved_config_revision: i64,
+    /// Set while a save runs: saves never overlap (two writers of one temp
+    /// file could rename a torn file into place).
+    saving: Arc<AtomicBool>,
     announce: tokio::sync::watch::Sender<i64>,
 }
 
 impl Persister {
     fn flush(&mut self, state: &EtcdState) {
-        let Some(revision) = self.pending.take() else {
+        let Some(revision) = self.pending else {
             return;
         };
+        if self.saving.swap(true, Ordering::AcqRel) {
+            // The previous save is still running: try again at the next due time.
+            self.last_write = Some(Instant::now());
+            return;
+        }
+        self.pending = None;
+        self.saved_config_revision = state.config_revision();
         self.last_write = Some(Instant::now());
         let lkg = LastKnownGood {
             revision,
@@ -176,10 +190,12 @@ impl Persister {
             kvs: state.known().clone(),
         };
         let dir = self.state_dir.clone();
+        let saving = self.saving.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = lkg::save(&dir, &lkg) {
                 tracing::error!(error = %e, dir = %dir.display(), "cannot write the last-known-good config");
             }
+            saving.store(false, Ordering::Release);
         });
     }
 
@@ -207,6 +223,9 @@ impl OnApplied for Persister {
             *r = state.config_revision();
             changed
         });
+        if state.config_revision() == self.saved_config_revision && self.last_write.is_some() {
+            return;
+        }
         self.pending = Some(revision);
         if self.due().is_some_and(|t| t <= Instant::now()) {
             self.flush(state);
@@ -232,6 +251,8 @@ impl BackgroundService for EtcdSource {
             cluster_id: 0,
             last_write: None,
             pending: None,
+            saved_config_revision: 0,
+            saving: Arc::new(AtomicBool::new(false)),
             announce: announce_tx,
         };
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
