@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use super::Bootstrap;
-use crate::model::error::{field, index};
+use crate::model::error::{deserialize_at, field, index};
 use ipnet::IpNet;
 
 use crate::model::rate_limit::{LimitKey, RateLimitSpec};
@@ -51,18 +51,7 @@ pub fn load_file(path: &Path) -> Result<ConfigModel, ConfigError> {
 /// Parses and validates a bootstrap file's text.
 pub fn parse(text: &str) -> Result<ConfigModel, FieldError> {
     let de = serde_yaml_ng::Deserializer::from_str(text);
-    let bootstrap: Bootstrap = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        let mut message = e.into_inner().to_string();
-        // serde_yaml_ng prefixes the path we already report.
-        if let Some((head, tail)) = message.split_once(": ") {
-            if !head.contains(' ') && path.starts_with(head) {
-                message = tail.to_string();
-            }
-        }
-        FieldError::new(path, message)
-    })?;
+    let bootstrap: Bootstrap = deserialize_at(de)?;
     validate(bootstrap)
 }
 

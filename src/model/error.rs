@@ -58,13 +58,28 @@ pub fn index(parent: &str, i: usize) -> String {
     format!("{parent}[{i}]")
 }
 
-/// Deserializes JSON with the failing field's path in the error, so a bad
-/// etcd value is reported as precisely as a bad YAML file.
-pub fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, FieldError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
+/// Deserializes with the failing field's path in the error, so a bad etcd
+/// value is reported as precisely as a bad YAML file.
+pub fn deserialize_at<'de, D, T>(de: D) -> Result<T, FieldError>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        FieldError::new(path, e.into_inner().to_string())
+        let mut message = e.into_inner().to_string();
+        // Some deserializers (serde_yaml_ng) prefix the path we already report.
+        if let Some((head, tail)) = message.split_once(": ") {
+            if !head.contains(' ') && path.starts_with(head) {
+                message = tail.to_string();
+            }
+        }
+        FieldError::new(path, message)
     })
+}
+
+/// [`deserialize_at`] for a JSON value (etcd values are JSON).
+pub fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, FieldError> {
+    deserialize_at(&mut serde_json::Deserializer::from_slice(bytes))
 }

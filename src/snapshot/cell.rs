@@ -101,10 +101,6 @@ impl SyncStatus {
         self.ready.load(Ordering::Acquire)
     }
 
-    pub fn revision(&self) -> i64 {
-        self.revision.load(Ordering::Relaxed)
-    }
-
     pub fn view(&self) -> StatusView {
         StatusView {
             ready: self.ready.load(Ordering::Acquire),
