@@ -33,9 +33,6 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     pub bytes_in: IntCounterVec,
     pub bytes_out: IntCounterVec,
-    /// Registered instances by service and state (live, draining); health
-    /// verdicts are in `ejections` and `health_transitions`.
-    pub instances: IntGaugeVec,
     pub retries: IntCounterVec,
     pub last_apply_seconds: Gauge,
     pub snapshot_age_seconds: Gauge,
@@ -70,13 +67,6 @@ fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Histo
     r.register(Box::new(h.clone()))
         .expect("metric registered once");
     h
-}
-
-fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    r.register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
 }
 
 fn float_gauge(r: &Registry, name: &str, help: &str) -> Gauge {
@@ -167,12 +157,6 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         bytes_in: counter_vec(&r, "tollgate_request_bytes_total", "Request body bytes read from clients", &["route"]),
         bytes_out: counter_vec(&r, "tollgate_response_bytes_total", "Response body bytes sent to clients", &["route"]),
-        instances: gauge_vec(
-            &r,
-            "tollgate_instances",
-            "Instances by service and registration state (live, draining); see tollgate_ejections_total and tollgate_health_check_transitions_total for health",
-            &["service", "state"],
-        ),
         retries: counter_vec(&r, "tollgate_retries_total", "Upstream attempts retried, by route", &["route"]),
         last_apply_seconds: float_gauge(
             &r,
@@ -351,21 +335,11 @@ pub fn forget_route(route: &str) {
     let _ = m.ratelimit_rejected.remove_label_values(&[route]);
 }
 
-/// Publishes a service's instance counts by state.
-pub fn set_instances(service: &str, live: usize, draining: usize) {
-    let m = &*METRICS;
-    m.instances
-        .with_label_values(&[service, "live"])
-        .set(live as i64);
-    m.instances
-        .with_label_values(&[service, "draining"])
-        .set(draining as i64);
-}
-
-pub fn forget_service(service: &str) {
-    for state in ["live", "draining", "ejected", "unhealthy"] {
-        let _ = METRICS.instances.remove_label_values(&[service, state]);
-    }
+/// Adds a collector computed at scrape time (e.g. instance states) to
+/// the process registry; a second registration of the same family is
+/// ignored (tests build several gateways in one process).
+pub fn register(collector: Box<dyn prometheus::core::Collector>) {
+    let _ = METRICS.registry.register(collector);
 }
 
 /// Creates the zero-valued series of counters whose labels are known up

@@ -271,6 +271,17 @@ fn every_metric_family_appears_and_moves() {
             bad.hits()
         );
     };
+    // Ejected for 5 s: counted as such, not as live.
+    let m = parse(&metrics(&gw));
+    let state = |s: &str| {
+        value(
+            &m,
+            "tollgate_instances",
+            &[("service", "svc"), ("state", s)],
+        )
+    };
+    assert_eq!((state("live"), state("ejected")), (1.0, 1.0));
+    assert_eq!((state("draining"), state("unhealthy")), (0.0, 0.0));
     let bad_hits = bad.hits();
     for _ in 0..10 {
         let r = send(&gw, "GET", "/echo", &[]);
@@ -378,15 +389,18 @@ fn every_metric_family_appears_and_moves() {
         1.0
     );
 
-    // Upstream families.
-    assert_eq!(
-        value(
-            &after,
-            "tollgate_instances",
-            &[("service", "svc"), ("state", "live")]
-        ),
-        2.0
+    // Upstream families (bad's ejection may have ended by now).
+    let live = value(
+        &after,
+        "tollgate_instances",
+        &[("service", "svc"), ("state", "live")],
     );
+    let ejected = value(
+        &after,
+        "tollgate_instances",
+        &[("service", "svc"), ("state", "ejected")],
+    );
+    assert_eq!(live + ejected, 2.0, "live {live} + ejected {ejected}");
     assert_eq!(
         value(&after, "tollgate_ejections_total", &[("upstream", "svc")]),
         ejections_before + 1.0
@@ -445,6 +459,56 @@ fn every_metric_family_appears_and_moves() {
             "family {family} missing from /metrics"
         );
     }
+}
+
+/// A service only a route names has a `live` series at 0 (what the
+/// no-live-instance alert looks for), and it moves as instances register
+/// and drain.
+#[test]
+fn instances_by_state_cover_services_without_instances_and_draining() {
+    let etcd = Etcd::start();
+    put_route(etcd.client(), "ghost", &["/ghost"], "nobody");
+    let gw = start_gw("ops-instances", &[etcd.endpoint()]);
+    wait_status(&gw, "1 route", APPLY, |s| s["routes"] == 1);
+    let states = |gw: &testkit::Gateway| {
+        let m = parse(&metrics(gw));
+        ["live", "draining", "unhealthy", "ejected"].map(|state| {
+            value_or_0(
+                &m,
+                "tollgate_instances",
+                &[("service", "nobody"), ("state", state)],
+            )
+        })
+    };
+    let m = parse(&metrics(&gw));
+    assert_eq!(
+        sum(
+            &m,
+            "tollgate_instances",
+            &[("service", "nobody"), ("state", "live")]
+        ),
+        Some(0.0),
+        "a named service without instances must have a live series at 0"
+    );
+
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let lease = etcd.keep_alive(30);
+    etcd.put_with_lease(&format!("{SERVICES}nobody/a"), &a.url(), lease.id);
+    etcd.put_with_lease(&format!("{SERVICES}nobody/b"), &b.url(), lease.id);
+    wait_ok("2 live", APPLY, || match states(&gw) {
+        [2.0, 0.0, 0.0, 0.0] => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    // Draining (design.md: the registration value as JSON with draining).
+    etcd.put_with_lease(
+        &format!("{SERVICES}nobody/b"),
+        &json!({ "addr": b.url(), "draining": true }).to_string(),
+        lease.id,
+    );
+    wait_ok("1 live, 1 draining", APPLY, || match states(&gw) {
+        [1.0, 1.0, 0.0, 0.0] => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
 }
 
 // ------------------------------------------------------------ 2. cardinality

@@ -449,6 +449,15 @@ fn transitions(gw: &Gateway, upstream: &str, state: &str) -> f64 {
     )
 }
 
+/// `tollgate_instances{service, state}`.
+fn instances(gw: &Gateway, service: &str, state: &str) -> f64 {
+    metric(
+        gw,
+        "tollgate_instances",
+        &[("service", service), ("state", state)],
+    )
+}
+
 /// The process prefix of a generated request id (16 hex digits).
 fn id_prefix(id: &str) -> &str {
     &id[..16.min(id.len())]
@@ -633,6 +642,8 @@ fn active_health_check_takes_an_instance_out_before_any_request_reaches_it() {
     });
     let checks = sick.hits();
     assert!(checks >= 2, "unhealthy after {checks} checks");
+    assert_eq!(instances(&gw, "u", "unhealthy"), 1.0);
+    assert_eq!(instances(&gw, "u", "live"), 1.0);
 
     let mut conn = Conn::new(gw.proxy_addr());
     let started = Instant::now();
@@ -661,6 +672,8 @@ fn active_health_check_takes_an_instance_out_before_any_request_reaches_it() {
     wait_for("sick to be marked healthy", SETTLE, || {
         transitions(&gw, "u", "healthy") >= 1.0
     });
+    assert_eq!(instances(&gw, "u", "live"), 2.0);
+    assert_eq!(instances(&gw, "u", "unhealthy"), 0.0);
     let before = sick.hits();
     let mut to_sick = 0;
     for i in 0..20 {

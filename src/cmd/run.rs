@@ -15,7 +15,7 @@ use crate::admin::{AdminApp, NodeInfo};
 use crate::config::{load_file, ConfigModel};
 use crate::proxy::access_log::AccessLog;
 use crate::proxy::{Gateway, InFlight};
-use crate::snapshot::{SnapshotCell, SourceState};
+use crate::snapshot::{InstanceStates, SnapshotCell, SourceState};
 use crate::source::etcd::EtcdSource;
 use crate::source::file::{self, FileSource};
 use crate::store::Store;
@@ -55,6 +55,7 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
 
     crate::metrics::init();
     let cell = SnapshotCell::new();
+    crate::metrics::register(Box::new(InstanceStates::new(cell.services.clone())));
     let mut store = Store::new(cell.clone(), model.timeouts);
     let node_id = node_id(&model);
     let source: Box<dyn pingora::services::ServiceWithDependents> = match &b.etcd {

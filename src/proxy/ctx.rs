@@ -61,7 +61,11 @@ impl Drop for Attempt {
 
 pub struct RequestCtx {
     pub _in_flight: InFlightGuard,
-    pub request_id: String,
+    /// Empty until the request filter runs (or a failure needs one).
+    pub request_id: http::HeaderValue,
+    /// The id was generated here, so the upstream request needs it too (a
+    /// kept client id is already among the forwarded headers).
+    pub id_generated: bool,
     pub route: Option<Arc<RouteEntry>>,
     /// The upstream this request goes to (the route's, or its canary's).
     pub leaf: Option<Arc<UpstreamLeaf>>,
@@ -81,7 +85,8 @@ impl RequestCtx {
     pub fn new(in_flight: &Arc<InFlight>) -> Self {
         Self {
             _in_flight: in_flight.enter(),
-            request_id: String::new(),
+            request_id: http::HeaderValue::from_static(""),
+            id_generated: false,
             route: None,
             leaf: None,
             attempt: None,
@@ -91,6 +96,18 @@ impl RequestCtx {
             started: Instant::now(),
             upstream_sent: None,
             upstream_took: None,
+        }
+    }
+
+    pub fn request_id(&self) -> &str {
+        super::request_id::as_str(&self.request_id)
+    }
+
+    /// The request's id, generating one if it has none yet.
+    pub fn ensure_request_id(&mut self, ids: &super::RequestIds) {
+        if self.request_id.is_empty() {
+            self.request_id = ids.next();
+            self.id_generated = true;
         }
     }
 

@@ -76,19 +76,49 @@ pub fn has_dot_segment(path: &str) -> bool {
 }
 
 /// Appends the client to `X-Forwarded-For`, keeping what proxies before us
-/// recorded, across every `X-Forwarded-For` line the client sent.
+/// recorded, across every `X-Forwarded-For` line the client sent. Built in
+/// one buffer: this runs on every request.
 pub fn forwarded_for<'a>(
     existing: impl IntoIterator<Item = &'a http::HeaderValue>,
-    client: &str,
-) -> String {
-    let mut chain: Vec<&str> = existing
-        .into_iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    chain.push(client);
-    chain.join(", ")
+    client: IpAddr,
+) -> http::HeaderValue {
+    let mut out = Vec::with_capacity(48);
+    for line in existing {
+        let hop = line.as_bytes().trim_ascii();
+        if !hop.is_empty() && line.to_str().is_ok() {
+            out.extend_from_slice(hop);
+            out.extend_from_slice(b", ");
+        }
+    }
+    push_ip(&mut out, client);
+    // Visible ASCII and spaces only, as checked above.
+    http::HeaderValue::from_maybe_shared(bytes::Bytes::from(out))
+        .unwrap_or_else(|_| http::HeaderValue::from_static(""))
+}
+
+/// Writes an address in its usual text form; IPv4 without the formatting
+/// machinery, since nearly every client is one.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
@@ -110,9 +140,21 @@ mod tests {
 
     #[test]
     fn forwarded_for_appends() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let v = http::HeaderValue::from_static("1.2.3.4");
-        assert_eq!(forwarded_for(Some(&v), "5.6.7.8"), "1.2.3.4, 5.6.7.8");
-        assert_eq!(forwarded_for(None, "5.6.7.8"), "5.6.7.8");
+        assert_eq!(forwarded_for(Some(&v), ip("5.6.7.8")), "1.2.3.4, 5.6.7.8");
+        assert_eq!(forwarded_for(None, ip("5.6.7.8")), "5.6.7.8");
+        assert_eq!(forwarded_for(None, ip("2001:db8::1")), "2001:db8::1");
+    }
+
+    #[test]
+    fn ipv4_text_matches_std_for_every_octet() {
+        for o in 0..=255u8 {
+            let ip = IpAddr::from([o, 0, 10, o]);
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
     }
 
     #[test]
@@ -122,7 +164,7 @@ mod tests {
         h.append("x-forwarded-for", " ".parse().unwrap());
         h.append("x-forwarded-for", "2.2.2.2, 3.3.3.3".parse().unwrap());
         assert_eq!(
-            forwarded_for(h.get_all("x-forwarded-for"), "5.6.7.8"),
+            forwarded_for(h.get_all("x-forwarded-for"), "5.6.7.8".parse().unwrap()),
             "1.1.1.1, 2.2.2.2, 3.3.3.3, 5.6.7.8"
         );
     }

@@ -11,6 +11,7 @@ mod retry;
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
+use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -31,6 +32,9 @@ use ctx::Attempt;
 pub use ctx::{InFlight, RequestCtx};
 use forwarding::{client_ip, cookie, forwarded_for, has_dot_segment, host_of};
 pub use request_id::RequestIds;
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The gateway's proxy logic.
 pub struct Gateway {
@@ -74,7 +78,7 @@ impl Gateway {
 
     fn client_ip(&self, session: &Session) -> Option<IpAddr> {
         let peer = session.client_addr()?.as_inet()?.ip();
-        let xff = session.req_header().headers.get_all("x-forwarded-for");
+        let xff = session.req_header().headers.get_all(&X_FORWARDED_FOR);
         client_ip(peer, xff.iter(), &self.trusted_proxies)
     }
 
@@ -130,9 +134,10 @@ impl Gateway {
     /// Routes the request: `Ok(true)` when a response was already sent.
     async fn route_request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        ctx.request_id =
-            request_id::from_client(req.headers.get("x-request-id").map(|v| v.as_bytes()))
-                .unwrap_or_else(|| self.ids.next());
+        match request_id::from_client(req.headers.get(&X_REQUEST_ID)) {
+            Some(id) => ctx.request_id = id,
+            None => ctx.ensure_request_id(&self.ids),
+        }
         if let Some(h) = &self.panic_header {
             if req.headers.contains_key(h) {
                 panic!("test panic requested by header {h}");
@@ -142,7 +147,7 @@ impl Gateway {
         if has_dot_segment(path) {
             // The upstream would resolve `..` after we matched the raw path:
             // a `/public/*rest` route must never reach `/admin`.
-            error_response::respond(session, 400, "path has dot segments", &ctx.request_id).await;
+            error_response::respond(session, 400, "path has dot segments", ctx.request_id()).await;
             return Ok(true);
         }
         let Some(route) = self.cell.route_for(host_of(req), req.method.as_str(), path) else {
@@ -152,7 +157,7 @@ impl Gateway {
             } else {
                 (503, "gateway has no config yet")
             };
-            error_response::respond(session, status, message, &ctx.request_id).await;
+            error_response::respond(session, status, message, ctx.request_id()).await;
             return Ok(true);
         };
         ctx.route = Some(route.clone());
@@ -163,7 +168,7 @@ impl Gateway {
                 ("x-ratelimit-limit", limited.limit.to_string()),
                 ("x-ratelimit-remaining", "0".to_string()),
             ];
-            error_response::respond_with(session, 429, "rate limited", &ctx.request_id, &headers)
+            error_response::respond_with(session, 429, "rate limited", ctx.request_id(), &headers)
                 .await;
             return Ok(true);
         }
@@ -216,7 +221,7 @@ impl Gateway {
         let req = session.req_header();
         log.send(&access_log::Line {
             time: std::time::SystemTime::now() - total,
-            request_id: &ctx.request_id,
+            request_id: ctx.request_id(),
             client_ip: session
                 .client_addr()
                 .and_then(|a| a.as_inet())
@@ -274,11 +279,13 @@ impl ProxyHttp for Gateway {
             Err(p) => {
                 // One bad request must not take the others down: answer it
                 // 500 with its id and keep serving.
-                if ctx.request_id.is_empty() {
-                    ctx.request_id = self.ids.next();
-                }
-                tracing::error!(request_id = %ctx.request_id, panic = panic_message(&*p), "panic while handling a request");
-                error_response::respond(session, 500, "internal error", &ctx.request_id).await;
+                ctx.ensure_request_id(&self.ids);
+                tracing::error!(
+                    request_id = ctx.request_id(),
+                    panic = panic_message(&*p),
+                    "panic while handling a request"
+                );
+                error_response::respond(session, 500, "internal error", ctx.request_id()).await;
                 Ok(true)
             }
         }
@@ -292,7 +299,11 @@ impl ProxyHttp for Gateway {
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.choose_peer(session, ctx))) {
             Ok(r) => r,
             Err(p) => {
-                tracing::error!(request_id = %ctx.request_id, panic = panic_message(&*p), "panic while choosing an upstream");
+                tracing::error!(
+                    request_id = ctx.request_id(),
+                    panic = panic_message(&*p),
+                    "panic while choosing an upstream"
+                );
                 Err(Error::explain(
                     ErrorType::InternalError,
                     "panic while choosing an upstream",
@@ -322,14 +333,22 @@ impl ProxyHttp for Gateway {
             upstream.set_uri(uri);
         }
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
-            let xff = forwarded_for(
-                upstream.headers.get_all("x-forwarded-for"),
-                &client.ip().to_string(),
-            );
+            let xff = forwarded_for(upstream.headers.get_all(&X_FORWARDED_FOR), client.ip());
             upstream.insert_header("x-forwarded-for", xff)?;
         }
-        upstream.insert_header("x-forwarded-proto", "http")?;
-        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream.insert_header("x-forwarded-proto", HeaderValue::from_static("http"))?;
+        // A kept client id is already among the forwarded headers (unless
+        // the client sent several: then ours replaces them all).
+        if ctx.id_generated
+            || upstream
+                .headers
+                .get_all(&X_REQUEST_ID)
+                .iter()
+                .nth(1)
+                .is_some()
+        {
+            upstream.insert_header("x-request-id", ctx.request_id.clone())?;
+        }
         if !route.preserve_host {
             if let Some(a) = &ctx.attempt {
                 upstream.insert_header("host", a.node().authority.as_str())?;
@@ -374,7 +393,7 @@ impl ProxyHttp for Gateway {
         if let Some(sent) = ctx.upstream_sent {
             ctx.upstream_took.get_or_insert_with(|| sent.elapsed());
         }
-        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream_response.insert_header("x-request-id", ctx.request_id.clone())?;
         if let Some((limit, remaining)) = ctx.rate_limit {
             upstream_response.insert_header("x-ratelimit-limit", limit.to_string())?;
             upstream_response.insert_header("x-ratelimit-remaining", remaining.to_string())?;
@@ -469,15 +488,13 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
         let (code, message) = error_response::classify(e);
-        if ctx.request_id.is_empty() {
-            ctx.request_id = self.ids.next();
-        }
+        ctx.ensure_request_id(&self.ids);
         // Once the upstream's response has started, all we can do is close.
         if code > 0 && session.response_written().is_none() {
-            error_response::respond(session, code, message, &ctx.request_id).await;
+            error_response::respond(session, code, message, ctx.request_id()).await;
         }
         tracing::warn!(
-            request_id = %ctx.request_id,
+            request_id = ctx.request_id(),
             route = ctx.route().map_or("", |r| &*r.id),
             status = code,
             error = %e,

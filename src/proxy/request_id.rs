@@ -1,5 +1,10 @@
 //! `X-Request-Id`: kept when the client sent a sane one, generated otherwise.
+//!
+//! Ids are held as [`HeaderValue`]s: a client's id is a refcount bump of
+//! the header it came in, and a generated one is encoded once and then
+//! shared by the upstream request, the response and the logs.
 
+use http::HeaderValue;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Generates ids unique across restarts and nodes: a random per-process
@@ -20,21 +25,40 @@ impl Default for RequestIds {
 }
 
 impl RequestIds {
-    pub fn next(&self) -> String {
+    pub fn next(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{:016x}", self.prefix, n)
+        let mut id = Vec::with_capacity(32);
+        push_hex(&mut id, self.prefix);
+        push_hex(&mut id, n);
+        // Hex digits only: always a valid header value.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    }
+}
+
+fn push_hex(out: &mut Vec<u8>, n: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        out.push(DIGITS[((n >> (shift * 4)) & 0xf) as usize]);
     }
 }
 
 /// A client's id is kept only if it is short and made of safe characters,
 /// so it can go into logs and JSON bodies verbatim.
-pub fn from_client(value: Option<&[u8]>) -> Option<String> {
+pub fn from_client(value: Option<&HeaderValue>) -> Option<HeaderValue> {
     let v = value?;
-    let ok = !v.is_empty()
-        && v.len() <= 128
-        && v.iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-    ok.then(|| String::from_utf8_lossy(v).into_owned())
+    let b = v.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'));
+    ok.then(|| v.clone())
+}
+
+/// The id as text; ids are ASCII by construction (generated hex, or a
+/// client's id that passed [`from_client`]).
+pub fn as_str(id: &HeaderValue) -> &str {
+    id.to_str().unwrap_or("")
 }
 
 #[cfg(test)]
@@ -42,19 +66,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generated_ids_are_unique_and_fixed_length() {
+    fn generated_ids_are_unique_fixed_length_hex() {
         let ids = RequestIds::default();
         let (a, b) = (ids.next(), ids.next());
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
+        assert!(as_str(&a).bytes().all(|c| c.is_ascii_hexdigit()));
+        // The counter is the low half.
+        let (a, b) = (as_str(&a), as_str(&b));
+        assert_eq!(a[..16], b[..16]);
+        let lo = |s: &str| u64::from_str_radix(&s[16..], 16).unwrap();
+        assert_eq!(lo(b), lo(a) + 1);
     }
 
     #[test]
     fn client_ids_are_kept_only_when_safe() {
-        assert_eq!(from_client(Some(b"abc-123")), Some("abc-123".into()));
-        assert_eq!(from_client(Some(b"a\"b")), None);
-        assert_eq!(from_client(Some(b"")), None);
-        assert_eq!(from_client(Some(&[b'a'; 129])), None);
+        let v = |s: &[u8]| HeaderValue::from_bytes(s).unwrap();
+        assert_eq!(from_client(Some(&v(b"abc-123"))), Some(v(b"abc-123")));
+        assert_eq!(from_client(Some(&v(b"a\"b"))), None);
+        assert_eq!(from_client(Some(&v(b""))), None);
+        assert_eq!(from_client(Some(&v(&[b'a'; 129]))), None);
         assert_eq!(from_client(None), None);
     }
 }

@@ -5,7 +5,7 @@ use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::{CheckedLeaves, RouteEntry, Snapshot};
+use super::{CheckedLeaves, RouteEntry, ServiceLeaves, Snapshot};
 use crate::limiter::FleetSize;
 
 /// Where the config comes from and whether that source is reachable.
@@ -127,6 +127,8 @@ pub struct SnapshotCell {
     pub fleet: FleetSize,
     /// Upstreams with active health checks, for the checker.
     pub checked: CheckedLeaves,
+    /// Every upstream, for the instance-state metrics.
+    pub services: ServiceLeaves,
 }
 
 impl SnapshotCell {
@@ -136,6 +138,7 @@ impl SnapshotCell {
             status: SyncStatus::default(),
             fleet: Arc::new(AtomicUsize::new(1)),
             checked: CheckedLeaves::default(),
+            services: ServiceLeaves::default(),
         })
     }
 

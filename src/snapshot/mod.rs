@@ -5,13 +5,17 @@
 
 mod build;
 mod cell;
+mod instance_states;
 mod upstream;
 
 use std::sync::Arc;
 
 pub use build::{build, entry_for, shape_of, Rejected};
 pub use cell::{SnapshotCell, SourceState, StatusView, SyncStatus};
-pub use upstream::{CheckedLeaves, InstanceSet, RetryBudget, UpstreamLeaf, UpstreamTable};
+pub use instance_states::{InstanceStates, StateCounts};
+pub use upstream::{
+    CheckedLeaves, InstanceSet, RetryBudget, ServiceLeaves, UpstreamLeaf, UpstreamTable,
+};
 
 use crate::limiter::RouteLimiter;
 use crate::metrics::RouteMetrics;

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::instance_states::StateCounts;
 use crate::balance::{Candidate, NodeHealth, Passive, PickInput, Picked, Strategy};
 use crate::model::policy::{ActiveCheckSpec, HashKey, PassiveCheckSpec, RetrySpec};
 use crate::model::{Node, Timeouts, UpstreamSpec};
@@ -93,6 +94,23 @@ impl InstanceSet {
     /// Nodes that take new requests.
     pub fn serving(&self) -> usize {
         self.nodes.iter().filter(|n| !n.draining).count()
+    }
+
+    /// Instances by state right now (for `tollgate_instances`).
+    pub fn state_counts(&self, now_ns: u64) -> StateCounts {
+        let mut c = StateCounts::default();
+        for (node, health) in self.nodes.iter().zip(&self.health) {
+            if node.draining {
+                c.draining += 1;
+            } else if !health.active_ok() {
+                c.unhealthy += 1;
+            } else if health.is_ejected(now_ns) {
+                c.ejected += 1;
+            } else {
+                c.live += 1;
+            }
+        }
+        c
     }
 
     /// Where the consistent-hash key comes from, if the upstream uses one.
@@ -230,22 +248,31 @@ pub struct UpstreamTable {
     defaults: Timeouts,
     /// Leaves with active health checks, for the checker.
     checked: CheckedLeaves,
+    /// Every leaf, for the instance-state metrics.
+    services: ServiceLeaves,
 }
 
 /// The leaves the active health checker probes; swapped whole on change.
 pub type CheckedLeaves = Arc<ArcSwap<Vec<Arc<UpstreamLeaf>>>>;
 
+/// Every upstream's leaf by name, readable from any thread: the `/metrics`
+/// scrape counts instance states from it. Persistent, so adding one of
+/// 10,000 services copies a path, not the map.
+pub type ServiceLeaves = Arc<ArcSwap<imbl::OrdMap<Arc<str>, Arc<UpstreamLeaf>>>>;
+
 impl UpstreamTable {
     pub fn new(defaults: Timeouts) -> Self {
-        Self::with_checked(defaults, CheckedLeaves::default())
+        Self::publishing(defaults, CheckedLeaves::default(), ServiceLeaves::default())
     }
 
-    /// A table that publishes its actively checked leaves into `checked`.
-    pub fn with_checked(defaults: Timeouts, checked: CheckedLeaves) -> Self {
+    /// A table that publishes its actively checked leaves into `checked`
+    /// and all its leaves into `services`.
+    pub fn publishing(defaults: Timeouts, checked: CheckedLeaves, services: ServiceLeaves) -> Self {
         Self {
             leaves: BTreeMap::new(),
             defaults,
             checked,
+            services,
         }
     }
 
@@ -256,11 +283,15 @@ impl UpstreamTable {
     }
 
     fn entry(&mut self, name: &str) -> &mut (Arc<UpstreamLeaf>, Inputs) {
+        let services = &self.services;
         self.leaves.entry(name.to_string()).or_insert_with(|| {
-            // A named service with no instance yet is a service with 0
-            // live instances, and alerts should see it.
-            crate::metrics::set_instances(name, 0, 0);
-            (Arc::new(UpstreamLeaf::new(name)), Inputs::default())
+            // Listed at once: a named service with no instance yet is a
+            // service with 0 live instances, and alerts should see it.
+            let leaf = Arc::new(UpstreamLeaf::new(name));
+            let mut all = (**services.load()).clone();
+            all.insert(leaf.name.clone(), leaf.clone());
+            services.store(Arc::new(all));
+            (leaf, Inputs::default())
         })
     }
 
@@ -325,8 +356,6 @@ impl UpstreamTable {
             .map_or(defaults, |t| t.apply(defaults));
         let defined = inputs.policy.is_some() || !inputs.registered.is_empty();
         let set = InstanceSet::new(nodes, &leaf.set.load(), policy, timeouts, defined);
-        let serving = set.serving();
-        crate::metrics::set_instances(name, serving, set.nodes.len() - serving);
         leaf.set.store(Arc::new(set));
         let leaf = leaf.clone();
         self.update_checked(leaf);
@@ -369,8 +398,9 @@ impl UpstreamTable {
                     self.checked.store(Arc::new(next));
                 }
             }
-            crate::metrics::forget_service(name);
-            crate::metrics::forget_service(name);
+            let mut all = (**self.services.load()).clone();
+            all.remove(name);
+            self.services.store(Arc::new(all));
         }
     }
 

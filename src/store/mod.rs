@@ -51,7 +51,7 @@ pub struct Store {
 impl Store {
     pub fn new(cell: Arc<SnapshotCell>, defaults: Timeouts) -> Self {
         Self {
-            table: UpstreamTable::with_checked(defaults, cell.checked.clone()),
+            table: UpstreamTable::publishing(defaults, cell.checked.clone(), cell.services.clone()),
             cell,
             desired: BTreeMap::new(),
             served: BTreeMap::new(),
