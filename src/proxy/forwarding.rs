@@ -98,7 +98,7 @@ pub fn forwarded_for<'a>(
 
 /// Writes an address in its usual text form; IPv4 without the formatting
 /// machinery, since nearly every client is one.
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {

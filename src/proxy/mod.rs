@@ -234,8 +234,8 @@ impl Gateway {
             status,
             bytes_in: session.body_bytes_read(),
             bytes_out: session.body_bytes_sent(),
-            duration_ms: total.as_secs_f64() * 1000.0,
-            upstream_ms: ctx.upstream_took.map(|d| d.as_secs_f64() * 1000.0),
+            duration: total,
+            upstream_duration: ctx.upstream_took,
         });
     }
 }
