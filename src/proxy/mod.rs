@@ -177,7 +177,7 @@ impl Gateway {
     }
 
     fn choose_peer(&self, session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let (Some(route), Some(leaf)) = (ctx.route.clone(), ctx.leaf.clone()) else {
+        let (Some(route), Some(leaf)) = (ctx.route.as_deref(), ctx.leaf.as_deref()) else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "no route in context",
