@@ -42,98 +42,38 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
 POLICIES=(round_robin least_request consistent_hash)
-declare -A route_of=([round_robin]=rr [least_request]=lr [consistent_hash]=ch)
 
-duration=10 kill_duration=10 conns=32 wrk_threads=2 rounds=3 warmup=1 keys=1000
-quick=0 build=1 out=""
-declare -A explicit=()
-
-while (($# > 0)); do
-    arg=$1
-    shift
-    # --flag=value -> --flag value
-    if [[ "$arg" == --*=* ]]; then
-        set -- "${arg#*=}" "$@"
-        arg=${arg%%=*}
-    fi
-    case "$arg" in
-    --duration | --kill-duration | --conns | --threads | --rounds | --warmup | --keys | --out)
-        (($# > 0)) || die "$arg: missing value"
-        val=$1
-        shift
-        explicit[$arg]=1
-        case "$arg" in
-        --duration) duration=$val ;;
-        --kill-duration) kill_duration=$val ;;
-        --conns) conns=$val ;;
-        --threads) wrk_threads=$val ;;
-        --rounds) rounds=$val ;;
-        --warmup) warmup=$val ;;
-        --keys) keys=$val ;;
-        --out) out=$val ;;
-        esac
-        ;;
-    --quick) quick=1 ;;
-    --no-build) build=0 ;;
-    -h | --help)
-        usage
-        exit 0
-        ;;
-    *) die "unknown argument: $arg (try --help)" ;;
-    esac
-done
-
-if ((quick)); then
-    [[ -n "${explicit[--rounds]:-}" ]] || rounds=1
-    [[ -n "${explicit[--duration]:-}" ]] || duration=2
-    [[ -n "${explicit[--kill-duration]:-}" ]] || kill_duration=4
-    [[ -n "${out}" ]] || out=bench/results/lb-quick.txt
-fi
-[[ -n "$out" ]] || out=bench/results/lb-latest.txt
-
-require_positive "duration:$duration" "kill-duration:$kill_duration" "conns:$conns" \
-    "threads:$wrk_threads" "rounds:$rounds" "keys:$keys"
-is_uint "$warmup" || die "--warmup must be a non-negative integer"
-((conns >= wrk_threads)) || die "--conns ($conns) must be >= --threads ($wrk_threads)"
+kill_duration=10 keys=1000
+wrk_options
+value_opts+=([--kill-duration]=kill_duration [--keys]=keys)
+parse_args "$@"
+quick_defaults --kill-duration=4
+check_wrk_options
+require_positive "kill-duration:$kill_duration" "keys:$keys"
 ((kill_duration >= 2)) || die "--kill-duration must be at least 2"
 
-# ---------------------------------------------------------------- tools, build
+# ------------------------------------------------------- tools, build, temp dir
 
-for tool in wrk curl python3; do
-    if ! command -v "$tool" >/dev/null 2>&1; then
-        log "$tool missing; running scripts/deps.sh"
-        scripts/deps.sh
-        break
-    fi
-done
-
-if ((build)); then
-    log "building release binaries (cargo build --release -p tollgate -p testkit --bins)"
-    cargo build --release -p tollgate -p testkit --bins
-fi
-
-bin_dir=${CARGO_TARGET_DIR:-$ROOT/target}/release
-ECHO_BACKEND=${ECHO_BACKEND_BIN:-$bin_dir/echo-backend}
-TOLLGATE=${TOLLGATE_BIN:-$bin_dir/tollgate}
-[[ -x "$ECHO_BACKEND" ]] || die "echo-backend not built: $ECHO_BACKEND"
-[[ -x "$TOLLGATE" ]] || die "tollgate not built: $TOLLGATE"
-
-# ----------------------------------------------------------- processes, cleanup
-
-make_tmp tollgate-lb-bench
+gateway_bench_setup lb
 
 # Ask the OS for free ports (bound together so they are distinct).
 read -r port_b1 port_b2 port_b3 port_toll port_admin < <(free_ports 5)
 backend_ports=("$port_b1" "$port_b2" "$port_b3")
+# Each policy's route, and the route of the runs with a kill.
+declare -A url=(
+    [round_robin]="http://127.0.0.1:$port_toll/rr/echo"
+    [least_request]="http://127.0.0.1:$port_toll/lr/echo"
+    [consistent_hash]="http://127.0.0.1:$port_toll/ch/echo"
+    [steady]="http://127.0.0.1:$port_toll/kill/echo"
+    [killed]="http://127.0.0.1:$port_toll/kill/echo"
+)
 
 # ---------------------------------------------------------------- the servers
 
 backend_pids=()
 for i in 0 1 2; do
-    start "echo-backend-$((i + 1))" "$ECHO_BACKEND" --name "b$((i + 1))" \
-        --listen "127.0.0.1:${backend_ports[$i]}" --fixed-body
+    start_echo "echo-backend-$((i + 1))" "b$((i + 1))" "${backend_ports[$i]}" /
     backend_pids+=("$started_pid")
-    wait_http "echo-backend-$((i + 1))" "$started_pid" "http://127.0.0.1:${backend_ports[$i]}/"
 done
 nodes=$(printf '"http://127.0.0.1:%s", ' "${backend_ports[@]}")
 nodes="[${nodes%, }]"
@@ -179,13 +119,14 @@ end
 EOF
 lua_done_hook >>"$tmp/lb.lua"
 
-# run_wrk NAME PATH SECONDS TAG [KILL_AT]: one wrk run; appends a row to
+# run_lb NAME SECONDS TAG [KILL_AT]: one wrk run against ${url[NAME]};
+# appends "name tag rps p50 p99 requests status_errors socket_errors" to
 # $tmp/results.tsv unless TAG is "warmup". With KILL_AT, the third backend
 # is SIGKILLed that many seconds into the run.
-run_wrk() {
-    local name=$1 path=$2 secs=$3 tag=$4 kill_at=${5:-} raw res rps p50 p99 requests status_errors socket_errors
+run_lb() {
+    local name=$1 secs=$2 tag=$3 kill_at=${4:-} raw res rps p50 p99 requests status_errors socket_errors
     raw=$tmp/wrk-$name-$tag.txt
-    wrk_start "$raw" "$tmp/lb.lua" "http://127.0.0.1:$port_toll$path" "$secs"
+    wrk_start "$raw" "$tmp/lb.lua" "${url[$name]}" "$secs"
     if [[ -n "$kill_at" ]]; then
         sleep "$kill_at"
         log "  killing echo-backend-3 (pid ${backend_pids[2]}) with SIGKILL"
@@ -199,24 +140,15 @@ run_wrk() {
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$tag" "$rps" "$p50" "$p99" \
         "$requests" "$status_errors" "$socket_errors" >>"$tmp/results.tsv"
     log "$(printf '  %-8s %-16s %10.0f req/s   p50 %7.3f ms   p99 %7.3f ms   errors %s+%s' \
-        "$tag" "$name" "$rps" "$(awk -v v="$p50" 'BEGIN{print v/1000}')" \
-        "$(awk -v v="$p99" 'BEGIN{print v/1000}')" "$status_errors" "$socket_errors")"
+        "$tag" "$name" "$rps" "$(us_to_ms "$p50")" "$(us_to_ms "$p99")" "$status_errors" "$socket_errors")"
 }
 
-: >"$tmp/results.tsv"
 log "policies: ${POLICIES[*]}; wrk -t$wrk_threads -c$conns -d${duration}s x $rounds round(s); $keys keys"
-if ((warmup > 0)); then
-    log "warm-up (${warmup}s each)"
-    for p in "${POLICIES[@]}"; do run_wrk "$p" "/${route_of[$p]}/echo" "$warmup" warmup; done
-fi
-for ((r = 1; r <= rounds; r++)); do
-    log "round $r/$rounds"
-    for p in "${POLICIES[@]}"; do run_wrk "$p" "/${route_of[$p]}/echo" "$duration" "round$r"; done
-done
+run_rounds run_lb fixed "${POLICIES[@]}"
 
 log "one instance killed under load (${kill_duration}s runs; kill at $((kill_duration / 2))s)"
-run_wrk steady /kill/echo "$kill_duration" steady
-run_wrk killed /kill/echo "$kill_duration" killed "$((kill_duration / 2))"
+run_lb steady "$kill_duration" steady
+run_lb killed "$kill_duration" killed "$((kill_duration / 2))"
 
 # ---------------------------------------------------------------- the table
 

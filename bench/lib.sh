@@ -1,7 +1,8 @@
 # shellcheck shell=bash disable=SC2034,SC2154  # globals shared with the sourcing script
-# Shared helpers for the wrk benchmarks (proxy.sh, limit.sh, lb.sh,
-# observability.sh). Sourced, never run; the caller sets `set -euo pipefail`
-# and provides the globals named below (wrk_threads, conns, url, tmp, ...).
+# Shared helpers for the benchmark scripts (proxy.sh, limit.sh, lb.sh,
+# observability.sh; propagation.sh uses the option parsing and set-up only).
+# Sourced, never run; the caller sets `set -euo pipefail`, sets ROOT (the
+# repository) and provides the globals named below (url, ...).
 
 # Messages go to stderr, prefixed with the script's name for fatal ones.
 die() {
@@ -34,6 +35,135 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 for s in socks:
     s.close()
 ' "$1"
+}
+
+# ------------------------------------------------------------- options
+
+# What every script takes: --quick (quick=1), --no-build (build=0), -h/--help.
+# The script names its own options before parse_args: value_opts maps each
+# --flag that takes a value to the variable that receives it, switch_opts
+# each --flag without one to the variable set to 1. explicit[--flag] is 1
+# for every value option given.
+quick=0 build=1
+declare -A value_opts=() switch_opts=() explicit=()
+
+# parse_args ARGS...: parse the command line; --flag=value is --flag value.
+parse_args() {
+    local arg
+    while (($# > 0)); do
+        arg=$1
+        shift
+        # --flag=value -> --flag value
+        if [[ "$arg" == --*=* ]]; then
+            set -- "${arg#*=}" "$@"
+            arg=${arg%%=*}
+        fi
+        if [[ -n "$arg" && -n "${value_opts[$arg]:-}" ]]; then
+            (($# > 0)) || die "$arg: missing value"
+            printf -v "${value_opts[$arg]}" '%s' "$1"
+            explicit[$arg]=1
+            shift
+            continue
+        fi
+        if [[ -n "$arg" && -n "${switch_opts[$arg]:-}" ]]; then
+            printf -v "${switch_opts[$arg]}" '%s' 1
+            continue
+        fi
+        case "$arg" in
+        --quick) quick=1 ;;
+        --no-build) build=0 ;;
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        *) die "unknown argument: $arg (try --help)" ;;
+        esac
+    done
+}
+
+# quick_defaults --flag=VALUE...: with --quick, each of these value options
+# that was not given takes VALUE.
+quick_defaults() {
+    local kv
+    ((quick)) || return 0
+    for kv in "$@"; do
+        [[ -n "${explicit[${kv%%=*}]:-}" ]] || printf -v "${value_opts[${kv%%=*}]}" '%s' "${kv#*=}"
+    done
+}
+
+# wrk_options: the options of every wrk benchmark and their defaults:
+# --duration 10, --conns 32, --threads 2, --rounds 3, --warmup 1, --out
+# (bench/results/NAME-latest.txt, see check_wrk_options).
+wrk_options() {
+    duration=10 conns=32 wrk_threads=2 rounds=3 warmup=1 out=""
+    value_opts+=([--duration]=duration [--conns]=conns [--threads]=wrk_threads
+        [--rounds]=rounds [--warmup]=warmup [--out]=out)
+}
+
+# check_wrk_options: after parse_args, --quick's defaults (1 round of 2 s,
+# bench/results/NAME-quick.txt, NAME the script's) and the checks of the
+# wrk_options (and of --min-ratio, if the script has it).
+check_wrk_options() {
+    local name=${0##*/} kind=latest
+    quick_defaults --rounds=1 --duration=2
+    ((quick == 0)) || kind=quick
+    [[ -n "$out" ]] || out=bench/results/${name%.sh}-$kind.txt
+    require_positive "duration:$duration" "conns:$conns" "threads:$wrk_threads" "rounds:$rounds"
+    is_uint "$warmup" || die "--warmup must be a non-negative integer"
+    ((conns >= wrk_threads)) || die "--conns ($conns) must be >= --threads ($wrk_threads)"
+    if [[ -n "${min_ratio:-}" && ! "$min_ratio" =~ ^[0-9]+(\.[0-9]+)?$ ]]; then
+        die "--min-ratio must be a number"
+    fi
+}
+
+# min_ratio_option: --min-ratio X (default none), for a script that compares
+# two targets; check_wrk_options checks it, conclude applies it to $ratio.
+min_ratio_option() {
+    min_ratio=""
+    value_opts+=([--min-ratio]=min_ratio)
+}
+
+# ----------------------------------------------------------- tools, build
+
+# need_tools TOOL...: run scripts/deps.sh if a TOOL is neither on PATH nor in
+# /usr/sbin.
+need_tools() {
+    local tool
+    for tool in "$@"; do
+        if ! command -v "$tool" >/dev/null 2>&1 && [[ ! -x "/usr/sbin/$tool" ]]; then
+            log "$tool missing; running scripts/deps.sh"
+            scripts/deps.sh
+            break
+        fi
+    done
+}
+
+# build_release CARGO_ARGS...: cargo build --release CARGO_ARGS, unless --no-build.
+build_release() {
+    ((build)) || return 0
+    log "building release binaries (cargo build --release $*)"
+    cargo build --release "$@"
+}
+
+# release_bin NAME: the path of the release binary NAME (in target/, or
+# $CARGO_TARGET_DIR).
+release_bin() { echo "${CARGO_TARGET_DIR:-$ROOT/target}/release/$1"; }
+
+# require_bin NAME PATH: die unless PATH (the binary NAME) is executable.
+require_bin() { [[ -x "$2" ]] || die "$1 not built: $2"; }
+
+# gateway_bench_setup NAME: what limit.sh, observability.sh and lb.sh need
+# before starting servers: wrk, curl, python3; the release binaries
+# $ECHO_BACKEND and $TOLLGATE (ECHO_BACKEND_BIN, TOLLGATE_BIN override
+# them); the temp dir (make_tmp tollgate-NAME-bench).
+gateway_bench_setup() {
+    need_tools wrk curl python3
+    build_release -p tollgate -p testkit --bins
+    ECHO_BACKEND=${ECHO_BACKEND_BIN:-$(release_bin echo-backend)}
+    TOLLGATE=${TOLLGATE_BIN:-$(release_bin tollgate)}
+    require_bin echo-backend "$ECHO_BACKEND"
+    require_bin tollgate "$TOLLGATE"
+    make_tmp "tollgate-$1-bench"
 }
 
 # ------------------------------------------------- processes, cleanup
@@ -124,6 +254,42 @@ wait_http() {
     done
 }
 
+# start_echo NAME ID PORT PATH: start echo-backend --name ID --fixed-body on
+# 127.0.0.1:PORT as process NAME and wait until PATH answers.
+start_echo() {
+    start "$1" "$ECHO_BACKEND" --name "$2" --listen "127.0.0.1:$3" --fixed-body
+    wait_http "$1" "$started_pid" "http://127.0.0.1:$3$4"
+}
+
+# start_bench_gateway NAME PORT ADMIN ROUTE_SETTING [SETTING...]: write
+# $tmp/NAME.yaml (listen PORT, admin ADMIN, threads 1, the SETTINGs as
+# top-level lines, one route "bench" for /bench/*rest with ROUTE_SETTING
+# unless it is empty, to the echo backend on $port_backend), have `tollgate
+# check` accept it, start it as process NAME and wait until ${url[NAME]}
+# answers.
+start_bench_gateway() {
+    local name=$1 port=$2 admin=$3 route_setting=$4 conf=$tmp/$1.yaml
+    shift 4
+    {
+        echo "# generated by bench/${0##*/}"
+        echo "listen: [\"127.0.0.1:$port\"]"
+        echo "admin: { listen: \"127.0.0.1:$admin\" }"
+        echo "threads: 1"
+        (($# == 0)) || printf '%s\n' "$@"
+        echo "state_dir: \"$tmp/state-$name\""
+        echo "routes:"
+        echo "  - id: bench"
+        echo "    paths: [\"/bench/*rest\"]"
+        echo "    upstream: backend"
+        [[ -z "$route_setting" ]] || echo "    $route_setting"
+        echo "upstreams:"
+        echo "  backend: { nodes: [\"http://127.0.0.1:$port_backend\"] }"
+    } >"$conf"
+    "$TOLLGATE" check -c "$conf" >/dev/null || die "$name: generated config rejected ($conf)"
+    start "$name" "$TOLLGATE" run -c "$conf"
+    wait_http "$name" "$started_pid" "${url[$name]}"
+}
+
 # ------------------------------------------------------------- wrk
 
 # The wrk Lua done() hook: one BENCH_RESULT line with the run's totals.
@@ -189,6 +355,7 @@ wrk_result() {
 # $tmp/results.tsv unless TAG is "warmup". Uses $wrk_name_width (log column)
 # and $status_hint (appended to the non-2xx/3xx message); sets bad_status=1
 # on non-2xx/3xx answers.
+bad_status=0 status_hint=""
 run_wrk() {
     local target=$1 secs=$2 tag=$3 raw res rps p50 p99 requests status_errors socket_errors
     raw=$tmp/wrk-$target-$tag.txt
@@ -200,12 +367,38 @@ run_wrk() {
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$tag" "$rps" "$p50" "$p99" \
         "$requests" "$((status_errors + socket_errors))" >>"$tmp/results.tsv"
     log "$(printf '  %-8s %-*s %10.0f req/s   p50 %7.3f ms   p99 %7.3f ms   errors %s' \
-        "$tag" "$wrk_name_width" "$target" "$rps" "$(awk -v v="$p50" 'BEGIN{print v/1000}')" \
-        "$(awk -v v="$p99" 'BEGIN{print v/1000}')" "$((status_errors + socket_errors))")"
+        "$tag" "$wrk_name_width" "$target" "$rps" "$(us_to_ms "$p50")" "$(us_to_ms "$p99")" \
+        "$((status_errors + socket_errors))")"
     if ((status_errors > 0)); then
         log "  $target answered $status_errors non-2xx/3xx responses$status_hint"
         bad_status=1
     fi
+}
+
+# run_rounds RUN ORDER TARGET...: the measurement, into a new
+# $tmp/results.tsv. `RUN TARGET SECONDS TAG` runs wrk once: first an
+# unrecorded warm-up of $warmup s per TARGET (TAG warmup; none if 0), then
+# $rounds rounds of $duration s per TARGET (TAG round1, round2, ...). ORDER
+# "alternate" reverses the TARGETs every other round, so that none always
+# runs first; "fixed" keeps their order.
+run_rounds() {
+    local run=$1 order=$2 r t
+    shift 2
+    local forward=("$@") backward=()
+    for t in "$@"; do backward=("$t" "${backward[@]}"); done
+    : >"$tmp/results.tsv"
+    if ((warmup > 0)); then
+        log "warm-up (${warmup}s each)"
+        for t in "${forward[@]}"; do "$run" "$t" "$warmup" warmup; done
+    fi
+    for ((r = 1; r <= rounds; r++)); do
+        log "round $r/$rounds"
+        if [[ "$order" == alternate ]] && ((r % 2 == 0)); then
+            for t in "${backward[@]}"; do "$run" "$t" "$duration" "round$r"; done
+        else
+            for t in "${forward[@]}"; do "$run" "$t" "$duration" "round$r"; done
+        fi
+    done
 }
 
 # ------------------------------------------------------------ results
@@ -228,6 +421,25 @@ summarize() {
         reqs[$t]=$(sum_col 6 "$t")
         errs[$t]=$(sum_col 7 "$t")
     done
+}
+
+# us_to_ms MICROSECONDS: the same in milliseconds.
+us_to_ms() { awk -v v="$1" 'BEGIN { print v / 1000 }'; }
+
+# median_table NAME...: the table of medians per NAME (limit.sh,
+# observability.sh): req/s, p50, p99, and errors over all rounds.
+median_table() {
+    local t
+    printf '%-10s %12s %10s %10s %8s\n' target req/s p50 p99 errors
+    for t in "$@"; do
+        printf '%-10s %12.0f %8.3fms %8.3fms %8s\n' "$t" "${m_rps[$t]}" \
+            "$(us_to_ms "${m_p50[$t]}")" "$(us_to_ms "${m_p99[$t]}")" "${errs[$t]}"
+    done
+}
+
+# rps_ratio A B: A's median req/s over B's, 3 decimals (0 if B has none).
+rps_ratio() {
+    awk -v a="${m_rps[$1]}" -v b="${m_rps[$2]}" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print 0 }'
 }
 
 # report_header WRK_DETAILS: the report's first three lines (script, date,
@@ -269,4 +481,20 @@ check_runs() {
             status=1
         fi
     done
+}
+
+# conclude REPORT NAME...: publish REPORT (to $out), then exit: 1 (after
+# FAIL lines) if check_runs NAME... fails or, with --min-ratio, $ratio is
+# below it; 0 otherwise.
+conclude() {
+    local report=$1
+    shift
+    publish_report "$report" "$out"
+    status=0
+    check_runs "$@"
+    if [[ -n "${min_ratio:-}" ]] && awk -v r="$ratio" -v m="$min_ratio" 'BEGIN { exit !(r < m) }'; then
+        log "FAIL: ratio $ratio below --min-ratio $min_ratio"
+        status=1
+    fi
+    exit "$status"
 }

@@ -32,60 +32,32 @@
 # target/release/tollgate, or $CARGO_TARGET_DIR/release/tollgate);
 # TESTKIT_ETCD_BIN the etcd binary (default: etcd on PATH).
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "$0")/lib.sh"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-die() {
-    printf 'propagation.sh: %s\n' "$*" >&2
-    exit 2
-}
-log() { printf '%s\n' "$*" >&2; }
-usage() { sed -n '/^# Usage:/,/^# TESTKIT_ETCD_BIN/{s/^# \{0,1\}//;p}' "$0"; }
-
-build=1
+# The options, but for --no-build, go to the propagation binary as given.
+# shellcheck disable=SC2034  # poll_gap_us, phases: read through value_opts
+strict=0 out="" poll_gap_us="" phases=""
+switch_opts=([--strict]=strict)
+value_opts=([--out]=out [--poll-gap-us]=poll_gap_us [--phases]=phases)
+parse_args "$@"
 args=()
-while (($# > 0)); do
-    arg=$1
-    shift
-    if [[ "$arg" == --*=* ]]; then
-        set -- "${arg#*=}" "$@"
-        arg=${arg%%=*}
-    fi
-    case "$arg" in
-    --quick | --strict) args+=("$arg") ;;
-    --out | --poll-gap-us | --phases)
-        (($# > 0)) || die "$arg: missing value"
-        args+=("$arg" "$1")
-        shift
-        ;;
-    --no-build) build=0 ;;
-    -h | --help)
-        usage
-        exit 0
-        ;;
-    *) die "unknown argument: $arg (try --help)" ;;
-    esac
+((quick)) && args+=(--quick)
+((strict)) && args+=(--strict)
+for opt in --out --poll-gap-us --phases; do
+    [[ -z "${explicit[$opt]:-}" ]] || args+=("$opt" "${!value_opts[$opt]}")
 done
 
-for tool in wrk etcd; do
-    if ! command -v "$tool" >/dev/null 2>&1 && [[ ! -x "/usr/sbin/$tool" ]]; then
-        log "$tool missing; running scripts/deps.sh"
-        scripts/deps.sh
-        break
-    fi
-done
+need_tools wrk etcd
+build_release -p tollgate -p propagation
 
-if ((build)); then
-    log "building release binaries (cargo build --release -p tollgate -p propagation)"
-    cargo build --release -p tollgate -p propagation
-fi
-
-bin_dir=${CARGO_TARGET_DIR:-$ROOT/target}/release
-TOLLGATE=${TOLLGATE_BIN:-$bin_dir/tollgate}
-PROPAGATION=$bin_dir/propagation
-[[ -x "$TOLLGATE" ]] || die "tollgate not built: $TOLLGATE"
-[[ -x "$PROPAGATION" ]] || die "propagation not built: $PROPAGATION"
+TOLLGATE=${TOLLGATE_BIN:-$(release_bin tollgate)}
+PROPAGATION=$(release_bin propagation)
+require_bin tollgate "$TOLLGATE"
+require_bin propagation "$PROPAGATION"
 
 # Run the bench in its own process group so that an interrupt also takes
 # down what it started (etcd, gateways, wrk) even if it cannot clean up.

@@ -38,58 +38,12 @@ cd "$ROOT"
 
 ALL_TARGETS=(direct nginx passthrough tollgate)
 
-duration=10 conns=32 wrk_threads=2 rounds=3 warmup=1 decoys=300
-work_stealing="" quick=0 build=1 out="" targets_arg=""
-declare -A explicit=()
-
-while (($# > 0)); do
-    arg=$1
-    shift
-    # --flag=value -> --flag value
-    if [[ "$arg" == --*=* ]]; then
-        set -- "${arg#*=}" "$@"
-        arg=${arg%%=*}
-    fi
-    case "$arg" in
-    --duration | --conns | --threads | --rounds | --warmup | --decoys | \
-        --work-stealing | --targets | --out)
-        (($# > 0)) || die "$arg: missing value"
-        val=$1
-        shift
-        explicit[$arg]=1
-        case "$arg" in
-        --duration) duration=$val ;;
-        --conns) conns=$val ;;
-        --threads) wrk_threads=$val ;;
-        --rounds) rounds=$val ;;
-        --warmup) warmup=$val ;;
-        --decoys) decoys=$val ;;
-        --work-stealing) work_stealing=$val ;;
-        --targets) targets_arg=$val ;;
-        --out) out=$val ;;
-        esac
-        ;;
-    --quick) quick=1 ;;
-    --no-build) build=0 ;;
-    -h | --help)
-        usage
-        exit 0
-        ;;
-    *) die "unknown argument: $arg (try --help)" ;;
-    esac
-done
-
-if ((quick)); then
-    [[ -n "${explicit[--rounds]:-}" ]] || rounds=1
-    [[ -n "${explicit[--duration]:-}" ]] || duration=2
-    [[ -n "${out}" ]] || out=bench/results/proxy-quick.txt
-fi
-[[ -n "$out" ]] || out=bench/results/proxy-latest.txt
-
-require_positive "duration:$duration" "conns:$conns" "threads:$wrk_threads" "rounds:$rounds"
-is_uint "$warmup" || die "--warmup must be a non-negative integer"
+decoys=300 work_stealing="" targets_arg=""
+wrk_options
+value_opts+=([--decoys]=decoys [--work-stealing]=work_stealing [--targets]=targets_arg)
+parse_args "$@"
+check_wrk_options
 is_uint "$decoys" || die "--decoys must be a non-negative integer"
-((conns >= wrk_threads)) || die "--conns ($conns) must be >= --threads ($wrk_threads)"
 case "$work_stealing" in
 "" | true | false) ;;
 *) die "--work-stealing must be true or false" ;;
@@ -115,29 +69,17 @@ want() { [[ " ${targets[*]} " == *" $1 "* ]]; }
 
 need=(wrk curl python3)
 want nginx && need+=(nginx)
-for tool in "${need[@]}"; do
-    if ! command -v "$tool" >/dev/null 2>&1 && [[ ! -x "/usr/sbin/$tool" ]]; then
-        log "$tool missing; running scripts/deps.sh"
-        scripts/deps.sh
-        break
-    fi
-done
+need_tools "${need[@]}"
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-if ((build)); then
-    log "building release binaries (cargo build --release -p tollgate -p passthrough -p testkit --bins)"
-    cargo build --release -p tollgate -p passthrough -p testkit --bins
-fi
+build_release -p tollgate -p passthrough -p testkit --bins
 
-bin_dir=${CARGO_TARGET_DIR:-$ROOT/target}/release
-ECHO_BACKEND=${ECHO_BACKEND_BIN:-$bin_dir/echo-backend}
-PASSTHROUGH=${PASSTHROUGH_BIN:-$bin_dir/passthrough}
-TOLLGATE=${TOLLGATE_BIN:-$bin_dir/tollgate}
+ECHO_BACKEND=${ECHO_BACKEND_BIN:-$(release_bin echo-backend)}
+PASSTHROUGH=${PASSTHROUGH_BIN:-$(release_bin passthrough)}
+TOLLGATE=${TOLLGATE_BIN:-$(release_bin tollgate)}
 
-[[ -x "$ECHO_BACKEND" ]] || die "echo-backend not built: $ECHO_BACKEND"
-if want passthrough && [[ ! -x "$PASSTHROUGH" ]]; then
-    die "passthrough not built: $PASSTHROUGH"
-fi
+require_bin echo-backend "$ECHO_BACKEND"
+want passthrough && require_bin passthrough "$PASSTHROUGH"
 if want tollgate && [[ ! -x "$TOLLGATE" ]]; then
     log "tollgate: not built ($TOLLGATE); skipping target (d)"
     kept=()
@@ -163,8 +105,7 @@ declare -A url=(
 
 # ---------------------------------------------------------------- the servers
 
-start echo-backend "$ECHO_BACKEND" --name backend --listen "127.0.0.1:$port_backend" --fixed-body
-wait_http echo-backend "$started_pid" "${url[direct]}"
+start_echo echo-backend backend "$port_backend" "$BENCH_PATH"
 
 if want nginx; then
     ngx=$tmp/nginx
@@ -260,22 +201,11 @@ fi
 # ---------------------------------------------------------------- measuring
 
 lua_done_hook >"$tmp/report.lua"
-
-wrk_name_width=12 status_hint=""
-bad_status=0
-: >"$tmp/results.tsv"
+wrk_name_width=12
 log "targets: ${targets[*]}; wrk -t$wrk_threads -c$conns -d${duration}s x $rounds round(s)"
-if ((warmup > 0)); then
-    log "warm-up (${warmup}s each)"
-    for t in "${targets[@]}"; do run_wrk "$t" "$warmup" warmup; done
-fi
-for ((r = 1; r <= rounds; r++)); do
-    log "round $r/$rounds"
-    for t in "${targets[@]}"; do run_wrk "$t" "$duration" "round$r"; done
-done
+run_rounds run_wrk fixed "${targets[@]}"
 
 # ---------------------------------------------------------------- the table
-
 
 summarize "${targets[@]}"
 
@@ -296,15 +226,10 @@ report=$tmp/report.txt
     printf '%-12s %12s %10s %10s %14s %9s %8s\n' target req/s p50 p99 vs-passthrough vs-nginx errors
     for t in "${targets[@]}"; do
         printf '%-12s %12.0f %8.3fms %8.3fms %14s %9s %8s\n' "$t" "${m_rps[$t]}" \
-            "$(awk -v v="${m_p50[$t]}" 'BEGIN { print v / 1000 }')" \
-            "$(awk -v v="${m_p99[$t]}" 'BEGIN { print v / 1000 }')" \
+            "$(us_to_ms "${m_p50[$t]}")" "$(us_to_ms "${m_p99[$t]}")" \
             "$(ratio "$t" passthrough)" "$(ratio "$t" nginx)" "${errs[$t]}"
     done
     echo "# ratios: median req/s relative to the baseline (higher is better); errors: all rounds"
 } >"$report"
 
-publish_report "$report" "$out"
-
-status=0
-check_runs "${targets[@]}"
-exit "$status"
+conclude "$report" "${targets[@]}"
