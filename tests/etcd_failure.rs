@@ -13,18 +13,55 @@ use common::etcd_gw::{
     wait_connected, wait_gateway_status, wait_ok, wait_revision, wait_served_by, wait_status,
     TempDir, Traffic, ROUTES, SERVICES, SIGCONT, SIGSTOP,
 };
-use testkit::{http_get, Backend, Etcd, EtcdCluster, SIGKILL};
+use testkit::{http_get, Backend, Etcd, EtcdClient, EtcdCluster, Gateway, KeptLease, SIGKILL};
 
 const APPLY: Duration = Duration::from_secs(10);
 /// Reconnecting after etcd returns: backoff is capped at 5s, plus a dial.
 const RECONNECT: Duration = Duration::from_secs(20);
 
+/// Registers `svc` as instance i1 of service `svc`, on a lease with a TTL
+/// of `ttl` seconds kept alive while the returned lease lives.
+fn register_svc(c: &EtcdClient, svc: &Backend, ttl: i64) -> KeptLease {
+    let lease = c.keep_alive(ttl);
+    c.put_with_lease(&format!("{SERVICES}svc/i1"), &svc.url(), lease.id);
+    lease
+}
+
+/// Stops `traffic`; asserts it sent more than 20 requests and none failed.
+fn assert_none_failed(traffic: Traffic) {
+    let (n, failures) = traffic.finish();
+    assert!(n > 20, "only {n} requests sent");
+    assert!(
+        failures.is_empty(),
+        "{} of {n} failed: {failures:?}",
+        failures.len()
+    );
+}
+
+/// SIGKILLs the gateway and waits for it to exit.
+fn kill(gw: &mut Gateway) {
+    gw.signal(SIGKILL);
+    gw.wait_exit(Duration::from_secs(5))
+        .expect("gateway killed");
+}
+
+/// The gateway's etcd re-lists so far, by reason.
+fn relist_counts(gw: &Gateway) -> Vec<(&'static str, f64)> {
+    let m = metrics(gw);
+    ["compacted", "revision_backwards", "new_cluster"]
+        .into_iter()
+        .map(|r| {
+            let series = format!("tollgate_etcd_relists_total{{reason=\"{r}\"}}");
+            (r, metric_in(&m, &series))
+        })
+        .collect()
+}
+
 #[test]
 fn etcd_down_keeps_traffic_flowing_and_changes_apply_after_it_returns() {
     let mut etcd = Etcd::start();
     let svc = Backend::start("fs-1");
-    let lease = etcd.keep_alive(10);
-    etcd.put_with_lease(&format!("{SERVICES}svc/i1"), &svc.url(), lease.id);
+    let _lease = register_svc(etcd.client(), &svc, 10);
     let gw = start_gw("gw-down", &[etcd.endpoint()]);
     put_route(etcd.client(), "before", &["/before"], "svc");
     wait_served_by(&gw, "/before", "fs-1", APPLY);
@@ -64,21 +101,14 @@ fn etcd_down_keeps_traffic_flowing_and_changes_apply_after_it_returns() {
     assert_eq!(readyz(&gw).1["state"], "ready");
     assert_eq!(metric(&gw, "tollgate_etcd_connected"), 1.0);
 
-    let (n, failures) = traffic.finish();
-    assert!(n > 20, "only {n} requests sent");
-    assert!(
-        failures.is_empty(),
-        "{} of {n} failed: {failures:?}",
-        failures.len()
-    );
+    assert_none_failed(traffic);
 }
 
 #[test]
 fn a_gateway_restarted_after_compaction_lists_the_current_state() {
     let etcd = Etcd::start();
     let svc = Backend::start("cp-1");
-    let lease = etcd.keep_alive(30);
-    etcd.put_with_lease(&format!("{SERVICES}svc/i1"), &svc.url(), lease.id);
+    let _lease = register_svc(etcd.client(), &svc, 30);
     let state = TempDir::new("compact-state");
     let mut gw = start_gw_in("gw-compact", &[etcd.endpoint()], state.path());
     wait_connected(&gw, APPLY);
@@ -94,9 +124,7 @@ fn a_gateway_restarted_after_compaction_lists_the_current_state() {
             .map_err(|e| e.to_string())?;
         f.contains(&format!("{ROUTES}b")).then_some(()).ok_or(f)
     });
-    gw.signal(SIGKILL);
-    gw.wait_exit(Duration::from_secs(5))
-        .expect("gateway killed");
+    kill(&mut gw);
 
     // Meanwhile: delete b, move a, add d, churn e, then compact it all away.
     etcd.delete(&format!("{ROUTES}b"));
@@ -133,8 +161,7 @@ fn a_gateway_restarted_after_compaction_lists_the_current_state() {
 fn a_frozen_gateway_whose_watch_fell_behind_compaction_converges() {
     let etcd = Etcd::start();
     let svc = Backend::start("fz-1");
-    let lease = etcd.keep_alive(30);
-    etcd.put_with_lease(&format!("{SERVICES}svc/i1"), &svc.url(), lease.id);
+    let _lease = register_svc(etcd.client(), &svc, 30);
     let gw = start_gw("gw-frozen", &[etcd.endpoint()]);
     for id in ["keep", "gone", "moved"] {
         put_route(etcd.client(), id, &[&format!("/{id}")], "svc");
@@ -206,16 +233,9 @@ fn a_frozen_gateway_whose_watch_fell_behind_compaction_converges() {
     // can also answer a progress request with the current revision before
     // the parked events, which the gateway catches as a revision going
     // backwards and also re-lists; or etcd may deliver the events anyway.
-    let m = metrics(&gw);
-    let relists: Vec<String> = ["compacted", "revision_backwards", "new_cluster"]
+    let relists: Vec<String> = relist_counts(&gw)
         .iter()
-        .map(|r| {
-            let n = metric_in(
-                &m,
-                &format!("tollgate_etcd_relists_total{{reason=\"{r}\"}}"),
-            );
-            format!("{r}={n}")
-        })
+        .map(|(r, n)| format!("{r}={n}"))
         .collect();
     let reconnected = gw.logs().contains("etcd unavailable");
     eprintln!(
@@ -230,8 +250,7 @@ fn a_frozen_gateway_whose_watch_fell_behind_compaction_converges() {
 fn a_gateway_started_with_etcd_down_serves_the_last_known_good_config() {
     let mut etcd = Etcd::start();
     let svc = Backend::start("lkg-1");
-    let lease = etcd.keep_alive(30);
-    etcd.put_with_lease(&format!("{SERVICES}svc/i1"), &svc.url(), lease.id);
+    let _lease = register_svc(etcd.client(), &svc, 30);
     let state = TempDir::new("lkg-state");
     let mut first = start_gw_in("gw-lkg", &[etcd.endpoint()], state.path());
     wait_connected(&first, APPLY);
@@ -256,10 +275,7 @@ fn a_gateway_started_with_etcd_down_serves_the_last_known_good_config() {
             .ok_or(f)
         },
     );
-    first.signal(SIGKILL);
-    first
-        .wait_exit(Duration::from_secs(5))
-        .expect("gateway killed");
+    kill(&mut first);
     // Deleted while no gateway runs; the file still has it.
     etcd.delete(&format!("{ROUTES}doomed"));
     etcd.stop();
@@ -307,8 +323,7 @@ fn losing_the_cluster_leader_drops_no_request_and_changes_still_apply() {
     let mut cluster = EtcdCluster::start(3);
     let svc = Backend::start("cl-1");
     let c = cluster.client().clone();
-    let lease = c.keep_alive(10);
-    c.put_with_lease(&format!("{SERVICES}svc/i1"), &svc.url(), lease.id);
+    let _lease = register_svc(&c, &svc, 10);
     put_route(&c, "steady", &["/steady"], "svc");
     let gw = start_gw("gw-cluster", &cluster.endpoints());
     wait_served_by(&gw, "/steady", "cl-1", APPLY);
@@ -341,21 +356,14 @@ fn losing_the_cluster_leader_drops_no_request_and_changes_still_apply() {
     let reconnects = gw.logs().matches("etcd unavailable").count();
     eprintln!("cluster: gateway first listed from the killed leader: {pinned_to_leader}; {reconnects} reconnects");
 
-    let (n, failures) = traffic.finish();
-    assert!(n > 20, "only {n} requests sent");
-    assert!(
-        failures.is_empty(),
-        "{} of {n} failed: {failures:?}",
-        failures.len()
-    );
+    assert_none_failed(traffic);
 }
 
 #[test]
 fn sustained_writes_are_followed_without_relisting() {
     let etcd = Etcd::start();
     let svc = Backend::start("load-1");
-    let lease = etcd.keep_alive(30);
-    etcd.put_with_lease(&format!("{SERVICES}svc/i1"), &svc.url(), lease.id);
+    let lease = register_svc(etcd.client(), &svc, 30);
     let gw = start_gw("gw-load", &[etcd.endpoint()]);
     put_route(etcd.client(), "load", &["/load"], "svc");
     wait_served_by(&gw, "/load", "load-1", APPLY);
@@ -397,16 +405,7 @@ fn sustained_writes_are_followed_without_relisting() {
         "{s}"
     );
 
-    let m = metrics(&gw);
-    let relists: f64 = ["compacted", "revision_backwards", "new_cluster"]
-        .iter()
-        .map(|r| {
-            metric_in(
-                &m,
-                &format!("tollgate_etcd_relists_total{{reason=\"{r}\"}}"),
-            )
-        })
-        .sum();
+    let relists: f64 = relist_counts(&gw).iter().map(|(_, n)| n).sum();
     eprintln!("sustained: {writes} writes, {relists} relists");
     assert_eq!(
         relists,

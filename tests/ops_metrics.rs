@@ -8,20 +8,18 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
 use common::etcd_gw::{
     metrics, put_route, start_gw, wait_ok, wait_revision, wait_status, TempDir, ROUTES, SERVICES,
 };
+use common::keepalive::Conn;
 use common::{echo, send, start, upstream};
 use serde_json::{json, Value};
 use testkit::{Backend, Etcd, Mode};
 
 const APPLY: Duration = Duration::from_secs(10);
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ------------------------------------------------------------ /metrics text
 
@@ -105,106 +103,6 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 /// 0 when absent (a counter not created yet).
 fn value_or_0(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     sum(samples, name, labels).unwrap_or(0.0)
-}
-
-// ------------------------------------------------------------ a keep-alive client
-
-/// One keep-alive HTTP/1.1 connection, enough for the gateway's answers
-/// (Content-Length or chunked bodies).
-struct Conn {
-    addr: SocketAddr,
-    stream: Option<BufReader<TcpStream>>,
-}
-
-impl Conn {
-    fn new(addr: SocketAddr) -> Conn {
-        Conn { addr, stream: None }
-    }
-
-    /// Sends one body-less request; returns the status. Reconnects once
-    /// when a reused connection turns out closed before any answer.
-    fn request(&mut self, method: &str, path: &str) -> u16 {
-        for attempt in 0..2 {
-            let reused = self.stream.is_some();
-            match self.exchange(method, path) {
-                Ok((status, keep)) => {
-                    if !keep {
-                        self.stream = None;
-                    }
-                    return status;
-                }
-                Err(e) => {
-                    self.stream = None;
-                    assert!(
-                        reused && attempt == 0,
-                        "{method} {path}: transport error: {e}"
-                    );
-                }
-            }
-        }
-        unreachable!()
-    }
-
-    fn exchange(&mut self, method: &str, path: &str) -> std::io::Result<(u16, bool)> {
-        if self.stream.is_none() {
-            let s = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT)?;
-            s.set_nodelay(true)?;
-            s.set_read_timeout(Some(IO_TIMEOUT))?;
-            s.set_write_timeout(Some(IO_TIMEOUT))?;
-            self.stream = Some(BufReader::new(s));
-        }
-        let r = self.stream.as_mut().expect("connected");
-        write!(
-            r.get_mut(),
-            "{method} {path} HTTP/1.1\r\nHost: metrics.test\r\n\r\n"
-        )?;
-        let mut line = String::new();
-        if r.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "closed before the status line",
-            ));
-        }
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-        let (mut length, mut chunked, mut keep) = (0usize, false, true);
-        loop {
-            line.clear();
-            r.read_line(&mut line)?;
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            let (k, v) = l.split_once(':').unwrap_or((l, ""));
-            let (k, v) = (k.to_ascii_lowercase(), v.trim().to_ascii_lowercase());
-            match k.as_str() {
-                "content-length" => length = v.parse().unwrap_or(0),
-                "transfer-encoding" => chunked = v.contains("chunked"),
-                "connection" => keep = !v.contains("close"),
-                _ => {}
-            }
-        }
-        if chunked {
-            loop {
-                line.clear();
-                r.read_line(&mut line)?;
-                let n = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16)
-                    .map_err(std::io::Error::other)?;
-                let mut skip = vec![0; n + 2];
-                r.read_exact(&mut skip)?;
-                if n == 0 {
-                    break;
-                }
-            }
-        } else {
-            let mut body = vec![0; length];
-            r.read_exact(&mut body)?;
-        }
-        Ok((status, keep))
-    }
 }
 
 // ------------------------------------------------------------ 1. every family
@@ -529,20 +427,23 @@ fn label_cardinality_stays_bounded_under_10000_distinct_paths() {
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
             std::thread::spawn(move || {
-                let mut conn = Conn::new(addr);
-                let mut unrouted = Conn::new(addr);
+                // The route is bound to host metrics.test; requests naming
+                // another host match nothing.
+                let mut conn = Conn::new(addr).with_host("metrics.test");
+                let mut unrouted = Conn::new(addr).with_host("other.test");
                 let mut statuses = BTreeMap::<u16, usize>::new();
                 for i in 0..PER_THREAD {
                     let n = t * PER_THREAD + i;
                     let path = format!("/uniqpath-{n}/item?q={n}");
-                    let status = match n % 50 {
+                    let r = match n % 50 {
                         // A distinct unknown method, routed.
-                        0 => conn.request(&format!("XMETHOD{n}"), &path),
+                        0 => conn.request(&format!("XMETHOD{n}"), &path, &[], None, false),
                         // An unrouted host and path: 404 from the gateway.
-                        1 => unrouted_request(&mut unrouted, &format!("/nowhere-{n}")),
-                        2 => conn.request("DELETE", &path),
-                        _ => conn.request("GET", &path),
+                        1 => unrouted.get(&format!("/nowhere-{n}"), &[]),
+                        2 => conn.request("DELETE", &path, &[], None, false),
+                        _ => conn.get(&path, &[]),
                     };
+                    let status = r.unwrap_or_else(|e| panic!("transport error: {e}")).status;
                     *statuses.entry(status).or_default() += 1;
                 }
                 statuses
@@ -619,59 +520,6 @@ fn label_cardinality_stays_bounded_under_10000_distinct_paths() {
     }
     let lines = text.lines().filter(|l| !l.starts_with('#')).count();
     assert!(lines < 300, "/metrics has {lines} samples");
-}
-
-/// A GET to an unrouted host on its own keep-alive connection.
-fn unrouted_request(conn: &mut Conn, path: &str) -> u16 {
-    // The route is bound to host metrics.test (what Conn sends); this
-    // request names another host, so it matches nothing.
-    for attempt in 0..2 {
-        let reused = conn.stream.is_some();
-        let r: std::io::Result<u16> = (|| {
-            if conn.stream.is_none() {
-                let s = TcpStream::connect_timeout(&conn.addr, IO_TIMEOUT)?;
-                s.set_read_timeout(Some(IO_TIMEOUT))?;
-                conn.stream = Some(BufReader::new(s));
-            }
-            let r = conn.stream.as_mut().expect("connected");
-            write!(
-                r.get_mut(),
-                "GET {path} HTTP/1.1\r\nHost: other.test\r\n\r\n"
-            )?;
-            let mut line = String::new();
-            r.read_line(&mut line)?;
-            let status: u16 = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-            let mut length = 0;
-            loop {
-                line.clear();
-                r.read_line(&mut line)?;
-                let l = line.trim_end();
-                if l.is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = l.split_once(':') {
-                    if k.eq_ignore_ascii_case("content-length") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                }
-            }
-            let mut body = vec![0; length];
-            r.read_exact(&mut body)?;
-            Ok(status)
-        })();
-        match r {
-            Ok(s) => return s,
-            Err(e) => {
-                conn.stream = None;
-                assert!(reused && attempt == 0, "GET {path}: {e}");
-            }
-        }
-    }
-    unreachable!()
 }
 
 // ------------------------------------------------------------ 3. access log

@@ -10,13 +10,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::etcd_gw::{
     metric, start_gw, wait_ok, wait_revision, wait_status, GATEWAYS, ROUTES, SERVICES,
 };
+use common::keepalive::Conn;
 use common::{assert_gateway_error, bin, echo, send, start, upstream, TempFile};
 use serde_json::{json, Value};
 use testkit::{run_cmd, wait_for, Backend, Etcd, Gateway, KeptLease, Resp};
@@ -24,211 +24,9 @@ use testkit::{run_cmd, wait_for, Backend, Etcd, Gateway, KeptLease, Resp};
 const APPLY: Duration = Duration::from_secs(10);
 /// Poll the bootstrap file every 50ms so reload tests are quick.
 const FAST_RELOAD: &str = "reload: { poll_ms: 50 }\n";
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Slow enough that a drained bucket stays drained for the whole test
 /// (one token per 20 s).
 const SLOW: f64 = 0.05;
-
-// ------------------------------------------------------------ HTTP client
-
-/// One keep-alive HTTP/1.1 connection, optionally from a chosen local
-/// address (std cannot bind a client socket, socket2 can).
-struct Conn {
-    addr: SocketAddr,
-    from: Option<IpAddr>,
-    stream: Option<TcpStream>,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    fn new(addr: SocketAddr) -> Conn {
-        Conn {
-            addr,
-            from: None,
-            stream: None,
-            buf: Vec::new(),
-        }
-    }
-
-    fn bound_to(addr: SocketAddr, from: IpAddr) -> Conn {
-        Conn {
-            from: Some(from),
-            ..Conn::new(addr)
-        }
-    }
-
-    fn connect(&self) -> std::io::Result<TcpStream> {
-        let s: TcpStream = match self.from {
-            None => TcpStream::connect_timeout(&self.addr, IO_TIMEOUT)?,
-            Some(ip) => {
-                use socket2::{Domain, Protocol, Socket, Type};
-                let sock = Socket::new(
-                    Domain::for_address(self.addr),
-                    Type::STREAM,
-                    Some(Protocol::TCP),
-                )?;
-                sock.bind(&SocketAddr::new(ip, 0).into())?;
-                sock.connect_timeout(&self.addr.into(), IO_TIMEOUT)?;
-                sock.into()
-            }
-        };
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(IO_TIMEOUT))?;
-        s.set_write_timeout(Some(IO_TIMEOUT))?;
-        Ok(s)
-    }
-
-    /// Opens the connection now (so a load run does not time the dial).
-    fn open(&mut self) {
-        if self.stream.is_none() {
-            let s = self
-                .connect()
-                .unwrap_or_else(|e| panic!("connect to {}: {e}", self.addr));
-            self.stream = Some(s);
-            self.buf.clear();
-        }
-    }
-
-    /// The local address of the open connection.
-    fn local_ip(&mut self) -> IpAddr {
-        self.open();
-        self.stream.as_ref().unwrap().local_addr().unwrap().ip()
-    }
-
-    /// One GET; a kept-alive connection the server had closed before
-    /// answering anything is re-opened once.
-    fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<Resp, String> {
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let reused = self.stream.is_some();
-            if !reused {
-                let s = self
-                    .connect()
-                    .map_err(|e| format!("connect {}: {e}", self.addr))?;
-                self.stream = Some(s);
-                self.buf.clear();
-            }
-            match self.exchange(req.as_bytes()) {
-                Ok((resp, keep)) => {
-                    if !keep {
-                        self.stream = None;
-                    }
-                    return Ok(resp);
-                }
-                Err((e, answered)) => {
-                    self.stream = None;
-                    if answered || !reused || attempt > 1 {
-                        return Err(format!("GET {path}: {e}"));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Writes `req` and reads one response: (response, keep alive?), or
-    /// (error, whether any of the response had arrived).
-    fn exchange(&mut self, req: &[u8]) -> Result<(Resp, bool), (String, bool)> {
-        let Conn { stream, buf, .. } = self;
-        let s = stream.as_mut().expect("open connection");
-        s.write_all(req)
-            .map_err(|e| (format!("write: {e}"), false))?;
-        let head_end = loop {
-            if let Some(i) = find(buf, b"\r\n\r\n") {
-                break i + 4;
-            }
-            let answered = !buf.is_empty();
-            fill(s, buf).map_err(|e| (e, answered))?;
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        buf.drain(..head_end);
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let status: u16 = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| (format!("bad status line {status_line:?}"), true))?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        let value = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.to_ascii_lowercase())
-        };
-        let mut keep =
-            status_line.starts_with("HTTP/1.1") && value("connection").as_deref() != Some("close");
-        let mut body = Vec::new();
-        let err = |e: String| (e, true);
-        if value("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-            loop {
-                let line_end = loop {
-                    if let Some(i) = find(buf, b"\r\n") {
-                        break i;
-                    }
-                    fill(s, buf).map_err(err)?;
-                };
-                let line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
-                let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
-                    .map_err(|e| err(format!("bad chunk size {line:?}: {e}")))?;
-                buf.drain(..line_end + 2);
-                while buf.len() < size + 2 {
-                    fill(s, buf).map_err(err)?;
-                }
-                body.extend_from_slice(&buf[..size]);
-                buf.drain(..size + 2);
-                if size == 0 {
-                    break;
-                }
-            }
-        } else if let Some(n) = value("content-length") {
-            let n: usize = n
-                .parse()
-                .map_err(|e| err(format!("bad content-length: {e}")))?;
-            while buf.len() < n {
-                fill(s, buf).map_err(err)?;
-            }
-            body.extend(buf.drain(..n));
-        } else if !(status == 204 || status == 304 || (100..200).contains(&status)) {
-            // Delimited by the end of the connection.
-            keep = false;
-            while fill(s, buf).is_ok() {}
-            body.append(buf);
-        }
-        Ok((
-            Resp {
-                status,
-                headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            },
-            keep,
-        ))
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
-    let mut chunk = [0u8; 16 * 1024];
-    match s.read(&mut chunk) {
-        Ok(0) => Err("connection closed".into()),
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            Ok(())
-        }
-        Err(e) => Err(format!("read: {e}")),
-    }
-}
 
 // ------------------------------------------------------------ load
 

@@ -22,6 +22,30 @@ fn rejected(gw: &Gateway) -> u64 {
     gw.status()["rejected"].as_u64().expect("status.rejected")
 }
 
+/// Route a (`/a` to upstream a) and route b (`/b` to upstream b), as lines
+/// of a YAML list.
+const ROUTE_A: &str = "- { id: a, paths: [\"/a\"], upstream: a }\n";
+const ROUTE_B: &str = "- { id: b, paths: [\"/b\"], upstream: b }\n";
+
+/// A bootstrap body, polled every 50ms: `routes` (lines of a YAML list),
+/// then `upstreams`.
+fn file(routes: &str, upstreams: &str) -> String {
+    format!("{FAST_RELOAD}routes:\n{routes}{upstreams}")
+}
+
+/// The `upstreams:` section: upstream a on `a`, upstream b on `b`.
+fn upstreams_ab(a: &Backend, b: &Backend) -> String {
+    format!("upstreams:\n{}{}", upstream("a", &[a]), upstream("b", &[b]))
+}
+
+/// Rewrites the file to routes a and b over `upstreams`; waits until b is
+/// served, and checks a still is.
+fn add_route_b(gw: &Gateway, upstreams: &str) {
+    gw.rewrite_config(&file(&format!("{ROUTE_A}{ROUTE_B}"), upstreams));
+    wait_for("route b served", RELOAD, || serves(gw, "/b", "b"));
+    assert_eq!(backend_of(&send(gw, "GET", "/a", &[])), "a");
+}
+
 #[test]
 fn edits_apply_without_restart() {
     let (a, b, c) = (
@@ -29,44 +53,23 @@ fn edits_apply_without_restart() {
         Backend::start("b"),
         Backend::start("c"),
     );
-    let ups = format!(
-        "upstreams:\n{}{}",
-        upstream("a", &[&a]),
-        upstream("b", &[&b])
-    );
-    let mut gw = start(&format!(
-        "{FAST_RELOAD}routes:\n- {{ id: a, paths: [\"/a\"], upstream: a }}\n{ups}"
-    ));
+    let ups = upstreams_ab(&a, &b);
+    let mut gw = start(&file(ROUTE_A, &ups));
     let pid = gw.pid();
     assert_eq!(backend_of(&send(&gw, "GET", "/a", &[])), "a");
     assert_gateway_error(&send(&gw, "GET", "/b", &[]), 404, "no route");
     assert_eq!(gw.status()["routes"], 1);
 
     // A new route.
-    gw.rewrite_config(&format!(
-        "{FAST_RELOAD}routes:\n\
-         - {{ id: a, paths: [\"/a\"], upstream: a }}\n\
-         - {{ id: b, paths: [\"/b\"], upstream: b }}\n{ups}"
-    ));
-    wait_for("route b served", RELOAD, || serves(&gw, "/b", "b"));
-    assert_eq!(backend_of(&send(&gw, "GET", "/a", &[])), "a");
+    add_route_b(&gw, &ups);
     assert_eq!(gw.status()["routes"], 2);
 
     // An upstream's nodes change under an unchanged route.
-    gw.rewrite_config(&format!(
-        "{FAST_RELOAD}routes:\n\
-         - {{ id: a, paths: [\"/a\"], upstream: a }}\n\
-         - {{ id: b, paths: [\"/b\"], upstream: b }}\n\
-         upstreams:\n{}{}",
-        upstream("a", &[&c]),
-        upstream("b", &[&b])
-    ));
+    gw.rewrite_config(&file(&format!("{ROUTE_A}{ROUTE_B}"), &upstreams_ab(&c, &b)));
     wait_for("route a moved to node c", RELOAD, || serves(&gw, "/a", "c"));
 
     // A route removed.
-    gw.rewrite_config(&format!(
-        "{FAST_RELOAD}routes:\n- {{ id: b, paths: [\"/b\"], upstream: b }}\n{ups}"
-    ));
+    gw.rewrite_config(&file(ROUTE_B, &ups));
     wait_for("route a gone", RELOAD, || {
         gw.request("GET", "/a", &[], None)
             .is_ok_and(|r| r.status == 404)
@@ -81,14 +84,8 @@ fn edits_apply_without_restart() {
 #[test]
 fn broken_edits_are_rejected_and_the_last_good_config_keeps_serving() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let ups = format!(
-        "upstreams:\n{}{}",
-        upstream("a", &[&a]),
-        upstream("b", &[&b])
-    );
-    let gw = start(&format!(
-        "{FAST_RELOAD}routes:\n- {{ id: a, paths: [\"/a\"], upstream: a }}\n{ups}"
-    ));
+    let ups = upstreams_ab(&a, &b);
+    let gw = start(&file(ROUTE_A, &ups));
     assert_eq!(rejected(&gw), 0);
 
     let broken = [
@@ -104,7 +101,7 @@ fn broken_edits_are_rejected_and_the_last_good_config_keeps_serving() {
         ),
     ];
     for (n, (routes, field)) in broken.iter().enumerate() {
-        gw.rewrite_config(&format!("{FAST_RELOAD}routes:\n{routes}{ups}"));
+        gw.rewrite_config(&file(routes, &ups));
         wait_for(&format!("the log to name {field}"), RELOAD, || {
             gw.logs()
                 .lines()
@@ -122,13 +119,7 @@ fn broken_edits_are_rejected_and_the_last_good_config_keeps_serving() {
     }
 
     // A later good edit applies again.
-    gw.rewrite_config(&format!(
-        "{FAST_RELOAD}routes:\n\
-         - {{ id: a, paths: [\"/a\"], upstream: a }}\n\
-         - {{ id: b, paths: [\"/b\"], upstream: b }}\n{ups}"
-    ));
-    wait_for("route b served", RELOAD, || serves(&gw, "/b", "b"));
-    assert_eq!(backend_of(&send(&gw, "GET", "/a", &[])), "a");
+    add_route_b(&gw, &ups);
     assert_eq!(rejected(&gw), 2);
 }
 
@@ -244,19 +235,15 @@ fn check_names_the_bad_field() {
 fn run_refuses_a_bad_file_quickly_with_the_same_message() {
     let a = Backend::start("a");
     // The harness writes listen/admin/threads/state_dir; the rest is ours.
+    let with_upstream =
+        |route: &str| format!("routes:\n- {route}\nupstreams:\n{}", upstream("a", &[&a]));
     let cases = [
         (
-            format!(
-                "routes:\n- {{ id: a, paths: [\"/a\"], upstrem: a }}\nupstreams:\n{}",
-                upstream("a", &[&a])
-            ),
+            with_upstream("{ id: a, paths: [\"/a\"], upstrem: a }"),
             "routes[0].upstrem",
         ),
         (
-            format!(
-                "routes:\n- {{ id: a, paths: [\"/a/*x/y\"], upstream: a }}\nupstreams:\n{}",
-                upstream("a", &[&a])
-            ),
+            with_upstream("{ id: a, paths: [\"/a/*x/y\"], upstream: a }"),
             "routes[0].paths[0]",
         ),
         (

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod etcd_gw;
+pub mod keepalive;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
