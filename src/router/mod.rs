@@ -15,6 +15,7 @@
 //! costs on a 10-route one, and readers of the old version are untouched.
 
 mod host;
+mod keyed;
 
 use std::sync::Arc;
 
@@ -22,12 +23,7 @@ use crate::model::pattern::{PathPattern, Segment};
 use crate::model::route::{method_bit, MethodMask};
 pub use host::request_host;
 use host::{wildcard_matches, HostKey};
-
-/// A persistent hash map: clones share structure, and an insert copies
-/// O(log n) small nodes instead of the whole table, so editing a node with
-/// 10,000 children stays cheap.
-type PMap<K, V> =
-    imbl::GenericHashMap<K, V, ahash::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+use keyed::Keyed;
 
 /// One (route, host) pair waiting at a trie leaf.
 #[derive(Debug, Clone)]
@@ -42,7 +38,7 @@ struct Entry<T> {
 /// exact host is one hash lookup however many hosts share the path.
 #[derive(Debug, Clone)]
 struct Leaf<T> {
-    exact: PMap<Arc<str>, Vec<Entry<T>>>,
+    exact: Keyed<Vec<Entry<T>>>,
     /// (suffix, entries), longest suffix first.
     wildcard: Vec<(Arc<str>, Vec<Entry<T>>)>,
     any: Vec<Entry<T>>,
@@ -51,30 +47,43 @@ struct Leaf<T> {
 impl<T> Default for Leaf<T> {
     fn default() -> Self {
         Self {
-            exact: PMap::default(),
+            exact: Keyed::default(),
             wildcard: Vec::new(),
             any: Vec::new(),
         }
     }
 }
 
+/// A trie node. Most nodes are interior with one child and no routes,
+/// so the leaves are boxed and absent until used (`None` = empty): a node
+/// is 48 bytes instead of ~250.
 #[derive(Debug, Clone)]
 struct Node<T> {
-    statics: PMap<Arc<str>, Arc<Node<T>>>,
+    statics: Keyed<Arc<Node<T>>>,
     param: Option<Arc<Node<T>>>,
     /// Routes whose pattern ends exactly here.
-    end: Leaf<T>,
+    end: Option<Box<Leaf<T>>>,
     /// Routes with a catch-all after this position.
-    catch_all: Leaf<T>,
+    catch_all: Option<Box<Leaf<T>>>,
 }
 
 impl<T> Default for Node<T> {
     fn default() -> Self {
         Self {
-            statics: PMap::default(),
+            statics: Keyed::default(),
             param: None,
-            end: Leaf::default(),
-            catch_all: Leaf::default(),
+            end: None,
+            catch_all: None,
+        }
+    }
+}
+
+/// Runs `f` on the leaf in `slot`, if any, and drops it once empty.
+fn edit_leaf<T: Clone>(slot: &mut Option<Box<Leaf<T>>>, f: &mut dyn FnMut(&mut Leaf<T>)) {
+    if let Some(leaf) = slot {
+        f(leaf);
+        if leaf.is_empty() {
+            *slot = None;
         }
     }
 }
@@ -166,7 +175,7 @@ fn overlaps(a: MethodMask, b: MethodMask) -> bool {
 impl<T: Clone> Leaf<T> {
     fn bucket_mut(&mut self, key: &HostKey) -> &mut Vec<Entry<T>> {
         match key {
-            HostKey::Exact(h) => self.exact.entry(h.clone()).or_default(),
+            HostKey::Exact(h) => self.exact.get_or_default(h),
             HostKey::Wildcard(s) => {
                 let i = match self.wildcard.iter().position(|(x, _)| x == s) {
                     Some(i) => i,
@@ -178,6 +187,7 @@ impl<T: Clone> Leaf<T> {
                             .position(|(x, _)| x.len() < s.len())
                             .unwrap_or(self.wildcard.len());
                         self.wildcard.insert(at, (s.clone(), Vec::new()));
+                        self.wildcard.shrink_to_fit();
                         at
                     }
                 };
@@ -219,6 +229,8 @@ impl<T: Clone> Leaf<T> {
             .position(|o| o.priority < e.priority)
             .unwrap_or(bucket.len());
         bucket.insert(at, e);
+        // Most buckets hold one route for good: no spare capacity.
+        bucket.shrink_to_fit();
     }
 
     fn remove(&mut self, key: &HostKey, id: &str) {
@@ -278,10 +290,10 @@ impl<T: Clone> Node<T> {
     fn leaf_mut<'a>(node: &'a mut Arc<Node<T>>, segments: &[Segment]) -> &'a mut Leaf<T> {
         let n = Arc::make_mut(node);
         match segments.split_first() {
-            None => &mut n.end,
-            Some((Segment::CatchAll(_), _)) => &mut n.catch_all,
+            None => n.end.get_or_insert_with(Default::default),
+            Some((Segment::CatchAll(_), _)) => n.catch_all.get_or_insert_with(Default::default),
             Some((Segment::Static(s), rest)) => {
-                let child = n.statics.entry(s.as_str().into()).or_default();
+                let child = n.statics.get_or_default(s);
                 Self::leaf_mut(child, rest)
             }
             Some((Segment::Param(_), rest)) => {
@@ -300,8 +312,8 @@ impl<T: Clone> Node<T> {
     ) {
         let n = Arc::make_mut(node);
         match segments.split_first() {
-            None => f(&mut n.end),
-            Some((Segment::CatchAll(_), _)) => f(&mut n.catch_all),
+            None => edit_leaf(&mut n.end, f),
+            Some((Segment::CatchAll(_), _)) => edit_leaf(&mut n.catch_all, f),
             Some((Segment::Static(s), rest)) => {
                 if let Some(child) = n.statics.get_mut(s.as_str()) {
                     Self::edit_existing(child, rest, f);
@@ -325,8 +337,8 @@ impl<T: Clone> Node<T> {
 impl<T> Node<T> {
     fn leaf(&self, segments: &[Segment]) -> Option<&Leaf<T>> {
         match segments.split_first() {
-            None => Some(&self.end),
-            Some((Segment::CatchAll(_), _)) => Some(&self.catch_all),
+            None => self.end.as_deref(),
+            Some((Segment::CatchAll(_), _)) => self.catch_all.as_deref(),
             Some((Segment::Static(s), rest)) => self.statics.get(s.as_str())?.leaf(rest),
             Some((Segment::Param(_), rest)) => self.param.as_deref()?.leaf(rest),
         }
@@ -335,13 +347,15 @@ impl<T> Node<T> {
     fn is_empty(&self) -> bool {
         self.statics.is_empty()
             && self.param.is_none()
-            && self.end.is_empty()
-            && self.catch_all.is_empty()
+            && self.end.is_none()
+            && self.catch_all.is_none()
     }
 
     fn find(&self, rest: Option<&str>, q: &Query<'_>) -> Option<&T> {
         let Some(rest) = rest else {
-            return self.end.find(q).or_else(|| self.catch_all.find(q));
+            return (self.end.as_deref())
+                .and_then(|l| l.find(q))
+                .or_else(|| self.catch_all.as_deref()?.find(q));
         };
         let (seg, tail) = next_segment(rest);
         if let Some(child) = self.statics.get(seg) {
@@ -356,10 +370,7 @@ impl<T> Node<T> {
                 }
             }
         }
-        if self.catch_all.is_empty() {
-            return None;
-        }
-        self.catch_all.find(q)
+        self.catch_all.as_deref()?.find(q)
     }
 }
 

@@ -178,3 +178,57 @@ fn unknown_methods_match_only_any_method_routes() {
     assert_eq!(look(&r, "h", "PROPFIND", "/a"), None);
     assert_eq!(look(&r, "h", "PROPFIND", "/b"), Some(1));
 }
+
+#[test]
+fn wide_nodes_and_leaves_route_and_prune_as_they_grow_and_shrink() {
+    // 20 children at one node and 20 exact hosts at one leaf: both cross
+    // from the short vector to the hash map and back.
+    let shapes: Vec<(Vec<PathPattern>, Vec<String>)> = (0..40)
+        .map(|i| {
+            if i % 2 == 0 {
+                (
+                    vec![PathPattern::parse(&format!("/s{i}/x")).unwrap()],
+                    vec![],
+                )
+            } else {
+                let host = format!("h{i}.example.com");
+                (
+                    vec![PathPattern::parse("/shared/*rest").unwrap()],
+                    vec![host],
+                )
+            }
+        })
+        .collect();
+    let shape = |i: usize| RouteShape {
+        patterns: &shapes[i].0,
+        hosts: &shapes[i].1,
+        methods: 0,
+        priority: 0,
+    };
+    let mut r = Router::default();
+    for i in 0..40 {
+        r.add(i as u32, &shape(i)).unwrap();
+    }
+    let hit = |r: &Router, i: usize| {
+        if i % 2 == 0 {
+            look(r, "h", "GET", &format!("/s{i}/x"))
+        } else {
+            look(r, &format!("H{i}.example.com"), "GET", "/shared/a")
+        }
+    };
+    let before = r.clone();
+    for i in 0..40 {
+        assert_eq!(hit(&r, i), Some(i as u32));
+    }
+    for i in 0..36 {
+        r.remove(&i.to_string(), &shape(i));
+    }
+    for i in 0..40 {
+        assert_eq!(hit(&r, i), (i >= 36).then_some(i as u32), "route {i}");
+        assert_eq!(hit(&before, i), Some(i as u32), "the old version is intact");
+    }
+    for i in 36..40 {
+        r.remove(&i.to_string(), &shape(i));
+    }
+    assert!(r.root.is_empty(), "every emptied node was pruned");
+}

@@ -6,13 +6,15 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// What is persisted: the raw accepted values, re-validated on load.
+/// What is persisted: the raw accepted values (a map of key to value),
+/// re-validated on load. `K` lets the writer serialise its own map of
+/// them without copying it into this one.
 #[derive(Debug, Default, Serialize, Deserialize)]
-pub struct LastKnownGood {
+pub struct LastKnownGood<K = BTreeMap<String, String>> {
     pub revision: i64,
     pub cluster_id: u64,
     pub saved_unix_ms: u64,
-    pub kvs: BTreeMap<String, String>,
+    pub kvs: K,
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -21,7 +23,7 @@ pub fn path(state_dir: &Path) -> PathBuf {
 
 /// Writes `lkg` next to its final name and renames it into place, so a
 /// crash mid-write never leaves a torn file.
-pub fn save(state_dir: &Path, lkg: &LastKnownGood) -> std::io::Result<()> {
+pub fn save<K: Serialize>(state_dir: &Path, lkg: &LastKnownGood<K>) -> std::io::Result<()> {
     let final_path = path(state_dir);
     let tmp = state_dir.join(".last-known-good.json.tmp");
     let mut f = std::io::BufWriter::with_capacity(256 * 1024, std::fs::File::create(&tmp)?);
@@ -56,7 +58,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tollgate-lkg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         assert!(load(&dir).unwrap().is_none());
-        let mut lkg = LastKnownGood {
+        let mut lkg: LastKnownGood = LastKnownGood {
             revision: 5,
             ..Default::default()
         };

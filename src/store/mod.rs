@@ -30,10 +30,11 @@ pub struct ApplyReport {
 pub struct Store {
     cell: Arc<SnapshotCell>,
     table: UpstreamTable,
-    /// What the source wants served, by route id.
-    desired: BTreeMap<String, Route>,
+    /// What the source wants served, by route id. Shared with `served`
+    /// (one parsed copy of each route, not two).
+    desired: BTreeMap<String, Arc<Route>>,
     /// What the router holds, by route id (may lag `desired` for routes in conflict).
-    served: BTreeMap<String, (Route, Arc<RouteEntry>)>,
+    served: BTreeMap<String, (Arc<Route>, Arc<RouteEntry>)>,
     /// Route ids changed since the last publish.
     changed: BTreeSet<String>,
     /// Routes waiting for a conflicting route to go away.
@@ -82,13 +83,13 @@ impl Store {
     pub fn set_route(&mut self, id: &str, route: Option<Route>) {
         let old = match route {
             Some(r) => {
-                if self.desired.get(id) == Some(&r) {
+                if self.desired.get(id).is_some_and(|d| **d == r) {
                     return;
                 }
                 for name in r.upstream_names() {
                     *self.upstream_users.entry(name.to_string()).or_insert(0) += 1;
                 }
-                self.desired.insert(id.to_string(), r)
+                self.desired.insert(id.to_string(), Arc::new(r))
             }
             None => self.desired.remove(id),
         };
@@ -238,19 +239,18 @@ impl Store {
                     crate::metrics::forget_route(id);
                     continue;
                 };
-                let route = &route;
                 if let Some((old, entry)) = self.served.remove(id) {
                     snap.router.remove(id, &shape_of(&old));
                     previous.insert(id.clone(), (old, entry));
                 }
-                let limiter = self.limiter_for(id, route);
-                let entry = entry_for(route, &mut self.table, limiter);
+                let limiter = self.limiter_for(id, &route);
+                let entry = entry_for(&route, &mut self.table, limiter);
                 match snap
                     .router
-                    .insert(&entry.id, entry.clone(), &shape_of(route))
+                    .insert(&entry.id, entry.clone(), &shape_of(&route))
                 {
                     Ok(()) => {
-                        self.served.insert(id.clone(), (route.clone(), entry));
+                        self.served.insert(id.clone(), (route, entry));
                     }
                     Err(conflict) => {
                         self.blocked.insert(id.clone());

@@ -145,7 +145,7 @@ fn incremental_edits_match_a_fresh_build() {
     s.publish();
     let mut fresh = store();
     for id in s.route_ids() {
-        let r = s.desired[&id].clone();
+        let r = (*s.desired[&id]).clone();
         fresh.set_route(&id, Some(r));
     }
     fresh.publish();

@@ -3,9 +3,6 @@
 use etcd_client::{Client, GetOptions};
 use std::time::Duration;
 
-/// (key, value, lease, mod_revision)
-pub type Kv = (String, Vec<u8>, i64, i64);
-
 const PAGE: i64 = 1000;
 
 /// What a listing saw: its revision and the cluster it came from.
@@ -25,13 +22,16 @@ fn range_end(prefix: &str) -> Vec<u8> {
 
 /// Lists every key under each prefix, all at the revision of the first
 /// page, `PAGE` keys per request so a large registry never makes one huge
-/// response.
+/// response. Each key goes to `each(key, value, lease, mod_revision)` as
+/// its page arrives, so the whole listing is never held at once. Returns
+/// what the listing saw and how many keys it listed.
 pub async fn list(
     client: &mut Client,
     prefixes: &[String],
     timeout: Duration,
-) -> anyhow::Result<(Listed, Vec<Kv>)> {
-    let mut out = Vec::new();
+    mut each: impl FnMut(&str, &[u8], i64, i64) + Send,
+) -> anyhow::Result<(Listed, usize)> {
+    let mut count = 0;
     let mut at: Option<Listed> = None;
     for prefix in prefixes {
         let end = range_end(prefix);
@@ -55,9 +55,10 @@ pub async fn list(
             }
             let kvs = resp.kvs();
             for kv in kvs {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                out.push((key, kv.value().to_vec(), kv.lease(), kv.mod_revision()));
+                let key = String::from_utf8_lossy(kv.key());
+                each(&key, kv.value(), kv.lease(), kv.mod_revision());
             }
+            count += kvs.len();
             match kvs.last() {
                 Some(last) if resp.more() => {
                     from = last.key().to_vec();
@@ -68,5 +69,5 @@ pub async fn list(
         }
     }
     let listed = at.ok_or_else(|| anyhow::anyhow!("nothing to list"))?;
-    Ok((listed, out))
+    Ok((listed, count))
 }

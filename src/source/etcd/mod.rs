@@ -75,18 +75,17 @@ impl EtcdSource {
     fn load_last_known_good(&self, state: &mut EtcdState) {
         match lkg::load(&self.state_dir) {
             Ok(Some(saved)) => {
-                let kvs: Vec<list::Kv> = saved
-                    .kvs
-                    .into_iter()
+                state.begin_relist();
+                for (k, v) in &saved.kvs {
                     // Leases are unknown offline; a saved instance was leased.
-                    .map(|(k, v)| (k, v.into_bytes(), -1, saved.revision))
-                    .collect();
-                state.relist(&kvs, saved.revision);
+                    state.put(k, v.as_bytes(), -1, saved.revision);
+                }
+                state.finish_relist(saved.revision);
                 state.publish(saved.revision);
                 state.store.cell().status.set_stale(true);
                 tracing::warn!(
                     revision = saved.revision,
-                    keys = kvs.len(),
+                    keys = saved.kvs.len(),
                     "etcd unreachable at start-up: serving the last-known-good config (stale)"
                 );
             }
@@ -116,9 +115,14 @@ impl EtcdSource {
         let prefixes = [self.keys.config_range(), self.keys.registry_range()];
         loop {
             let started = Instant::now();
-            let (listed, kvs) =
-                list::list(&mut client, &prefixes, dial.max(Duration::from_secs(5))).await?;
-            state.relist(&kvs, listed.revision);
+            let timeout = dial.max(Duration::from_secs(5));
+            state.begin_relist();
+            let (listed, keys) =
+                list::list(&mut client, &prefixes, timeout, |key, value, lease, rev| {
+                    state.put(key, value, lease, rev)
+                })
+                .await?;
+            state.finish_relist(listed.revision);
             let report = state.publish(listed.revision);
             let status = &state.store.cell().status;
             status.set_source(SourceState::Connected);
@@ -130,7 +134,7 @@ impl EtcdSource {
             tracing::info!(
                 revision = listed.revision,
                 endpoint,
-                keys = kvs.len(),
+                keys,
                 rebuilt = report.rebuilt,
                 took_ms = started.elapsed().as_millis() as u64,
                 "etcd listed"
@@ -173,6 +177,11 @@ impl Persister {
         let Some(revision) = self.pending else {
             return;
         };
+        if state.is_listing() {
+            // Half old, half new (a re-list broke off): the file keeps the
+            // last whole state; the next finished listing saves again.
+            return;
+        }
         if self.saving.swap(true, Ordering::AcqRel) {
             // The previous save is still running: try again at the next due time.
             self.last_write = Some(Instant::now());
