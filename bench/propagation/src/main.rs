@@ -24,7 +24,10 @@
 //! soon as the previous one was seen, which is what the targets are judged
 //! on) and spaced (40 ms of quiet before each change: what a lone change
 //! costs, shown for comparison). The throughput windows run in rounds
-//! (quiet, then churn; 3 rounds in the full run) and compare medians.
+//! (quiet, then control, then churn; 3 rounds in the full run) and compare
+//! medians. The control window writes the same updates under a prefix the
+//! gateway does not watch: etcd and the writer cost the same CPU on these
+//! shared cores, so churn / control is the gateway's own share of the loss.
 
 mod http;
 mod procfs;
@@ -49,6 +52,8 @@ use crate::http::{KeepAlive, Reply};
 use crate::stats::{ms, summarize, Summary};
 
 const ROUTES: &str = "/tollgate/routes/";
+/// Where the control window writes: outside every prefix the gateway watches.
+const UNWATCHED: &str = "/bench-control/routes/";
 const SERVICES: &str = "/services/";
 /// Registry services the preloaded routes are spread over.
 const SERVICE_COUNT: usize = 100;
@@ -927,8 +932,8 @@ struct LoadRun {
     apply_start: Duration,
     rss_applied: (u64, u64),
     rss_settled: (u64, u64),
-    /// One (quiet, churn) pair per round.
-    rounds: Vec<(Window, Window)>,
+    /// One (quiet, control, churn) triple per round.
+    rounds: Vec<Round>,
     churn_applied_in: Duration,
     thread_cpu: Vec<(String, Duration)>,
 }
@@ -982,10 +987,25 @@ struct Churn {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// One round of the throughput phase.
+struct Round {
+    quiet: Window,
+    /// The same writes as `churn`, where the gateway does not watch.
+    control: Window,
+    churn: Window,
+}
+
 impl Churn {
     /// `first` numbers the first update: every update writes a value no
-    /// earlier one wrote (an unchanged value would be a no-op).
-    fn start(c: &EtcdClient, routes: usize, per_sec: u64, first: u64) -> Churn {
+    /// earlier one wrote (an unchanged value would be a no-op). Keys go
+    /// under `prefix` (`ROUTES`, or `UNWATCHED` for the control window).
+    fn start(
+        c: &EtcdClient,
+        prefix: &'static str,
+        routes: usize,
+        per_sec: u64,
+        first: u64,
+    ) -> Churn {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
         let max_rev = Arc::new(AtomicI64::new(0));
@@ -998,7 +1018,7 @@ impl Churn {
                 tick.tick().await;
                 // A stride co-prime with most table sizes spreads the edits.
                 let j = (n * 7919) % routes;
-                let key = format!("{ROUTES}r{j}");
+                let key = format!("{prefix}r{j}");
                 let value = table_route(j, Some(10_000 + n as u64));
                 let (c, d, m) = (c.clone(), d.clone(), m.clone());
                 tasks.spawn(async move {
@@ -1185,18 +1205,27 @@ fn phase_load(etcd: &Etcd, opts: &Opts, plan: &Plan) -> Result<LoadRun> {
     let mut updates = 0;
     for round in 1..=plan.wrk_rounds {
         let quiet = window(&mut gw, c, etcd_pid, &url, plan.wrk_secs)?;
-        let churn_task = Churn::start(c, routes, CHURN_PER_SEC, updates);
+        let control_task = Churn::start(c, UNWATCHED, routes, CHURN_PER_SEC, updates);
+        let control_result = window(&mut gw, c, etcd_pid, &url, plan.wrk_secs);
+        let (control_puts, _) = control_task.stop();
+        let mut control = control_result?;
+        control.puts = control_puts;
+        let churn_task = Churn::start(c, ROUTES, routes, CHURN_PER_SEC, updates);
         let churn_result = window(&mut gw, c, etcd_pid, &url, plan.wrk_secs);
         let (puts, rev) = churn_task.stop();
         max_rev = max_rev.max(rev);
-        updates += puts + 1;
+        updates += puts.max(control_puts) + 1;
         let mut churn = churn_result?;
         churn.puts = puts;
         log(format!(
-            "  round {round}/{}: quiet {:.0} req/s, churn {:.0} req/s ({puts} route updates in {}s)",
-            plan.wrk_rounds, quiet.wrk.rps, churn.wrk.rps, plan.wrk_secs
+            "  round {round}/{}: quiet {:.0} req/s, control {:.0} req/s, churn {:.0} req/s ({puts} route updates in {}s)",
+            plan.wrk_rounds, quiet.wrk.rps, control.wrk.rps, churn.wrk.rps, plan.wrk_secs
         ));
-        rounds.push((quiet, churn));
+        rounds.push(Round {
+            quiet,
+            control,
+            churn,
+        });
     }
     let after_threads = procfs::thread_cpu(gw.pid());
     let thread_cpu = after_threads
@@ -1593,7 +1622,7 @@ fn report_load(out: &mut Vec<String>, v: &mut Verdicts, plan: &Plan, load: &Load
         "-",
         "",
     ));
-    if let Some((_, last)) = load.rounds.last() {
+    if let Some(Round { churn: last, .. }) = load.rounds.last() {
         out.push(mem(
             "  after the wrk rounds below".into(),
             last.rss_kib,
@@ -1651,8 +1680,20 @@ fn report_load(out: &mut Vec<String>, v: &mut Verdicts, plan: &Plan, load: &Load
             w.own_writes
         )
     };
-    for (i, (quiet, churn)) in load.rounds.iter().enumerate() {
+    for (
+        i,
+        Round {
+            quiet,
+            control,
+            churn,
+        },
+    ) in load.rounds.iter().enumerate()
+    {
         out.push(win(format!("quiet #{}", i + 1), quiet));
+        out.push(win(
+            format!("control #{} (unwatched writes)", i + 1),
+            control,
+        ));
         out.push(win(
             format!("churn #{} ({CHURN_PER_SEC} updates/s)", i + 1),
             churn,
@@ -1666,9 +1707,10 @@ fn report_load(out: &mut Vec<String>, v: &mut Verdicts, plan: &Plan, load: &Load
             n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
         }
     };
-    let mut q: Vec<f64> = load.rounds.iter().map(|(q, _)| q.wrk.rps).collect();
-    let mut c: Vec<f64> = load.rounds.iter().map(|(_, c)| c.wrk.rps).collect();
-    let (mq, mc) = (median(&mut q), median(&mut c));
+    let mut q: Vec<f64> = load.rounds.iter().map(|r| r.quiet.wrk.rps).collect();
+    let mut k: Vec<f64> = load.rounds.iter().map(|r| r.control.wrk.rps).collect();
+    let mut c: Vec<f64> = load.rounds.iter().map(|r| r.churn.wrk.rps).collect();
+    let (mq, mk, mc) = (median(&mut q), median(&mut k), median(&mut c));
     let tp_ratio = mc / mq.max(1e-9);
     let label = if load.rounds.len() > 1 {
         format!("median churn / median quiet ({mc:.0} / {mq:.0})")
@@ -1679,12 +1721,43 @@ fn report_load(out: &mut Vec<String>, v: &mut Verdicts, plan: &Plan, load: &Load
         "{label:<55} {tp_ratio:>6.3}x   target >= 0.95   {}",
         v.check(tp_ratio >= 0.95)
     ));
+    out.push(format!(
+        "{:<55} {:>6.3}x   (etcd + writer alone)",
+        format!("  median control / median quiet ({mk:.0} / {mq:.0})"),
+        mk / mq.max(1e-9)
+    ));
+    out.push(format!(
+        "{:<55} {:>6.3}x   (the gateway's own share)",
+        format!("  median churn / median control ({mc:.0} / {mk:.0})"),
+        mc / mk.max(1e-9)
+    ));
+    // What the data path costs per request: a window with less CPU left
+    // (etcd and the writer share these cores) serves fewer requests at the
+    // same cost each.
+    let per_request = |pick: fn(&Round) -> &Window| {
+        let mut us: Vec<f64> = load
+            .rounds
+            .iter()
+            .map(|r| pick(r).gw_cpu / pick(r).wrk.rps.max(1e-9) * 1e6)
+            .collect();
+        median(&mut us)
+    };
+    out.push(format!(
+        "#   gateway CPU per request (median): quiet {:.1} us, control {:.1} us, churn {:.1} us",
+        per_request(|r| &r.quiet),
+        per_request(|r| &r.control),
+        per_request(|r| &r.churn)
+    ));
     let ratios: Vec<String> = load
         .rounds
         .iter()
-        .map(|(q, c)| format!("{:.3}", c.wrk.rps / q.wrk.rps.max(1e-9)))
+        .map(|r| format!("{:.3}", r.churn.wrk.rps / r.quiet.wrk.rps.max(1e-9)))
         .collect();
-    let relists: f64 = load.rounds.iter().map(|(q, c)| q.relists + c.relists).sum();
+    let relists: f64 = load
+        .rounds
+        .iter()
+        .map(|r| r.quiet.relists + r.control.relists + r.churn.relists)
+        .sum();
     out.push(format!(
         "#   per-round ratios {}; etcd re-lists during the rounds: {relists}",
         ratios.join(", ")
@@ -1711,7 +1784,7 @@ fn report_load(out: &mut Vec<String>, v: &mut Verdicts, plan: &Plan, load: &Load
     ));
     load.rounds
         .iter()
-        .flat_map(|(q, c)| [q, c])
+        .flat_map(|r| [&r.quiet, &r.control, &r.churn])
         .any(|w| (w.wrk.non_2xx + w.wrk.socket_errors) * 100 > w.wrk.requests.max(1))
 }
 
