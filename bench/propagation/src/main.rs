@@ -11,7 +11,8 @@
 //!    first answer from the new backend (`x-backend`);
 //! 3. lease revoke: time from the revoke's acknowledgement to the first 503;
 //! 4. VmRSS with N routes and N leased instances applied;
-//! 5. wrk throughput quiet vs. while 100 route updates/s are written.
+//! 5. wrk throughput quiet vs. while 100 route updates/s are written (and
+//!    vs. the same writes under a prefix the gateway does not watch).
 //!
 //! Usage: `propagation [--quick] [--tollgate PATH] [--out FILE] [--strict]
 //! [--poll-gap-us N] [--phases routes,instances,load]`. Prints the table to stdout and writes it to FILE
