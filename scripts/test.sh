@@ -68,6 +68,7 @@ step "bench smoke: proxy" bench/proxy.sh --quick
 step "bench smoke: propagation" bench/propagation.sh --quick
 step "bench smoke: rate limit" bench/limit.sh --quick
 step "bench smoke: balancing" bench/lb.sh --quick
+step "bench smoke: observability" bench/observability.sh --quick
 
 summary
 if ((${#failed[@]} > 0)); then
