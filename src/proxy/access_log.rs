@@ -38,47 +38,55 @@ impl Line<'_> {
     /// microsecond precision (`duration_ms`, `upstream_ms`).
     pub fn to_json(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(320);
-        let s = |b: &mut Vec<u8>, v: &str| {
-            // serde_json escapes whatever a client put in a path or host.
+        // serde_json escapes whatever a client put in a path or host.
+        let text = |b: &mut Vec<u8>, name: &str, v: &str| {
+            key(b, name);
             let _ = serde_json::to_writer(&mut *b, v);
         };
         b.extend_from_slice(b"{\"time\":\"");
         push_rfc3339(&mut b, self.time);
-        b.extend_from_slice(b"\",\"request_id\":");
-        s(&mut b, self.request_id);
-        b.extend_from_slice(b",\"client_ip\":\"");
+        b.push(b'"');
+        text(&mut b, "request_id", self.request_id);
+        key(&mut b, "client_ip");
+        b.push(b'"');
         if let Some(ip) = self.client_ip {
             push_ip(&mut b, ip);
         }
-        b.extend_from_slice(b"\",\"method\":");
-        s(&mut b, self.method);
-        b.extend_from_slice(b",\"host\":");
-        s(&mut b, self.host);
-        b.extend_from_slice(b",\"path\":");
-        s(&mut b, self.path);
-        b.extend_from_slice(b",\"route\":");
-        s(&mut b, self.route);
-        b.extend_from_slice(b",\"upstream\":\"");
+        b.push(b'"');
+        text(&mut b, "method", self.method);
+        text(&mut b, "host", self.host);
+        text(&mut b, "path", self.path);
+        text(&mut b, "route", self.route);
+        key(&mut b, "upstream");
+        b.push(b'"');
         if let Some(u) = self.upstream {
             push_ip(&mut b, u.ip());
             b.push(b':');
             push_int(&mut b, u.port());
         }
-        b.extend_from_slice(b"\",\"status\":");
+        b.push(b'"');
+        key(&mut b, "status");
         push_int(&mut b, self.status);
-        b.extend_from_slice(b",\"bytes_in\":");
+        key(&mut b, "bytes_in");
         push_int(&mut b, self.bytes_in);
-        b.extend_from_slice(b",\"bytes_out\":");
+        key(&mut b, "bytes_out");
         push_int(&mut b, self.bytes_out);
-        b.extend_from_slice(b",\"duration_ms\":");
+        key(&mut b, "duration_ms");
         push_ms(&mut b, self.duration);
         if let Some(u) = self.upstream_duration {
-            b.extend_from_slice(b",\"upstream_ms\":");
+            key(&mut b, "upstream_ms");
             push_ms(&mut b, u);
         }
         b.extend_from_slice(b"}\n");
         b
     }
+}
+
+/// `,"name":` — every field but the first.
+fn key(b: &mut Vec<u8>, name: &str) {
+    b.extend_from_slice(b",\"");
+    b.extend_from_slice(name.as_bytes());
+    b.extend_from_slice(b"\":");
 }
 
 fn push_int(b: &mut Vec<u8>, n: impl itoa::Integer) {
