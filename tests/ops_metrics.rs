@@ -3,7 +3,9 @@
 //! changes, a rejected value); request-metric labels stay bounded under
 //! thousands of distinct paths and methods; and the JSON access log line
 //! carries what an operator needs (request id, route, upstream, sizes),
-//! and nothing is written when the log is off or sampled to 0.
+//! nothing is written when the log is off or sampled to 0, and a log file
+//! that cannot be opened stops the start. Instance counts by state cover
+//! services only a route names, draining and ejected instances.
 
 mod common;
 
@@ -552,6 +554,30 @@ fn access_log_gateway(b: &Backend, access_log: &str) -> testkit::Gateway {
          upstreams:\n{}",
         upstream("u", &[b])
     ))
+}
+
+/// An access log file that cannot be opened stops the start with a message
+/// naming it, rather than serving without the log the operator asked for.
+#[test]
+fn an_access_log_that_cannot_be_opened_fails_the_start_naming_it() {
+    let b = Backend::start("b");
+    let dir = TempDir::new("ops-log-missing-dir");
+    let file = dir.path().join("no-such-dir").join("access.log");
+    let body = format!(
+        "access_log: {{ path: {:?} }}\n\
+         routes:\n\
+         \x20 - {{ id: echo, paths: [\"/echo/*rest\"], upstream: u }}\n\
+         upstreams:\n{}",
+        file.to_str().expect("utf-8 temp path"),
+        upstream("u", &[&b])
+    );
+    let err = match testkit::Gateway::try_start(common::bin(), &body) {
+        Ok(_) => panic!("started with an access log it cannot open"),
+        Err(e) => e,
+    };
+    assert!(err.contains("cannot open access log"), "{err}");
+    assert!(err.contains("no-such-dir/access.log"), "{err}");
+    assert_eq!(b.hits(), 0);
 }
 
 #[test]
