@@ -244,6 +244,15 @@ fn request_id_is_kept_or_generated_and_echoed() {
     let r = send(&gw, "GET", "/x", &[("x-request-id", "client-id_1.2:3")]);
     assert_eq!(echo(&r)["headers"]["x-request-id"], "client-id_1.2:3");
     assert_eq!(r.header("x-request-id"), Some("client-id_1.2:3"));
+    // Several: the first is kept, and the upstream sees only it.
+    let r = send(
+        &gw,
+        "GET",
+        "/x",
+        &[("x-request-id", "first-1"), ("x-request-id", "second-2")],
+    );
+    assert_eq!(echo(&r)["headers"]["x-request-id"], "first-1");
+    assert_eq!(r.header("x-request-id"), Some("first-1"));
 
     // None, or an unsafe one: a fresh 32-hex id, the same upstream and back.
     let mut seen = Vec::new();

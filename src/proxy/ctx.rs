@@ -63,9 +63,6 @@ pub struct RequestCtx {
     pub _in_flight: InFlightGuard,
     /// Empty until the request filter runs (or a failure needs one).
     pub request_id: http::HeaderValue,
-    /// The id was generated here, so the upstream request needs it too (a
-    /// kept client id is already among the forwarded headers).
-    pub id_generated: bool,
     pub route: Option<Arc<RouteEntry>>,
     /// The upstream this request goes to (the route's, or its canary's).
     pub leaf: Option<Arc<UpstreamLeaf>>,
@@ -86,7 +83,6 @@ impl RequestCtx {
         Self {
             _in_flight: in_flight.enter(),
             request_id: http::HeaderValue::from_static(""),
-            id_generated: false,
             route: None,
             leaf: None,
             attempt: None,
@@ -107,7 +103,6 @@ impl RequestCtx {
     pub fn ensure_request_id(&mut self, ids: &super::RequestIds) {
         if self.request_id.is_empty() {
             self.request_id = ids.next();
-            self.id_generated = true;
         }
     }
 

@@ -337,16 +337,10 @@ impl ProxyHttp for Gateway {
             upstream.insert_header("x-forwarded-for", xff)?;
         }
         upstream.insert_header("x-forwarded-proto", HeaderValue::from_static("http"))?;
-        // A kept client id is already among the forwarded headers (unless
-        // the client sent several: then ours replaces them all).
-        if ctx.id_generated
-            || upstream
-                .headers
-                .get_all(&X_REQUEST_ID)
-                .iter()
-                .nth(1)
-                .is_some()
-        {
+        // A kept client id is already the one forwarded header; otherwise
+        // (generated, or the client sent several) ours replaces them all.
+        let mut sent = upstream.headers.get_all(&X_REQUEST_ID).iter();
+        if !(sent.next() == Some(&ctx.request_id) && sent.next().is_none()) {
             upstream.insert_header("x-request-id", ctx.request_id.clone())?;
         }
         if !route.preserve_host {

@@ -260,6 +260,17 @@ pub type CheckedLeaves = Arc<ArcSwap<Vec<Arc<UpstreamLeaf>>>>;
 /// 10,000 services copies a path, not the map.
 pub type ServiceLeaves = Arc<ArcSwap<imbl::OrdMap<Arc<str>, Arc<UpstreamLeaf>>>>;
 
+/// Publishes an edited copy of the service map (only the table's single
+/// writer calls this, so load-edit-store cannot lose an update).
+fn edit_services(
+    services: &ServiceLeaves,
+    edit: impl FnOnce(&mut imbl::OrdMap<Arc<str>, Arc<UpstreamLeaf>>),
+) {
+    let mut all = (**services.load()).clone();
+    edit(&mut all);
+    services.store(Arc::new(all));
+}
+
 impl UpstreamTable {
     pub fn new(defaults: Timeouts) -> Self {
         Self::publishing(defaults, CheckedLeaves::default(), ServiceLeaves::default())
@@ -288,9 +299,9 @@ impl UpstreamTable {
             // Listed at once: a named service with no instance yet is a
             // service with 0 live instances, and alerts should see it.
             let leaf = Arc::new(UpstreamLeaf::new(name));
-            let mut all = (**services.load()).clone();
-            all.insert(leaf.name.clone(), leaf.clone());
-            services.store(Arc::new(all));
+            edit_services(services, |all| {
+                all.insert(leaf.name.clone(), leaf.clone());
+            });
             (leaf, Inputs::default())
         })
     }
@@ -364,6 +375,12 @@ impl UpstreamTable {
     /// Keeps the list of leaves that have active health checks current.
     fn update_checked(&mut self, leaf: Arc<UpstreamLeaf>) {
         let wants = leaf.instances().active.is_some();
+        self.set_checked(leaf, wants);
+    }
+
+    /// Lists or unlists `leaf` for the active checker (a no-op when it is
+    /// already so).
+    fn set_checked(&mut self, leaf: Arc<UpstreamLeaf>, wants: bool) {
         let list = self.checked.load();
         let has = list.iter().any(|l| Arc::ptr_eq(l, &leaf));
         if wants != has {
@@ -388,19 +405,11 @@ impl UpstreamTable {
             .is_some_and(|(_, i)| i.policy.is_none() && i.registered.is_empty())
         {
             if let Some((leaf, _)) = self.leaves.remove(name) {
-                let list = self.checked.load();
-                if list.iter().any(|l| Arc::ptr_eq(l, &leaf)) {
-                    let next = list
-                        .iter()
-                        .filter(|l| !Arc::ptr_eq(l, &leaf))
-                        .cloned()
-                        .collect();
-                    self.checked.store(Arc::new(next));
-                }
+                self.set_checked(leaf, false);
             }
-            let mut all = (**self.services.load()).clone();
-            all.remove(name);
-            self.services.store(Arc::new(all));
+            edit_services(&self.services, |all| {
+                all.remove(name);
+            });
         }
     }
 
