@@ -99,8 +99,10 @@ summarize "${TARGETS[@]}"
 ratio=$(rps_ratio observed plain)
 verdict=$(awk -v r="$ratio" 'BEGIN { print (r >= 0.9 ? "met" : "NOT met") }')
 log_lines=$(wc -l <"$ACCESS_LOG")
+# awk reads to the end: exiting at the match would close the pipe under
+# curl (exit 23, and pipefail fails the run).
 dropped=$(curl -fsS --max-time 5 "${admin_url[observed]}/metrics" |
-    awk '/^tollgate_access_log_dropped_total / { print $NF; exit }')
+    awk '/^tollgate_access_log_dropped_total / { v = $NF } END { print v }')
 
 report=$tmp/report.txt
 {
