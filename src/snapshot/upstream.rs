@@ -29,6 +29,9 @@ pub struct InstanceSet {
     pub panic_threshold: f64,
     /// Whether anything (policy or registration) defines this upstream.
     pub defined: bool,
+    /// Nodes that take new requests; counted once here because `/status`
+    /// sums it over every upstream after each applied change.
+    serving: usize,
 }
 
 impl Default for InstanceSet {
@@ -43,6 +46,7 @@ impl Default for InstanceSet {
             active: None,
             panic_threshold: 0.5,
             defined: false,
+            serving: 0,
         }
     }
 }
@@ -55,14 +59,20 @@ impl InstanceSet {
         timeouts: Timeouts,
         defined: bool,
     ) -> Self {
+        // By (id, addr), not a scan per node: one registration in a service
+        // of 2,000 instances would otherwise cost 4 million comparisons.
+        let carried: ahash::AHashMap<(&str, SocketAddr), &Arc<NodeHealth>> = previous
+            .nodes
+            .iter()
+            .zip(&previous.health)
+            .map(|(p, h)| ((p.id.as_str(), p.addr), h))
+            .collect();
         let health = nodes
             .iter()
             .map(|n| {
-                previous
-                    .nodes
-                    .iter()
-                    .position(|p| p.id == n.id && p.addr == n.addr)
-                    .map_or_else(Default::default, |i| previous.health[i].clone())
+                carried
+                    .get(&(n.id.as_str(), n.addr))
+                    .map_or_else(Default::default, |h| Arc::clone(h))
             })
             .collect();
         let shape: Vec<(&str, u32, bool)> = nodes
@@ -75,6 +85,7 @@ impl InstanceSet {
             .and_then(|p| p.health_check.clone())
             .unwrap_or_default();
         Self {
+            serving: nodes.iter().filter(|n| !n.draining).count(),
             strategy: Strategy::build(&lb, hash_key, &shape),
             health,
             nodes,
@@ -93,7 +104,7 @@ impl InstanceSet {
 
     /// Nodes that take new requests.
     pub fn serving(&self) -> usize {
-        self.nodes.iter().filter(|n| !n.draining).count()
+        self.serving
     }
 
     /// Instances by state right now (for `tollgate_instances`).
@@ -457,6 +468,33 @@ mod tests {
     }
 
     #[test]
+    fn health_stays_with_its_instance_across_registration_churn() {
+        let mut t = UpstreamTable::new(Timeouts::default());
+        for i in 0..50 {
+            t.set_instance(
+                "s",
+                &format!("i{i}"),
+                Some(node(&format!("i{i}"), 1000 + i)),
+            );
+        }
+        let leaf = t.leaf("s");
+        let before = leaf.instances();
+        let i7 = before.nodes.iter().position(|n| n.id == "i7").unwrap();
+        let health = before.health[i7].clone();
+        // Another instance comes and one goes: i7 keeps its health.
+        t.set_instance("s", "new", Some(node("new", 2000)));
+        t.set_instance("s", "i3", None);
+        let after = leaf.instances();
+        let i7 = after.nodes.iter().position(|n| n.id == "i7").unwrap();
+        assert!(Arc::ptr_eq(&after.health[i7], &health));
+        // Re-pointed to another address, it is a new instance: fresh health.
+        t.set_instance("s", "i7", Some(node("i7", 3000)));
+        let moved = leaf.instances();
+        let i7 = moved.nodes.iter().position(|n| n.id == "i7").unwrap();
+        assert!(!Arc::ptr_eq(&moved.health[i7], &health));
+    }
+
+    #[test]
     fn draining_nodes_get_no_new_requests() {
         let mut t = UpstreamTable::new(Timeouts::default());
         let mut d = node("d", 1);
@@ -465,11 +503,14 @@ mod tests {
         let leaf = t.leaf("s");
         let set = leaf.instances();
         assert_eq!(leaf.pick(&set, None, None), None);
+        // `/status` counts instances that take requests: not this one.
+        assert_eq!(t.counts(), (1, 0));
         t.set_instance("s", "e", Some(node("e", 2)));
         let set = leaf.instances();
         assert_eq!(
             set.nodes[leaf.pick(&set, None, None).unwrap().index].id,
             "e"
         );
+        assert_eq!(t.counts(), (1, 1));
     }
 }
