@@ -52,7 +52,9 @@ pub fn header(opts: &Opts, plan: &Plan) -> Vec<String> {
                 .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
         })
         .unwrap_or_else(|| "unknown cpu".into());
-    let ncpu = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // Online CPUs, not this process's share: the throughput phase pins it.
+    // SAFETY: sysconf only reads a system value.
+    let ncpu = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(0);
     let kernel = sh("uname", &["-r"]).unwrap_or_default();
     let etcd_v = sh("etcd", &["--version"])
         .and_then(|s| s.lines().next().map(str::to_string))

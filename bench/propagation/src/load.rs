@@ -14,6 +14,7 @@ use crate::keyspace::{
     clean, instance_value, put_all, table, ROUTES, SERVICES, SERVICE_COUNT, UNWATCHED,
 };
 use crate::opts::Opts;
+use crate::pin::{pin, Layout};
 use crate::progress::log;
 use crate::{procfs, wrk};
 use crate::{Plan, APPLY_TIMEOUT, CHURN_PER_SEC, SAMPLE_TIMEOUT};
@@ -58,6 +59,8 @@ pub struct LoadRun {
     pub rounds: Vec<Round>,
     pub churn_applied_in: Duration,
     pub thread_cpu: Vec<(String, Duration)>,
+    /// Where the rounds ran (`None`: one CPU, nothing pinned).
+    pub layout: Option<String>,
 }
 
 /// One round of the throughput phase.
@@ -227,6 +230,27 @@ pub fn phase_load(etcd: &Etcd, opts: &Opts, plan: &Plan) -> Result<LoadRun> {
         r.status == 200
     })?;
     let etcd_pid = procfs::child_named("etcd");
+    let layout = Layout::for_this_machine().and_then(|l| {
+        // This process (the writer, the backend, wrk's parent) and etcd on
+        // the other CPUs (wrk inherits from us), the gateway on its own.
+        let placed = [Some(std::process::id()), etcd_pid]
+            .into_iter()
+            .flatten()
+            .try_for_each(|pid| pin(pid, &l.others))
+            .and_then(|()| pin(gw.pid(), &[l.gateway]));
+        match placed {
+            Ok(()) => {
+                log(format!("  {}", l.describe()));
+                Some(l.describe())
+            }
+            Err(e) => {
+                log(format!(
+                    "  cannot pin CPUs ({e}): the rounds share all of them"
+                ));
+                None
+            }
+        }
+    });
     log("  wrk warm-up 1s");
     wrk::run(&url, 1).map_err(|e| gw.fail(e))?;
     let before_threads = procfs::thread_cpu(gw.pid());
@@ -289,5 +313,6 @@ pub fn phase_load(etcd: &Etcd, opts: &Opts, plan: &Plan) -> Result<LoadRun> {
         rounds,
         churn_applied_in,
         thread_cpu,
+        layout,
     })
 }

@@ -27,8 +27,10 @@
 //! costs, shown for comparison). The throughput windows run in rounds
 //! (quiet, then control, then churn; 3 rounds in the full run) and compare
 //! medians. The control window writes the same updates under a prefix the
-//! gateway does not watch: etcd and the writer cost the same CPU on these
-//! shared cores, so churn / control is the gateway's own share of the loss.
+//! gateway does not watch: etcd and the writer cost the same CPU, so churn /
+//! control is the gateway's own share of the loss. The gateway runs on a
+//! CPU of its own during the rounds, as it would with etcd on other
+//! machines (see `pin`).
 
 mod churn;
 mod gateway;
@@ -38,6 +40,7 @@ mod instances;
 mod keyspace;
 mod load;
 mod opts;
+mod pin;
 mod procfs;
 mod progress;
 mod report;

@@ -65,6 +65,10 @@ pub fn report_load(out: &mut Vec<String>, v: &mut Verdicts, plan: &Plan, load: &
         load.instances + 1,
         load.rounds.len()
     ));
+    out.push(match &load.layout {
+        Some(layout) => format!("#   {layout}"),
+        None => "#   not pinned: the gateway, etcd, the writer and wrk shared every CPU".into(),
+    });
     out.push(format!(
         "{:<30} {:>9} {:>8} {:>8} {:>6} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6} {:>8} {:>8} {:>7}",
         "window",
