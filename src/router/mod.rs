@@ -107,6 +107,20 @@ pub struct RouteShape<'a> {
 }
 
 impl RouteShape<'_> {
+    /// Whether a route with `other` would sit exactly where this one does
+    /// (same patterns, hosts, methods and priority).
+    pub fn same_place(&self, other: &RouteShape<'_>) -> bool {
+        self.hosts == other.hosts
+            && self.methods == other.methods
+            && self.priority == other.priority
+            && self.patterns.len() == other.patterns.len()
+            && self
+                .patterns
+                .iter()
+                .zip(other.patterns)
+                .all(|(a, b)| a.raw == b.raw)
+    }
+
     fn host_keys(&self) -> Vec<HostKey> {
         if self.hosts.is_empty() {
             vec![HostKey::Any]
@@ -231,6 +245,13 @@ impl<T: Clone> Leaf<T> {
         bucket.insert(at, e);
         // Most buckets hold one route for good: no spare capacity.
         bucket.shrink_to_fit();
+    }
+
+    /// Gives route `id`'s entry under `key` a new value where it stands.
+    fn set_value(&mut self, key: &HostKey, id: &str, value: &T) {
+        for e in self.bucket_mut(key).iter_mut().filter(|e| &*e.id == id) {
+            e.value = value.clone();
+        }
     }
 
     fn remove(&mut self, key: &HostKey, id: &str) {
@@ -417,6 +438,20 @@ impl<T: Clone> Router<T> {
         }
         self.len += 1;
         Ok(())
+    }
+
+    /// Gives route `id`, inserted with `shape`, a new value without moving
+    /// it: one path copy per pattern instead of a removal and an insertion,
+    /// and nothing to check for conflicts (it keeps the place it holds).
+    pub fn replace(&mut self, id: &str, value: T, shape: &RouteShape<'_>) {
+        let keys = shape.host_keys();
+        for p in shape.patterns {
+            Node::edit_existing(&mut self.root, &p.segments, &mut |leaf| {
+                for k in &keys {
+                    leaf.set_value(k, id, &value);
+                }
+            });
+        }
     }
 
     /// Removes route `id`, which was inserted with `shape`.

@@ -232,3 +232,27 @@ fn wide_nodes_and_leaves_route_and_prune_as_they_grow_and_shrink() {
     }
     assert!(r.root.is_empty(), "every emptied node was pruned");
 }
+
+#[test]
+fn same_place_means_same_patterns_hosts_methods_and_priority() {
+    let p = |paths: &[&str]| -> Vec<PathPattern> {
+        paths
+            .iter()
+            .map(|x| PathPattern::parse(x).unwrap())
+            .collect()
+    };
+    let (ab, a) = (p(&["/a", "/b/:id"]), p(&["/a"]));
+    let hosts = vec!["h".to_string()];
+    let shape = |patterns, hosts, methods, priority| RouteShape {
+        patterns,
+        hosts,
+        methods,
+        priority,
+    };
+    let base = shape(&ab, &hosts, 0, 0);
+    assert!(base.same_place(&shape(&ab, &hosts, 0, 0)));
+    assert!(!base.same_place(&shape(&a, &hosts, 0, 0)), "a path fewer");
+    assert!(!base.same_place(&shape(&ab, &[], 0, 0)), "any host");
+    assert!(!base.same_place(&shape(&ab, &hosts, method_bit("GET"), 0)));
+    assert!(!base.same_place(&shape(&ab, &hosts, 0, 1)));
+}

@@ -261,6 +261,18 @@ pub struct UpstreamTable {
     checked: CheckedLeaves,
     /// Every leaf, for the instance-state metrics.
     services: ServiceLeaves,
+    /// [`UpstreamTable::counts`], kept as sets change: `/status` reads it
+    /// after every applied change, and 10,000 leaves are too many to walk.
+    totals: (usize, usize),
+}
+
+/// What one instance set adds to [`UpstreamTable::counts`].
+fn counted(set: &InstanceSet) -> (usize, usize) {
+    if set.defined {
+        (1, set.serving())
+    } else {
+        (0, 0)
+    }
 }
 
 /// The leaves the active health checker probes; swapped whole on change.
@@ -295,6 +307,7 @@ impl UpstreamTable {
             defaults,
             checked,
             services,
+            totals: (0, 0),
         }
     }
 
@@ -378,8 +391,10 @@ impl UpstreamTable {
             .map_or(defaults, |t| t.apply(defaults));
         let defined = inputs.policy.is_some() || !inputs.registered.is_empty();
         let set = InstanceSet::new(nodes, &leaf.set.load(), policy, timeouts, defined);
+        let (old, new) = (counted(&leaf.set.load()), counted(&set));
         leaf.set.store(Arc::new(set));
         let leaf = leaf.clone();
+        self.totals = (self.totals.0 + new.0 - old.0, self.totals.1 + new.1 - old.1);
         self.update_checked(leaf);
     }
 
@@ -416,6 +431,8 @@ impl UpstreamTable {
             .is_some_and(|(_, i)| i.policy.is_none() && i.registered.is_empty())
         {
             if let Some((leaf, _)) = self.leaves.remove(name) {
+                let (u, i) = counted(&leaf.set.load());
+                self.totals = (self.totals.0 - u, self.totals.1 - i);
                 self.set_checked(leaf, false);
             }
             edit_services(&self.services, |all| {
@@ -426,11 +443,7 @@ impl UpstreamTable {
 
     /// (upstreams defined, instances serving).
     pub fn counts(&self) -> (usize, usize) {
-        self.leaves
-            .values()
-            .map(|(leaf, _)| leaf.instances())
-            .filter(|s| s.defined)
-            .fold((0, 0), |(u, i), s| (u + 1, i + s.serving()))
+        self.totals
     }
 }
 
@@ -465,6 +478,47 @@ mod tests {
         assert_eq!(leaf.instances().nodes[0].id, "b");
         assert!(Arc::ptr_eq(&leaf, &t.leaf("users")));
         assert_eq!(t.counts(), (1, 1));
+    }
+
+    /// `counts` as a walk of every leaf: what the kept totals must equal.
+    fn walked(t: &UpstreamTable) -> (usize, usize) {
+        t.leaves
+            .values()
+            .map(|(leaf, _)| counted(&leaf.instances()))
+            .fold((0, 0), |(u, i), (du, di)| (u + du, i + di))
+    }
+
+    #[test]
+    fn counts_follow_registrations_draining_and_forgotten_services() {
+        let mut t = UpstreamTable::new(Timeouts::default());
+        let mut draining = node("d", 9);
+        draining.draining = true;
+        let steps: Vec<(&str, &str, Option<Node>)> = vec![
+            ("a", "1", Some(node("1", 1))),
+            ("a", "2", Some(node("2", 2))),
+            ("b", "1", Some(node("1", 3))),
+            ("b", "d", Some(draining.clone())),
+            ("a", "2", Some(draining)),
+            ("a", "1", None),
+            ("a", "2", None),
+            ("b", "1", None),
+        ];
+        for (service, id, n) in steps {
+            t.set_instance(service, id, n);
+            assert_eq!(t.counts(), walked(&t), "after {service}/{id}");
+        }
+        assert_eq!(t.counts(), (1, 0), "b has only a draining instance");
+        // A policy with static nodes defines an upstream too.
+        t.set_policy("c", Some((UpstreamSpec::default(), vec![node("s", 5)])));
+        assert_eq!(t.counts(), (2, 1));
+        t.set_policy("c", None);
+        assert_eq!(t.counts(), walked(&t));
+        t.forget_if_unused("c");
+        t.forget_if_unused("a");
+        t.set_instance("b", "d", None);
+        t.forget_if_unused("b");
+        assert_eq!(t.counts(), (0, 0));
+        assert_eq!(walked(&t), (0, 0));
     }
 
     #[test]

@@ -220,10 +220,19 @@ impl Store {
         if !self.changed.is_empty() {
             let mut snap = (*self.cell.load()).clone();
             let changed = std::mem::take(&mut self.changed);
-            // Take every changed route out first, so two routes swapping
-            // paths in one batch do not conflict with each other.
+            // A route edited where it stands (a timeout, an upstream, a
+            // limit) keeps its place: its value is swapped in one path copy.
+            let in_place: BTreeSet<&String> = changed
+                .iter()
+                .filter(|id| match (self.served.get(*id), self.desired.get(*id)) {
+                    (Some((old, _)), Some(new)) => shape_of(old).same_place(&shape_of(new)),
+                    _ => false,
+                })
+                .collect();
+            // Take every other changed route out first, so two routes
+            // swapping paths in one batch do not conflict with each other.
             let mut previous = BTreeMap::new();
-            for id in &changed {
+            for id in changed.iter().filter(|id| !in_place.contains(id)) {
                 if let Some((old, entry)) = self.served.remove(id) {
                     snap.router.remove(id, &shape_of(&old));
                     previous.insert(id.clone(), (old, entry));
@@ -239,6 +248,13 @@ impl Store {
                     crate::metrics::forget_route(id);
                     continue;
                 };
+                if in_place.contains(id) {
+                    let limiter = self.limiter_for(id, &route);
+                    let entry = entry_for(&route, &mut self.table, limiter);
+                    snap.router.replace(id, entry.clone(), &shape_of(&route));
+                    self.served.insert(id.clone(), (route, entry));
+                    continue;
+                }
                 if let Some((old, entry)) = self.served.remove(id) {
                     snap.router.remove(id, &shape_of(&old));
                     previous.insert(id.clone(), (old, entry));

@@ -18,6 +18,13 @@ fn served(s: &Store, path: &str) -> Option<String> {
         .map(|r| r.id.to_string())
 }
 
+/// (route id, upstream name) served for `path`.
+fn served_to(s: &Store, path: &str) -> Option<(String, String)> {
+    s.cell()
+        .route_for("h", "GET", path)
+        .map(|r| (r.id.to_string(), r.upstream.name.to_string()))
+}
+
 fn node(port: u16) -> Node {
     Node {
         id: format!("i{port}"),
@@ -88,6 +95,57 @@ fn a_conflicting_route_waits_and_an_edit_keeps_the_old_version() {
 }
 
 #[test]
+fn an_edit_that_keeps_the_route_in_place_swaps_its_value_everywhere() {
+    let mut s = store();
+    let a = |upstream: &str| {
+        route(
+            "a",
+            &format!(r#"{{"paths":["/a","/a/:id"],"hosts":["h","*.h"],"upstream":"{upstream}"}}"#),
+        )
+    };
+    s.set_route("a", Some(a("u1")));
+    s.publish();
+    let before = s.cell().load();
+    s.set_route("a", Some(a("u2")));
+    // In the same batch a newcomer asks for a's place: refused, a stays.
+    s.set_route(
+        "b",
+        Some(route(
+            "b",
+            r#"{"paths":["/a"],"hosts":["h"],"upstream":"u3"}"#,
+        )),
+    );
+    let report = s.publish();
+    assert_eq!(report.rejected.len(), 1, "{:?}", report.rejected);
+    for path in ["/a", "/a/7"] {
+        assert_eq!(
+            served_to(&s, path),
+            Some(("a".into(), "u2".into())),
+            "{path}"
+        );
+    }
+    let wild = s
+        .cell()
+        .route_for("x.h", "GET", "/a")
+        .map(|r| r.upstream.name.to_string());
+    assert_eq!(wild.as_deref(), Some("u2"), "the wildcard host's entry too");
+    assert_eq!(s.cell().load().len(), 1);
+    let old = before
+        .route("h", "GET", "/a")
+        .map(|r| r.upstream.name.to_string());
+    assert_eq!(old.as_deref(), Some("u1"), "old snapshot untouched");
+    // Deleted after an in-place edit, it is gone from every place.
+    s.set_route("a", None);
+    s.publish();
+    assert_eq!(
+        served(&s, "/a").as_deref(),
+        Some("b"),
+        "the blocked route takes the slot"
+    );
+    assert_eq!(served(&s, "/a/7"), None);
+}
+
+#[test]
 fn a_route_sees_instances_registered_before_or_after_it() {
     let mut s = store();
     s.set_instance("early", "i1", Some(node(1)));
@@ -122,16 +180,17 @@ fn a_route_sees_instances_registered_before_or_after_it() {
 #[test]
 fn incremental_edits_match_a_fresh_build() {
     let mut s = store();
-    let spec = |i: usize, v: usize| {
+    let spec_to = |i: usize, v: usize, upstream: &str| {
         route(
             &format!("r{i}"),
             &format!(
-                r#"{{"paths":["/p/{}/:id","/q{i}/*rest"],"priority":{},"upstream":"u"}}"#,
+                r#"{{"paths":["/p/{}/:id","/q{i}/*rest"],"priority":{},"upstream":"{upstream}"}}"#,
                 (i * 7 + v) % 50,
                 i % 3
             ),
         )
     };
+    let spec = |i: usize, v: usize| spec_to(i, v, "u");
     for i in 0..60 {
         s.set_route(&format!("r{i}"), Some(spec(i, 0)));
     }
@@ -142,6 +201,10 @@ fn incremental_edits_match_a_fresh_build() {
     for i in (1..60).step_by(7) {
         s.set_route(&format!("r{i}"), None);
     }
+    // Edits in place: same paths and priority, another upstream.
+    for i in (2..60).step_by(5) {
+        s.set_route(&format!("r{i}"), Some(spec_to(i, 0, "w")));
+    }
     s.publish();
     let mut fresh = store();
     for id in s.route_ids() {
@@ -151,7 +214,7 @@ fn incremental_edits_match_a_fresh_build() {
     fresh.publish();
     for n in 0..50 {
         for path in [format!("/p/{n}/x"), format!("/q{n}/y")] {
-            assert_eq!(served(&s, &path), served(&fresh, &path), "{path}");
+            assert_eq!(served_to(&s, &path), served_to(&fresh, &path), "{path}");
         }
     }
 }
