@@ -8,7 +8,8 @@
 #   3. lease revoked -> first 503
 #   4. gateway VmRSS with 10,000 routes + 10,000 leased instances applied
 #   5. wrk req/s quiet vs. while 100 route updates/s are written (and vs. a
-#      control window: the same writes where the gateway does not watch)
+#      control window: the same writes where the gateway does not watch),
+#      the gateway on a CPU of its own and everything else on the others
 # Prints a table (measured numbers, each target PASS/MISS) and writes it to
 # bench/results/propagation-latest.txt. The work is done by the
 # `propagation` binary (bench/propagation/); see its doc comment.
