@@ -275,8 +275,13 @@ impl Store {
                             reason: conflict.to_string(),
                         });
                         // The key keeps its last good value: the version
-                        // served before this edit goes back in.
+                        // served before this edit goes back in, with the
+                        // limiter (and bucket levels) it was serving with.
+                        self.limiters.remove(id);
                         if let Some((old, entry)) = previous.remove(id) {
+                            if let Some(l) = &entry.limiter {
+                                self.limiters.insert(id.clone(), l.clone());
+                            }
                             if snap
                                 .router
                                 .insert(&entry.id, entry.clone(), &shape_of(&old))

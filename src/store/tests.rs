@@ -218,3 +218,35 @@ fn incremental_edits_match_a_fresh_build() {
         }
     }
 }
+
+#[test]
+fn a_refused_edit_leaves_the_served_limiter_and_its_buckets_in_charge() {
+    let mut s = store();
+    let a = |path: &str, rate: u32, upstream: &str| {
+        route(
+            "a",
+            &format!(
+                r#"{{"paths":["{path}"],"upstream":"{upstream}","rate_limit":{{"rate":{rate},"burst":{rate}}}}}"#
+            ),
+        )
+    };
+    s.set_route("a", Some(a("/a", 10, "u")));
+    s.set_route("b", Some(route("b", r#"{"paths":["/b"],"upstream":"u"}"#)));
+    s.publish();
+    let limiter = |s: &Store| {
+        s.cell()
+            .route_for("h", "GET", "/a")
+            .and_then(|r| r.limiter.clone())
+            .unwrap()
+    };
+    let serving = limiter(&s);
+    // An edit moving a onto b's path with another limit is refused.
+    s.set_route("a", Some(a("/b", 1000, "u")));
+    assert_eq!(s.publish().rejected.len(), 1);
+    assert!(Arc::ptr_eq(&limiter(&s), &serving));
+    // The next accepted edit with the served limit keeps the same buckets,
+    // not ones carried over from the refused version.
+    s.set_route("a", Some(a("/a", 10, "v")));
+    assert!(s.publish().rejected.is_empty());
+    assert!(Arc::ptr_eq(&limiter(&s), &serving));
+}
