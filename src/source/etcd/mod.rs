@@ -16,7 +16,7 @@ use etcd_client::{Client, ConnectOptions};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,20 @@ use crate::store::Store;
 /// Minimum time between two last-known-good writes; a burst of changes is
 /// persisted once.
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
+/// A big config waits longer between writes: at least this many times as
+/// long as the last write took, so saving never takes more than ~0.2% of a
+/// core. 10,000 routes + 10,000 instances take ~8 ms to save: under a
+/// steady stream of changes every second, that was ~0.8% of the core the
+/// proxy runs on, and 3 MB/s written to disk.
+const PERSIST_BUDGET: u32 = 500;
+/// ...but never longer than this (a slow disk's fsync counts too).
+const PERSIST_AT_MOST_EVERY: Duration = Duration::from_secs(30);
+
+/// Least time from one last-known-good save to the next, given how long
+/// the last one took.
+fn persist_gap(last_save: Duration) -> Duration {
+    (last_save * PERSIST_BUDGET).clamp(PERSIST_EVERY, PERSIST_AT_MOST_EVERY)
+}
 
 /// The etcd source, run as a Pingora background service.
 pub struct EtcdSource {
@@ -157,7 +171,8 @@ impl EtcdSource {
 }
 
 /// Writes the last-known-good file off the watch loop, at most once per
-/// [`PERSIST_EVERY`], and tells the announcer the config revision.
+/// [`PERSIST_EVERY`] (less often for a big config, see [`persist_gap`]),
+/// and tells the announcer the config revision.
 struct Persister {
     state_dir: PathBuf,
     cluster_id: u64,
@@ -169,6 +184,8 @@ struct Persister {
     /// Set while a save runs: saves never overlap (two writers of one temp
     /// file could rename a torn file into place).
     saving: Arc<AtomicBool>,
+    /// How long the last save took, in µs.
+    last_save_us: Arc<AtomicU64>,
     announce: tokio::sync::watch::Sender<i64>,
 }
 
@@ -200,20 +217,24 @@ impl Persister {
         };
         let dir = self.state_dir.clone();
         let saving = self.saving.clone();
+        let took = self.last_save_us.clone();
         tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             if let Err(e) = lkg::save(&dir, &lkg) {
                 tracing::error!(error = %e, dir = %dir.display(), "cannot write the last-known-good config");
             }
+            took.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             saving.store(false, Ordering::Release);
         });
     }
 
     fn due(&self) -> Option<Instant> {
         self.pending?;
-        Some(
-            self.last_write
-                .map_or_else(Instant::now, |t| t + PERSIST_EVERY),
-        )
+        Some(self.last_write.map_or_else(Instant::now, |t| {
+            t + persist_gap(Duration::from_micros(
+                self.last_save_us.load(Ordering::Relaxed),
+            ))
+        }))
     }
 }
 
@@ -262,6 +283,7 @@ impl BackgroundService for EtcdSource {
             pending: None,
             saved_config_revision: 0,
             saving: Arc::new(AtomicBool::new(false)),
+            last_save_us: Arc::default(),
             announce: announce_tx,
         };
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -305,5 +327,27 @@ impl BackgroundService for EtcdSource {
         {
             announcer.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_save_spaces_the_next_ones_out_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(persist_gap(Duration::ZERO), PERSIST_EVERY);
+        assert_eq!(
+            persist_gap(ms(1)),
+            PERSIST_EVERY,
+            "small configs: every second"
+        );
+        assert_eq!(
+            persist_gap(ms(8)),
+            ms(4_000),
+            "10,000 routes: ~0.2% of a core"
+        );
+        assert_eq!(persist_gap(ms(500)), PERSIST_AT_MOST_EVERY);
     }
 }
