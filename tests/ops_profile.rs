@@ -130,11 +130,7 @@ fn split(raw: &[u8]) -> (u16, String, Vec<u8>) {
         .position(|w| w == b"\r\n\r\n")
         .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
     let head = String::from_utf8_lossy(&raw[..at]).to_ascii_lowercase();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = testkit::status_code(head.lines().next().unwrap_or_default()).unwrap_or(0);
     (status, head, raw[at + 4..].to_vec())
 }
 

@@ -200,10 +200,7 @@ impl Conn {
         buf.drain(..head_end);
         let mut lines = head.split("\r\n");
         let status_line = lines.next().unwrap_or_default();
-        let status: u16 = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
+        let status = testkit::status_code(status_line)
             .ok_or_else(|| answered(format!("bad status line {status_line:?}")))?;
         let headers: Vec<(String, String)> = lines
             .filter_map(|l| l.split_once(':'))

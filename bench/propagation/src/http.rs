@@ -131,10 +131,7 @@ impl KeepAlive {
         self.buf.drain(..head_len);
         let mut lines = head.split("\r\n");
         let status_line = lines.next().unwrap_or_default();
-        let status: u16 = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
+        let status = testkit::status_code(status_line)
             .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
         let (mut length, mut chunked, mut close, mut backend) = (None, false, false, None);
         for line in lines {

@@ -69,21 +69,22 @@ pub fn phase_instances_and_leases(
     for k in 0..plan.instance_samples {
         let target = other(&current, a, b);
         let want = target.name().to_string();
-        if k % 2 == 0 {
-            c.put_with_lease(&i0, &target.url(), lease.id);
-            let t0 = Instant::now();
-            let (d, _) = gw.poll_until("/inst/x", t0, SAMPLE_TIMEOUT, |r| {
-                r.status == 200 && r.backend.as_deref() == Some(want.as_str())
-            })?;
+        // Even samples re-point the one instance, odd ones add a second.
+        let repoint = k % 2 == 0;
+        let key = if repoint {
+            i0.clone()
+        } else {
+            format!("{SERVICES}isvc/add{k}")
+        };
+        c.put_with_lease(&key, &target.url(), lease.id);
+        let t0 = Instant::now();
+        let (d, _) = gw.poll_until("/inst/x", t0, SAMPLE_TIMEOUT, |r| {
+            r.status == 200 && r.backend.as_deref() == Some(want.as_str())
+        })?;
+        if repoint {
             moved.push(d);
             current = want;
         } else {
-            let key = format!("{SERVICES}isvc/add{k}");
-            c.put_with_lease(&key, &target.url(), lease.id);
-            let t0 = Instant::now();
-            let (d, _) = gw.poll_until("/inst/x", t0, SAMPLE_TIMEOUT, |r| {
-                r.status == 200 && r.backend.as_deref() == Some(want.as_str())
-            })?;
             added.push(d);
             // Remove it; with one instance left, 4 answers in a row from
             // the old backend show the removal applied (round-robin over

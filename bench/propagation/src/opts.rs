@@ -60,16 +60,11 @@ pub fn parse_args() -> Result<Opts> {
     let mut out = None;
     let mut poll_gap = Duration::ZERO;
     let mut phases = Phases::parse("routes,instances,load")?;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (a.clone(), None),
-        };
+    let mut flags = testkit::cli::Flags::from_env();
+    while let Some((flag, inline)) = flags.next_flag() {
         let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
+            flags
+                .value(&inline)
                 .ok_or_else(|| anyhow!("{flag} needs a value\n{USAGE}"))
         };
         match flag.as_str() {

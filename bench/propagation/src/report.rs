@@ -46,6 +46,14 @@ fn lat_row(name: &str, s: &Summary, target: &str, verdict: &str) -> String {
     )
 }
 
+/// A row with one ratio where a latency row has its sample count and p50.
+fn ratio_row(name: &str, ratio: f64, target: &str, verdict: &str) -> String {
+    format!(
+        "{name:<44} {:>7} {ratio:>8.2}x {:>9} {:>9} {:>9}   {target:<22} {verdict}",
+        "", "", "", ""
+    )
+}
+
 /// What a run measured; phases left out with `--phases` are `None`.
 pub struct Results {
     pub routes: Option<(RouteRun, RouteRun)>,
@@ -155,16 +163,11 @@ fn report_routes(out: &mut Vec<String>, v: &mut Verdicts, small: &RouteRun, big:
     }
     let ratio = |b: &Summary, s: &Summary| b.p50.as_secs_f64() / s.p50.as_secs_f64().max(1e-9);
     let b2b_ratio = ratio(&big.b2b.put, &small.b2b.put);
-    out.push(format!(
-        "{:<44} {:>7} {:>8.2}x {:>9} {:>9} {:>9}   {:<22} {}",
-        format!("route put p50 ratio {} / {} routes", big.n, small.n),
-        "",
+    out.push(ratio_row(
+        &format!("route put p50 ratio {} / {} routes", big.n, small.n),
         b2b_ratio,
-        "",
-        "",
-        "",
         "<= 2x",
-        v.check(b2b_ratio <= 2.0)
+        v.check(b2b_ratio <= 2.0),
     ));
     // The same changes, spaced out: what a lone change costs. Shown against
     // the same targets for comparison, not counted.
@@ -198,20 +201,15 @@ fn report_routes(out: &mut Vec<String>, v: &mut Verdicts, small: &RouteRun, big:
         ));
     }
     let spaced_ratio = ratio(&big.spaced.put, &small.spaced.put);
-    out.push(format!(
-        "{:<44} {:>7} {:>8.2}x {:>9} {:>9} {:>9}   {:<22} {}",
-        format!("  spaced: put p50 ratio {} / {}", big.n, small.n),
-        "",
+    out.push(ratio_row(
+        &format!("  spaced: put p50 ratio {} / {}", big.n, small.n),
         spaced_ratio,
-        "",
-        "",
-        "",
         "(<= 2x)",
         if spaced_ratio <= 2.0 {
             "(pass)"
         } else {
             "(miss)"
-        }
+        },
     ));
 }
 

@@ -138,22 +138,19 @@ pub fn phase_routes(
         .collect();
     let foreign = procfs::Foreign::start(&ours);
 
+    let logged = |how: &str, r: &Series| {
+        log(format!(
+            "  {n} routes, {how}: put->200 p50 {} ms p99 {} ms; delete->404 p50 {} ms p99 {} ms",
+            ms(r.put.p50),
+            ms(r.put.p99),
+            ms(r.del.p50),
+            ms(r.del.p99)
+        ))
+    };
     let b2b = route_series(&mut gw, c, plan.changes, Duration::ZERO, next_id)?;
-    log(format!(
-        "  {n} routes, back-to-back: put->200 p50 {} ms p99 {} ms; delete->404 p50 {} ms p99 {} ms",
-        ms(b2b.put.p50),
-        ms(b2b.put.p99),
-        ms(b2b.del.p50),
-        ms(b2b.del.p99)
-    ));
+    logged("back-to-back", &b2b);
     let spaced = route_series(&mut gw, c, plan.changes, SPACING, next_id)?;
-    log(format!(
-        "  {n} routes, {SPACING:?} apart: put->200 p50 {} ms p99 {} ms; delete->404 p50 {} ms p99 {} ms",
-        ms(spaced.put.p50),
-        ms(spaced.put.p99),
-        ms(spaced.del.p50),
-        ms(spaced.del.p99)
-    ));
+    logged(&format!("{SPACING:?} apart"), &spaced);
     let s = gw.status()?;
     if as_usize(&s["routes"]) != n {
         return Err(gw.fail(format!(

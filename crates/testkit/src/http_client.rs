@@ -111,6 +111,12 @@ pub fn http_request(
 /// (total, including connect) and return whatever came back. Never panics on
 /// network errors: a refused connection simply yields an empty vec. For
 /// malformed-request and keep-alive tests.
+/// The status code of an HTTP/1.x status line (`HTTP/1.1 200 OK`), for
+/// the clients that read responses off a raw socket.
+pub fn status_code(status_line: &str) -> Option<u16> {
+    status_line.split(' ').nth(1)?.parse().ok()
+}
+
 pub fn raw_request(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> Vec<u8> {
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();

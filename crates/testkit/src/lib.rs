@@ -7,6 +7,7 @@
 //! ports and uses temp dirs, so tests can run in parallel.
 
 pub mod backend;
+pub mod cli;
 pub mod etcd;
 pub mod gateway;
 pub mod http_client;
@@ -17,7 +18,7 @@ pub mod wait;
 pub use backend::{Backend, Mode};
 pub use etcd::{Etcd, EtcdClient, EtcdCluster, KeptLease};
 pub use gateway::Gateway;
-pub use http_client::{http_get, http_request, raw_request, Resp};
+pub use http_client::{http_get, http_request, raw_request, status_code, Resp};
 pub use process::run_cmd;
 pub use wait::{free_port, wait_for};
 

@@ -13,16 +13,11 @@ fn main() {
     let mut name = None;
     let mut listen: Option<SocketAddr> = None;
     let mut fixed_body = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (a.clone(), None),
-        };
+    let mut flags = testkit::cli::Flags::from_env();
+    while let Some((flag, inline)) = flags.next_flag() {
         let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
+            flags
+                .value(&inline)
                 .unwrap_or_else(|| usage(&format!("{flag} needs a value")))
         };
         match flag.as_str() {
