@@ -1,4 +1,4 @@
-//! The `tollgate` binary: CLI parsing and nothing else.
+//! The `tollgate` binary: the allocator and CLI parsing, nothing else.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -6,6 +6,25 @@ use std::path::PathBuf;
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc options, read once at start-up (`_RJEM_MALLOC_CONF` in the
+/// environment overrides them). A proxy allocates and frees ~100 small
+/// objects per request; with jemalloc's defaults its thread cache is
+/// garbage-collected every 64 KiB allocated (thousands of times a second
+/// under load) and refilled from the arena right after, which cost ~1 µs
+/// of a ~24 µs request in bench/proxy.sh. Collecting every 4 MiB and
+/// keeping at least 64 objects per size class removes most of that, for
+/// at most a few hundred KiB more cached per thread.
+#[cfg(not(target_env = "msvc"))]
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: MallocConf =
+    MallocConf(c"tcache_gc_incr_bytes:4194304,tcache_nslots_small_min:64".as_ptr());
+
+/// A C string pointer jemalloc can read as its `malloc_conf` symbol.
+#[repr(transparent)]
+struct MallocConf(*const std::ffi::c_char);
+// SAFETY: it points at a static, immutable C string literal.
+unsafe impl Sync for MallocConf {}
 
 #[derive(Parser)]
 #[command(name = "tollgate", version, about = "An etcd-native API gateway")]

@@ -99,3 +99,26 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     assert!(gw.request("GET", "/slow", &[], None).is_err());
     assert_eq!(slow.hits(), 1);
 }
+
+#[test]
+fn the_allocator_runs_with_the_server_tuning_and_the_environment_can_override_it() {
+    // jemalloc prints its options at exit when asked to; the binary's own
+    // tuning must be among them, and an operator's setting must win.
+    let run = |conf: &str| {
+        let out = std::process::Command::new(common::bin())
+            .arg("--version")
+            .env("_RJEM_MALLOC_CONF", conf)
+            .output()
+            .expect("run tollgate --version");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stats = run("stats_print:true");
+    assert!(
+        stats.contains("opt.tcache_gc_incr_bytes: 4194304"),
+        "{stats}"
+    );
+    assert!(stats.contains("opt.tcache_nslots_small_min: 64"), "{stats}");
+    let stats = run("stats_print:true,tcache_gc_incr_bytes:65536");
+    assert!(stats.contains("opt.tcache_gc_incr_bytes: 65536"), "{stats}");
+}

@@ -234,6 +234,20 @@ fn forwarding_headers_are_added() {
 }
 
 #[test]
+fn bodies_and_encodings_pass_through_untouched() {
+    // The gateway does not compress or decompress: a client offering gzip
+    // gets the upstream's bytes as they were, and the upstream sees the offer.
+    let b = Backend::start("b");
+    let gw = start(&format!(
+        "routes:\n- {{ id: r, paths: [\"/*rest\"], upstream: b }}\nupstreams:\n{}",
+        upstream("b", &[&b])
+    ));
+    let r = send(&gw, "GET", "/x", &[("accept-encoding", "gzip, br")]);
+    assert_eq!(echo(&r)["headers"]["accept-encoding"], "gzip, br");
+    assert_eq!(r.header("content-encoding"), None, "{r:?}");
+}
+
+#[test]
 fn request_id_is_kept_or_generated_and_echoed() {
     let b = Backend::start("b");
     let gw = start(&format!(

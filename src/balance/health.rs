@@ -47,9 +47,14 @@ impl NodeHealth {
         self.active_ok.load(Ordering::Relaxed)
     }
 
-    /// Whether the node should take new requests.
-    pub fn available(&self, now_ns: u64) -> bool {
-        self.active_ok() && !self.is_ejected(now_ns)
+    /// Whether the node should take new requests. `now_ns` is called only
+    /// for a node that has been ejected at some point.
+    pub fn available(&self, now_ns: impl FnOnce() -> u64) -> bool {
+        if !self.active_ok() {
+            return false;
+        }
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until == 0 || until <= now_ns()
     }
 
     pub fn record_success(&self) {
@@ -100,6 +105,12 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     #[test]
+    fn a_never_ejected_node_does_not_read_the_clock() {
+        let h = NodeHealth::default();
+        assert!(h.available(|| unreachable!("clock read for a healthy node")));
+    }
+
+    #[test]
     fn ejects_after_the_streak_and_for_longer_each_time() {
         let h = NodeHealth::default();
         let spec = PassiveCheckSpec {
@@ -115,8 +126,8 @@ mod tests {
             h.record_failure(&spec, 0, true),
             Passive::Ejected { for_ms: 100 }
         );
-        assert!(!h.available(99 * MS));
-        assert!(h.available(100 * MS));
+        assert!(!h.available(|| 99 * MS));
+        assert!(h.available(|| 100 * MS));
         for _ in 0..2 {
             h.record_failure(&spec, 200 * MS, true);
         }
@@ -129,7 +140,7 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(g.record_failure(&spec, 0, false), Passive::Nothing);
         }
-        assert!(g.available(0));
+        assert!(g.available(|| 0));
     }
 
     #[test]
@@ -137,7 +148,7 @@ mod tests {
         let h = NodeHealth::default();
         assert_eq!(h.record_check(false, 2, 2), None);
         assert_eq!(h.record_check(false, 2, 2), Some(false));
-        assert!(!h.available(0));
+        assert!(!h.available(|| 0));
         assert_eq!(h.record_check(true, 2, 2), None);
         assert_eq!(
             h.record_check(false, 2, 2),

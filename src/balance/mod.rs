@@ -33,7 +33,7 @@ impl Default for Strategy {
 }
 
 /// What a pick may need from the request.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct PickInput {
     /// Round-robin cursor / random source for this pick.
     pub cursor: usize,
@@ -41,7 +41,20 @@ pub struct PickInput {
     pub key_hash: Option<u64>,
     /// An instance to avoid (the one a retry is moving away from).
     pub avoid: Option<SocketAddr>,
-    pub now_ns: u64,
+    /// Monotonic ns, read only if an instance the pick looks at has ever
+    /// been ejected (most picks never need the time).
+    pub clock: fn() -> u64,
+}
+
+impl Default for PickInput {
+    fn default() -> Self {
+        Self {
+            cursor: 0,
+            key_hash: None,
+            avoid: None,
+            clock: || 0,
+        }
+    }
 }
 
 /// The outcome of a pick.
@@ -52,12 +65,15 @@ pub struct Picked {
     pub panic: bool,
 }
 
-/// One candidate instance as the balancer sees it.
-pub struct Candidate<'a> {
-    pub addr: SocketAddr,
-    pub weight: u32,
-    pub draining: bool,
-    pub health: &'a NodeHealth,
+/// The instances a pick chooses among, read where they live: a pick
+/// allocates nothing and touches only the instances it considers, however
+/// large the set.
+pub trait Candidates {
+    fn count(&self) -> usize;
+    fn addr(&self, i: usize) -> SocketAddr;
+    fn weight(&self, i: usize) -> u32;
+    fn draining(&self, i: usize) -> bool;
+    fn health(&self, i: usize) -> &NodeHealth;
 }
 
 impl Strategy {
@@ -91,18 +107,20 @@ impl Strategy {
 
     /// Picks an instance. `panic_threshold` is the healthy share below
     /// which health is ignored.
-    pub fn pick(
+    pub fn pick<C: Candidates + ?Sized>(
         &self,
-        nodes: &[Candidate<'_>],
+        nodes: &C,
         input: PickInput,
         panic_threshold: f64,
     ) -> Option<Picked> {
-        let serving = |i: usize| !nodes[i].draining;
-        let healthy = |i: usize| serving(i) && nodes[i].health.available(input.now_ns);
+        let now = std::cell::OnceCell::new();
+        let now_ns = || *now.get_or_init(input.clock);
+        let serving = |i: usize| !nodes.draining(i);
+        let healthy = |i: usize| serving(i) && nodes.health(i).available(now_ns);
         // The strategy's own choice, moving off the instance to avoid.
         let natural = self
             .first(nodes, input, &|i| {
-                serving(i) && Some(nodes[i].addr) != input.avoid
+                serving(i) && Some(nodes.addr(i)) != input.avoid
             })
             .or_else(|| self.first(nodes, input, &serving))?;
         if healthy(natural) {
@@ -113,8 +131,8 @@ impl Strategy {
         }
         // Unhealthy: look elsewhere, unless too few are healthy, in which
         // case health is ignored and traffic spreads over all (panic mode).
-        let total = (0..nodes.len()).filter(|&i| serving(i)).count();
-        let up = (0..nodes.len()).filter(|&i| healthy(i)).count();
+        let total = (0..nodes.count()).filter(|&i| serving(i)).count();
+        let up = (0..nodes.count()).filter(|&i| healthy(i)).count();
         if up == 0 || (up as f64) < panic_threshold * total as f64 {
             return Some(Picked {
                 index: natural,
@@ -122,7 +140,7 @@ impl Strategy {
             });
         }
         self.first(nodes, input, &|i| {
-            healthy(i) && Some(nodes[i].addr) != input.avoid
+            healthy(i) && Some(nodes.addr(i)) != input.avoid
         })
         .or_else(|| self.first(nodes, input, &healthy))
         .map(|index| Picked {
@@ -131,28 +149,29 @@ impl Strategy {
         })
     }
 
-    fn first(
+    fn first<C: Candidates + ?Sized>(
         &self,
-        nodes: &[Candidate<'_>],
+        nodes: &C,
         input: PickInput,
         ok: &dyn Fn(usize) -> bool,
     ) -> Option<usize> {
-        if nodes.is_empty() {
+        let count = nodes.count();
+        if count == 0 {
             return None;
         }
         match self {
-            Strategy::RoundRobin(s) => (0..nodes.len().max(8))
+            Strategy::RoundRobin(s) => (0..count.max(8))
                 .filter_map(|k| s.pick(input.cursor.wrapping_add(k)).map(|i| i as usize))
                 .find(|&i| ok(i))
-                .or_else(|| (0..nodes.len()).find(|&i| ok(i))),
+                .or_else(|| (0..count).find(|&i| ok(i))),
             Strategy::LeastRequest => {
-                let n = nodes.len();
+                let n = count;
                 let a = input.cursor % n;
                 let b = (input.cursor / n.max(1)).wrapping_mul(7).wrapping_add(1) % n;
                 let load = |i: usize| {
-                    let w = u64::from(nodes[i].weight.max(1));
-                    (nodes[i]
-                        .health
+                    let w = u64::from(nodes.weight(i).max(1));
+                    (nodes
+                        .health(i)
                         .in_flight
                         .load(std::sync::atomic::Ordering::Relaxed) as u64
                         + 1)
@@ -187,6 +206,31 @@ pub fn ejected_share(health: &[Arc<NodeHealth>], now_ns: u64) -> f64 {
 mod tests {
     use super::*;
 
+    struct Candidate<'a> {
+        addr: SocketAddr,
+        weight: u32,
+        draining: bool,
+        health: &'a NodeHealth,
+    }
+
+    impl Candidates for [Candidate<'_>] {
+        fn count(&self) -> usize {
+            self.len()
+        }
+        fn addr(&self, i: usize) -> SocketAddr {
+            self[i].addr
+        }
+        fn weight(&self, i: usize) -> u32 {
+            self[i].weight
+        }
+        fn draining(&self, i: usize) -> bool {
+            self[i].draining
+        }
+        fn health(&self, i: usize) -> &NodeHealth {
+            self[i].health
+        }
+    }
+
     fn cands(health: &[NodeHealth]) -> Vec<Candidate<'_>> {
         health
             .iter()
@@ -209,7 +253,7 @@ mod tests {
     fn input(cursor: usize) -> PickInput {
         PickInput {
             cursor,
-            now_ns: 1,
+            clock: || 1,
             ..Default::default()
         }
     }
@@ -221,7 +265,7 @@ mod tests {
         let c = cands(&h);
         let s = rr(3);
         for cursor in 0..12 {
-            let p = s.pick(&c, input(cursor), 0.5).unwrap();
+            let p = s.pick(&c[..], input(cursor), 0.5).unwrap();
             assert_ne!(p.index, 1);
             assert!(!p.panic);
         }
@@ -229,7 +273,7 @@ mod tests {
             avoid: Some(c[0].addr),
             ..input(0)
         };
-        assert_eq!(s.pick(&c, avoid, 0.5).unwrap().index, 2);
+        assert_eq!(s.pick(&c[..], avoid, 0.5).unwrap().index, 2);
     }
 
     #[test]
@@ -240,7 +284,9 @@ mod tests {
         }
         let c = cands(&h);
         let s = rr(4);
-        let picks: Vec<Picked> = (0..8).map(|k| s.pick(&c, input(k), 0.5).unwrap()).collect();
+        let picks: Vec<Picked> = (0..8)
+            .map(|k| s.pick(&c[..], input(k), 0.5).unwrap())
+            .collect();
         // 1 of 4 healthy is below 50%: every instance keeps its share.
         for i in 0..4 {
             assert_eq!(
@@ -253,7 +299,7 @@ mod tests {
         // Above the threshold, health is honoured.
         h[0].record_check(true, 1, 1);
         assert!((0..8).all(|k| {
-            let p = s.pick(&c, input(k), 0.5).unwrap();
+            let p = s.pick(&c[..], input(k), 0.5).unwrap();
             !p.panic && (p.index == 0 || p.index == 3)
         }));
     }
@@ -270,7 +316,7 @@ mod tests {
             &[("a", 1, true), ("b", 1, true)],
         );
         for cursor in 0..10 {
-            assert_eq!(s.pick(&c, input(cursor), 0.5).unwrap().index, 1);
+            assert_eq!(s.pick(&c[..], input(cursor), 0.5).unwrap().index, 1);
         }
     }
 
@@ -288,11 +334,11 @@ mod tests {
             key_hash: Some(k),
             ..input(0)
         };
-        let first = s.pick(&c, with_key(42), 0.5).unwrap().index;
+        let first = s.pick(&c[..], with_key(42), 0.5).unwrap().index;
         for cursor in 0..5 {
             let again = s
                 .pick(
-                    &c,
+                    &c[..],
                     PickInput {
                         cursor,
                         ..with_key(42)
@@ -304,6 +350,6 @@ mod tests {
             assert_eq!(again, first);
         }
         h[first].record_check(false, 1, 1);
-        assert_ne!(s.pick(&c, with_key(42), 0.5).unwrap().index, first);
+        assert_ne!(s.pick(&c[..], with_key(42), 0.5).unwrap().index, first);
     }
 }

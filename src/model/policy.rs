@@ -70,8 +70,11 @@ fn default_on() -> Vec<RetryOn> {
 fn default_true() -> bool {
     true
 }
+/// The retry budget of an upstream that sets no retry policy.
+pub const DEFAULT_RETRY_BUDGET: f64 = 0.2;
+
 fn default_budget() -> f64 {
-    0.2
+    DEFAULT_RETRY_BUDGET
 }
 
 impl Default for RetrySpec {

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::balance::NodeHealth;
 use crate::snapshot::{InstanceSet, RouteEntry, UpstreamLeaf};
 
 /// Counts requests in flight, so a graceful shutdown knows when it drained.
@@ -38,14 +37,15 @@ impl Drop for InFlightGuard {
 pub struct Attempt {
     pub set: Arc<InstanceSet>,
     pub index: usize,
-    health: Arc<NodeHealth>,
 }
 
 impl Attempt {
     pub fn new(set: Arc<InstanceSet>, index: usize) -> Option<Self> {
-        let health = set.health.get(index)?.clone();
-        health.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(Self { set, index, health })
+        set.health
+            .get(index)?
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        Some(Self { set, index })
     }
 
     pub fn node(&self) -> &crate::model::Node {
@@ -55,7 +55,9 @@ impl Attempt {
 
 impl Drop for Attempt {
     fn drop(&mut self) {
-        self.health.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(h) = self.set.health.get(self.index) {
+            h.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -63,6 +65,9 @@ pub struct RequestCtx {
     pub _in_flight: InFlightGuard,
     /// Empty until the request filter runs (or a failure needs one).
     pub request_id: http::HeaderValue,
+    /// The id is the client's, sent on a single header line, so the
+    /// upstream request already carries it exactly once.
+    pub id_already_sent: bool,
     pub route: Option<Arc<RouteEntry>>,
     /// The upstream this request goes to (the route's, or its canary's).
     pub leaf: Option<Arc<UpstreamLeaf>>,
@@ -83,6 +88,7 @@ impl RequestCtx {
         Self {
             _in_flight: in_flight.enter(),
             request_id: http::HeaderValue::from_static(""),
+            id_already_sent: false,
             route: None,
             leaf: None,
             attempt: None,

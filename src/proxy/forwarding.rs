@@ -76,13 +76,15 @@ pub fn has_dot_segment(path: &str) -> bool {
 }
 
 /// Appends the client to `X-Forwarded-For`, keeping what proxies before us
-/// recorded, across every `X-Forwarded-For` line the client sent. Built in
-/// one buffer: this runs on every request.
+/// recorded, across every `X-Forwarded-For` line the client sent. Runs on
+/// every request, so the usual first-hop value is one exact-size copy.
 pub fn forwarded_for<'a>(
     existing: impl IntoIterator<Item = &'a http::HeaderValue>,
     client: IpAddr,
 ) -> http::HeaderValue {
-    let mut out = Vec::with_capacity(48);
+    let mut ip = [0u8; MAX_IP_TEXT];
+    let ip = ip_text(client, &mut ip);
+    let mut out = Vec::new();
     for line in existing {
         let hop = line.as_bytes().trim_ascii();
         if !hop.is_empty() && line.to_str().is_ok() {
@@ -90,32 +92,53 @@ pub fn forwarded_for<'a>(
             out.extend_from_slice(b", ");
         }
     }
-    push_ip(&mut out, client);
-    // Visible ASCII and spaces only, as checked above.
+    if out.is_empty() {
+        // The usual case, the client is the first hop: one exact-size copy.
+        return http::HeaderValue::from_bytes(ip)
+            .unwrap_or_else(|_| http::HeaderValue::from_static(""));
+    }
+    out.extend_from_slice(ip);
     http::HeaderValue::from_maybe_shared(bytes::Bytes::from(out))
         .unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
-/// Writes an address in its usual text form; IPv4 without the formatting
-/// machinery, since nearly every client is one.
-pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+/// Room for the longest address text (39 bytes: eight IPv6 groups).
+const MAX_IP_TEXT: usize = 48;
+
+/// `ip` as text in `buf`, without allocating.
+fn ip_text(ip: IpAddr, buf: &mut [u8; MAX_IP_TEXT]) -> &[u8] {
+    let mut rest: &mut [u8] = &mut buf[..];
+    push_ip(&mut rest, ip);
+    let len = MAX_IP_TEXT - rest.len();
+    &buf[..len]
+}
+
+/// Writes `ip` as `IpAddr`'s `Display` would, a byte at a time for IPv4
+/// (the hot case) instead of through the formatter.
+pub fn push_ip(out: &mut impl std::io::Write, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
+            let mut text = [0u8; 15];
+            let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    text[n] = b'.';
+                    n += 1;
                 }
                 if octet >= 100 {
-                    out.push(b'0' + octet / 100);
+                    text[n] = b'0' + octet / 100;
+                    n += 1;
                 }
                 if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
+                    text[n] = b'0' + octet / 10 % 10;
+                    n += 1;
                 }
-                out.push(b'0' + octet % 10);
+                text[n] = b'0' + octet % 10;
+                n += 1;
             }
+            let _ = out.write_all(&text[..n]);
         }
         IpAddr::V6(v6) => {
-            use std::io::Write;
             let _ = write!(out, "{v6}");
         }
     }
@@ -145,6 +168,12 @@ mod tests {
         assert_eq!(forwarded_for(Some(&v), ip("5.6.7.8")), "1.2.3.4, 5.6.7.8");
         assert_eq!(forwarded_for(None, ip("5.6.7.8")), "5.6.7.8");
         assert_eq!(forwarded_for(None, ip("2001:db8::1")), "2001:db8::1");
+        let longest = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe";
+        assert_eq!(forwarded_for(None, ip(longest)), longest);
+        assert_eq!(
+            forwarded_for(Some(&v), ip(longest)),
+            format!("1.2.3.4, {longest}").as_str()
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use futures_util::FutureExt;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
@@ -82,14 +83,16 @@ impl Gateway {
         client_ip(peer, xff.iter(), &self.trusted_proxies)
     }
 
-    /// Takes a token; `Some` when the request must be refused.
+    /// Takes a token: `Ok` with the (limit, remaining) to advertise, if the
+    /// route advertises them; `Err` when the request must be refused.
     fn rate_limit(
         &self,
         session: &Session,
         route: &RouteEntry,
-        ctx: &mut RequestCtx,
-    ) -> Option<RateLimited> {
-        let limiter = route.limiter.as_ref()?;
+    ) -> Result<Option<(u32, u32)>, RateLimited> {
+        let Some(limiter) = route.limiter.as_ref() else {
+            return Ok(None);
+        };
         let ip = if limiter.keys_by_client_ip() {
             self.client_ip(session)
         } else {
@@ -102,12 +105,9 @@ impl Gateway {
         let verdict = limiter.check(&Client { ip, header }, limiter::now_ns());
         match verdict.decision {
             Decision::Allow { remaining } => {
-                if verdict.headers {
-                    ctx.rate_limit = Some((verdict.limit, remaining));
-                }
-                None
+                Ok(verdict.headers.then_some((verdict.limit, remaining)))
             }
-            Decision::Deny { retry_after_ns } => Some(RateLimited {
+            Decision::Deny { retry_after_ns } => Err(RateLimited {
                 limit: verdict.limit,
                 retry_after_secs: retry_after_ns.div_ceil(1_000_000_000).max(1),
             }),
@@ -134,8 +134,12 @@ impl Gateway {
     /// Routes the request: `Ok(true)` when a response was already sent.
     async fn route_request(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
-        match request_id::from_client(req.headers.get(&X_REQUEST_ID)) {
-            Some(id) => ctx.request_id = id,
+        let mut sent = req.headers.get_all(&X_REQUEST_ID).iter();
+        match request_id::from_client(sent.next()) {
+            Some(id) => {
+                ctx.request_id = id;
+                ctx.id_already_sent = sent.next().is_none();
+            }
             None => ctx.ensure_request_id(&self.ids),
         }
         if let Some(h) = &self.panic_header {
@@ -160,17 +164,21 @@ impl Gateway {
             error_response::respond(session, status, message, ctx.request_id()).await;
             return Ok(true);
         };
-        ctx.route = Some(route.clone());
-        if let Some(limited) = self.rate_limit(session, &route, ctx) {
-            route.metrics.rate_limited();
-            let headers = [
-                ("retry-after", limited.retry_after_secs.to_string()),
-                ("x-ratelimit-limit", limited.limit.to_string()),
-                ("x-ratelimit-remaining", "0".to_string()),
-            ];
-            error_response::respond_with(session, 429, "rate limited", ctx.request_id(), &headers)
-                .await;
-            return Ok(true);
+        // The context holds the one reference this request takes.
+        let route: &RouteEntry = ctx.route.insert(route);
+        match self.rate_limit(session, route) {
+            Ok(advertised) => ctx.rate_limit = advertised,
+            Err(limited) => {
+                route.metrics.rate_limited();
+                let headers = [
+                    ("retry-after", limited.retry_after_secs.to_string()),
+                    ("x-ratelimit-limit", limited.limit.to_string()),
+                    ("x-ratelimit-remaining", "0".to_string()),
+                ];
+                let id = request_id::as_str(&ctx.request_id);
+                error_response::respond_with(session, 429, "rate limited", id, &headers).await;
+                return Ok(true);
+            }
         }
         ctx.leaf = Some(route.upstream_for(&session.req_header().headers).clone());
         Ok(false)
@@ -270,6 +278,12 @@ impl ProxyHttp for Gateway {
         RequestCtx::new(&self.in_flight)
     }
 
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {
+        // None: Pingora's default is a disabled compression module that
+        // still costs every request an allocation and four filter calls.
+        // Tollgate passes bodies through as the upstream encoded them.
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         match AssertUnwindSafe(self.route_request(session, ctx))
             .catch_unwind()
@@ -339,8 +353,7 @@ impl ProxyHttp for Gateway {
         upstream.insert_header("x-forwarded-proto", HeaderValue::from_static("http"))?;
         // A kept client id is already the one forwarded header; otherwise
         // (generated, or the client sent several) ours replaces them all.
-        let mut sent = upstream.headers.get_all(&X_REQUEST_ID).iter();
-        if !(sent.next() == Some(&ctx.request_id) && sent.next().is_none()) {
+        if !ctx.id_already_sent {
             upstream.insert_header("x-request-id", ctx.request_id.clone())?;
         }
         if !route.preserve_host {

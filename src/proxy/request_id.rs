@@ -27,19 +27,22 @@ impl Default for RequestIds {
 impl RequestIds {
     pub fn next(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let mut id = Vec::with_capacity(32);
-        push_hex(&mut id, self.prefix);
-        push_hex(&mut id, n);
-        // Hex digits only: always a valid header value.
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
+        let mut id = [0u8; 32];
+        put_hex(&mut id[..16], self.prefix);
+        put_hex(&mut id[16..], n);
+        // One allocation that every clone shares; `Bytes` made from a `Vec`
+        // would allocate again on its first clone. Hex digits only: always
+        // a valid header value.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id))
             .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
     }
 }
 
-fn push_hex(out: &mut Vec<u8>, n: u64) {
+/// `n` as 16 lowercase hex digits into `out` (16 bytes).
+fn put_hex(out: &mut [u8], n: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for shift in (0..16).rev() {
-        out.push(DIGITS[((n >> (shift * 4)) & 0xf) as usize]);
+    for (i, b) in out.iter_mut().take(16).enumerate() {
+        *b = DIGITS[((n >> ((15 - i) * 4)) & 0xf) as usize];
     }
 }
 

@@ -5,7 +5,7 @@
 use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
-use crate::model::policy::{RetryOn, RetrySpec};
+use crate::model::policy::{RetryOn, RetrySpec, DEFAULT_RETRY_BUDGET};
 use crate::snapshot::InstanceSet;
 
 /// A failed connect is retried once on another instance unless the route
@@ -79,5 +79,5 @@ pub fn should_retry(session: &Session, ctx: &RequestCtx, cause: RetryOn, body_se
 pub fn budget_share(set: &InstanceSet) -> f64 {
     set.retry
         .as_ref()
-        .map_or(RetrySpec::default().budget, |r| r.budget)
+        .map_or(DEFAULT_RETRY_BUDGET, |r| r.budget)
 }

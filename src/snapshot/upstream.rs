@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::instance_states::StateCounts;
-use crate::balance::{Candidate, NodeHealth, Passive, PickInput, Picked, Strategy};
+use crate::balance::{Candidates, NodeHealth, Passive, PickInput, Picked, Strategy};
 use crate::model::policy::{ActiveCheckSpec, HashKey, PassiveCheckSpec, RetrySpec};
 use crate::model::{Node, Timeouts, UpstreamSpec};
 
@@ -32,6 +32,24 @@ pub struct InstanceSet {
     /// Nodes that take new requests; counted once here because `/status`
     /// sums it over every upstream after each applied change.
     serving: usize,
+}
+
+impl Candidates for InstanceSet {
+    fn count(&self) -> usize {
+        self.nodes.len().min(self.health.len())
+    }
+    fn addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].addr
+    }
+    fn weight(&self, i: usize) -> u32 {
+        self.nodes[i].weight
+    }
+    fn draining(&self, i: usize) -> bool {
+        self.nodes[i].draining
+    }
+    fn health(&self, i: usize) -> &NodeHealth {
+        &self.health[i]
+    }
 }
 
 impl Default for InstanceSet {
@@ -198,24 +216,13 @@ impl UpstreamLeaf {
         key_hash: Option<u64>,
         avoid: Option<SocketAddr>,
     ) -> Option<Picked> {
-        let candidates: Vec<Candidate<'_>> = set
-            .nodes
-            .iter()
-            .zip(&set.health)
-            .map(|(n, h)| Candidate {
-                addr: n.addr,
-                weight: n.weight,
-                draining: n.draining,
-                health: h,
-            })
-            .collect();
         let input = PickInput {
             cursor: self.cursor.fetch_add(1, Ordering::Relaxed),
             key_hash,
             avoid,
-            now_ns: crate::limiter::now_ns(),
+            clock: crate::limiter::now_ns,
         };
-        let picked = set.strategy.pick(&candidates, input, set.panic_threshold);
+        let picked = set.strategy.pick(set, input, set.panic_threshold);
         if picked.is_some_and(|p| p.panic) {
             crate::metrics::METRICS.panic_picks.inc();
         }
