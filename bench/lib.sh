@@ -123,6 +123,45 @@ min_ratio_option() {
     value_opts+=([--min-ratio]=min_ratio)
 }
 
+# pin_cpus MODE: with MODE auto and two or more CPUs allowed (and taskset
+# present), the server under test gets the first allowed CPU to itself and
+# the load (wrk, the backend) the rest: server_prefix and load_prefix are
+# the taskset commands to start them with, and pin_layout describes the
+# split for the report. With MODE off, or one CPU, both prefixes are empty.
+server_prefix=() load_prefix=() pin_layout="unpinned"
+pin_cpus() {
+    local mode=$1 list part cpus=() parts=() a b i rest
+    case "$mode" in
+    auto | off) ;;
+    *) die "--pin must be auto or off" ;;
+    esac
+    [[ "$mode" == auto ]] || {
+        pin_layout="unpinned (--pin off)"
+        return 0
+    }
+    command -v taskset >/dev/null 2>&1 || {
+        pin_layout="unpinned (no taskset)"
+        return 0
+    }
+    list=$(awk '/^Cpus_allowed_list/ { print $2 }' /proc/self/status)
+    IFS=, read -r -a parts <<<"$list"
+    for part in "${parts[@]}"; do
+        a=${part%-*} b=${part#*-}
+        for ((i = a; i <= b; i++)); do cpus+=("$i"); done
+    done
+    if ((${#cpus[@]} < 2)); then
+        pin_layout="unpinned (one CPU allowed)"
+        return 0
+    fi
+    rest=$(
+        IFS=,
+        echo "${cpus[*]:1}"
+    )
+    server_prefix=(taskset -c "${cpus[0]}")
+    load_prefix=(taskset -c "$rest")
+    pin_layout="server under test on CPU ${cpus[0]}; wrk and the backend on CPU(s) $rest"
+}
+
 # ----------------------------------------------------------- tools, build
 
 # need_tools TOOL...: run scripts/deps.sh if a TOOL is neither on PATH nor in
@@ -257,7 +296,7 @@ wait_http() {
 # start_echo NAME ID PORT PATH: start echo-backend --name ID --fixed-body on
 # 127.0.0.1:PORT as process NAME and wait until PATH answers.
 start_echo() {
-    start "$1" "$ECHO_BACKEND" --name "$2" --listen "127.0.0.1:$3" --fixed-body
+    start "$1" "${load_prefix[@]}" "$ECHO_BACKEND" --name "$2" --listen "127.0.0.1:$3" --fixed-body
     wait_http "$1" "$started_pid" "http://127.0.0.1:$3$4"
 }
 
@@ -310,7 +349,7 @@ EOF
 # INT/TERM interrupt the run at once (bash runs traps only between foreground
 # commands); cleanup kills wrk.
 wrk_start() {
-    wrk -t "$wrk_threads" -c "$conns" -d "${4}s" --latency -s "$2" "$3" >"$1" 2>&1 &
+    "${load_prefix[@]}" wrk -t "$wrk_threads" -c "$conns" -d "${4}s" --latency -s "$2" "$3" >"$1" 2>&1 &
     wrk_pid=$!
 }
 

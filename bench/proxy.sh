@@ -7,7 +7,10 @@
 # nginx) and writes it to bench/results/.
 #
 # Every server is single-threaded (nginx: 1 worker; passthrough and tollgate:
-# threads 1) so the numbers compare per-core cost, not scheduling luck.
+# threads 1) and, with two or more CPUs, runs alone on one of them while wrk
+# and the backend share the rest (--pin), so the numbers compare per-core
+# cost, not scheduling luck. The direct target then has wrk and the backend
+# on their CPU(s) only.
 #
 # Usage: bench/proxy.sh [options]
 #   --duration S         seconds per wrk run (default 10)
@@ -19,6 +22,11 @@
 #                        (default: each binary's own default)
 #   --decoys N           decoy routes in tollgate's table (default 300)
 #   --targets LIST       comma-separated subset of direct,nginx,passthrough,tollgate
+#   --pin auto|off       auto (default): each server under test runs alone on
+#                        the first allowed CPU, wrk and the backend on the
+#                        others, so a ratio compares CPU cost per request and
+#                        not the scheduler's luck on a shared core; off: no
+#                        pinning (also the fallback with a single CPU)
 #   --quick              smoke mode: 1 round of 2 s (used by scripts/test.sh);
 #                        writes bench/results/proxy-quick.txt instead of -latest
 #   --out FILE           where to write the table
@@ -38,11 +46,12 @@ cd "$ROOT"
 
 ALL_TARGETS=(direct nginx passthrough tollgate)
 
-decoys=300 work_stealing="" targets_arg=""
+decoys=300 work_stealing="" targets_arg="" pin=auto
 wrk_options
-value_opts+=([--decoys]=decoys [--work-stealing]=work_stealing [--targets]=targets_arg)
+value_opts+=([--decoys]=decoys [--work-stealing]=work_stealing [--targets]=targets_arg [--pin]=pin)
 parse_args "$@"
 check_wrk_options
+pin_cpus "$pin"
 is_uint "$decoys" || die "--decoys must be a non-negative integer"
 case "$work_stealing" in
 "" | true | false) ;;
@@ -142,7 +151,7 @@ http {
     }
 }
 EOF
-    start nginx "$NGINX" -p "$ngx" -c "$ngx/nginx.conf" -e "$ngx/error.log"
+    start nginx "${server_prefix[@]}" "$NGINX" -p "$ngx" -c "$ngx/nginx.conf" -e "$ngx/error.log"
     wait_http nginx "$started_pid" "${url[nginx]}"
 fi
 
@@ -150,7 +159,7 @@ ws_args=()
 [[ -n "$work_stealing" ]] && ws_args=(--work-stealing "$work_stealing")
 
 if want passthrough; then
-    start passthrough "$PASSTHROUGH" --listen "127.0.0.1:$port_pass" \
+    start passthrough "${server_prefix[@]}" "$PASSTHROUGH" --listen "127.0.0.1:$port_pass" \
         --upstream "127.0.0.1:$port_backend" --threads 1 "${ws_args[@]}"
     wait_http passthrough "$started_pid" "${url[passthrough]}"
 fi
@@ -194,7 +203,7 @@ if want tollgate; then
         echo "upstreams:"
         echo "  backend: { nodes: [\"http://127.0.0.1:$port_backend\"] }"
     } >"$conf"
-    start tollgate "$TOLLGATE" run -c "$conf"
+    start tollgate "${server_prefix[@]}" "$TOLLGATE" run -c "$conf"
     wait_http tollgate "$started_pid" "${url[tollgate]}"
 fi
 
@@ -222,6 +231,7 @@ report=$tmp/report.txt
     report_header "$rounds interleaved round(s), median shown; warm-up ${warmup}s"
     echo "# servers: 1 thread/worker each; work_stealing=${work_stealing:-default};" \
         "tollgate: 1 bench route + $decoys decoys; path $BENCH_PATH"
+    echo "# cpus: $pin_layout"
     [[ " ${targets[*]} " == *" tollgate "* ]] || echo "# tollgate: not measured"
     printf '%-12s %12s %10s %10s %14s %9s %8s\n' target req/s p50 p99 vs-passthrough vs-nginx errors
     for t in "${targets[@]}"; do

@@ -14,7 +14,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// under load) and refilled from the arena right after, which cost ~1 µs
 /// of a ~24 µs request in bench/proxy.sh. Collecting every 4 MiB and
 /// keeping at least 64 objects per size class removes most of that, for
-/// at most a few hundred KiB more cached per thread.
+/// some memory the cache keeps (a few MiB per thread at worst; 0.8 MiB
+/// more RSS at 10,000 routes + 10,000 instances).
 #[cfg(not(target_env = "msvc"))]
 #[export_name = "_rjem_malloc_conf"]
 static MALLOC_CONF: MallocConf =
