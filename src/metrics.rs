@@ -242,7 +242,8 @@ impl std::fmt::Debug for RouteMetrics {
 
 /// What one finished request reports.
 pub struct Observation {
-    pub method: &'static str,
+    /// A [`method_index`] slot.
+    pub method: usize,
     pub status: u16,
     pub total: Duration,
     pub upstream: Option<Duration>,
@@ -250,13 +251,30 @@ pub struct Observation {
     pub bytes_out: usize,
 }
 
-/// The method label: a known method, or `OTHER` (bounded cardinality).
-pub fn method_label(m: &str) -> &'static str {
-    METHODS
-        .iter()
-        .find(|x| **x == m)
-        .copied()
-        .unwrap_or("OTHER")
+/// The method's label slot: its index in [`METHODS`], or `METHODS.len()`
+/// for `OTHER` (bounded cardinality). A match on the parsed method, not a
+/// string search: this runs on every request.
+pub fn method_index(m: &http::Method) -> usize {
+    use http::Method;
+    let i = match *m {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        Method::CONNECT => 7,
+        Method::TRACE => 8,
+        _ => return METHODS.len(),
+    };
+    debug_assert_eq!(METHODS[i], m.as_str());
+    i
+}
+
+/// The label for a [`method_index`] slot.
+fn method_name(i: usize) -> &'static str {
+    METHODS.get(i).copied().unwrap_or("OTHER")
 }
 
 impl RouteMetrics {
@@ -295,16 +313,13 @@ impl RouteMetrics {
 
     pub fn observe(&self, o: &Observation) {
         let h = self.handles();
-        let mi = METHODS
-            .iter()
-            .position(|x| *x == o.method)
-            .unwrap_or(METHODS.len());
+        let mi = o.method.min(METHODS.len());
         let ci = class_index(o.status);
         h.requests[mi][ci]
             .get_or_init(|| {
                 METRICS
                     .requests
-                    .with_label_values(&[&self.route, o.method, CLASSES[ci]])
+                    .with_label_values(&[&self.route, method_name(mi), CLASSES[ci]])
             })
             .inc();
         h.duration.observe(o.total.as_secs_f64());
@@ -378,4 +393,20 @@ pub fn render(applied_unix_ms: u64) -> Vec<u8> {
     let mut buf = Vec::new();
     let _ = prometheus::TextEncoder::new().encode(&METRICS.registry.gather(), &mut buf);
     buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_known_method_has_its_own_label_and_the_rest_share_other() {
+        for (i, name) in METHODS.iter().enumerate() {
+            let m = http::Method::from_bytes(name.as_bytes()).unwrap();
+            assert_eq!(method_index(&m), i);
+            assert_eq!(method_name(method_index(&m)), *name);
+        }
+        let odd = http::Method::from_bytes(b"PROPFIND").unwrap();
+        assert_eq!(method_name(method_index(&odd)), "OTHER");
+    }
 }

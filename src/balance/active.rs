@@ -14,6 +14,10 @@ use crate::metrics::METRICS;
 use crate::snapshot::CheckedLeaves;
 
 const TICK: Duration = Duration::from_millis(50);
+/// How often to look for newly checked upstreams while none is: an idle
+/// gateway should not wake 20 times a second for nothing, and a new
+/// check's first probe may start this much later.
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 pub struct ActiveChecker {
     leaves: CheckedLeaves,
@@ -30,12 +34,17 @@ impl BackgroundService for ActiveChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         // (upstream, instance id, address) → when it is next due.
         let mut due: HashMap<(Arc<str>, String, std::net::SocketAddr), Instant> = HashMap::new();
-        let mut tick = tokio::time::interval(TICK);
+        let mut next_tick = TICK;
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(next_tick) => {}
                 _ = shutdown.changed() => return,
             }
+            next_tick = if self.leaves.load().is_empty() {
+                IDLE_TICK
+            } else {
+                TICK
+            };
             let now = Instant::now();
             let mut seen = std::collections::HashSet::new();
             for leaf in self.leaves.load().iter() {

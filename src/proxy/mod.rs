@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::balance::stable_hash;
 use crate::limiter::{self, Client, Decision};
-use crate::metrics::{method_label, Observation, UNROUTED};
+use crate::metrics::{method_index, Observation, UNROUTED};
 use crate::model::policy::{HashKey, RetryOn};
 use crate::snapshot::{RouteEntry, SnapshotCell};
 use access_log::AccessLog;
@@ -412,7 +412,7 @@ impl ProxyHttp for Gateway {
         let total = ctx.started.elapsed();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let obs = Observation {
-            method: method_label(session.req_header().method.as_str()),
+            method: method_index(&session.req_header().method),
             status,
             total,
             upstream: ctx.upstream_took,
