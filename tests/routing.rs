@@ -8,7 +8,15 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{assert_gateway_error, backend_of, echo, is_generated_id, send, start, upstream};
-use testkit::Backend;
+use testkit::{Backend, Gateway};
+
+/// A gateway with one route, `/*rest`, to backend `b`.
+fn catch_all_to(b: &Backend) -> Gateway {
+    start(&format!(
+        "routes:\n- {{ id: r, paths: [\"/*rest\"], upstream: b }}\nupstreams:\n{}",
+        upstream("b", &[b])
+    ))
+}
 
 #[test]
 fn exact_beats_param_beats_catch_all() {
@@ -193,10 +201,7 @@ fn preserve_host_false_sends_the_node_address() {
 #[test]
 fn forwarding_headers_are_added() {
     let b = Backend::start("b");
-    let gw = start(&format!(
-        "routes:\n- {{ id: r, paths: [\"/*rest\"], upstream: b }}\nupstreams:\n{}",
-        upstream("b", &[&b])
-    ));
+    let gw = catch_all_to(&b);
     let r = send(&gw, "GET", "/x", &[]);
     let h = &echo(&r)["headers"];
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
@@ -238,10 +243,7 @@ fn bodies_and_encodings_pass_through_untouched() {
     // The gateway does not compress or decompress: a client offering gzip
     // gets the upstream's bytes as they were, and the upstream sees the offer.
     let b = Backend::start("b");
-    let gw = start(&format!(
-        "routes:\n- {{ id: r, paths: [\"/*rest\"], upstream: b }}\nupstreams:\n{}",
-        upstream("b", &[&b])
-    ));
+    let gw = catch_all_to(&b);
     let r = send(&gw, "GET", "/x", &[("accept-encoding", "gzip, br")]);
     assert_eq!(echo(&r)["headers"]["accept-encoding"], "gzip, br");
     assert_eq!(r.header("content-encoding"), None, "{r:?}");
@@ -250,10 +252,7 @@ fn bodies_and_encodings_pass_through_untouched() {
 #[test]
 fn request_id_is_kept_or_generated_and_echoed() {
     let b = Backend::start("b");
-    let gw = start(&format!(
-        "routes:\n- {{ id: r, paths: [\"/*rest\"], upstream: b }}\nupstreams:\n{}",
-        upstream("b", &[&b])
-    ));
+    let gw = catch_all_to(&b);
     // A sane client id is kept end to end.
     let r = send(&gw, "GET", "/x", &[("x-request-id", "client-id_1.2:3")]);
     assert_eq!(echo(&r)["headers"]["x-request-id"], "client-id_1.2:3");

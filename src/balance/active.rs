@@ -40,14 +40,11 @@ impl BackgroundService for ActiveChecker {
                 _ = tokio::time::sleep(next_tick) => {}
                 _ = shutdown.changed() => return,
             }
-            next_tick = if self.leaves.load().is_empty() {
-                IDLE_TICK
-            } else {
-                TICK
-            };
+            let leaves = self.leaves.load();
+            next_tick = if leaves.is_empty() { IDLE_TICK } else { TICK };
             let now = Instant::now();
             let mut seen = std::collections::HashSet::new();
-            for leaf in self.leaves.load().iter() {
+            for leaf in leaves.iter() {
                 let set = leaf.instances();
                 let Some(spec) = set.active.clone() else {
                     continue;
