@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Proxy overhead benchmark: wrk against the same echo backend
 #   (a) directly, (b) through nginx, (c) through a bare Pingora passthrough,
-#   (d) through tollgate (real routing: one bench route + decoy routes),
-# in one interleaved run: rounds of a -> b -> c -> d, repeated, median per
-# target. Prints a table (req/s, p50, p99, req/s ratios vs passthrough and vs
-# nginx) and writes it to bench/results/.
+#   (d) through the same passthrough with tollgate's default upstream
+#   timeouts (pass-timeouts: what Pingora's per-read and pooled-connection
+#   timers cost), (e) through tollgate (real routing: one bench route +
+#   decoy routes),
+# in one interleaved run: rounds of a -> b -> c -> d -> e, repeated, median
+# per target. Prints a table (req/s, p50, p99, req/s ratios vs passthrough
+# and vs nginx) and writes it to bench/results/.
 #
 # Every server is single-threaded (nginx: 1 worker; passthrough and tollgate:
 # threads 1) and, with two or more CPUs, runs alone on one of them while wrk
@@ -21,7 +24,13 @@
 #   --work-stealing B    true|false, passed to passthrough and tollgate
 #                        (default: each binary's own default)
 #   --decoys N           decoy routes in tollgate's table (default 300)
-#   --targets LIST       comma-separated subset of direct,nginx,passthrough,tollgate
+#   --request KIND       minimal (default): wrk's own request, a GET with
+#                        only Host; browser: the same GET with the eight
+#                        headers a browser's API call carries (User-Agent,
+#                        Accept, Accept-Encoding, Accept-Language, Cookie,
+#                        Referer, Sec-Fetch-Mode, X-Client-Version)
+#   --targets LIST       comma-separated subset of
+#                        direct,nginx,passthrough,pass-timeouts,tollgate
 #   --pin auto|off       auto (default): each server under test runs alone on
 #                        the first allowed CPU, wrk and the backend on the
 #                        others, so a ratio compares CPU cost per request and
@@ -44,11 +53,12 @@ source "$(dirname "$0")/lib.sh"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-ALL_TARGETS=(direct nginx passthrough tollgate)
+ALL_TARGETS=(direct nginx passthrough pass-timeouts tollgate)
 
-decoys=300 work_stealing="" targets_arg="" pin=auto
+decoys=300 work_stealing="" targets_arg="" pin=auto request=minimal
 wrk_options
-value_opts+=([--decoys]=decoys [--work-stealing]=work_stealing [--targets]=targets_arg [--pin]=pin)
+value_opts+=([--decoys]=decoys [--work-stealing]=work_stealing [--targets]=targets_arg [--pin]=pin
+    [--request]=request)
 parse_args "$@"
 check_wrk_options
 pin_cpus "$pin"
@@ -57,11 +67,15 @@ case "$work_stealing" in
 "" | true | false) ;;
 *) die "--work-stealing must be true or false" ;;
 esac
+case "$request" in
+minimal | browser) ;;
+*) die "--request must be minimal or browser" ;;
+esac
 
 targets=()
 if [[ -n "$targets_arg" ]]; then
     IFS=, read -r -a wanted <<<"$targets_arg"
-    for t in "${ALL_TARGETS[@]}"; do # keep the canonical a->b->c->d order
+    for t in "${ALL_TARGETS[@]}"; do # keep the canonical a->b->c->d->e order
         for w in "${wanted[@]}"; do [[ "$w" == "$t" ]] && targets+=("$t"); done
     done
     for w in "${wanted[@]}"; do
@@ -88,9 +102,9 @@ PASSTHROUGH=${PASSTHROUGH_BIN:-$(release_bin passthrough)}
 TOLLGATE=${TOLLGATE_BIN:-$(release_bin tollgate)}
 
 require_bin echo-backend "$ECHO_BACKEND"
-want passthrough && require_bin passthrough "$PASSTHROUGH"
+{ want passthrough || want pass-timeouts; } && require_bin passthrough "$PASSTHROUGH"
 if want tollgate && [[ ! -x "$TOLLGATE" ]]; then
-    log "tollgate: not built ($TOLLGATE); skipping target (d)"
+    log "tollgate: not built ($TOLLGATE); skipping target (e)"
     kept=()
     for t in "${targets[@]}"; do [[ "$t" == tollgate ]] || kept+=("$t"); done
     targets=("${kept[@]}")
@@ -102,13 +116,14 @@ fi
 make_tmp tollgate-bench
 
 # Ask the OS for free ports (bound together so they are distinct).
-read -r port_backend port_nginx port_pass port_toll port_admin < <(free_ports 5)
+read -r port_backend port_nginx port_pass port_pass_to port_toll port_admin < <(free_ports 6)
 
 BENCH_PATH=/bench/echo
 declare -A url=(
     [direct]="http://127.0.0.1:$port_backend$BENCH_PATH"
     [nginx]="http://127.0.0.1:$port_nginx$BENCH_PATH"
     [passthrough]="http://127.0.0.1:$port_pass$BENCH_PATH"
+    [pass-timeouts]="http://127.0.0.1:$port_pass_to$BENCH_PATH"
     [tollgate]="http://127.0.0.1:$port_toll$BENCH_PATH"
 )
 
@@ -164,6 +179,12 @@ if want passthrough; then
     wait_http passthrough "$started_pid" "${url[passthrough]}"
 fi
 
+if want pass-timeouts; then
+    start pass-timeouts "${server_prefix[@]}" "$PASSTHROUGH" --listen "127.0.0.1:$port_pass_to" \
+        --upstream "127.0.0.1:$port_backend" --threads 1 "${ws_args[@]}" --timeouts true
+    wait_http pass-timeouts "$started_pid" "${url[pass-timeouts]}"
+fi
+
 if want tollgate; then
     conf=$tmp/tollgate.yaml
     {
@@ -209,8 +230,22 @@ fi
 
 # ---------------------------------------------------------------- measuring
 
-lua_done_hook >"$tmp/report.lua"
-wrk_name_width=12
+{
+    lua_done_hook
+    if [[ "$request" == browser ]]; then
+        cat <<'EOF'
+wrk.headers["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+wrk.headers["Accept"] = "application/json, text/plain, */*"
+wrk.headers["Accept-Encoding"] = "gzip, deflate, br"
+wrk.headers["Accept-Language"] = "en-US,en;q=0.9"
+wrk.headers["Cookie"] = "session=4f2a9c1e7b3d; theme=dark"
+wrk.headers["Referer"] = "https://app.example.com/dashboard"
+wrk.headers["Sec-Fetch-Mode"] = "cors"
+wrk.headers["X-Client-Version"] = "4.2.1"
+EOF
+    fi
+} >"$tmp/report.lua"
+wrk_name_width=13
 log "targets: ${targets[*]}; wrk -t$wrk_threads -c$conns -d${duration}s x $rounds round(s)"
 run_rounds run_wrk fixed "${targets[@]}"
 
@@ -230,16 +265,20 @@ report=$tmp/report.txt
 {
     report_header "$rounds interleaved round(s), median shown; warm-up ${warmup}s"
     echo "# servers: 1 thread/worker each; work_stealing=${work_stealing:-default};" \
-        "tollgate: 1 bench route + $decoys decoys; path $BENCH_PATH"
+        "tollgate: 1 bench route + $decoys decoys; path $BENCH_PATH; request: $request"
     echo "# cpus: $pin_layout"
     [[ " ${targets[*]} " == *" tollgate "* ]] || echo "# tollgate: not measured"
-    printf '%-12s %12s %10s %10s %14s %9s %8s\n' target req/s p50 p99 vs-passthrough vs-nginx errors
+    printf '%-13s %12s %10s %10s %14s %9s %8s\n' target req/s p50 p99 vs-passthrough vs-nginx errors
     for t in "${targets[@]}"; do
-        printf '%-12s %12.0f %8.3fms %8.3fms %14s %9s %8s\n' "$t" "${m_rps[$t]}" \
+        printf '%-13s %12.0f %8.3fms %8.3fms %14s %9s %8s\n' "$t" "${m_rps[$t]}" \
             "$(us_to_ms "${m_p50[$t]}")" "$(us_to_ms "${m_p99[$t]}")" \
             "$(ratio "$t" passthrough)" "$(ratio "$t" nginx)" "${errs[$t]}"
     done
     echo "# ratios: median req/s relative to the baseline (higher is better); errors: all rounds"
+    if [[ -n "${m_rps[pass-timeouts]:-}" && -n "${m_rps[tollgate]:-}" ]]; then
+        echo "# tollgate vs pass-timeouts (the passthrough with tollgate's default timeouts):" \
+            "$(ratio tollgate pass-timeouts) req/s"
+    fi
 } >"$report"
 
 conclude "$report" "${targets[@]}"

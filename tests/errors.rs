@@ -53,27 +53,66 @@ fn every_node_refusing_is_a_502() {
     assert_eq!(backend_of(&send(&gw, "GET", "/ok", &[])), "ok");
 }
 
+/// Timeouts under a second run on Pingora's fast timers, longer ones on
+/// tokio's (src/cmd/run.rs): each case covers one of the two.
+const TIMER_CASES_MS: [u64; 2] = [300, 1200];
+
 #[test]
 fn a_stalled_upstream_is_a_504_after_the_read_timeout() {
-    let ok = Backend::start("ok");
-    let slow = Backend::start("slow");
-    let gw = gateway(&ok, &[&slow], ", timeout: {read_ms: 300}");
-    // Fast enough: served.
-    assert_eq!(backend_of(&send(&gw, "GET", "/t/fast", &[])), "slow");
-    slow.set_mode(Mode::Stall(Duration::from_secs(3)));
-    let t = Instant::now();
-    let r = send(&gw, "GET", "/t/slow", &[]);
-    let took = t.elapsed();
-    assert_gateway_error(&r, 504, "timed out");
-    assert!(
-        took >= Duration::from_millis(250) && took < Duration::from_millis(2500),
-        "504 after {took:?}, want about 300ms"
-    );
-    assert_eq!(
-        slow.hits(),
-        2,
-        "the stalled request reached the backend once"
-    );
+    for read_ms in TIMER_CASES_MS {
+        let ok = Backend::start("ok");
+        let slow = Backend::start("slow");
+        let gw = gateway(&ok, &[&slow], &format!(", timeout: {{read_ms: {read_ms}}}"));
+        // Fast enough: served.
+        assert_eq!(backend_of(&send(&gw, "GET", "/t/fast", &[])), "slow");
+        slow.set_mode(Mode::Stall(Duration::from_secs(4)));
+        let t = Instant::now();
+        let r = send(&gw, "GET", "/t/slow", &[]);
+        let took = t.elapsed();
+        assert_gateway_error(&r, 504, "timed out");
+        let want = Duration::from_millis(read_ms);
+        assert!(
+            took >= want * 4 / 5 && took < want + Duration::from_millis(2200),
+            "504 after {took:?}, read_ms is {read_ms}"
+        );
+        assert_eq!(
+            slow.hits(),
+            2,
+            "the stalled request reached the backend once (read_ms {read_ms})"
+        );
+    }
+}
+
+#[test]
+fn an_idle_upstream_connection_is_closed_after_idle_ms() {
+    for idle_ms in TIMER_CASES_MS {
+        let ok = Backend::start("ok");
+        let pooled = Backend::start("pooled");
+        let gw = gateway(
+            &ok,
+            &[&pooled],
+            &format!(", timeout: {{idle_ms: {idle_ms}}}"),
+        );
+        assert_eq!(backend_of(&send(&gw, "GET", "/ok", &[])), "ok");
+        assert_eq!(backend_of(&send(&gw, "GET", "/t/a", &[])), "pooled");
+        let served = Instant::now();
+        // Kept for reuse after the response, then closed once idle_ms passed
+        // (closing it at once would fail the elapsed-time check below).
+        testkit::wait_for(
+            "the gateway to close its idle upstream connection",
+            Duration::from_secs(10),
+            || pooled.open_connections() == 0,
+        );
+        let idle = served.elapsed();
+        assert!(
+            idle >= Duration::from_millis(idle_ms) * 4 / 5,
+            "closed after {idle:?}, idle_ms is {idle_ms}"
+        );
+        // The default idle timeout (60 s) keeps the other pool meanwhile.
+        assert_eq!(ok.open_connections(), 1, "idle_ms {idle_ms}");
+        // The next request opens a new connection and is served.
+        assert_eq!(backend_of(&send(&gw, "GET", "/t/b", &[])), "pooled");
+    }
 }
 
 #[test]

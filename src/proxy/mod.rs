@@ -8,6 +8,7 @@ mod error_response;
 mod forwarding;
 mod request_id;
 mod retry;
+mod timer_tick;
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
@@ -275,6 +276,7 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> Self::CTX {
+        timer_tick::ensure_started();
         RequestCtx::new(&self.in_flight)
     }
 

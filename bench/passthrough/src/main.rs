@@ -6,10 +6,16 @@
 //! tollgate so tollgate's own overhead can be read off the difference.
 //!
 //! Usage: `passthrough --listen ADDR --upstream HOST:PORT [--threads N]
-//! [--work-stealing true|false]`
+//! [--work-stealing true|false] [--timeouts true|false]`
+//!
+//! `--timeouts true` gives the upstream peer tollgate's default connect,
+//! read, write and idle timeouts. Pingora arms a timer per pending read and
+//! per pooled connection for them, so this variant shows how much of
+//! tollgate's cost over the bare floor is those timers rather than routing.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -19,7 +25,7 @@ use pingora::server::configuration::ServerConf;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const USAGE: &str = "usage: passthrough --listen ADDR --upstream HOST:PORT \
-                     [--threads N] [--work-stealing true|false]";
+                     [--threads N] [--work-stealing true|false] [--timeouts true|false]";
 
 /// Command line options, parsed by hand (no clap: keep the binary minimal).
 #[derive(Debug)]
@@ -28,6 +34,7 @@ struct Args {
     upstream: SocketAddr,
     threads: usize,
     work_stealing: bool,
+    timeouts: bool,
 }
 
 fn parse_bool(flag: &str, value: &str) -> Result<bool, String> {
@@ -43,6 +50,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut upstream = None;
     let mut threads = 1usize;
     let mut work_stealing = true;
+    let mut timeouts = false;
 
     while let Some(arg) = argv.next() {
         // Accept both `--flag value` and `--flag=value`.
@@ -70,6 +78,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
                     })?;
             }
             "--work-stealing" => work_stealing = parse_bool("--work-stealing", &value()?)?,
+            "--timeouts" => timeouts = parse_bool("--timeouts", &value()?)?,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -88,6 +97,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         upstream,
         threads,
         work_stealing,
+        timeouts,
     })
 }
 
@@ -136,16 +146,22 @@ fn main() -> ExitCode {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let proxy = Passthrough {
-        peer: HttpPeer::new(args.upstream, false, String::new()),
-    };
+    let mut peer = HttpPeer::new(args.upstream, false, String::new());
+    if args.timeouts {
+        // tollgate's defaults (src/model/timeout.rs).
+        peer.options.connection_timeout = Some(Duration::from_secs(2));
+        peer.options.read_timeout = Some(Duration::from_secs(30));
+        peer.options.write_timeout = Some(Duration::from_secs(30));
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+    }
+    let proxy = Passthrough { peer };
     let mut service = http_proxy_service(&server.configuration, proxy);
     service.add_tcp(&args.listen);
     server.add_service(service);
 
     eprintln!(
-        "passthrough: listening on {} -> {} (threads={}, work_stealing={})",
-        args.listen, args.upstream, args.threads, args.work_stealing
+        "passthrough: listening on {} -> {} (threads={}, work_stealing={}, timeouts={})",
+        args.listen, args.upstream, args.threads, args.work_stealing, args.timeouts
     );
     server.run_forever()
 }
@@ -168,12 +184,14 @@ mod tests {
             "2",
             "--work-stealing",
             "false",
+            "--timeouts=true",
         ])
         .unwrap();
         assert_eq!(a.listen, "127.0.0.1:8080");
         assert_eq!(a.upstream, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(a.threads, 2);
         assert!(!a.work_stealing);
+        assert!(a.timeouts);
     }
 
     #[test]
@@ -181,6 +199,16 @@ mod tests {
         let a = parse(&["--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:2"]).unwrap();
         assert_eq!(a.threads, 1);
         assert!(a.work_stealing);
+        assert!(!a.timeouts);
+        assert!(parse(&[
+            "--listen",
+            "x",
+            "--upstream",
+            "127.0.0.1:2",
+            "--timeouts",
+            "maybe"
+        ])
+        .is_err());
         assert!(parse(&["--listen", "127.0.0.1:1"]).is_err());
         assert!(parse(&["--upstream", "127.0.0.1:2"]).is_err());
         assert!(parse(&[

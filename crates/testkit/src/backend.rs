@@ -41,6 +41,8 @@ struct Shared {
     name: String,
     mode: Mutex<Mode>,
     hits: AtomicUsize,
+    /// Connections accepted and not yet closed (by either side).
+    open: AtomicUsize,
     fixed_body: bool,
     /// Bumped to make every open connection drop its socket.
     kill: watch::Sender<u64>,
@@ -52,6 +54,7 @@ impl Shared {
             name: name.to_string(),
             mode: Mutex::new(Mode::Normal),
             hits: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
             fixed_body,
             kill: watch::channel(0).0,
         })
@@ -135,6 +138,12 @@ impl Backend {
     pub fn hits(&self) -> usize {
         self.shared.hits.load(Ordering::SeqCst)
     }
+
+    /// Connections open to this backend now: a gateway's pooled keep-alive
+    /// connections count until one side closes them.
+    pub fn open_connections(&self) -> usize {
+        self.shared.open.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Backend {
@@ -166,11 +175,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             Ok((stream, _)) => {
                 let shared = shared.clone();
                 let mut kill = shared.kill.subscribe();
+                shared.open.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = handle_conn(stream, shared) => {}
+                        _ = handle_conn(stream, shared.clone()) => {}
                         _ = kill.changed() => {}
                     }
+                    shared.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
             // EMFILE and friends: back off briefly instead of spinning.
