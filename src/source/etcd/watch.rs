@@ -119,7 +119,13 @@ pub async fn follow(
             last_message: Instant::now(),
         });
     }
-    let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+    // The first progress request goes out one period in, not at once: the
+    // watches start at the listed revision already, and an answer asked for
+    // now could overtake the events of writes made just after the list
+    // (etcd #15220, see `handle`), reporting their revision as applied
+    // before they are.
+    let mut ticker =
+        tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_publish: Option<Instant> = None;
     // The reported revision is the lower of the two streams'. A change under
