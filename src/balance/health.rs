@@ -40,7 +40,14 @@ pub enum Passive {
 
 impl NodeHealth {
     pub fn is_ejected(&self, now_ns: u64) -> bool {
-        self.ejected_until.load(Ordering::Relaxed) > now_ns
+        self.ejected_at(|| now_ns)
+    }
+
+    /// Whether the node is ejected now; `now_ns` is called only for a node
+    /// that has been ejected at some point (most never are).
+    fn ejected_at(&self, now_ns: impl FnOnce() -> u64) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && until > now_ns()
     }
 
     pub fn active_ok(&self) -> bool {
@@ -50,11 +57,7 @@ impl NodeHealth {
     /// Whether the node should take new requests. `now_ns` is called only
     /// for a node that has been ejected at some point.
     pub fn available(&self, now_ns: impl FnOnce() -> u64) -> bool {
-        if !self.active_ok() {
-            return false;
-        }
-        let until = self.ejected_until.load(Ordering::Relaxed);
-        until == 0 || until <= now_ns()
+        self.active_ok() && !self.ejected_at(now_ns)
     }
 
     pub fn record_success(&self) {
