@@ -278,3 +278,39 @@ fn run_names_the_bad_field_once() {
     };
     assert_eq!(err.matches("routes[0].upstream").count(), 1, "{err}");
 }
+
+#[test]
+fn run_refuses_a_listen_address_in_use_naming_it() {
+    let a = Backend::start("a");
+    // Held for the whole test: another process listening on the port.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = taken.local_addr().expect("addr").to_string();
+    let free = format!("127.0.0.1:{}", testkit::free_port());
+    let state = TempFile::new("");
+    let cases = [
+        (taken.as_str(), free.as_str(), "listen[0]"),
+        (free.as_str(), taken.as_str(), "admin.listen"),
+    ];
+    for (listen, admin, field) in cases {
+        let conf = TempFile::new(&format!(
+            "listen: [\"{listen}\"]\nadmin: {{ listen: \"{admin}\" }}\nstate_dir: \"{}.d\"\n\
+             routes:\n{ROUTE_A}upstreams:\n{}",
+            state.arg(),
+            upstream("a", &[&a])
+        ));
+        // Pingora alone would retry the bind for 30s and then run on without
+        // that listener; run_cmd gives up (and fails the test) at 60s.
+        let (code, _, err) = run_cmd(bin(), &["run", "-c", conf.arg()]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains(&format!("{field}: {taken} is already in use")),
+            "{err}"
+        );
+        let state_dir = format!("{}.d", state.arg());
+        assert!(
+            !std::path::Path::new(&state_dir).exists(),
+            "nothing is created before the check"
+        );
+    }
+    assert_eq!(a.hits(), 0);
+}

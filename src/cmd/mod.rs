@@ -3,6 +3,7 @@
 pub mod check;
 pub mod logging;
 pub mod notify;
+mod preflight;
 pub mod register;
 pub mod run;
 mod shutdown;

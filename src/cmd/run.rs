@@ -59,6 +59,9 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
         load_file(config).with_context(|| format!("{} is not a valid config", config.display()))?;
     super::logging::init(&model.bootstrap.log);
     let b = model.bootstrap.clone();
+    if !upgrade {
+        super::preflight::listeners_are_free(&b)?;
+    }
     std::fs::create_dir_all(&b.state_dir)
         .with_context(|| format!("cannot create state_dir {}", b.state_dir.display()))?;
 

@@ -55,10 +55,29 @@ pub fn parse(text: &str) -> Result<ConfigModel, FieldError> {
     validate(bootstrap)
 }
 
-fn check_addr(path: &str, addr: &str) -> Result<(), FieldError> {
+fn check_addr(path: &str, addr: &str) -> Result<SocketAddr, FieldError> {
     addr.parse::<SocketAddr>()
-        .map(|_| ())
         .map_err(|_| FieldError::new(path, format!("{addr:?} is not an ip:port address")))
+}
+
+/// Two listeners on one port clash when their IPs are equal or either is a
+/// wildcard (`0.0.0.0` or `::`, which on Linux also takes IPv4). Caught here
+/// so that `check` reports it, not a bind failure at start.
+fn check_no_overlap(addrs: &[(String, SocketAddr)]) -> Result<(), FieldError> {
+    for (i, (field, a)) in addrs.iter().enumerate() {
+        let earlier = addrs[..i].iter().find(|(_, b)| {
+            a.port() == b.port()
+                && a.port() != 0
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        });
+        if let Some((other, b)) = earlier {
+            return Err(FieldError::new(
+                field,
+                format!("{a} clashes with {other} ({b}): one port, one listener"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
@@ -68,10 +87,15 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
             "at least one address is required",
         ));
     }
+    let mut addrs = Vec::with_capacity(b.listen.len() + 1);
     for (i, a) in b.listen.iter().enumerate() {
-        check_addr(&index("listen", i), a)?;
+        addrs.push((index("listen", i), check_addr(&index("listen", i), a)?));
     }
-    check_addr("admin.listen", &b.admin.listen)?;
+    addrs.push((
+        "admin.listen".to_string(),
+        check_addr("admin.listen", &b.admin.listen)?,
+    ));
+    check_no_overlap(&addrs)?;
     if b.threads == 0 || b.threads > 1024 {
         return Err(FieldError::new("threads", "must be between 1 and 1024"));
     }

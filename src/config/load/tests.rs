@@ -99,6 +99,24 @@ fn bad_fields_name_their_path() {
             "ip:port",
         ),
         (
+            GOOD.replace("127.0.0.1:9180", "127.0.0.1:8080"),
+            "admin.listen",
+            "clashes with listen[0] (127.0.0.1:8080)",
+        ),
+        (
+            GOOD.replace("[\"127.0.0.1:8080\"]", "[\"0.0.0.0:9180\"]"),
+            "admin.listen",
+            "clashes with listen[0] (0.0.0.0:9180)",
+        ),
+        (
+            GOOD.replace(
+                "[\"127.0.0.1:8080\"]",
+                "[\"[::]:8080\", \"127.0.0.1:8080\"]",
+            ),
+            "listen[1]",
+            "clashes with listen[0] ([::]:8080)",
+        ),
+        (
             GOOD.replace("hosts: [\"*.example.com\"]", "hosts: []")
                 .replace("/static/*path", "/api/users/:name"),
             "routes[1].paths",
