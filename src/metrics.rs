@@ -120,7 +120,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Full re-lists of etcd, by reason",
             &["reason"],
         ),
-        rebuilds: counter(&r, "tollgate_router_rebuilds_total", "Router rebuilds"),
+        rebuilds: counter(&r, "tollgate_router_rebuilds_total", "Snapshot publishes that changed the routing table (each an in-place edit)"),
         ratelimit_rejected: counter_vec(
             &r,
             "tollgate_ratelimit_rejected_total",

@@ -286,3 +286,50 @@ fn each_gateway_registers_itself_with_its_applied_revision() {
     eprintln!("SIGKILL: record gone {:.2?} after the kill", t.elapsed());
     assert!(try_get(&b, "/self").is_none());
 }
+
+#[test]
+fn a_conflicting_route_waits_is_counted_once_and_takes_over_when_the_first_goes() {
+    let etcd = Etcd::start();
+    let (one, two) = (Backend::start("one-1"), Backend::start("two-1"));
+    let lease = etcd.keep_alive(10);
+    etcd.put_with_lease(&format!("{SERVICES}one/i1"), &one.url(), lease.id);
+    etcd.put_with_lease(&format!("{SERVICES}two/i1"), &two.url(), lease.id);
+    let gw = start_gw("gw-conflict", &[etcd.endpoint()]);
+    let conflicts = "tollgate_config_rejected_total{kind=\"route_conflict\"}";
+
+    put_route(etcd.client(), "first", &["/x"], "one");
+    wait_served_by(&gw, "/x", "one-1", APPLY);
+    let rejected_before = gw.status()["rejected"].as_u64().unwrap();
+
+    // Same path, hosts, methods and priority, written later: not served.
+    put_route(etcd.client(), "second", &["/x"], "two");
+    // Unrelated changes afterwards retry it without counting it again.
+    put_route(etcd.client(), "other-1", &["/o1"], "one");
+    let last = put_route(etcd.client(), "other-2", &["/o2"], "one");
+    wait_served_by(&gw, "/o2", "one-1", APPLY);
+    let s = wait_revision(&gw, last, APPLY);
+    assert_eq!(
+        answer(&gw, "/x"),
+        Ok("one-1".into()),
+        "the first route keeps /x"
+    );
+    assert_eq!(s["routes"], 3, "first, other-1, other-2: {s}");
+    assert_eq!(
+        s["rejected"].as_u64().unwrap() - rejected_before,
+        1,
+        "counted once: {s}"
+    );
+    assert_eq!(metric(&gw, conflicts), 1.0);
+    assert!(
+        gw.logs()
+            .lines()
+            .any(|l| l.contains("route not served") && l.contains("second")),
+        "the log names the blocked route:\n{}",
+        gw.logs()
+    );
+
+    // When the first route goes, the waiting one is served.
+    etcd.delete(&format!("{ROUTES}first"));
+    wait_served_by(&gw, "/x", "two-1", APPLY);
+    assert_eq!(metric(&gw, conflicts), 1.0);
+}

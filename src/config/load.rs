@@ -60,6 +60,23 @@ fn check_addr(path: &str, addr: &str) -> Result<SocketAddr, FieldError> {
         .map_err(|_| FieldError::new(path, format!("{addr:?} is not an ip:port address")))
 }
 
+/// A bare word must be a level: tracing would read `verbose` as a target
+/// name and log almost nothing. Directive lists (`tollgate=debug,warn`) are
+/// checked by the filter parser.
+fn check_log_level(level: &str) -> Result<(), FieldError> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let bare = !level.contains(['=', ',', '[', ':']);
+    if bare && !LEVELS.contains(&level.trim().to_ascii_lowercase().as_str()) {
+        return Err(FieldError::new(
+            "log.level",
+            format!("{level:?} is not one of {}", LEVELS.join(", ")),
+        ));
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|e| FieldError::new("log.level", format!("{level:?}: {e}")))
+}
+
 /// Two listeners on one port clash when their IPs are equal or either is a
 /// wildcard (`0.0.0.0` or `::`, which on Linux also takes IPv4). Caught here
 /// so that `check` reports it, not a bind failure at start.
@@ -106,6 +123,7 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
             "must be between 0 and 1",
         ));
     }
+    check_log_level(&b.log.level)?;
     if b.reload.poll_ms < 10 {
         return Err(FieldError::new("reload.poll_ms", "must be at least 10"));
     }
@@ -131,6 +149,12 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
             return Err(FieldError::new(
                 "routes",
                 "routes come from etcd when `etcd:` is set; remove them from the file",
+            ));
+        }
+        if !b.upstreams.is_empty() {
+            return Err(FieldError::new(
+                "upstreams",
+                "upstreams come from etcd (<prefix>/upstreams/<name>) when `etcd:` is set; remove them from the file",
             ));
         }
     }

@@ -6,6 +6,7 @@ use super::upstream::{check_weight, parse_node_url, Node};
 
 /// The JSON form of a registration; the plain-URL form is `addr` alone.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct InstanceJson {
     addr: String,
     #[serde(default)]
@@ -62,5 +63,8 @@ mod tests {
         assert!(parse_instance("a", br#"{"addr":"http://127.0.0.1:1","weight":0}"#).is_err());
         assert!(parse_instance("a", br#"{"weight":1}"#).is_err());
         assert!(parse_instance("a", &[0xff, 0xfe]).is_err());
+        // A typo is named, not read as the default weight.
+        let e = parse_instance("a", br#"{"addr":"http://127.0.0.1:1","wieght":5}"#).unwrap_err();
+        assert!(e.contains("unknown field `wieght`"), "{e}");
     }
 }

@@ -8,15 +8,46 @@ use super::policy::{HealthCheckSpec, LbSpec, RetrySpec};
 use super::timeout::TimeoutSpec;
 
 /// A static node: a bare URL or `{addr, weight}`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum NodeSpec {
     Url(String),
-    Weighted {
-        addr: String,
-        #[serde(default)]
-        weight: Option<i64>,
-    },
+    Weighted { addr: String, weight: Option<i64> },
+}
+
+/// The `{addr, weight}` form, strict so that a typo (`wieght`) is an error
+/// naming the field instead of a node silently at weight 1.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightedNode {
+    addr: String,
+    #[serde(default)]
+    weight: Option<i64>,
+}
+
+/// By hand rather than `untagged`: an untagged enum reports any mistake in
+/// the map form as "did not match any variant", hiding which key was wrong.
+impl<'de> Deserialize<'de> for NodeSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = NodeSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a node URL or {addr, weight}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<NodeSpec, E> {
+                Ok(NodeSpec::Url(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<NodeSpec, A::Error> {
+                let n = WeightedNode::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                Ok(NodeSpec::Weighted {
+                    addr: n.addr,
+                    weight: n.weight,
+                })
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// An upstream policy: static nodes for services that don't register, and

@@ -53,7 +53,7 @@ pub struct FileSource {
     path: PathBuf,
     poll: Duration,
     store: Mutex<Option<Store>>,
-    process: String,
+    process: Vec<(&'static str, String)>,
 }
 
 impl FileSource {
@@ -88,10 +88,13 @@ impl BackgroundService for FileSource {
             last = now;
             match load_file(&self.path) {
                 Ok(model) => {
-                    if process_settings(&model) != self.process {
+                    let changed =
+                        changed_process_settings(&self.process, &process_settings(&model));
+                    if !changed.is_empty() {
                         tracing::warn!(
                             file = %self.path.display(),
-                            "listen, admin, threads or etcd changed: they apply on restart; routes and upstreams apply now"
+                            changed = %changed.join(", "),
+                            "these settings apply on restart (or upgrade); routes, upstreams, settings and proxy.timeout apply now"
                         );
                     }
                     apply(&mut store, model);
@@ -109,14 +112,78 @@ impl BackgroundService for FileSource {
     }
 }
 
-/// Settings fixed for the life of the process.
-fn process_settings(model: &ConfigModel) -> String {
+/// The bootstrap settings read once at start. An edit of one of them is
+/// valid but waits for a restart (or `--upgrade`), and the log says which.
+/// Everything else in the file (routes, upstreams, `settings`,
+/// `proxy.timeout`) applies live.
+fn process_settings(model: &ConfigModel) -> Vec<(&'static str, String)> {
     let b = &model.bootstrap;
-    format!(
-        "{:?} {} {} {}",
-        b.listen,
-        b.admin.listen,
-        b.threads,
-        b.etcd.is_some()
-    )
+    vec![
+        ("listen", format!("{:?}", b.listen)),
+        ("admin", format!("{:?}", b.admin)),
+        ("threads", b.threads.to_string()),
+        ("work_stealing", b.work_stealing.to_string()),
+        ("state_dir", format!("{:?}", b.state_dir)),
+        ("node_id", format!("{:?}", b.node_id)),
+        ("etcd", format!("{:?}", b.etcd)),
+        ("proxy.keepalive_pool", b.proxy.keepalive_pool.to_string()),
+        (
+            "proxy.shutdown_timeout_secs",
+            b.proxy.shutdown_timeout_secs.to_string(),
+        ),
+        ("log", format!("{:?}", b.log)),
+        ("reload", format!("{:?}", b.reload)),
+        ("access_log", format!("{:?}", b.access_log)),
+        ("request_metrics", b.request_metrics.to_string()),
+        ("trusted_proxies", format!("{:?}", b.trusted_proxies)),
+    ]
+}
+
+/// The names of the process settings that differ between `a` and `b`.
+fn changed_process_settings(
+    a: &[(&'static str, String)],
+    b: &[(&'static str, String)],
+) -> Vec<&'static str> {
+    a.iter()
+        .zip(b)
+        .filter(|(x, y)| x.1 != y.1)
+        .map(|(x, _)| x.0)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "listen: [\"127.0.0.1:8080\"]\nroutes: []\n";
+
+    fn changed(edit: &str) -> Vec<&'static str> {
+        let before = crate::config::parse(BASE).unwrap();
+        let after = crate::config::parse(&format!("{BASE}{edit}")).unwrap();
+        changed_process_settings(&process_settings(&before), &process_settings(&after))
+    }
+
+    #[test]
+    fn live_edits_name_no_process_setting() {
+        assert!(changed("").is_empty());
+        assert!(changed("proxy: { timeout: { read_ms: 5000 } }\n").is_empty());
+        assert!(changed("settings: { rate_limit: { rate: 10 } }\n").is_empty());
+    }
+
+    #[test]
+    fn restart_only_edits_are_named() {
+        assert_eq!(
+            changed("trusted_proxies: [\"10.0.0.0/8\"]\n"),
+            ["trusted_proxies"]
+        );
+        assert_eq!(
+            changed("access_log: { enabled: false }\nthreads: 3\n"),
+            ["threads", "access_log"]
+        );
+        assert_eq!(
+            changed("proxy: { keepalive_pool: 8, timeout: { read_ms: 5000 } }\n"),
+            ["proxy.keepalive_pool"]
+        );
+        assert_eq!(changed("log: { level: debug }\n"), ["log"]);
+    }
 }

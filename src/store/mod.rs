@@ -270,10 +270,14 @@ impl Store {
                     }
                     Err(conflict) => {
                         self.blocked.insert(id.clone());
-                        report.rejected.push(Rejected {
-                            id: id.clone(),
-                            reason: conflict.to_string(),
-                        });
+                        // Reported once per write: a route still blocked
+                        // from an earlier publish is only retried.
+                        if changed.contains(id) {
+                            report.rejected.push(Rejected {
+                                id: id.clone(),
+                                reason: conflict.to_string(),
+                            });
+                        }
                         // The key keeps its last good value: the version
                         // served before this edit goes back in, with the
                         // limiter (and bucket levels) it was serving with.
@@ -295,6 +299,7 @@ impl Store {
             }
             self.cell.store(snap);
             report.rebuilt = true;
+            crate::metrics::METRICS.rebuilds.inc();
         }
         let (upstreams, instances) = self.table.counts();
         self.cell

@@ -50,6 +50,10 @@ fn unknown_fields_are_named() {
     assert_eq!(e.path, "routes[0].upstrem", "{e}");
     assert!(!e.message.starts_with("routes[0]"), "{e}");
     assert!(e.message.contains("upstrem"), "{e}");
+    // Inside a node's map form too: not "did not match any variant".
+    let e = err(&GOOD.replace("weight: 2", "wieght: 2"));
+    assert!(e.path.starts_with("upstreams.users.nodes[1]"), "{e}");
+    assert!(e.message.contains("unknown field `wieght`"), "{e}");
 }
 
 #[test]
@@ -99,6 +103,16 @@ fn bad_fields_name_their_path() {
             "ip:port",
         ),
         (
+            format!("{GOOD}log: {{ level: verbose }}\n"),
+            "log.level",
+            "not one of trace, debug, info, warn, error, off",
+        ),
+        (
+            format!("{GOOD}log: {{ level: \"tollgate=loud\" }}\n"),
+            "log.level",
+            "tollgate=loud",
+        ),
+        (
             GOOD.replace("127.0.0.1:9180", "127.0.0.1:8080"),
             "admin.listen",
             "clashes with listen[0] (127.0.0.1:8080)",
@@ -128,6 +142,28 @@ fn bad_fields_name_their_path() {
         assert_eq!(e.path, path, "{e}");
         assert!(e.message.contains(why), "{e}");
     }
+}
+
+#[test]
+fn good_log_levels_pass() {
+    for level in [
+        "debug",
+        "WARN",
+        "tollgate=debug,pingora=warn",
+        "info,tollgate::proxy=trace",
+    ] {
+        let text = format!("{GOOD}log: {{ level: \"{level}\" }}\n");
+        parse(&text).unwrap_or_else(|e| panic!("{level}: {e}"));
+    }
+}
+
+#[test]
+fn upstreams_in_the_file_are_refused_with_etcd() {
+    let text = "listen: [\"127.0.0.1:8080\"]\netcd: { endpoints: [\"http://127.0.0.1:2379\"] }\n\
+                upstreams:\n  users: { nodes: [\"http://127.0.0.1:9001\"] }\n";
+    let e = err(text);
+    assert_eq!(e.path, "upstreams");
+    assert!(e.message.contains("come from etcd"), "{e}");
 }
 
 #[test]

@@ -255,15 +255,13 @@ impl EtcdState {
             std::sync::atomic::Ordering::Relaxed,
         );
         let report = self.store.publish();
-        if report.rebuilt {
-            METRICS.rebuilds.inc();
-        }
         METRICS.applied_revision.set(revision);
         for r in &report.rejected {
             METRICS
                 .config_rejected
                 .with_label_values(&["route_conflict"])
                 .inc();
+            self.store.cell().status.count_rejected();
             tracing::warn!(route = %r.id, reason = %r.reason, "route not served");
         }
         report
