@@ -3,9 +3,11 @@
 #   (a) directly, (b) through nginx, (c) through a bare Pingora passthrough,
 #   (d) through the same passthrough with tollgate's default upstream
 #   timeouts (pass-timeouts: what Pingora's per-read and pooled-connection
-#   timers cost), (e) through tollgate (real routing: one bench route +
-#   decoy routes),
-# in one interleaved run: rounds of a -> b -> c -> d -> e, repeated, median
+#   timers cost), (e) through the same passthrough and timeouts on a
+#   straight pingora-core loop instead of pingora-proxy's ProxyHttp
+#   (core-loop: what ProxyHttp itself costs), (f) through tollgate (real
+#   routing: one bench route + decoy routes),
+# in one interleaved run: rounds of a -> b -> c -> d -> e -> f, repeated, median
 # per target. Prints a table (req/s, p50, p99, req/s ratios vs passthrough
 # and vs nginx) and writes it to bench/results/.
 #
@@ -30,7 +32,7 @@
 #                        Accept, Accept-Encoding, Accept-Language, Cookie,
 #                        Referer, Sec-Fetch-Mode, X-Client-Version)
 #   --targets LIST       comma-separated subset of
-#                        direct,nginx,passthrough,pass-timeouts,tollgate
+#                        direct,nginx,passthrough,pass-timeouts,core-loop,tollgate
 #   --pin auto|off       auto (default): each server under test runs alone on
 #                        the first allowed CPU, wrk and the backend on the
 #                        others, so a ratio compares CPU cost per request and
@@ -53,7 +55,7 @@ source "$(dirname "$0")/lib.sh"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-ALL_TARGETS=(direct nginx passthrough pass-timeouts tollgate)
+ALL_TARGETS=(direct nginx passthrough pass-timeouts core-loop tollgate)
 
 decoys=300 work_stealing="" targets_arg="" pin=auto request=minimal
 wrk_options
@@ -102,7 +104,7 @@ PASSTHROUGH=${PASSTHROUGH_BIN:-$(release_bin passthrough)}
 TOLLGATE=${TOLLGATE_BIN:-$(release_bin tollgate)}
 
 require_bin echo-backend "$ECHO_BACKEND"
-{ want passthrough || want pass-timeouts; } && require_bin passthrough "$PASSTHROUGH"
+{ want passthrough || want pass-timeouts || want core-loop; } && require_bin passthrough "$PASSTHROUGH"
 if want tollgate && [[ ! -x "$TOLLGATE" ]]; then
     log "tollgate: not built ($TOLLGATE); skipping target (e)"
     kept=()
@@ -116,7 +118,7 @@ fi
 make_tmp tollgate-bench
 
 # Ask the OS for free ports (bound together so they are distinct).
-read -r port_backend port_nginx port_pass port_pass_to port_toll port_admin < <(free_ports 6)
+read -r port_backend port_nginx port_pass port_pass_to port_core port_toll port_admin < <(free_ports 7)
 
 BENCH_PATH=/bench/echo
 declare -A url=(
@@ -124,6 +126,7 @@ declare -A url=(
     [nginx]="http://127.0.0.1:$port_nginx$BENCH_PATH"
     [passthrough]="http://127.0.0.1:$port_pass$BENCH_PATH"
     [pass-timeouts]="http://127.0.0.1:$port_pass_to$BENCH_PATH"
+    [core-loop]="http://127.0.0.1:$port_core$BENCH_PATH"
     [tollgate]="http://127.0.0.1:$port_toll$BENCH_PATH"
 )
 
@@ -183,6 +186,12 @@ if want pass-timeouts; then
     start pass-timeouts "${server_prefix[@]}" "$PASSTHROUGH" --listen "127.0.0.1:$port_pass_to" \
         --upstream "127.0.0.1:$port_backend" --threads 1 "${ws_args[@]}" --timeouts true
     wait_http pass-timeouts "$started_pid" "${url[pass-timeouts]}"
+fi
+
+if want core-loop; then
+    start core-loop "${server_prefix[@]}" "$PASSTHROUGH" --listen "127.0.0.1:$port_core" \
+        --upstream "127.0.0.1:$port_backend" --threads 1 "${ws_args[@]}" --timeouts true --engine core
+    wait_http core-loop "$started_pid" "${url[core-loop]}"
 fi
 
 if want tollgate; then
@@ -278,6 +287,10 @@ report=$tmp/report.txt
     if [[ -n "${m_rps[pass-timeouts]:-}" && -n "${m_rps[tollgate]:-}" ]]; then
         echo "# tollgate vs pass-timeouts (the passthrough with tollgate's default timeouts):" \
             "$(ratio tollgate pass-timeouts) req/s"
+    fi
+    if [[ -n "${m_rps[pass-timeouts]:-}" && -n "${m_rps[core-loop]:-}" ]]; then
+        echo "# core-loop vs pass-timeouts (the same proxying and timeouts without ProxyHttp):" \
+            "$(ratio core-loop pass-timeouts) req/s"
     fi
 } >"$report"
 

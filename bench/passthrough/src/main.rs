@@ -6,12 +6,18 @@
 //! tollgate so tollgate's own overhead can be read off the difference.
 //!
 //! Usage: `passthrough --listen ADDR --upstream HOST:PORT [--threads N]
-//! [--work-stealing true|false] [--timeouts true|false]`
+//! [--work-stealing true|false] [--timeouts true|false] [--engine proxy|core]`
 //!
 //! `--timeouts true` gives the upstream peer tollgate's default connect,
 //! read, write and idle timeouts. Pingora arms a timer per pending read and
 //! per pooled connection for them, so this variant shows how much of
 //! tollgate's cost over the bare floor is those timers rather than routing.
+//!
+//! `--engine core` replaces pingora-proxy's `ProxyHttp` with a straight loop
+//! on pingora-core (`core_loop.rs`), to measure what `ProxyHttp` itself
+//! costs.
+
+mod core_loop;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
@@ -25,7 +31,8 @@ use pingora::server::configuration::ServerConf;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const USAGE: &str = "usage: passthrough --listen ADDR --upstream HOST:PORT \
-                     [--threads N] [--work-stealing true|false] [--timeouts true|false]";
+                     [--threads N] [--work-stealing true|false] [--timeouts true|false] \
+                     [--engine proxy|core]";
 
 /// Command line options, parsed by hand (no clap: keep the binary minimal).
 #[derive(Debug)]
@@ -35,6 +42,8 @@ struct Args {
     threads: usize,
     work_stealing: bool,
     timeouts: bool,
+    /// `ProxyHttp` (false) or the pingora-core loop (true).
+    core: bool,
 }
 
 fn parse_bool(flag: &str, value: &str) -> Result<bool, String> {
@@ -51,6 +60,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut threads = 1usize;
     let mut work_stealing = true;
     let mut timeouts = false;
+    let mut core = false;
 
     while let Some(arg) = argv.next() {
         // Accept both `--flag value` and `--flag=value`.
@@ -79,6 +89,15 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--work-stealing" => work_stealing = parse_bool("--work-stealing", &value()?)?,
             "--timeouts" => timeouts = parse_bool("--timeouts", &value()?)?,
+            "--engine" => {
+                core = match value()?.as_str() {
+                    "proxy" => false,
+                    "core" => true,
+                    other => {
+                        return Err(format!("--engine: expected proxy or core, got {other:?}"))
+                    }
+                }
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -98,6 +117,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         threads,
         work_stealing,
         timeouts,
+        core,
     })
 }
 
@@ -140,6 +160,8 @@ fn main() -> ExitCode {
         // Benchmarks stop us with SIGTERM; do not linger in a grace period.
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(0),
+        // As tollgate: timeouts of a second or more on tokio's timer wheel.
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
 
@@ -154,14 +176,27 @@ fn main() -> ExitCode {
         peer.options.write_timeout = Some(Duration::from_secs(30));
         peer.options.idle_timeout = Some(Duration::from_secs(60));
     }
-    let proxy = Passthrough { peer };
-    let mut service = http_proxy_service(&server.configuration, proxy);
-    service.add_tcp(&args.listen);
-    server.add_service(service);
+    if args.core {
+        let mut service = pingora::services::listening::Service::new(
+            "core".into(),
+            core_loop::CoreLoop::new(peer),
+        );
+        service.add_tcp(&args.listen);
+        server.add_service(service);
+    } else {
+        let mut service = http_proxy_service(&server.configuration, Passthrough { peer });
+        service.add_tcp(&args.listen);
+        server.add_service(service);
+    }
 
     eprintln!(
-        "passthrough: listening on {} -> {} (threads={}, work_stealing={}, timeouts={})",
-        args.listen, args.upstream, args.threads, args.work_stealing, args.timeouts
+        "passthrough: listening on {} -> {} (threads={}, work_stealing={}, timeouts={}, engine={})",
+        args.listen,
+        args.upstream,
+        args.threads,
+        args.work_stealing,
+        args.timeouts,
+        if args.core { "core" } else { "proxy" }
     );
     server.run_forever()
 }
@@ -185,6 +220,8 @@ mod tests {
             "--work-stealing",
             "false",
             "--timeouts=true",
+            "--engine",
+            "core",
         ])
         .unwrap();
         assert_eq!(a.listen, "127.0.0.1:8080");
@@ -192,6 +229,7 @@ mod tests {
         assert_eq!(a.threads, 2);
         assert!(!a.work_stealing);
         assert!(a.timeouts);
+        assert!(a.core);
     }
 
     #[test]
@@ -200,6 +238,7 @@ mod tests {
         assert_eq!(a.threads, 1);
         assert!(a.work_stealing);
         assert!(!a.timeouts);
+        assert!(!a.core);
         assert!(parse(&[
             "--listen",
             "x",
@@ -221,6 +260,15 @@ mod tests {
         ])
         .is_err());
         assert!(parse(&["--listen", "x", "--upstream", "127.0.0.1:2", "--bogus"]).is_err());
+        assert!(parse(&[
+            "--listen",
+            "x",
+            "--upstream",
+            "127.0.0.1:2",
+            "--engine",
+            "h3"
+        ])
+        .is_err());
         assert!(parse(&["--listen"]).is_err());
     }
 }
