@@ -6,6 +6,7 @@ pub mod access_log;
 mod ctx;
 mod error_response;
 mod forwarding;
+mod header_edit;
 mod request_id;
 mod retry;
 mod timer_tick;
@@ -37,6 +38,9 @@ pub use request_id::RequestIds;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 
 /// The gateway's proxy logic.
 pub struct Gateway {
@@ -338,31 +342,48 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.route() else {
             return Ok(());
         };
-        if let Some(path) = route.rewrite_path(session.req_header().uri.path()) {
-            let uri = match session.req_header().uri.query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path.to_string(),
-            };
-            let uri = uri
-                .parse::<http::Uri>()
-                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "rewriting path", e))?;
-            upstream.set_uri(uri);
-        }
-        if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
-            let xff = forwarded_for(upstream.headers.get_all(&X_FORWARDED_FOR), client.ip());
-            upstream.insert_header("x-forwarded-for", xff)?;
-        }
-        upstream.insert_header("x-forwarded-proto", HeaderValue::from_static("http"))?;
-        // A kept client id is already the one forwarded header; otherwise
-        // (generated, or the client sent several) ours replaces them all.
-        if !ctx.id_already_sent {
-            upstream.insert_header("x-request-id", ctx.request_id.clone())?;
-        }
-        if !route.preserve_host {
-            if let Some(a) = &ctx.attempt {
-                upstream.insert_header("host", a.node().authority.as_str())?;
+        let rewritten = match route.rewrite_path(session.req_header().uri.path()) {
+            Some(path) => {
+                let uri = match session.req_header().uri.query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path.to_string(),
+                };
+                Some(uri.parse::<http::Uri>().map_err(|e| {
+                    Error::because(ErrorType::InvalidHTTPHeader, "rewriting path", e)
+                })?)
             }
-        }
+            None => None,
+        };
+        let xff = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|client| forwarded_for(upstream.headers.get_all(&X_FORWARDED_FOR), client.ip()));
+        let host = match (route.preserve_host, &ctx.attempt) {
+            (false, Some(a)) => Some(
+                HeaderValue::from_str(&a.node().authority)
+                    .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "upstream host", e))?,
+            ),
+            _ => None,
+        };
+        let id = (!ctx.id_already_sent).then(|| ctx.request_id.clone());
+        header_edit::edit_request(upstream, 4, |req| {
+            if let Some(uri) = rewritten {
+                req.uri = uri;
+            }
+            let h = &mut req.headers;
+            if let Some(xff) = xff {
+                h.insert(X_FORWARDED_FOR.clone(), xff);
+            }
+            h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+            // A kept client id is already the one forwarded header; otherwise
+            // (generated, or the client sent several) ours replaces them all.
+            if let Some(id) = id {
+                h.insert(X_REQUEST_ID.clone(), id);
+            }
+            if let Some(host) = host {
+                h.insert(http::header::HOST, host);
+            }
+        });
         Ok(())
     }
 
@@ -402,11 +423,16 @@ impl ProxyHttp for Gateway {
         if let Some(sent) = ctx.upstream_sent {
             ctx.upstream_took.get_or_insert_with(|| sent.elapsed());
         }
-        upstream_response.insert_header("x-request-id", ctx.request_id.clone())?;
-        if let Some((limit, remaining)) = ctx.rate_limit {
-            upstream_response.insert_header("x-ratelimit-limit", limit.to_string())?;
-            upstream_response.insert_header("x-ratelimit-remaining", remaining.to_string())?;
-        }
+        let id = ctx.request_id.clone();
+        let limits = ctx.rate_limit;
+        header_edit::edit_response(upstream_response, 3, |resp| {
+            let h = &mut resp.headers;
+            h.insert(X_REQUEST_ID.clone(), id);
+            if let Some((limit, remaining)) = limits {
+                h.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(limit));
+                h.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining));
+            }
+        });
         Ok(())
     }
 
