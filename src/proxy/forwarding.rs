@@ -50,6 +50,10 @@ pub fn client_ip<'a>(
 /// Whether any segment of `path` is `.` or `..`, literally or
 /// percent-encoded (`%2e`), which an upstream would resolve after routing.
 pub fn has_dot_segment(path: &str) -> bool {
+    // Most paths have neither a '.' nor a '%': one scan, no splitting.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return false;
+    }
     path.split('/').any(|seg| {
         let s = seg.as_bytes();
         if s.is_empty() || s.len() > 6 {
