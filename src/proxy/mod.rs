@@ -359,10 +359,11 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|client| forwarded_for(upstream.headers.get_all(&X_FORWARDED_FOR), client.ip()));
         let host = match (route.preserve_host, &ctx.attempt) {
-            (false, Some(a)) => Some(
-                HeaderValue::from_str(&a.node().authority)
-                    .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "upstream host", e))?,
-            ),
+            (false, Some(a)) => {
+                Some(HeaderValue::from_str(&a.node().authority).map_err(|e| {
+                    Error::because(ErrorType::InvalidHTTPHeader, "upstream host", e)
+                })?)
+            }
             _ => None,
         };
         let id = (!ctx.id_already_sent).then(|| ctx.request_id.clone());
