@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod endpoints;
 mod keyspace;
 mod list;
+mod progress;
 mod state;
 mod watch;
 
@@ -126,6 +127,19 @@ impl EtcdSource {
         )
         .await
         .map_err(|_| anyhow::anyhow!("connecting to {endpoint} timed out"))??;
+        // Which etcd this is decides whether progress answers are held
+        // (`progress`); not knowing is treated as an affected version.
+        let version = match tokio::time::timeout(dial, client.status()).await {
+            Ok(Ok(s)) => s.version().to_string(),
+            _ => String::new(),
+        };
+        let hold = progress::may_overtake(&version).then_some(progress::HOLD);
+        tracing::info!(
+            endpoint,
+            version = %version,
+            hold_progress_ms = hold.map_or(0, |h| h.as_millis() as u64),
+            "etcd connected"
+        );
         let prefixes = [self.keys.config_range(), self.keys.registry_range()];
         loop {
             let started = Instant::now();
@@ -160,6 +174,7 @@ impl EtcdSource {
                     ("registry", prefixes[1].clone()),
                 ],
                 listed,
+                hold,
                 state,
                 persist,
             )

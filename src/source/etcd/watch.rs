@@ -14,6 +14,7 @@ use futures_util::FutureExt;
 use std::time::{Duration, Instant};
 
 use super::list::Listed;
+use super::progress::Held;
 use super::state::EtcdState;
 use crate::metrics::METRICS;
 
@@ -79,6 +80,8 @@ struct Stream {
     /// The revision of the last event received: events never go below it.
     last_event: i64,
     last_message: Instant,
+    /// Progress answers not counted yet (`progress`).
+    held: Held,
 }
 
 /// What a caller learns after each applied batch, and deferred work it
@@ -101,6 +104,7 @@ pub async fn follow(
     client: &mut Client,
     prefixes: [(&'static str, String); 2],
     from: Listed,
+    hold: Option<Duration>,
     state: &mut EtcdState,
     on_applied: &mut (dyn OnApplied + Send),
 ) -> anyhow::Result<Relist> {
@@ -117,6 +121,7 @@ pub async fn follow(
             revision: from.revision,
             last_event: from.revision,
             last_message: Instant::now(),
+            held: Held::default(),
         });
     }
     // The first progress request goes out one period in, not at once: the
@@ -139,14 +144,20 @@ pub async fn follow(
         let (first, second) = (&mut a[0], &mut b[0]);
         tokio::select! {
             m = first.inner.message() => {
-                if let Some(r) = handle(first, m?, from, state)? { return Ok(r); }
+                if let Some(r) = handle(first, m?, from, hold, state)? { return Ok(r); }
             }
             m = second.inner.message() => {
-                if let Some(r) = handle(second, m?, from, state)? { return Ok(r); }
+                if let Some(r) = handle(second, m?, from, hold, state)? { return Ok(r); }
             }
             _ = sleep_until(on_applied.due()) => {
                 on_applied.run_due(state);
                 continue;
+            }
+            _ = sleep_until(first.held.next_due().into_iter().chain(second.held.next_due()).min()) => {
+                let now = Instant::now();
+                for s in [&mut *first, &mut *second] {
+                    s.held.release(&mut s.revision, now);
+                }
             }
             _ = sleep_until(nudge_at) => {
                 nudge_at = None;
@@ -175,7 +186,7 @@ pub async fn follow(
             for s in [&mut *first, &mut *second] {
                 if let Some(m) = s.inner.message().now_or_never() {
                     got = true;
-                    if let Some(r) = handle(s, m?, from, state)? {
+                    if let Some(r) = handle(s, m?, from, hold, state)? {
                         return Ok(r);
                     }
                 }
@@ -185,16 +196,16 @@ pub async fn follow(
             }
         }
         // Right after a publish, keep collecting until the gap has passed.
-        if let Some(hold) = last_publish.map(|t| t + MIN_PUBLISH_GAP) {
-            while Instant::now() < hold {
+        if let Some(until) = last_publish.map(|t| t + MIN_PUBLISH_GAP) {
+            while Instant::now() < until {
                 tokio::select! {
                     m = first.inner.message() => {
-                        if let Some(r) = handle(first, m?, from, state)? { return Ok(r); }
+                        if let Some(r) = handle(first, m?, from, hold, state)? { return Ok(r); }
                     }
                     m = second.inner.message() => {
-                        if let Some(r) = handle(second, m?, from, state)? { return Ok(r); }
+                        if let Some(r) = handle(second, m?, from, hold, state)? { return Ok(r); }
                     }
-                    _ = tokio::time::sleep_until(hold.into()) => break,
+                    _ = tokio::time::sleep_until(until.into()) => break,
                 }
             }
         }
@@ -213,6 +224,7 @@ fn handle(
     s: &mut Stream,
     msg: Option<WatchResponse>,
     from: Listed,
+    hold: Option<Duration>,
     state: &mut EtcdState,
 ) -> anyhow::Result<Option<Relist>> {
     let Some(resp) = msg else {
@@ -240,9 +252,14 @@ fn handle(
         // events already sent; re-listing on either was a full re-list every
         // few seconds under write load. The "created" answer is no progress
         // at all: its header is the current revision, and the events from
-        // the start revision up to it may still be on their way.
-        if resp.events().is_empty() && !resp.created() {
-            s.revision = s.revision.max(h.revision());
+        // the start revision up to it may still be on their way. On those
+        // etcd versions the answer is held briefly (`progress`), so that
+        // the events it may have overtaken are applied first.
+        if resp.events().is_empty() && !resp.created() && h.revision() > s.revision {
+            match hold {
+                Some(hold) => s.held.hold(h.revision(), Instant::now() + hold),
+                None => s.revision = h.revision(),
+            }
         }
     }
     for ev in resp.events() {
@@ -265,5 +282,6 @@ fn handle(
         s.last_event = s.last_event.max(rev);
         s.revision = s.revision.max(rev);
     }
+    s.held.forget_up_to(s.revision);
     Ok(None)
 }
