@@ -37,6 +37,8 @@ pub struct RegisterArgs {
     /// How often the health URL is checked, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub health_interval_ms: u64,
+    /// The etcd prefix instances register under; must match the gateways'
+    /// `etcd.registry_prefix`.
     #[arg(long, default_value = "/services")]
     pub registry_prefix: String,
 }
