@@ -990,3 +990,58 @@ fn check_refuses_bad_policies_naming_the_field() {
     let (code, out, err) = run_cmd(bin(), &["check", "-c", f.arg()]);
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
 }
+
+#[test]
+fn a_client_hanging_up_counts_against_no_instance() {
+    // Both instances answer slowly, so the client can leave mid-request.
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    for backend in [&a, &b] {
+        backend.set_mode(Mode::Stall(Duration::from_secs(2)));
+    }
+    let gw = start(&format!(
+        "routes:\n{}upstreams:\n\
+         \x20 u: {{ nodes: [{}], health_check: {{ passive: {{ consecutive_failures: 1, ejection_ms: 60000 }} }} }}\n",
+        route("u"),
+        nodes(&[&a, &b]),
+    ));
+    let mut client = std::net::TcpStream::connect(gw.proxy_addr()).expect("connect");
+    std::io::Write::write_all(
+        &mut client,
+        b"GET /u/x HTTP/1.1\r\nHost: example.com\r\nX-Request-Id: hangs-up\r\n\r\n",
+    )
+    .expect("send");
+    wait_for(
+        "the request to reach an instance",
+        Duration::from_secs(10),
+        || a.hits() + b.hits() == 1,
+    );
+    drop(client);
+    wait_for(
+        "the gateway to end the request",
+        Duration::from_secs(10),
+        || {
+            gw.logs()
+                .lines()
+                .any(|l| l.contains("hangs-up") && l.contains("request failed"))
+        },
+    );
+
+    // The instance did nothing wrong: not ejected, and no other got it.
+    assert_eq!(
+        metric(&gw, "tollgate_ejections_total", &[("upstream", "u")]),
+        0.0
+    );
+    assert_eq!(a.hits() + b.hits(), 1, "the request was retried");
+    // Both keep taking traffic.
+    for backend in [&a, &b] {
+        backend.set_mode(Mode::Normal);
+    }
+    let mut conn = Conn::new(gw.proxy_addr());
+    let mut seen = HashSet::new();
+    for _ in 0..4 {
+        let r = conn.get("/u/x", &[]).expect("GET");
+        assert_eq!(r.status, 200, "{r:?}");
+        seen.extend(r.header("x-backend").map(str::to_string));
+    }
+    assert_eq!(seen.len(), 2, "an instance was taken out: {seen:?}");
+}

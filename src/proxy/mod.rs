@@ -19,7 +19,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -260,8 +260,13 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("panic")
 }
 
-/// Which retry condition an error while proxying is.
+/// Which retry condition an error while proxying is. A failure on the
+/// client's side (it hung up, sent a broken body) is none: it says nothing
+/// about the instance, and counted as one it ejected healthy instances.
 fn retry_cause(e: &Error) -> Option<RetryOn> {
+    if *e.esource() == ErrorSource::Downstream {
+        return None;
+    }
     match e.etype() {
         ErrorType::HTTPStatus(502) => Some(RetryOn::Status502),
         ErrorType::HTTPStatus(503) => Some(RetryOn::Status503),
