@@ -18,18 +18,9 @@ use crate::config::Bootstrap;
 /// A port taken between this check and Pingora's own bind is still possible,
 /// but it is a window of microseconds, not the whole life of the process.
 pub fn listeners_are_free(b: &Bootstrap) -> anyhow::Result<()> {
-    let wanted = b
-        .listen
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (format!("listen[{i}]"), a))
-        .chain(std::iter::once((
-            "admin.listen".to_string(),
-            &b.admin.listen,
-        )));
     let mut held = Vec::new();
-    for (field, addr) in wanted {
-        match TcpListener::bind(addr.as_str()) {
+    for (field, addr) in b.listen_addresses() {
+        match TcpListener::bind(addr) {
             Ok(l) => held.push(l),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
                 "{field}: {addr} is already in use by another process (address already in use)"

@@ -104,14 +104,10 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
             "at least one address is required",
         ));
     }
-    let mut addrs = Vec::with_capacity(b.listen.len() + 1);
-    for (i, a) in b.listen.iter().enumerate() {
-        addrs.push((index("listen", i), check_addr(&index("listen", i), a)?));
-    }
-    addrs.push((
-        "admin.listen".to_string(),
-        check_addr("admin.listen", &b.admin.listen)?,
-    ));
+    let addrs = b
+        .listen_addresses()
+        .map(|(field, a)| check_addr(&field, a).map(|addr| (field, addr)))
+        .collect::<Result<Vec<_>, _>>()?;
     check_no_overlap(&addrs)?;
     if b.threads == 0 || b.threads > 1024 {
         return Err(FieldError::new("threads", "must be between 1 and 1024"));

@@ -62,6 +62,22 @@ pub struct Bootstrap {
     pub upstreams: BTreeMap<String, UpstreamSpec>,
 }
 
+impl Bootstrap {
+    /// Every address the process listens on, with the field that names it
+    /// (`listen[0]`, …, `admin.listen`): what validation and the start-up
+    /// bind check report.
+    pub fn listen_addresses(&self) -> impl Iterator<Item = (String, &str)> {
+        self.listen
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (crate::model::error::index("listen", i), a.as_str()))
+            .chain(std::iter::once((
+                "admin.listen".to_string(),
+                self.admin.listen.as_str(),
+            )))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {

@@ -57,9 +57,15 @@ pub struct EtcdState {
     config_revision: i64,
 }
 
-fn reject(kind: &'static str, key: &str, reason: &dyn std::fmt::Display, store: &Store) {
+/// Counts a refused value or route under `kind`, in the metric and in
+/// `/status` `rejected`.
+fn count_rejected(kind: &'static str, store: &Store) {
     METRICS.config_rejected.with_label_values(&[kind]).inc();
     store.cell().status.count_rejected();
+}
+
+fn reject(kind: &'static str, key: &str, reason: &dyn std::fmt::Display, store: &Store) {
+    count_rejected(kind, store);
     tracing::warn!(key, kind, reason = %reason, "rejected config value; the key keeps its last good value");
 }
 
@@ -257,11 +263,7 @@ impl EtcdState {
         let report = self.store.publish();
         METRICS.applied_revision.set(revision);
         for r in &report.rejected {
-            METRICS
-                .config_rejected
-                .with_label_values(&["route_conflict"])
-                .inc();
-            self.store.cell().status.count_rejected();
+            count_rejected("route_conflict", &self.store);
             tracing::warn!(route = %r.id, reason = %r.reason, "route not served");
         }
         report
