@@ -64,6 +64,16 @@ step "fmt" cargo fmt --all -- --check
 step "clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "build" --fatal cargo build --workspace --bins
 step "tests" run_tests
+# The integration tests again on the fallback engine (proxy.engine: pingora):
+# the binary reads the override at start, so every test runs unchanged.
+run_pingora_engine_tests() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        TOLLGATE_PROXY_ENGINE=pingora cargo nextest run --workspace --no-fail-fast -E 'kind(test)'
+    else
+        TOLLGATE_PROXY_ENGINE=pingora cargo test --workspace --no-fail-fast --tests
+    fi
+}
+step "tests (pingora engine)" run_pingora_engine_tests
 step "bench smoke: proxy" bench/proxy.sh --quick
 step "bench smoke: propagation" bench/propagation.sh --quick
 step "bench smoke: rate limit" bench/limit.sh --quick

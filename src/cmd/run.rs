@@ -12,9 +12,10 @@ use std::sync::Arc;
 use super::notify;
 use super::shutdown::DrainOnSignal;
 use crate::admin::{AdminApp, NodeInfo};
-use crate::config::{load_file, ConfigModel};
+use crate::config::{load_file, ConfigModel, ProxyEngine};
 use crate::proxy::access_log::AccessLog;
-use crate::proxy::{Gateway, InFlight};
+use crate::proxy::engine::CoreEngine;
+use crate::proxy::{Connections, Gate, Gateway, InFlight};
 use crate::snapshot::{InstanceStates, SnapshotCell, SourceState};
 use crate::source::etcd::EtcdSource;
 use crate::source::file::{self, FileSource};
@@ -54,11 +55,25 @@ fn server_conf(model: &ConfigModel) -> ServerConf {
     }
 }
 
+/// The proxy service on every `listen` address.
+fn add_proxy<A: pingora::apps::ServerApp + Send + Sync + 'static>(
+    server: &mut Server,
+    listen: &[String],
+    app: A,
+) {
+    let mut proxy = Service::new("proxy".into(), app);
+    for addr in listen {
+        proxy.add_tcp(addr);
+    }
+    server.add_service(proxy);
+}
+
 pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
     let model =
         load_file(config).with_context(|| format!("{} is not a valid config", config.display()))?;
     super::logging::init(&model.bootstrap.log);
     let b = model.bootstrap.clone();
+    let engine = ProxyEngine::from_env_or(b.proxy.engine).map_err(anyhow::Error::msg)?;
     if !upgrade {
         super::preflight::listeners_are_free(&b)?;
     }
@@ -106,21 +121,33 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
     let in_flight = Arc::new(InFlight::default());
     let draining = Arc::new(AtomicBool::new(false));
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(
-            cell.clone(),
-            in_flight.clone(),
-            model.trusted_proxies.clone(),
-            AccessLog::start(&b.access_log)?,
-            b.request_metrics,
-        ),
-        "proxy",
+    let gate = Gate::new(
+        cell.clone(),
+        in_flight.clone(),
+        model.trusted_proxies.clone(),
+        AccessLog::start(&b.access_log)?,
+        b.request_metrics,
+        draining.clone(),
     );
-    for addr in &b.listen {
-        proxy.add_tcp(addr);
+    // Either engine runs on the server's proxy threads (`threads`,
+    // `work_stealing`), as `http_proxy_service` would.
+    let connections = Arc::new(InFlight::default());
+    let conf = server.configuration.clone();
+    match engine {
+        ProxyEngine::Pingora => add_proxy(
+            &mut server,
+            &b.listen,
+            Connections::new(
+                pingora::proxy::http_proxy(&conf, Gateway::new(gate)),
+                connections.clone(),
+            ),
+        ),
+        ProxyEngine::Core => add_proxy(
+            &mut server,
+            &b.listen,
+            Connections::new(CoreEngine::new(gate, &conf), connections.clone()),
+        ),
     }
-    server.add_service(proxy);
 
     let node = NodeInfo {
         node_id,
@@ -148,11 +175,12 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
     // listeners are up (in --upgrade mode, after the hand-over above).
     notify::spawn_ready_watcher(cell.clone(), b.admin.listen.clone());
 
-    tracing::info!(listen = ?b.listen, admin = %b.admin.listen, threads = b.threads, "tollgate starting");
+    tracing::info!(listen = ?b.listen, admin = %b.admin.listen, threads = b.threads, engine = engine.as_str(), "tollgate starting");
     let phases = std::sync::Mutex::new(Some(server.watch_execution_phase()));
     server.run(RunArgs {
         shutdown_signal: Box::new(notify::NotifyOnShutdown(DrainOnSignal {
             in_flight,
+            connections,
             draining,
             phases,
         })),

@@ -1,7 +1,9 @@
 //! Graceful shutdown that ends when the last request is done, not after a
 //! fixed grace period: on SIGTERM Pingora stops accepting, readiness turns
-//! 503, and the process exits as soon as no request is in flight (or when
-//! `proxy.shutdown_timeout_secs` runs out).
+//! 503, and the process exits as soon as no request is in flight and no
+//! client connection is open (or when `proxy.shutdown_timeout_secs` runs
+//! out). Idle keep-alive connections are closed when the listeners close;
+//! one accepted just before gets its request read first (`proxy::Connections`).
 //!
 //! On SIGQUIT (upgrade) Pingora first hands its listening sockets to the
 //! new process and keeps accepting on them for a few seconds while the new
@@ -23,6 +25,8 @@ use crate::proxy::InFlight;
 
 pub struct DrainOnSignal {
     pub in_flight: Arc<InFlight>,
+    /// Open client connections of the proxy listeners.
+    pub connections: Arc<InFlight>,
     pub draining: Arc<AtomicBool>,
     /// Pingora's execution phases (`Server::watch_execution_phase`), to
     /// start counting the drain once it has stopped accepting.
@@ -52,16 +56,19 @@ const SETTLE: Duration = Duration::from_millis(500);
 impl DrainOnSignal {
     fn exit_when_drained(&self) {
         let in_flight = self.in_flight.clone();
+        let connections = self.connections.clone();
         let phases = self.phases.lock().unwrap_or_else(|e| e.into_inner()).take();
         std::thread::spawn(move || {
             wait_until_not_accepting(phases);
             std::thread::sleep(SETTLE);
             let mut idle_checks = 0;
             loop {
-                if in_flight.get() == 0 {
+                if in_flight.get() == 0 && connections.get() == 0 {
                     idle_checks += 1;
                     if idle_checks >= 3 {
-                        tracing::info!("drained: no request in flight, exiting");
+                        tracing::info!(
+                            "drained: no request in flight, no connection open, exiting"
+                        );
                         std::process::exit(0);
                     }
                 } else {
@@ -93,6 +100,7 @@ impl ShutdownSignalWatch for DrainOnSignal {
         if !matches!(sig, ShutdownSignal::FastShutdown) {
             tracing::info!(
                 in_flight = self.in_flight.get(),
+                connections = self.connections.get(),
                 "shutdown requested: draining"
             );
             self.exit_when_drained();

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession;
 use pingora::{Error, ErrorSource, ErrorType};
 
 /// Maps a proxy error to the status the client sees and a short reason.
@@ -35,19 +35,57 @@ pub fn body(message: &str, request_id: &str) -> Bytes {
     ))
 }
 
+/// The response header the client got, ignoring interim (1xx) ones: a
+/// `100 Continue` does not stop an error page or a retry.
+pub fn final_response(session: &ServerSession) -> Option<&ResponseHeader> {
+    session
+        .response_written()
+        .filter(|r| !r.status.is_informational() || r.status == 101)
+}
+
+/// Whether the client waits for `100 Continue` before sending its body
+/// (an HTTP/1.0 client is never sent one: RFC 9110 15.2).
+fn expects_continue(session: &ServerSession) -> bool {
+    let req = session.req_header();
+    req.version == http::Version::HTTP_11
+        && req
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Answers `Expect: 100-continue` the way nginx does, once the request is
+/// going to be proxied: the client may send its body now. The upstream
+/// never sees the `Expect` (see `Gate::edit_upstream_request`), so a client
+/// does not wait (curl: 1 s) on an upstream that would not answer it.
+pub async fn continue_if_expected(session: &mut ServerSession) {
+    if expects_continue(session) && session.response_written().is_none() && !session.is_body_done()
+    {
+        if let Err(e) = session.write_continue_response().await {
+            tracing::debug!(error = %e, "could not send 100 Continue");
+        }
+    }
+}
+
 /// Writes a complete JSON error response to the client.
-pub async fn respond(session: &mut Session, status: u16, message: &str, request_id: &str) {
+pub async fn respond(session: &mut ServerSession, status: u16, message: &str, request_id: &str) {
     respond_with(session, status, message, request_id, &[]).await;
 }
 
 /// [`respond`] with extra headers (e.g. `Retry-After`).
 pub async fn respond_with(
-    session: &mut Session,
+    session: &mut ServerSession,
     status: u16,
     message: &str,
     request_id: &str,
     extra: &[(&'static str, String)],
 ) {
+    if expects_continue(session) && session.response_written().is_none() && !session.is_body_done()
+    {
+        // The client was refused before it was told to send its body: it
+        // may send it anyway or never. Do not wait to drain it for reuse.
+        session.set_keepalive(None);
+    }
     let body = body(message, request_id);
     let written = async {
         let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
@@ -58,8 +96,8 @@ pub async fn respond_with(
         resp.insert_header("content-length", body.len().to_string())?;
         resp.insert_header("cache-control", "no-store")?;
         resp.insert_header("x-request-id", request_id)?;
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(body), true).await
+        session.write_response_header(Box::new(resp)).await?;
+        session.write_response_body(body, true).await
     }
     .await;
     if let Err(e) = written {

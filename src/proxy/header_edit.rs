@@ -42,6 +42,30 @@ pub fn edit_request<T>(
     out
 }
 
+/// A new request built from `from`'s parts (one copy of its headers, not
+/// the two a `clone` makes with Pingora's case map), edited by `edit` with
+/// room for `extra` more headers; the request-target is kept as in
+/// [`edit_request`]. The core engine builds its upstream request this way.
+pub fn request_from<T>(
+    from: &RequestHeader,
+    extra: usize,
+    edit: impl FnOnce(&mut ReqParts) -> T,
+) -> (RequestHeader, T) {
+    let raw =
+        (!from.raw_path_is_utf8() || from.uri.scheme().is_some()).then(|| from.raw_path().to_vec());
+    let mut parts = from.as_owned_parts();
+    let uri_before = raw.is_some().then(|| parts.uri.clone());
+    parts.headers.reserve(extra);
+    let out = edit(&mut parts);
+    let keep_raw = uri_before.is_some_and(|u| u == parts.uri);
+    let mut req = RequestHeader::from(parts);
+    if let (true, Some(raw)) = (keep_raw, raw) {
+        // The bytes were a valid target when Pingora parsed them.
+        let _ = req.set_raw_path(&raw);
+    }
+    (req, out)
+}
+
 /// Runs `edit` on `resp`'s parts with room for `extra` more headers; a
 /// custom reason phrase is kept.
 pub fn edit_response<T>(
@@ -104,6 +128,25 @@ mod tests {
         assert_eq!(r.raw_path(), raw);
         edit_request(&mut r, 0, |p| p.uri = "/new".parse().unwrap());
         assert_eq!(r.raw_path(), b"/new");
+    }
+
+    #[test]
+    fn a_request_built_from_another_keeps_its_headers_and_target() {
+        let mut r = RequestHeader::build("GET", b"http://h.example/caf\xe9", None).unwrap();
+        r.append_header("Host", "h.example").unwrap();
+        r.append_header("x-a", "1").unwrap();
+        let (copy, n) = request_from(&r, 1, |p| {
+            p.headers.insert(
+                HeaderName::from_static("x-b"),
+                HeaderValue::from_static("2"),
+            );
+            p.headers.len()
+        });
+        assert_eq!(n, 3);
+        assert_eq!(copy.raw_path(), r.raw_path());
+        assert_eq!(copy.headers["x-a"], "1");
+        assert_eq!(copy.headers["x-b"], "2");
+        assert!(r.headers.get("x-b").is_none(), "the original is untouched");
     }
 
     #[test]

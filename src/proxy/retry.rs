@@ -2,9 +2,11 @@
 //! form) over the upstream's retry policy, the request's method, whether
 //! its body can be replayed, and the upstream's retry budget.
 
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession;
+use pingora::{Error, ErrorSource, ErrorType};
 
 use super::ctx::RequestCtx;
+use super::error_response::final_response;
 use crate::model::policy::{RetryOn, RetrySpec, DEFAULT_RETRY_BUDGET};
 use crate::snapshot::InstanceSet;
 
@@ -40,7 +42,12 @@ pub fn attempts_left(ctx: &RequestCtx) -> bool {
 /// Whether to try again after `cause`. `body_sent`: the request (and its
 /// body) may have reached the upstream, so a non-idempotent method is only
 /// retried if the policy allows it and the body can be replayed.
-pub fn should_retry(session: &Session, ctx: &RequestCtx, cause: RetryOn, body_sent: bool) -> bool {
+pub fn should_retry(
+    session: &ServerSession,
+    ctx: &RequestCtx,
+    cause: RetryOn,
+    body_sent: bool,
+) -> bool {
     let (attempts, spec) = policy(ctx);
     if ctx.attempts > attempts {
         return false;
@@ -58,7 +65,7 @@ pub fn should_retry(session: &Session, ctx: &RequestCtx, cause: RetryOn, body_se
         if spec.idempotent_only && !req.method.is_idempotent() {
             return false;
         }
-        if session.as_ref().retry_buffer_truncated() {
+        if session.retry_buffer_truncated() {
             return false;
         }
     }
@@ -80,4 +87,63 @@ pub fn budget_share(set: &InstanceSet) -> f64 {
     set.retry
         .as_ref()
         .map_or(DEFAULT_RETRY_BUDGET, |r| r.budget)
+}
+
+/// The retry condition an upstream answer's status is, if any.
+pub fn status_cause(status: u16) -> Option<RetryOn> {
+    match status {
+        502 => Some(RetryOn::Status502),
+        503 => Some(RetryOn::Status503),
+        504 => Some(RetryOn::Status504),
+        _ => None,
+    }
+}
+
+/// Which retry condition an error while proxying is. A failure on the
+/// client's side (it went away, sent a broken body) is none: it says
+/// nothing about the instance, and another attempt would not help.
+pub fn retry_cause(e: &Error) -> Option<RetryOn> {
+    if *e.esource() == ErrorSource::Downstream {
+        return None;
+    }
+    match e.etype() {
+        ErrorType::HTTPStatus(s) => status_cause(*s),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => Some(RetryOn::Status504),
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+            Some(RetryOn::Reset)
+        }
+        _ => None,
+    }
+}
+
+/// After an error once connected (writing the request, reading the
+/// answer): feeds passive health and decides whether to try another
+/// instance. Never once the client has a response header: another
+/// attempt's response would be spliced into it. Besides the policy's
+/// conditions, a pooled connection the upstream had already closed
+/// (`client_reused`, and Pingora marks the error retryable on reuse) is
+/// retried for an idempotent request: it never reached the upstream.
+pub fn after_error(
+    session: &ServerSession,
+    ctx: &RequestCtx,
+    e: &Error,
+    client_reused: bool,
+) -> bool {
+    let cause = retry_cause(e);
+    if cause.is_some() {
+        ctx.observe(false);
+    }
+    if final_response(session).is_some() {
+        return false;
+    }
+    match cause {
+        Some(c) if should_retry(session, ctx, c, true) => true,
+        // Within the route's attempts: `retries: 0` means none.
+        _ => {
+            let idempotent = session.req_header().method.is_idempotent() && attempts_left(ctx);
+            let mut probe = e.retry;
+            probe.decide_reuse(client_reused);
+            idempotent && probe.retry() && !session.retry_buffer_truncated()
+        }
+    }
 }

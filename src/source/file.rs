@@ -131,6 +131,7 @@ fn process_settings(model: &ConfigModel) -> Vec<(&'static str, String)> {
             "proxy.shutdown_timeout_secs",
             b.proxy.shutdown_timeout_secs.to_string(),
         ),
+        ("proxy.engine", b.proxy.engine.as_str().to_string()),
         ("log", format!("{:?}", b.log)),
         ("reload", format!("{:?}", b.reload)),
         ("access_log", format!("{:?}", b.access_log)),
@@ -185,5 +186,6 @@ mod tests {
             ["proxy.keepalive_pool"]
         );
         assert_eq!(changed("log: { level: debug }\n"), ["log"]);
+        assert_eq!(changed("proxy: { engine: pingora }\n"), ["proxy.engine"]);
     }
 }

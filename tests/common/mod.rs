@@ -4,6 +4,7 @@
 
 pub mod etcd_gw;
 pub mod keepalive;
+pub mod raw_http;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

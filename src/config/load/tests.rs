@@ -179,3 +179,21 @@ fn type_errors_name_the_field() {
     let e = err("threads: many\n");
     assert_eq!(e.path, "threads", "{e}");
 }
+
+#[test]
+fn the_proxy_engine_is_core_by_default_pingora_on_request_and_nothing_else() {
+    use crate::config::ProxyEngine;
+    assert_eq!(
+        parse(GOOD).unwrap().bootstrap.proxy.engine,
+        ProxyEngine::Core
+    );
+    let pingora = parse(&format!("{GOOD}proxy: {{ engine: pingora }}\n")).unwrap();
+    assert_eq!(pingora.bootstrap.proxy.engine, ProxyEngine::Pingora);
+    let e = err(&format!("{GOOD}proxy: {{ engine: bogus }}\n"));
+    assert_eq!(e.path, "proxy.engine", "{e}");
+    assert!(e.message.contains("bogus"), "{e}");
+    assert!(
+        e.message.contains("pingora") && e.message.contains("core"),
+        "{e}"
+    );
+}

@@ -1,0 +1,75 @@
+//! One routed request's attempts: pick an instance, connect, exchange, and
+//! on failure decide with the shared retry policy whether another instance
+//! gets it; finally the JSON error when none answered. The same decisions
+//! as `ProxyHttp`'s `upstream_peer`, `fail_to_connect`, `error_while_proxy`
+//! and `fail_to_proxy` in `proxy_http.rs`.
+
+use pingora::protocols::http::ServerSession;
+use pingora::{Error, ErrorType};
+
+use super::exchange::Exchange;
+use super::CoreEngine;
+use crate::model::policy::RetryOn;
+use crate::proxy::ctx::RequestCtx;
+use crate::proxy::retry;
+
+impl CoreEngine {
+    /// Proxies a routed request; `true` when the client connection may
+    /// carry another request.
+    pub(super) async fn proxy(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> bool {
+        // Keeps up to 64 KiB of the body so a retry can send it again.
+        session.enable_retry_buffering();
+        let error = loop {
+            if ctx.attempts >= self.max_attempts {
+                break Error::explain(ErrorType::InternalError, "too many attempts");
+            }
+            let peer = match self.gate.choose_peer(session, ctx) {
+                Ok(peer) => peer,
+                Err(e) => break e,
+            };
+            let (mut up, reused) = match self.connector.get_http_session(&peer).await {
+                Ok(connected) => connected,
+                Err(mut e) => {
+                    e.as_up();
+                    ctx.observe(false);
+                    // Nothing reached the upstream: any method may go elsewhere.
+                    if retry::should_retry(session, ctx, RetryOn::ConnectFailure, false) {
+                        tracing::debug!(request_id = ctx.request_id(), error = %e, "connect failed; retrying elsewhere");
+                        continue;
+                    }
+                    break e.more_context(format!("peer: {peer}"));
+                }
+            };
+            up.read_timeout = peer.options.read_timeout;
+            up.write_timeout = peer.options.write_timeout;
+            match self.exchange(session, &mut up, ctx).await {
+                Exchange::Complete {
+                    upstream_reusable,
+                    downstream_reusable,
+                } => {
+                    if upstream_reusable {
+                        self.connector
+                            .release_http_session(up, &peer, peer.options.idle_timeout)
+                            .await;
+                    }
+                    return downstream_reusable;
+                }
+                Exchange::Retry => {
+                    tracing::debug!(
+                        request_id = ctx.request_id(),
+                        "upstream answer retried elsewhere"
+                    );
+                }
+                Exchange::Failed(e) => {
+                    let e = e.more_context(format!("peer: {peer}"));
+                    if !retry::after_error(session, ctx, &e, reused) {
+                        break e;
+                    }
+                    tracing::debug!(request_id = ctx.request_id(), error = %e, "retrying elsewhere");
+                }
+            }
+        };
+        self.gate.answer_failure(session, &error, ctx).await;
+        false
+    }
+}

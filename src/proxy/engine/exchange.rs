@@ -1,0 +1,329 @@
+//! One attempt on one upstream connection, full duplex: the request body
+//! goes up while the response comes down, in one task.
+//!
+//! The loop polls the upstream's response and the client's body together,
+//! so an upstream that answers before the body is all sent (a 413 on a big
+//! upload) is relayed at once, even when it stopped reading the body
+//! (`early_answer.rs`), and after a `101 Switching Protocols` the same loop
+//! relays bytes both ways until either side closes. Other writes are
+//! awaited in place, as pingora-proxy's halves await theirs: upgraded, a
+//! peer that stops reading stalls its direction until the write timeout.
+//!
+//! Reuse: the upstream connection goes back to the pool only when the
+//! request was sent whole and the response read whole; the client's only
+//! when its request was read whole (a response sent before that says
+//! `Connection: close`) and nothing failed.
+
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::v1::client::HttpSession as Upstream;
+use pingora::protocols::http::{HttpTask, ServerSession};
+use pingora::{Error, ErrorType, Result};
+
+use super::{early_answer, CoreEngine};
+use crate::proxy::ctx::RequestCtx;
+use crate::proxy::upstream_request::{Sanitize, UpstreamEdits};
+use crate::proxy::{header_edit, hop_by_hop, retry};
+
+/// How an attempt ended.
+pub(super) enum Exchange {
+    /// The response reached the client.
+    Complete {
+        upstream_reusable: bool,
+        downstream_reusable: bool,
+    },
+    /// The upstream answered 502/503/504 and the policy sends the request
+    /// elsewhere; nothing reached the client.
+    Retry,
+    /// The attempt failed; `retry::after_error` decides what next (never a
+    /// retry once the client has a response header).
+    Failed(Box<Error>),
+}
+
+/// Where the attempt stands.
+struct State {
+    /// Nothing more goes upstream: the body is all sent, or sending stopped.
+    req_done: bool,
+    /// The response is all relayed (or, upgraded, a side closed).
+    resp_done: bool,
+    /// A `101` went to the client: both sides are byte streams now.
+    upgraded: bool,
+    /// Why the upstream stopped taking the body; the response may still
+    /// come (it is relayed), but the connection is not reused.
+    send_error: Option<Box<Error>>,
+}
+
+impl CoreEngine {
+    /// The request header as it goes upstream: the client's, hop-by-hop
+    /// headers stripped, tollgate's edits applied, framing settled; built
+    /// from the client's header in one copy.
+    fn upstream_request(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<RequestHeader>> {
+        let has_body = !session.is_body_empty();
+        let down = session.req_header();
+        let had_host = down.headers.contains_key(http::header::HOST);
+        let sanitize = Sanitize::HopByHop {
+            downstream_is_http11: down.version == http::Version::HTTP_11,
+        };
+        let edits = self.gate.upstream_edits(session, ctx, sanitize)?;
+        let (req, edited) =
+            header_edit::request_from(session.req_header(), UpstreamEdits::ADDED, |parts| {
+                parts.version = http::Version::HTTP_11;
+                edits.apply(parts)
+            });
+        edited?;
+        let mut req = Box::new(req);
+        hop_by_hop::finalize(&mut req, had_host, has_body).map_err(|e| e.into_in())?;
+        Ok(req)
+    }
+
+    pub(super) async fn exchange(
+        &self,
+        session: &mut ServerSession,
+        up: &mut Upstream,
+        ctx: &mut RequestCtx,
+    ) -> Exchange {
+        let req = match self.upstream_request(session, ctx) {
+            Ok(req) => req,
+            Err(e) => return Exchange::Failed(e),
+        };
+        if let Err(e) = up.write_request_header(req).await {
+            return Exchange::Failed(e.into_up());
+        }
+        // A response that starts before the request body is read whole
+        // closes the client connection afterwards instead of draining it.
+        session.set_close_on_response_before_downstream_finish(true);
+        // A retry first sends again what the client already sent.
+        if let Some(sent) = session.get_retry_buffer() {
+            if let Err(e) = up.write_body(&sent).await {
+                return Exchange::Failed(e.into_up());
+            }
+        }
+        let mut st = State {
+            req_done: false,
+            resp_done: false,
+            upgraded: false,
+            send_error: None,
+        };
+        if session.is_body_done() {
+            if let Err(e) = self.end_request_body(up, &mut st).await {
+                return Exchange::Failed(e);
+            }
+        }
+
+        while !(st.req_done && st.resp_done) {
+            // The client is read while its body lasts, and afterwards (until
+            // the response is relayed) to notice it going away. Not once
+            // sending stopped early: its remaining body is left unread.
+            let watch_client = !st.req_done || (st.send_error.is_none() && session.is_body_done());
+            tokio::select! {
+                biased;
+                task = up.read_response_task(), if !st.resp_done => {
+                    let task = match task {
+                        Ok(task) => task,
+                        Err(e) => return Exchange::Failed(st.send_error.take().unwrap_or(e).into_up()),
+                    };
+                    if let Err(outcome) = self.relay(session, up, ctx, &mut st, task).await {
+                        return outcome;
+                    }
+                }
+                body = session.read_body_or_idle(st.req_done), if watch_client => {
+                    let body = match body {
+                        Ok(body) => body,
+                        // The client went away, or its body is malformed.
+                        Err(e) => return Exchange::Failed(e.into_down()),
+                    };
+                    if let Err(e) = self.forward(session, up, &mut st, body).await {
+                        return Exchange::Failed(e);
+                    }
+                }
+            }
+        }
+
+        let body_complete = session.is_body_done();
+        Exchange::Complete {
+            upstream_reusable: st.send_error.is_none() && !st.upgraded && body_complete,
+            downstream_reusable: !st.upgraded && body_complete,
+        }
+    }
+
+    /// One piece of the client's body (`None`: it ended) to the upstream.
+    async fn forward(
+        &self,
+        session: &mut ServerSession,
+        up: &mut Upstream,
+        st: &mut State,
+        body: Option<Bytes>,
+    ) -> Result<()> {
+        let Some(data) = body else {
+            // The client's body ended; upgraded, the client closed its side,
+            // which ends the exchange.
+            if st.upgraded {
+                st.resp_done = true;
+            }
+            return self.end_request_body(up, st).await;
+        };
+        if st.upgraded {
+            up.maybe_upgrade_body_writer();
+        }
+        if st.send_error.is_none() && !data.is_empty() {
+            // Upgraded, both directions are one stream: never cut a write.
+            let written = if st.upgraded {
+                up.write_body(&data).await.map(|_| true)
+            } else {
+                early_answer::write_unless_answered(up, &data).await
+            };
+            let stopped = match written {
+                Ok(true) => None,
+                Ok(false) => Some(Error::explain(
+                    ErrorType::WriteError,
+                    "upstream answered before taking the whole request body",
+                )),
+                Err(e) => Some(e),
+            };
+            if let Some(e) = stopped {
+                // The upstream stopped taking the body (it answered early,
+                // or closed): stop sending, keep reading its response.
+                tracing::debug!(error = %e, "upstream stopped taking the request body");
+                st.send_error = Some(e.into_up());
+                st.req_done = true;
+                return Ok(());
+            }
+        }
+        if !st.upgraded && session.is_body_done() {
+            return self.end_request_body(up, st).await;
+        }
+        Ok(())
+    }
+
+    /// Ends the request body upstream (the last chunk, for chunked).
+    async fn end_request_body(&self, up: &mut Upstream, st: &mut State) -> Result<()> {
+        st.req_done = true;
+        if st.send_error.is_some() {
+            return Ok(());
+        }
+        if st.upgraded {
+            up.maybe_upgrade_body_writer();
+        }
+        if let Err(e) = up.finish_body().await {
+            st.send_error = Some(e.into_up());
+        }
+        Ok(())
+    }
+
+    /// One piece of the upstream's response to the client. `Err` ends the
+    /// attempt with that outcome.
+    async fn relay(
+        &self,
+        session: &mut ServerSession,
+        up: &mut Upstream,
+        ctx: &mut RequestCtx,
+        st: &mut State,
+        task: HttpTask,
+    ) -> Result<(), Exchange> {
+        let (data, end) = match task {
+            HttpTask::Header(header, end) => {
+                return self.relay_header(session, up, ctx, st, header, end).await
+            }
+            HttpTask::Body(data, end) | HttpTask::UpgradedBody(data, end) => (data, end),
+            HttpTask::Done => (None, true),
+            HttpTask::Trailer(_) => (None, false), // HTTP/1 upstreams send none
+            HttpTask::Failed(e) => return Err(Exchange::Failed(e.into_up())),
+        };
+        let data = data.unwrap_or_default();
+        if !data.is_empty() || end {
+            session
+                .write_response_body(data, end)
+                .await
+                .map_err(|e| Exchange::Failed(e.into_down()))?;
+        }
+        if end {
+            self.response_ended(session, st);
+        }
+        Ok(())
+    }
+
+    /// The response is all relayed. Upgraded, the upstream closed, which
+    /// ends the client's side too (Pingora closes its reader when the
+    /// response ends); otherwise an early response stops the request body.
+    fn response_ended(&self, session: &mut ServerSession, st: &mut State) {
+        st.resp_done = true;
+        if st.upgraded || !session.is_body_done() {
+            st.req_done = true;
+        }
+    }
+
+    async fn relay_header(
+        &self,
+        session: &mut ServerSession,
+        up: &mut Upstream,
+        ctx: &mut RequestCtx,
+        st: &mut State,
+        mut header: Box<ResponseHeader>,
+        end: bool,
+    ) -> Result<(), Exchange> {
+        let status = header.status.as_u16();
+        if header.status.is_informational() && status != 101 {
+            // 100 Continue is ours to send (the upstream never saw the
+            // client's Expect); other interim answers (103) are relayed.
+            if status != 100 {
+                session
+                    .write_response_header(header)
+                    .await
+                    .map_err(|e| Exchange::Failed(e.into_down()))?;
+            }
+            return Ok(());
+        }
+        if status == 101 && !(session.is_upgrade_req() && up.is_upgrade_req()) {
+            // Switching protocols on one side only would let a tunnel skip
+            // the request handling on the other (pingora-proxy refuses it too).
+            return Err(Exchange::Failed(
+                Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "101 answer to a request that is not an upgrade",
+                )
+                .into_up(),
+            ));
+        }
+        ctx.observe(status < 500);
+        if let Some(cause) = retry::status_cause(status) {
+            if retry::should_retry(session, ctx, cause, true) {
+                return Err(Exchange::Retry);
+            }
+        }
+        let no_body =
+            session.req_header().method == http::Method::HEAD || matches!(status, 204 | 304);
+        // An HTTP/1.0-style body that ends when the upstream closes goes to
+        // the client chunked, so its connection can be kept.
+        let chunked = !no_body
+            && status != 101
+            && !end
+            && !header.headers.contains_key(http::header::TRANSFER_ENCODING)
+            && !header.headers.contains_key(http::header::CONTENT_LENGTH);
+        self.gate.edit_response(&mut header, ctx, chunked);
+        if self.gate.draining() {
+            // Draining: the client learns now that this connection ends.
+            session.set_keepalive(None);
+        }
+        session
+            .write_response_header(header)
+            .await
+            .map_err(|e| Exchange::Failed(e.into_down()))?;
+        if session.was_upgraded() {
+            // Both sides are byte streams from here: keep reading the client.
+            st.upgraded = true;
+            st.req_done = false;
+        }
+        if end {
+            session
+                .finish_body()
+                .await
+                .map_err(|e| Exchange::Failed(e.into_down()))?;
+            self.response_ended(session, st);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+//! `proxy.engine: core`: tollgate's own request loop on pingora-core.
+//!
+//! pingora-proxy's `ProxyHttp` gives every request a boxed session with
+//! cache and module state, runs its downstream and upstream halves as two
+//! futures joined by task channels, and calls a dozen filter phases. The
+//! passthrough bench measured a straight pingora-core loop at 1.29–1.38x
+//! its requests/s (bench/README.md). This engine is that loop with
+//! everything the gateway does: each decision is the shared
+//! [`Gate`](super::Gate)'s, so both engines behave the same; what is here
+//! is only the moving of bytes.
+//!
+//! - `mod.rs`: one connection's requests (read, shutdown, panics, reuse).
+//! - `attempts.rs`: one request's attempts (peer, connect, retry, errors).
+//! - `exchange.rs`: one attempt, full duplex (body up while the response
+//!   comes down, `101` upgrades relayed both ways).
+//! - `early_answer.rs`: a body write that gives way when the upstream
+//!   answers while it is stuck.
+//! - `shutdown.rs`: waking idle keep-alive connections on shutdown.
+
+mod attempts;
+mod early_answer;
+mod exchange;
+mod shutdown;
+
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::connectors::http::v1::Connector;
+use pingora::connectors::ConnectorOptions;
+use pingora::protocols::http::ServerSession;
+use pingora::server::configuration::ServerConf;
+use pingora::server::ShutdownWatch;
+use pingora::{Error, ErrorType};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use super::ctx::RequestCtx;
+use super::gate::{panic_message, Gate};
+use super::{error_response, timer_tick};
+use shutdown::Shutdown;
+
+/// The core engine: a pingora-core `HttpServerApp` for the proxy listeners.
+pub struct CoreEngine {
+    gate: Gate,
+    /// HTTP/1.1 upstream connections and their keep-alive pool (tollgate's
+    /// upstreams are plain HTTP/1.1; see README, Limitations).
+    connector: Connector,
+    shutdown: Shutdown,
+    /// Attempts per request at most, whatever the policies say (Pingora's
+    /// `max_retries`, which bounds `ProxyHttp` the same way).
+    max_attempts: u32,
+}
+
+impl CoreEngine {
+    pub fn new(gate: Gate, conf: &ServerConf) -> Self {
+        Self {
+            gate,
+            connector: Connector::new(Some(ConnectorOptions::from_server_conf(conf))),
+            shutdown: Shutdown::new(conf.threads),
+            max_attempts: u32::try_from(conf.max_retries).unwrap_or(u32::MAX).max(1),
+        }
+    }
+
+    /// After the request header is read: route, then proxy. `true` when the
+    /// client connection may carry another request.
+    async fn serve(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> bool {
+        if self.gate.route_request(session, ctx).await {
+            // Answered here (400/404/429/503); the body is drained for reuse.
+            return true;
+        }
+        self.proxy(session, ctx).await
+    }
+
+    /// A request that could not be read. Malformed HTTP (a bad request line,
+    /// oversized headers) is answered 400 as Pingora does; anything else is
+    /// a connection that broke. Either way the connection is closed.
+    async fn unreadable(session: &mut ServerSession, mut e: Box<Error>) {
+        e.as_down();
+        if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+            tracing::debug!(error = %e, "malformed request");
+            if let Err(e) = session.respond_error(400).await {
+                tracing::debug!(error = %e, "could not answer a malformed request");
+            }
+        } else {
+            tracing::debug!(error = %e, "reading a request failed");
+        }
+        session.shutdown().await;
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for CoreEngine {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        timer_tick::ensure_started();
+        // Biased: a request already buffered is served, not dropped, when
+        // shutdown and the request arrive together.
+        let read = tokio::select! {
+            biased;
+            read = session.read_request() => read,
+            _ = self.shutdown.wait() => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None, // closed between requests
+            Err(e) => {
+                Self::unreadable(&mut session, e).await;
+                return None;
+            }
+        }
+        if self.gate.draining() {
+            // Draining: this is the connection's last request. (The flag,
+            // not the `ShutdownWatch`: reading that takes its lock.)
+            session.set_keepalive(None);
+        }
+        if session.req_header().method == http::Method::CONNECT {
+            // As pingora-proxy by default: tunnels change the message
+            // framing, and tollgate does not proxy them.
+            let _ = session.respond_error(405).await;
+            session.shutdown().await;
+            return None;
+        }
+
+        let mut ctx = self.gate.new_ctx();
+        let reuse = match AssertUnwindSafe(self.serve(&mut session, &mut ctx))
+            .catch_unwind()
+            .await
+        {
+            Ok(reuse) => reuse,
+            Err(p) => {
+                // One bad request must not take the others down: answer it
+                // 500 with its id (if nothing was sent yet) and close.
+                ctx.ensure_request_id(&self.gate.ids);
+                tracing::error!(
+                    request_id = ctx.request_id(),
+                    panic = panic_message(&*p),
+                    "panic while handling a request"
+                );
+                if error_response::final_response(&session).is_none() {
+                    error_response::respond(&mut session, 500, "internal error", ctx.request_id())
+                        .await;
+                }
+                false
+            }
+        };
+        self.gate.log_request(&session, &ctx);
+        if !reuse {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "client connection not reusable");
+                None
+            }
+        }
+    }
+
+    async fn http_cleanup(&self) {
+        self.shutdown.fire();
+    }
+}

@@ -1,0 +1,356 @@
+//! The gateway's per-request decisions, shared by both engines: the
+//! ProxyHttp [`Gateway`](super::Gateway) calls these from its phases and
+//! the core [`engine`](super::engine) from its own loop, so routing, limits,
+//! balancing, header rewrites, errors, metrics and the access log cannot
+//! drift apart between them. Everything here takes pingora-core's
+//! [`ServerSession`] (pingora-proxy's `Session` derefs to it).
+
+use http::{HeaderName, HeaderValue};
+use ipnet::IpNet;
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::access_log::{self, AccessLog};
+use super::ctx::{Attempt, InFlight, RequestCtx};
+use super::error_response;
+use super::forwarding::{client_ip, cookie, has_dot_segment, host_of};
+use super::header_edit;
+use super::request_id::{self, RequestIds};
+use super::retry;
+use crate::balance::stable_hash;
+use crate::limiter::{self, Client, Decision};
+use crate::metrics::{method_index, Observation, UNROUTED};
+use crate::model::policy::HashKey;
+use crate::snapshot::{RouteEntry, SnapshotCell};
+
+pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+
+/// The state every request reads: the snapshot, id generator, in-flight
+/// counter, trusted proxies, access log and metric switches.
+pub struct Gate {
+    cell: Arc<SnapshotCell>,
+    pub(super) ids: RequestIds,
+    in_flight: Arc<InFlight>,
+    trusted_proxies: Vec<IpNet>,
+    access_log: Option<AccessLog>,
+    /// Test-only: a request carrying this header panics while it is routed
+    /// (from `TOLLGATE_TEST_PANIC_HEADER`; unset in production).
+    panic_header: Option<HeaderName>,
+    request_metrics: bool,
+    /// Set when a shutdown or upgrade signal arrives.
+    draining: Arc<AtomicBool>,
+}
+
+struct RateLimited {
+    limit: u32,
+    retry_after_secs: u64,
+}
+
+impl Gate {
+    pub fn new(
+        cell: Arc<SnapshotCell>,
+        in_flight: Arc<InFlight>,
+        trusted_proxies: Vec<IpNet>,
+        access_log: Option<AccessLog>,
+        request_metrics: bool,
+        draining: Arc<AtomicBool>,
+    ) -> Self {
+        let panic_header = std::env::var("TOLLGATE_TEST_PANIC_HEADER")
+            .ok()
+            .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok());
+        Self {
+            cell,
+            ids: RequestIds::default(),
+            in_flight,
+            trusted_proxies,
+            access_log,
+            panic_header,
+            request_metrics,
+            draining,
+        }
+    }
+
+    /// Whether the process is going away (shutdown or upgrade): responses
+    /// then say `Connection: close`, so clients move to new connections
+    /// (during an upgrade, ones the new process accepts) before the idle
+    /// ones are closed under them.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// A fresh context; counts the request as in flight until it is dropped.
+    pub fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(&self.in_flight)
+    }
+
+    fn client_ip(&self, session: &ServerSession) -> Option<IpAddr> {
+        let peer = session.client_addr()?.as_inet()?.ip();
+        let xff = session.req_header().headers.get_all(&X_FORWARDED_FOR);
+        client_ip(peer, xff.iter(), &self.trusted_proxies)
+    }
+
+    /// Takes a token: `Ok` with the (limit, remaining) to advertise, if the
+    /// route advertises them; `Err` when the request must be refused.
+    fn rate_limit(
+        &self,
+        session: &ServerSession,
+        route: &RouteEntry,
+    ) -> Result<Option<(u32, u32)>, RateLimited> {
+        let Some(limiter) = route.limiter.as_ref() else {
+            return Ok(None);
+        };
+        let ip = if limiter.keys_by_client_ip() {
+            self.client_ip(session)
+        } else {
+            None
+        };
+        let header = limiter
+            .header_name()
+            .and_then(|h| session.req_header().headers.get(h))
+            .map(|v| v.as_bytes());
+        let verdict = limiter.check(&Client { ip, header }, limiter::now_ns());
+        match verdict.decision {
+            Decision::Allow { remaining } => {
+                Ok(verdict.headers.then_some((verdict.limit, remaining)))
+            }
+            Decision::Deny { retry_after_ns } => Err(RateLimited {
+                limit: verdict.limit,
+                retry_after_secs: retry_after_ns.div_ceil(1_000_000_000).max(1),
+            }),
+        }
+    }
+
+    /// The consistent-hash key's hash, when the upstream hashes.
+    fn hash_of(&self, session: &ServerSession, key: &HashKey) -> Option<u64> {
+        let req = session.req_header();
+        match key {
+            HashKey::Header(h) => req
+                .headers
+                .get(h.as_str())
+                .map(|v| stable_hash(v.as_bytes())),
+            HashKey::Cookie(c) => cookie(req, c).map(stable_hash),
+            HashKey::ClientIp => self.client_ip(session).map(|ip| match ip {
+                IpAddr::V4(v4) => stable_hash(&v4.octets()),
+                IpAddr::V6(v6) => stable_hash(&v6.octets()),
+            }),
+            HashKey::Path => Some(stable_hash(req.uri.path().as_bytes())),
+        }
+    }
+
+    /// Routes the request: `true` when a response was already sent (400 dot
+    /// segments, 404/503 no route, 429). On `false` the context holds the
+    /// route and upstream, and a client that asked for `100 Continue` has
+    /// been told to send its body, as nginx does once it reads a body.
+    pub async fn route_request(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> bool {
+        let req = session.req_header();
+        let mut sent = req.headers.get_all(&X_REQUEST_ID).iter();
+        match request_id::from_client(sent.next()) {
+            Some(id) => {
+                ctx.request_id = id;
+                ctx.id_already_sent = sent.next().is_none();
+            }
+            None => ctx.ensure_request_id(&self.ids),
+        }
+        if let Some(h) = &self.panic_header {
+            if req.headers.contains_key(h) {
+                panic!("test panic requested by header {h}");
+            }
+        }
+        let path = req.uri.path();
+        if has_dot_segment(path) {
+            // The upstream would resolve `..` after we matched the raw path:
+            // a `/public/*rest` route must never reach `/admin`.
+            error_response::respond(session, 400, "path has dot segments", ctx.request_id()).await;
+            return true;
+        }
+        let Some(route) = self.cell.route_for(host_of(req), req.method.as_str(), path) else {
+            // Before the first config is applied, "no route" would be a lie.
+            let (status, message) = if self.cell.status.is_ready() {
+                (404, "no route")
+            } else {
+                (503, "gateway has no config yet")
+            };
+            error_response::respond(session, status, message, ctx.request_id()).await;
+            return true;
+        };
+        // The context holds the one reference this request takes.
+        let route: &RouteEntry = ctx.route.insert(route);
+        match self.rate_limit(session, route) {
+            Ok(advertised) => ctx.rate_limit = advertised,
+            Err(limited) => {
+                route.metrics.rate_limited();
+                let headers = [
+                    ("retry-after", limited.retry_after_secs.to_string()),
+                    ("x-ratelimit-limit", limited.limit.to_string()),
+                    ("x-ratelimit-remaining", "0".to_string()),
+                ];
+                let id = request_id::as_str(&ctx.request_id);
+                error_response::respond_with(session, 429, "rate limited", id, &headers).await;
+                return true;
+            }
+        }
+        ctx.leaf = Some(route.upstream_for(&session.req_header().headers).clone());
+        error_response::continue_if_expected(session).await;
+        false
+    }
+
+    /// Picks the instance for the next attempt (a retry avoids the one that
+    /// just failed) and the peer with the route's timeouts.
+    pub fn choose_peer(&self, session: &ServerSession, ctx: &mut RequestCtx) -> Result<HttpPeer> {
+        let (Some(route), Some(leaf)) = (ctx.route.as_deref(), ctx.leaf.as_deref()) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no route in context",
+            ));
+        };
+        let set = leaf.instances();
+        if ctx.attempts == 0 {
+            // Each request earns its upstream a share of a retry.
+            leaf.budget.deposit(retry::budget_share(&set));
+        }
+        let avoid = ctx.attempt.as_ref().map(|a| a.node().addr);
+        let key_hash = set.hash_key().and_then(|k| self.hash_of(session, k));
+        let Some(picked) = leaf.pick(&set, key_hash, avoid) else {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                format!("upstream {} has no live instance", leaf.name),
+            ));
+        };
+        if picked.panic {
+            tracing::debug!(upstream = %leaf.name, "too few healthy instances: failing open across all");
+        }
+        let t = route.timeouts(set.timeouts);
+        let attempt = Attempt::new(set, picked.index)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "picked instance vanished"))?;
+        let mut peer = HttpPeer::new(attempt.node().addr, false, String::new());
+        peer.options.connection_timeout = Some(t.connect);
+        peer.options.read_timeout = Some(t.read);
+        peer.options.write_timeout = Some(t.write);
+        peer.options.idle_timeout = Some(t.idle);
+        ctx.attempts += 1;
+        ctx.attempt = Some(attempt);
+        Ok(peer)
+    }
+
+    /// Tollgate's edits of the response going to the client: the upstream
+    /// latency, `X-Request-Id` and the `X-RateLimit-*` the route advertises.
+    /// `chunked`: the upstream's body is close-delimited (HTTP/1.0 style);
+    /// re-frame it as chunked so the client connection can be kept.
+    pub fn edit_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx, chunked: bool) {
+        if let Some(sent) = ctx.upstream_sent {
+            ctx.upstream_took.get_or_insert_with(|| sent.elapsed());
+        }
+        let id = ctx.request_id.clone();
+        let limits = ctx.rate_limit;
+        // Exactly the room needed: a parsed response's map has little spare,
+        // and growing it more than necessary rehashes it for nothing.
+        let added = 1 + 2 * usize::from(limits.is_some()) + usize::from(chunked);
+        header_edit::edit_response(resp, added, |resp| {
+            if chunked {
+                resp.version = http::Version::HTTP_11;
+                resp.headers.insert(
+                    http::header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+            }
+            let h = &mut resp.headers;
+            h.insert(X_REQUEST_ID.clone(), id);
+            if let Some((limit, remaining)) = limits {
+                h.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(limit));
+                h.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining));
+            }
+        });
+    }
+
+    /// Answers a request that could not be proxied: the JSON error, unless
+    /// the client already has a response header (then all that is left is
+    /// to close), and one warning with the request id. Returns the status
+    /// (0: the client went away).
+    pub async fn answer_failure(
+        &self,
+        session: &mut ServerSession,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> u16 {
+        let (code, message) = error_response::classify(e);
+        ctx.ensure_request_id(&self.ids);
+        // Neither engine reuses a connection after a failure: say so.
+        session.set_keepalive(None);
+        if code > 0 && error_response::final_response(session).is_none() {
+            error_response::respond(session, code, message, ctx.request_id()).await;
+        }
+        tracing::warn!(
+            request_id = ctx.request_id(),
+            route = ctx.route().map_or("", |r| &*r.id),
+            status = code,
+            error = %e,
+            "request failed"
+        );
+        code
+    }
+
+    /// The request is over: per-route metrics and the access log line.
+    pub fn log_request(&self, session: &ServerSession, ctx: &RequestCtx) {
+        let total = ctx.started.elapsed();
+        let status = error_response::final_response(session).map_or(0, |r| r.status.as_u16());
+        if self.request_metrics {
+            let obs = Observation {
+                method: method_index(&session.req_header().method),
+                status,
+                total,
+                upstream: ctx.upstream_took,
+                bytes_in: session.body_bytes_read(),
+                bytes_out: session.body_bytes_sent(),
+            };
+            match ctx.route() {
+                Some(r) => r.metrics.observe(&obs),
+                None => UNROUTED.observe(&obs),
+            }
+        }
+        self.log_access(session, ctx, status, total);
+    }
+
+    fn log_access(&self, session: &ServerSession, ctx: &RequestCtx, status: u16, total: Duration) {
+        let Some(log) = &self.access_log else { return };
+        if !log.wants() {
+            return;
+        }
+        let req = session.req_header();
+        log.send(&access_log::Line {
+            time: std::time::SystemTime::now() - total,
+            request_id: ctx.request_id(),
+            client_ip: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            method: req.method.as_str(),
+            host: host_of(req),
+            path: req.uri.path(),
+            route: ctx.route().map_or("", |r| &r.id),
+            upstream: ctx.attempt.as_ref().map(|a| a.node().addr),
+            status,
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            duration: total,
+            upstream_duration: ctx.upstream_took,
+        });
+    }
+}
+
+/// A panic payload's message, for the log.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("panic")
+}

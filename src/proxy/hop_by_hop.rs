@@ -1,0 +1,339 @@
+//! What the core engine does to a request header on its way upstream that
+//! pingora-proxy does for `ProxyHttp` (`proxy_common.rs`, 0.9.1, with its
+//! default `HttpUpstreamRequestPolicy`): hop-by-hop headers and the ones
+//! the client's `Connection` header names are not forwarded, a WebSocket
+//! upgrade is forwarded in normalized form and any other upgrade not at
+//! all, `Host` and an absolute-form target agree, and a body without
+//! `Content-Length` goes chunked. pingora-proxy keeps these `pub(crate)`,
+//! so they are ported here; the header edits work on the `HeaderMap` that
+//! `header_edit` already takes apart, so they cost no extra rebuild.
+
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue};
+use pingora::http::RequestHeader;
+use pingora::protocols::http::authority::{
+    raw_target_authority, validate_request_authority, RawTargetAuthority,
+};
+use pingora::{Error, ErrorType::InvalidHTTPHeader, OrErr, Result};
+
+/// Connection-header tokens processed at most (Envoy's defence; a request
+/// naming more is refused rather than parsed at length).
+const MAX_CONNECTION_NOMINATIONS: usize = 10;
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// The hop-by-hop headers RFC 9110 7.6.1 and common practice name,
+/// pre-parsed: removing by a `&str` parses the name again each time.
+fn hop_by_hop() -> [&'static HeaderName; 10] {
+    [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::CONNECTION,
+        &header::UPGRADE,
+        &HTTP2_SETTINGS,
+    ]
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop().contains(&name)
+}
+
+/// A `tchar` (RFC 9110 5.6.2): what a `Connection` token may be made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
+/// The headers the client's `Connection` header names, or an error for a
+/// request that names too many, a malformed token, a pseudo-header or one
+/// of the headers a proxy must not drop (`Host`, `X-Forwarded-*`).
+fn nominated(
+    headers: &HeaderMap,
+) -> Result<([Option<HeaderName>; MAX_CONNECTION_NOMINATIONS], usize)> {
+    let mut names: [Option<HeaderName>; MAX_CONNECTION_NOMINATIONS] = Default::default();
+    let mut len = 0;
+    let tokens = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty());
+    for (n, token) in tokens.enumerate() {
+        if n + 1 >= MAX_CONNECTION_NOMINATIONS {
+            return Error::e_explain(InvalidHTTPHeader, "too many Connection header nominations");
+        }
+        if token.starts_with(b":") || !token.iter().all(|&b| is_tchar(b)) {
+            return Error::e_explain(
+                InvalidHTTPHeader,
+                "invalid token nominated by the Connection header",
+            );
+        }
+        let name = HeaderName::from_bytes(token).or_err(
+            InvalidHTTPHeader,
+            "invalid token nominated by the Connection header",
+        )?;
+        if matches!(
+            name.as_str(),
+            "host" | "x-forwarded-for" | "x-forwarded-host" | "x-forwarded-proto"
+        ) {
+            return Error::e_explain(
+                InvalidHTTPHeader,
+                "protected header cannot be nominated by the Connection header",
+            );
+        }
+        names[len] = Some(name);
+        len += 1;
+    }
+    Ok((names, len))
+}
+
+/// Strips what must not be forwarded (see the module doc). A WebSocket
+/// upgrade from an HTTP/1.1 client keeps exactly `Connection: Upgrade` and
+/// `Upgrade: websocket`; any other upgrade is not forwarded.
+pub fn sanitize(headers: &mut HeaderMap, downstream_is_http11: bool) -> Result<()> {
+    // Most requests carry none of them (no `Connection` either, so nothing
+    // is nominated): one pass over the names, no lookups.
+    if !headers.keys().any(is_hop_by_hop) {
+        return Ok(());
+    }
+    let (names, len) = nominated(headers)?;
+    let websocket = downstream_is_http11
+        && headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    for name in names.into_iter().take(len).flatten() {
+        headers.remove(&name);
+    }
+    for name in hop_by_hop() {
+        headers.remove(name);
+    }
+    if websocket {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    Ok(())
+}
+
+/// After tollgate's edits: the target's authority follows `Host` (an
+/// absolute-form target is rewritten to the host that was chosen), `Host`
+/// is present whenever the request had an authority, the result is one
+/// unambiguous authority, and a body without `Content-Length` is chunked.
+pub fn finalize(req: &mut RequestHeader, downstream_had_host: bool, has_body: bool) -> Result<()> {
+    // An origin-form target (`/path`, the usual case) has no authority to
+    // reconcile: Pingora validated the client's `Host` on the way in, and
+    // tollgate's edits only ever replace it with one instance address.
+    let origin_form = req.uri.authority().is_none() && req.raw_path().first() == Some(&b'/');
+    if !origin_form {
+        reconcile_authority(req)?;
+        let target_has_authority = raw_target_authority(req.raw_path()).authority().is_some();
+        if downstream_had_host || req.uri.authority().is_some() || target_has_authority {
+            set_host_from_authority(req)?;
+        }
+        validate_request_authority(req)?;
+    }
+    if has_body
+        && !req.headers.contains_key(header::CONTENT_LENGTH)
+        && !req.headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        req.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(())
+}
+
+/// `Host` from the URI or absolute-form authority; a single matching `Host`
+/// is kept, without an authority an existing one is kept (or an empty one
+/// added, as HTTP/1.1 requires).
+fn set_host_from_authority(req: &mut RequestHeader) -> Result<()> {
+    let authority = req
+        .uri
+        .authority()
+        .map(|a| a.as_str().as_bytes())
+        .or_else(|| raw_target_authority(req.raw_path()).authority());
+    let Some(authority) = authority else {
+        if req.headers.contains_key(header::HOST) {
+            return Ok(());
+        }
+        return req.insert_header(header::HOST, "");
+    };
+    if authority.contains(&b'@') {
+        return Error::e_explain(InvalidHTTPHeader, "userinfo in request authority");
+    }
+    let mut hosts = req.headers.get_all(header::HOST).iter();
+    if hosts.next().is_some_and(|h| h.as_bytes() == authority) && hosts.next().is_none() {
+        return Ok(());
+    }
+    let host = HeaderValue::from_bytes(authority)
+        .or_err(InvalidHTTPHeader, "invalid authority for Host header")?;
+    req.insert_header(header::HOST, host)
+}
+
+/// Applies the chosen `Host` to the URI authority or absolute-form target;
+/// an origin-form target (the usual case) is left alone.
+fn reconcile_authority(req: &mut RequestHeader) -> Result<()> {
+    let Some(host) = req.headers.get(header::HOST) else {
+        return Ok(());
+    };
+    if host.as_bytes().contains(&b'@') {
+        return Error::e_explain(InvalidHTTPHeader, "userinfo in Host header");
+    }
+    if let Some(authority) = req.uri.authority() {
+        if !req.raw_path_is_utf8() {
+            return Error::e_explain(
+                InvalidHTTPHeader,
+                "non-UTF-8 path cannot be reconciled with URI authority",
+            );
+        }
+        if host.as_bytes() == authority.as_str().as_bytes() {
+            return Ok(());
+        }
+        let authority = parse_authority(host)?;
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = req.uri.scheme().cloned();
+        parts.authority = Some(authority);
+        parts.path_and_query = req.uri.path_and_query().cloned();
+        let uri = http::Uri::from_parts(parts).map_err(|e| {
+            Error::because(
+                InvalidHTTPHeader,
+                "failed to apply Host to URI authority",
+                e,
+            )
+        })?;
+        req.set_uri(uri);
+        return Ok(());
+    }
+    match raw_target_authority(req.raw_path()) {
+        RawTargetAuthority::None | RawTargetAuthority::AmbiguousAuthority => Ok(()),
+        RawTargetAuthority::Absolute {
+            scheme,
+            authority,
+            path_and_query,
+        } => {
+            if host.as_bytes() == authority {
+                return Ok(());
+            }
+            parse_authority(host)?;
+            let mut target =
+                Vec::with_capacity(scheme.len() + 3 + host.len() + path_and_query.len());
+            target.extend_from_slice(scheme);
+            target.extend_from_slice(b"://");
+            target.extend_from_slice(host.as_bytes());
+            target.extend_from_slice(path_and_query);
+            req.set_raw_path(&target)
+        }
+    }
+}
+
+fn parse_authority(host: &HeaderValue) -> Result<http::uri::Authority> {
+    http::uri::Authority::try_from(host.as_bytes())
+        .map_err(|e| Error::because(InvalidHTTPHeader, "invalid Host for authority", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_nominated_headers_are_stripped() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("x-kept", "1"),
+        ]);
+        sanitize(&mut h, true).unwrap();
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn websocket_upgrades_are_normalized_and_others_dropped() {
+        let mut ws = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+            ("sec-websocket-key", "k"),
+        ]);
+        sanitize(&mut ws, true).unwrap();
+        assert_eq!(ws["connection"], "Upgrade");
+        assert_eq!(ws["upgrade"], "websocket");
+        assert_eq!(ws["sec-websocket-key"], "k");
+
+        let mut h2c = headers(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+        ]);
+        sanitize(&mut h2c, true).unwrap();
+        assert!(h2c.is_empty(), "{h2c:?}");
+
+        // HTTP/1.0 has no upgrades.
+        let mut old = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        sanitize(&mut old, false).unwrap();
+        assert!(old.is_empty(), "{old:?}");
+    }
+
+    #[test]
+    fn protected_malformed_or_too_many_nominations_are_refused() {
+        for bad in [
+            "x-forwarded-for",
+            "Host",
+            ":authority",
+            "\"x-a\"",
+            "a, b, c, d, e, f, g, h, i, j",
+        ] {
+            let mut h = headers(&[("connection", bad)]);
+            assert!(sanitize(&mut h, true).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn absolute_form_targets_follow_the_chosen_host() {
+        let mut req = RequestHeader::build("GET", b"http://client.example/a?b", None).unwrap();
+        req.insert_header("host", "client.example").unwrap();
+        req.insert_header("host", "10.0.0.1:8080").unwrap();
+        finalize(&mut req, true, false).unwrap();
+        assert_eq!(req.raw_path(), b"http://10.0.0.1:8080/a?b");
+        assert_eq!(req.headers["host"], "10.0.0.1:8080");
+
+        let mut origin = RequestHeader::build("POST", b"/x", None).unwrap();
+        origin.insert_header("host", "a.example").unwrap();
+        finalize(&mut origin, true, true).unwrap();
+        assert_eq!(origin.raw_path(), b"/x");
+        assert_eq!(origin.headers["transfer-encoding"], "chunked");
+    }
+}

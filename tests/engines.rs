@@ -1,0 +1,549 @@
+//! Behaviours both proxy engines (`proxy.engine: pingora | core`) must
+//! have, each checked against both: protocol upgrades relayed both ways,
+//! `Expect: 100-continue` answered without a stall, an upstream's early
+//! answer to a big upload relayed, hop-by-hop headers not forwarded, and
+//! the engine setting validated. The rest of the suite runs against either
+//! engine with `TOLLGATE_PROXY_ENGINE=core|pingora`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::keepalive::Conn;
+use common::raw_http::{
+    connect, one_shot_backend, read_framed, read_response, read_until, scripted_backend, IO,
+};
+use common::{bin, TempFile, READY};
+use testkit::{run_cmd, Backend, Gateway, Mode, SIGTERM};
+
+const ENGINES: [&str; 2] = ["pingora", "core"];
+
+/// A gateway on `engine` (through the environment override) with one
+/// route `/*rest` to `nodes`; checks the engine is the one running.
+fn gateway(engine: &str, nodes: &[String]) -> Gateway {
+    gateway_with(engine, nodes, "")
+}
+
+/// [`gateway`] with more upstream settings (`, retry: {...}`).
+fn gateway_with(engine: &str, nodes: &[String], upstream_extra: &str) -> Gateway {
+    let nodes: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
+    let body = format!(
+        "routes:\n  - {{ id: all, paths: [\"/*rest\"], upstream: up }}\n\
+         upstreams:\n  up: {{ nodes: [{}]{upstream_extra} }}\n",
+        nodes.join(", ")
+    );
+    let gw = Gateway::start_with_env(bin(), &body, &[("TOLLGATE_PROXY_ENGINE", engine)]);
+    gw.wait_ready(READY);
+    let logs = gw.logs();
+    assert!(
+        logs.contains(&format!("engine=\"{engine}\""))
+            || logs.contains(&format!("engine={engine}")),
+        "the gateway does not run the {engine} engine:\n{logs}"
+    );
+    gw
+}
+
+#[test]
+fn a_websocket_upgrade_is_relayed_both_ways_until_a_side_closes() {
+    for engine in ENGINES {
+        // The backend greets first, then echoes until the client closes.
+        let (url, backend) = one_shot_backend(|mut s, _, _| {
+            s.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nhello",
+            )
+            .unwrap();
+            let mut tmp = [0u8; 1024];
+            loop {
+                match s.read(&mut tmp) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        let mut out = b"echo:".to_vec();
+                        out.extend_from_slice(&tmp[..n]);
+                        s.write_all(&out).unwrap();
+                    }
+                }
+            }
+        });
+        let gw = gateway(engine, &[url]);
+        let mut c = connect(gw.proxy_addr());
+        c.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let deadline = Instant::now() + IO;
+        let end = read_until(&mut c, &mut buf, b"\r\n\r\n", deadline);
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{engine}: {head}");
+        buf.drain(..end);
+        // Upstream to client, then client to upstream and back, twice.
+        let at = read_until(&mut c, &mut buf, b"hello", deadline);
+        buf.drain(..at);
+        for msg in ["ping", "second message"] {
+            c.write_all(msg.as_bytes()).unwrap();
+            let want = format!("echo:{msg}");
+            let at = read_until(&mut c, &mut buf, want.as_bytes(), deadline);
+            buf.drain(..at);
+        }
+        // The client closes its side: the upstream sees it, and the
+        // gateway closes the client connection.
+        c.shutdown(Shutdown::Write).unwrap();
+        let seen = backend.join().expect("backend");
+        assert!(seen.contains("upgrade: websocket"), "{engine}: {seen}");
+        assert!(seen.contains("sec-websocket-key:"), "{engine}: {seen}");
+        let mut rest = Vec::new();
+        c.set_read_timeout(Some(IO)).unwrap();
+        c.read_to_end(&mut rest)
+            .unwrap_or_else(|e| panic!("{engine}: client connection not closed: {e}"));
+        assert!(
+            rest.is_empty(),
+            "{engine}: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+}
+
+#[test]
+fn expect_100_continue_is_answered_by_the_gateway_without_a_stall() {
+    for engine in ENGINES {
+        // Like many small servers, this backend never sends 100 Continue.
+        let (url, backend) = one_shot_backend(|mut s, mut rest, head| {
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while rest.len() < len {
+                let mut tmp = [0u8; 1024];
+                let n = s.read(&mut tmp).unwrap();
+                assert!(n > 0);
+                rest.extend_from_slice(&tmp[..n]);
+            }
+            let body = format!("got {} expect={}", rest.len(), head.contains("expect:"));
+            let out = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(out.as_bytes()).unwrap();
+        });
+        let gw = gateway(engine, &[url]);
+        let mut c = connect(gw.proxy_addr());
+        let started = Instant::now();
+        c.write_all(
+            b"POST /upload HTTP/1.1\r\nHost: example.com\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+        )
+        .unwrap();
+        // The client sends nothing more until the go-ahead: a gateway that
+        // waits for the body (or for the upstream's 100) never gives it.
+        let mut buf = Vec::new();
+        let end = read_until(
+            &mut c,
+            &mut buf,
+            b"\r\n\r\n",
+            started + Duration::from_secs(3),
+        );
+        let interim = String::from_utf8_lossy(&buf[..end]).into_owned();
+        assert!(interim.starts_with("HTTP/1.1 100"), "{engine}: {interim}");
+        buf.drain(..end);
+        c.write_all(b"hello").unwrap();
+        let (status, head, body) = read_response(&mut c, &mut buf);
+        assert_eq!(status, 200, "{engine}: {head}");
+        // The upstream got the body, and no Expect to answer itself.
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            "got 5 expect=false",
+            "{engine}"
+        );
+        backend.join().expect("backend");
+    }
+}
+
+#[test]
+fn an_upstream_answering_early_during_a_big_upload_is_relayed() {
+    // After refusing at once (right after the head), a server either
+    // discards the body, as nginx's lingering close does, or just closes
+    // (unread bytes make that a reset).
+    for (engine, drains) in ENGINES.iter().flat_map(|e| [(*e, true), (*e, false)]) {
+        let (url, backend) = one_shot_backend(move |mut s, _, _| {
+            let body = "{\"error\":\"too large\"}";
+            let out = format!(
+                "HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(out.as_bytes()).unwrap();
+            let mut tmp = [0u8; 64 * 1024];
+            while drains && matches!(s.read(&mut tmp), Ok(n) if n > 0) {}
+        });
+        let gw = gateway(engine, &[url]);
+        let mut c = connect(gw.proxy_addr());
+        c.write_all(
+            b"POST /upload HTTP/1.1\r\nHost: example.com\r\nContent-Length: 52428800\r\n\r\n",
+        )
+        .unwrap();
+        // Part of the 50 MiB, then wait for the answer: a proxy that must
+        // send the whole body before it reads the response never answers.
+        let chunk = vec![b'x'; 16 * 1024];
+        for _ in 0..16 {
+            c.write_all(&chunk).unwrap();
+        }
+        let mut buf = Vec::new();
+        let (status, head, body) = read_response(&mut c, &mut buf);
+        assert_eq!(status, 413, "{engine} (drains: {drains}): {head}");
+        assert_eq!(body, b"{\"error\":\"too large\"}", "{engine}");
+        drop(c);
+        backend.join().expect("backend");
+    }
+}
+
+#[test]
+fn an_early_answer_from_an_upstream_that_stopped_reading_is_relayed() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // pingora-proxy relays it only once its stuck write times out, so this
+    // holds for the core engine alone.
+    let engine = "core";
+    // Takes 1 MiB of the upload, stops reading, and only then refuses
+    // it (while the gateway's writes to it are stuck on full buffers),
+    // holding the connection open without reading.
+    let done = Arc::new(AtomicBool::new(false));
+    let held = done.clone();
+    let (url, backend) = one_shot_backend(move |mut s, rest, _| {
+        let mut got = rest.len();
+        let mut tmp = [0u8; 64 * 1024];
+        while got < 1024 * 1024 {
+            match s.read(&mut tmp) {
+                Ok(n) if n > 0 => got += n,
+                _ => return,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = s.write_all(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        let until = Instant::now() + Duration::from_secs(15);
+        while !held.load(Ordering::SeqCst) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let gw = gateway_with(engine, &[url], ", timeout: { write_ms: 120000 }");
+    let mut c = connect(gw.proxy_addr());
+    c.write_all(b"POST /upload HTTP/1.1\r\nHost: example.com\r\nContent-Length: 52428800\r\n\r\n")
+        .unwrap();
+    let mut upload = c.try_clone().unwrap();
+    let uploader = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..800 {
+            if upload.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    // The answer comes within the read deadline (IO), long before the
+    // stuck write would time out (120 s).
+    let mut buf = Vec::new();
+    let (status, head, _) = read_response(&mut c, &mut buf);
+    done.store(true, Ordering::SeqCst);
+    assert_eq!(status, 413, "{engine}: {head}");
+    drop(c);
+    backend.join().expect("backend");
+    let _ = uploader.join();
+}
+
+#[test]
+fn hop_by_hop_headers_are_not_forwarded() {
+    for engine in ENGINES {
+        let b = Backend::start("echo");
+        let gw = gateway(engine, &[b.url()]);
+        let mut c = connect(gw.proxy_addr());
+        c.write_all(
+            b"GET /hop HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive, X-Secret\r\n\
+              Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nX-Secret: s\r\n\
+              TE: trailers\r\nX-Kept: k\r\n\r\n",
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let (status, head, body) = read_response(&mut c, &mut buf);
+        assert_eq!(status, 200, "{engine}: {head}");
+        let echo: serde_json::Value = serde_json::from_slice(&body).expect("echo JSON");
+        let h = &echo["headers"];
+        for gone in [
+            "x-secret",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "connection",
+        ] {
+            assert!(h.get(gone).is_none(), "{engine}: {gone} was forwarded: {h}");
+        }
+        assert_eq!(h["x-kept"], "k", "{engine}: {h}");
+        // The client's connection is kept.
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{engine}: {head}"
+        );
+        c.write_all(b"GET /again HTTP/1.1\r\nHost: example.com\r\n\r\n")
+            .unwrap();
+        let (status, _, _) = read_response(&mut c, &mut buf);
+        assert_eq!(status, 200, "{engine}: second request on the connection");
+    }
+}
+
+#[test]
+fn the_engine_setting_is_validated_naming_it() {
+    let good = "listen: [\"127.0.0.1:1\"]\nproxy: { engine: core }\nroutes: []\n";
+    let bad = "listen: [\"127.0.0.1:1\"]\nproxy: { engine: bogus }\nroutes: []\n";
+    let f = TempFile::new(good);
+    let (code, out, err) = run_cmd(bin(), &["check", "-c", f.arg()]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    let f = TempFile::new(bad);
+    let (code, out, err) = run_cmd(bin(), &["check", "-c", f.arg()]);
+    assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("proxy.engine"), "{err}");
+    assert!(err.contains("bogus"), "{err}");
+
+    // `run` refuses it too, as it refuses an unknown override, whichever
+    // engine the file asks for.
+    for (file, env) in [(bad, "core"), (good, "bogus"), (bad, "pingora")] {
+        let f = TempFile::new(file);
+        let out = Command::new(bin())
+            .args(["run", "-c", f.arg()])
+            .env("TOLLGATE_PROXY_ENGINE", env)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tollgate");
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{file} / {env}: {text}");
+        let named = if env == "bogus" {
+            "TOLLGATE_PROXY_ENGINE"
+        } else {
+            "proxy.engine"
+        };
+        assert!(text.contains(named), "{file} / {env}: {text}");
+    }
+}
+
+#[test]
+fn a_retried_body_is_replayed_only_while_it_fits_the_64_kib_buffer() {
+    for engine in ENGINES {
+        let (refuses, serves) = (Backend::start("refuses"), Backend::start("serves"));
+        refuses.set_mode(Mode::Status(503));
+        let gw = gateway_with(
+            engine,
+            &[refuses.url(), serves.url()],
+            ", retry: { attempts: 1, on: [\"503\"], idempotent_only: false, budget: 1.0 }",
+        );
+        let mut conn = Conn::new(gw.proxy_addr());
+        // Round robin alternates: within two requests one lands on the
+        // refusing node first.
+        let mut post = |len: usize| {
+            for _ in 0..4 {
+                let before = refuses.hits();
+                let body = vec![b'y'; len];
+                let r = conn
+                    .request("POST", "/upload", &[], Some(&body), false)
+                    .unwrap_or_else(|e| panic!("{engine}: POST {len}: {e}"));
+                if refuses.hits() > before {
+                    return r;
+                }
+            }
+            panic!("{engine}: no POST landed on the refusing node");
+        };
+        let fits = post(60 * 1024);
+        assert_eq!(fits.status, 200, "{engine}: {fits:?}");
+        assert_eq!(fits.header("x-backend"), Some("serves"), "{engine}");
+        assert_eq!(
+            fits.json()["body_len"],
+            60 * 1024,
+            "{engine}: replayed whole"
+        );
+        let too_big = post(100 * 1024);
+        assert_eq!(too_big.status, 503, "{engine}: {too_big:?}");
+        assert_eq!(
+            too_big.header("x-backend"),
+            Some("refuses"),
+            "{engine}: not retried"
+        );
+    }
+}
+
+#[test]
+fn sigterm_closes_idle_connections_and_ends_the_one_in_flight_after_its_answer() {
+    for engine in ENGINES {
+        let b = Backend::start("slow");
+        let mut gw = gateway(engine, &[b.url()]);
+        // An idle keep-alive connection...
+        let mut idle = connect(gw.proxy_addr());
+        let mut buf = Vec::new();
+        idle.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let (status, _, _) = read_response(&mut idle, &mut buf);
+        assert_eq!(status, 200, "{engine}");
+        // ...and a request in flight when the signal comes.
+        b.set_mode(Mode::Stall(Duration::from_secs(6)));
+        let mut busy = connect(gw.proxy_addr());
+        let hits = b.hits();
+        busy.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        testkit::wait_for("the request reaches the backend", IO, || b.hits() > hits);
+        gw.signal(SIGTERM);
+        // The idle connection is closed at once, not when the process ends.
+        let mut rest = Vec::new();
+        idle.set_read_timeout(Some(IO)).unwrap();
+        idle.read_to_end(&mut rest)
+            .unwrap_or_else(|e| panic!("{engine}: idle connection not closed: {e}"));
+        assert!(
+            rest.is_empty(),
+            "{engine}: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+        // ... while the request in flight still waits for its answer.
+        busy.set_nonblocking(true).unwrap();
+        let waiting = busy.peek(&mut [0u8; 1]);
+        busy.set_nonblocking(false).unwrap();
+        assert!(
+            matches!(&waiting, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{engine}: the idle connection was closed only after the busy one was answered ({waiting:?})"
+        );
+        // The request in flight is answered, and told the connection ends.
+        let mut buf = Vec::new();
+        let (status, head, _) = read_response(&mut busy, &mut buf);
+        assert_eq!(status, 200, "{engine}: {head}");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{engine}: {head}"
+        );
+        assert_eq!(gw.wait_exit(IO), Some(0), "{engine}: exit after the drain");
+    }
+}
+
+#[test]
+fn a_connection_accepted_before_sigterm_has_its_first_request_served() {
+    for engine in ENGINES {
+        let b = Backend::start("b");
+        let mut gw = gateway(engine, &[b.url()]);
+        // Connected, request not yet sent (a client between connect() and
+        // write(), or a slow network) ...
+        let mut late = connect(gw.proxy_addr());
+        // ... and accepted: the listener accepts in order, so a request
+        // answered on a later connection means `late` was taken too.
+        let mut probe = connect(gw.proxy_addr());
+        probe
+            .write_all(b"GET /probe HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let (status, _, _) = read_response(&mut probe, &mut Vec::new());
+        assert_eq!(status, 200, "{engine}");
+
+        gw.signal(SIGTERM);
+        testkit::wait_for(&format!("{engine}: the listener closes"), IO, || {
+            std::net::TcpStream::connect(gw.proxy_addr()).is_err()
+        });
+        // The listeners are closed and idle connections with them; the
+        // request sent now is still served, and told the connection ends.
+        late.write_all(b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = Vec::new();
+        let (status, head, body) = read_response(&mut late, &mut buf);
+        assert_eq!(status, 200, "{engine}: {head}");
+        assert!(String::from_utf8_lossy(&body).contains("/late"), "{engine}");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{engine}: {head}"
+        );
+        assert_eq!(gw.wait_exit(IO), Some(0), "{engine}: exit after the drain");
+    }
+}
+
+#[test]
+fn every_framing_passes_through_and_both_connections_are_reused_when_clean() {
+    use std::sync::atomic::Ordering;
+    for engine in ENGINES {
+        let (url, upstream_conns) = scripted_backend();
+        let gw = gateway(engine, &[url]);
+        let mut c = connect(gw.proxy_addr());
+        let mut buf = Vec::new();
+        let mut exchange = |req: &[u8], head_request: bool| {
+            c.write_all(req).unwrap();
+            read_framed(&mut c, &mut buf, head_request)
+        };
+        // One client connection throughout: each answer leaves it reusable.
+        let (s, h, b) = exchange(b"GET /chunked HTTP/1.1\r\nHost: x\r\n\r\n", false);
+        assert_eq!(
+            (s, b.as_slice()),
+            (200, &b"hello world"[..]),
+            "{engine}: {h}"
+        );
+        assert!(h.contains("transfer-encoding: chunked"), "{engine}: {h}");
+        // HEAD, 204 and 304 carry no body, whatever their headers say.
+        let (s, h, _) = exchange(b"HEAD /head HTTP/1.1\r\nHost: x\r\n\r\n", true);
+        assert_eq!(s, 200, "{engine}: {h}");
+        assert!(h.contains("content-length: 100"), "{engine}: {h}");
+        let (s, h, _) = exchange(b"GET /nocontent HTTP/1.1\r\nHost: x\r\n\r\n", false);
+        assert_eq!(s, 204, "{engine}: {h}");
+        let (s, h, _) = exchange(b"GET /notmod HTTP/1.1\r\nHost: x\r\n\r\n", false);
+        assert_eq!(s, 304, "{engine}: {h}");
+        // Request bodies, chunked and sized, arrive whole.
+        let (s, h, b) = exchange(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n5\r\ndefgh\r\n0\r\n\r\n",
+            false,
+        );
+        assert_eq!(
+            (s, b.as_slice()),
+            (200, &b"8:abcdefgh"[..]),
+            "{engine}: {h}"
+        );
+        let (s, h, b) = exchange(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+            false,
+        );
+        assert_eq!((s, b.as_slice()), (200, &b"5:hello"[..]), "{engine}: {h}");
+        // So far one upstream connection, pooled between requests.
+        assert_eq!(upstream_conns.load(Ordering::SeqCst), 1, "{engine}");
+        // A body that ends with the upstream connection reaches the client
+        // re-framed, and the client keeps its connection...
+        let (s, h, b) = exchange(b"GET /close HTTP/1.1\r\nHost: x\r\n\r\n", false);
+        assert_eq!(
+            (s, b.as_slice()),
+            (200, &b"streamed until close"[..]),
+            "{engine}: {h}"
+        );
+        assert!(!h.contains("connection: close"), "{engine}: {h}");
+        // ...while that upstream connection is not reused.
+        let (s, h, b) = exchange(b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n", false);
+        assert_eq!((s, b.as_slice()), (200, &b"0:"[..]), "{engine}: {h}");
+        assert_eq!(upstream_conns.load(Ordering::SeqCst), 2, "{engine}");
+    }
+}
+
+#[test]
+fn a_client_that_goes_away_frees_its_upstream_connection_at_once() {
+    for engine in ENGINES {
+        // Never answers; returns once the gateway hangs up.
+        let (reached, reached_rx) = std::sync::mpsc::channel();
+        let (url, backend) = one_shot_backend(move |mut s, _, _| {
+            let _ = reached.send(());
+            let mut tmp = [0u8; 1024];
+            while matches!(s.read(&mut tmp), Ok(n) if n > 0) {}
+        });
+        // The upstream read timeout is far beyond the deadline below: only
+        // noticing the client can free the upstream connection in time.
+        let gw = gateway_with(engine, &[url], ", timeout: { read_ms: 120000 }");
+        let mut c = connect(gw.proxy_addr());
+        c.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        reached_rx
+            .recv_timeout(IO)
+            .expect("the request reaches the upstream");
+        drop(c);
+        testkit::wait_for(
+            &format!("{engine}: the gateway closes the upstream connection"),
+            IO,
+            || backend.is_finished(),
+        );
+        backend.join().expect("backend");
+    }
+}
