@@ -1,9 +1,13 @@
-//! Behaviours both proxy engines (`proxy.engine: pingora | core`) must
-//! have, each checked against both: protocol upgrades relayed both ways,
-//! `Expect: 100-continue` answered without a stall, an upstream's early
-//! answer to a big upload relayed, hop-by-hop headers not forwarded, and
-//! the engine setting validated. The rest of the suite runs against either
-//! engine with `TOLLGATE_PROXY_ENGINE=core|pingora`.
+//! Behaviours both proxy engines (`proxy.engine: core | pingora`) must
+//! have, each checked against both: protocol upgrades relayed both ways
+//! (and an idle one not held against its instance), `Expect: 100-continue`
+//! answered without a stall or the loss of the connection, an upstream's
+//! early answer to a big upload relayed, an upload streamed whole to an
+//! upstream that answers while reading it, hop-by-hop headers not
+//! forwarded, framing and connection reuse, graceful shutdown (idle
+//! connections closed, a just-accepted one served), idle client
+//! connections closed, and the engine setting validated. The rest of the
+//! suite runs against either engine with `TOLLGATE_PROXY_ENGINE`.
 
 mod common;
 
@@ -29,9 +33,14 @@ fn gateway(engine: &str, nodes: &[String]) -> Gateway {
 
 /// [`gateway`] with more upstream settings (`, retry: {...}`).
 fn gateway_with(engine: &str, nodes: &[String], upstream_extra: &str) -> Gateway {
+    gateway_full(engine, nodes, upstream_extra, "")
+}
+
+/// [`gateway_with`] with top-level settings before the routes (`proxy: {...}\n`).
+fn gateway_full(engine: &str, nodes: &[String], upstream_extra: &str, top: &str) -> Gateway {
     let nodes: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
     let body = format!(
-        "routes:\n  - {{ id: all, paths: [\"/*rest\"], upstream: up }}\n\
+        "{top}routes:\n  - {{ id: all, paths: [\"/*rest\"], upstream: up }}\n\
          upstreams:\n  up: {{ nodes: [{}]{upstream_extra} }}\n",
         nodes.join(", ")
     );
@@ -108,6 +117,57 @@ fn a_websocket_upgrade_is_relayed_both_ways_until_a_side_closes() {
 }
 
 #[test]
+fn an_idle_websocket_timing_out_counts_against_no_instance() {
+    for engine in ENGINES {
+        // Switches protocols, then says nothing until the gateway hangs up.
+        let (url, backend) = one_shot_backend(|mut s, _, _| {
+            s.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            )
+            .unwrap();
+            let mut tmp = [0u8; 1024];
+            while matches!(s.read(&mut tmp), Ok(n) if n > 0) {}
+        });
+        // A second instance, so that ejecting the first is allowed (at most
+        // half are); the first is picked first (smooth weighted round robin).
+        let other = Backend::start("other");
+        let body = format!(
+            "routes:\n  - {{ id: all, paths: [\"/*rest\"], upstream: up }}\n\
+             upstreams:\n  up: {{ nodes: [{{ addr: \"{url}\", weight: 1000 }}, {{ addr: \"{}\", weight: 1 }}], \
+             timeout: {{ read_ms: 300 }}, \
+             health_check: {{ passive: {{ consecutive_failures: 1, ejection_ms: 60000 }} }} }}\n",
+            other.url()
+        );
+        let gw = Gateway::start_with_env(bin(), &body, &[("TOLLGATE_PROXY_ENGINE", engine)]);
+        gw.wait_ready(READY);
+        let mut c = connect(gw.proxy_addr());
+        c.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let end = read_until(&mut c, &mut buf, b"\r\n\r\n", Instant::now() + IO);
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{engine}: {head}");
+        // Idle past the upstream read timeout: the gateway ends the tunnel.
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest)
+            .unwrap_or_else(|e| panic!("{engine}: the idle tunnel stays open: {e}"));
+        backend.join().expect("backend");
+        let metrics = testkit::http_get(&gw.admin_url("/metrics")).body;
+        let ejected = metrics
+            .lines()
+            .find(|l| l.starts_with("tollgate_instances{service=\"up\",state=\"ejected\"}"));
+        assert_eq!(
+            ejected,
+            Some("tollgate_instances{service=\"up\",state=\"ejected\"} 0"),
+            "{engine}: an idle WebSocket ejected its instance"
+        );
+    }
+}
+
+#[test]
 fn expect_100_continue_is_answered_by_the_gateway_without_a_stall() {
     for engine in ENGINES {
         // Like many small servers, this backend never sends 100 Continue.
@@ -163,6 +223,36 @@ fn expect_100_continue_is_answered_by_the_gateway_without_a_stall() {
 }
 
 #[test]
+fn a_100_continue_costs_the_client_connection_nothing() {
+    for engine in ENGINES {
+        let b = Backend::start("echo");
+        let gw = gateway(engine, &[b.url()]);
+        let mut c = connect(gw.proxy_addr());
+        c.write_all(
+            b"POST /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let end = read_until(&mut c, &mut buf, b"\r\n\r\n", Instant::now() + IO);
+        let interim = String::from_utf8_lossy(&buf[..end]).into_owned();
+        assert!(interim.starts_with("HTTP/1.1 100"), "{engine}: {interim}");
+        buf.drain(..end);
+        c.write_all(b"hello").unwrap();
+        let (status, head, _) = read_response(&mut c, &mut buf);
+        assert_eq!(status, 200, "{engine}: {head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{engine}: {head}"
+        );
+        // The same connection carries the next request.
+        c.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let (status, head, body) = read_response(&mut c, &mut buf);
+        assert_eq!(status, 200, "{engine}: {head}");
+        assert!(String::from_utf8_lossy(&body).contains("/b"), "{engine}");
+    }
+}
+
+#[test]
 fn an_upstream_answering_early_during_a_big_upload_is_relayed() {
     // After refusing at once (right after the head), a server either
     // discards the body, as nginx's lingering close does, or just closes
@@ -200,57 +290,57 @@ fn an_upstream_answering_early_during_a_big_upload_is_relayed() {
 }
 
 #[test]
-fn an_early_answer_from_an_upstream_that_stopped_reading_is_relayed() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    // pingora-proxy relays it only once its stuck write times out, so this
-    // holds for the core engine alone.
-    let engine = "core";
-    // Takes 1 MiB of the upload, stops reading, and only then refuses
-    // it (while the gateway's writes to it are stuck on full buffers),
-    // holding the connection open without reading.
-    let done = Arc::new(AtomicBool::new(false));
-    let held = done.clone();
-    let (url, backend) = one_shot_backend(move |mut s, rest, _| {
-        let mut got = rest.len();
-        let mut tmp = [0u8; 64 * 1024];
-        while got < 1024 * 1024 {
-            match s.read(&mut tmp) {
-                Ok(n) if n > 0 => got += n,
-                _ => return,
+fn an_upload_reaches_an_upstream_that_streams_its_answer_while_reading_it_whole() {
+    const TOTAL: usize = 16 << 20;
+    for engine in ENGINES {
+        // Answers at once and reports progress while it reads the body more
+        // slowly than the client sends it (the gateway's writes then wait
+        // on flow control while the upstream's answer is readable); ends
+        // with the count it got.
+        let (url, backend) = one_shot_backend(|mut s, rest, _| {
+            s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .unwrap();
+            let mut got = rest.len();
+            let mut tmp = [0u8; 64 * 1024];
+            let mut next_report = 256 * 1024;
+            while got < TOTAL {
+                match s.read(&mut tmp) {
+                    Ok(n) if n > 0 => got += n,
+                    _ => break,
+                }
+                if got >= next_report {
+                    next_report += 256 * 1024;
+                    let _ = s.write_all(b"1\r\n.\r\n");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
-        }
-        std::thread::sleep(Duration::from_millis(500));
-        let _ = s.write_all(
-            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        );
-        let until = Instant::now() + Duration::from_secs(15);
-        while !held.load(Ordering::SeqCst) && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    });
-    let gw = gateway_with(engine, &[url], ", timeout: { write_ms: 120000 }");
-    let mut c = connect(gw.proxy_addr());
-    c.write_all(b"POST /upload HTTP/1.1\r\nHost: example.com\r\nContent-Length: 52428800\r\n\r\n")
+            let end = format!("got {got}");
+            let _ = s.write_all(format!("{:x}\r\n{end}\r\n0\r\n\r\n", end.len()).as_bytes());
+        });
+        let gw = gateway(engine, &[url]);
+        let mut c = connect(gw.proxy_addr());
+        c.write_all(
+            format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {TOTAL}\r\n\r\n")
+                .as_bytes(),
+        )
         .unwrap();
-    let mut upload = c.try_clone().unwrap();
-    let uploader = std::thread::spawn(move || {
-        let chunk = vec![b'x'; 64 * 1024];
-        for _ in 0..800 {
-            if upload.write_all(&chunk).is_err() {
-                return;
-            }
-        }
-    });
-    // The answer comes within the read deadline (IO), long before the
-    // stuck write would time out (120 s).
-    let mut buf = Vec::new();
-    let (status, head, _) = read_response(&mut c, &mut buf);
-    done.store(true, Ordering::SeqCst);
-    assert_eq!(status, 413, "{engine}: {head}");
-    drop(c);
-    backend.join().expect("backend");
-    let _ = uploader.join();
+        let mut upload = c.try_clone().unwrap();
+        let uploader = std::thread::spawn(move || {
+            let chunk = vec![b'x'; 64 * 1024];
+            (0..TOTAL / chunk.len()).all(|_| upload.write_all(&chunk).is_ok())
+        });
+        let mut buf = Vec::new();
+        let (status, head, body) = read_framed(&mut c, &mut buf, false);
+        assert_eq!(status, 200, "{engine}: {head}");
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            body.ends_with(&format!("got {TOTAL}")),
+            "{engine}: the upstream got {:?} of {TOTAL}",
+            body.trim_start_matches('.')
+        );
+        assert!(uploader.join().unwrap(), "{engine}: the upload was cut");
+        backend.join().expect("backend");
+    }
 }
 
 #[test]
@@ -418,6 +508,38 @@ fn sigterm_closes_idle_connections_and_ends_the_one_in_flight_after_its_answer()
             "{engine}: {head}"
         );
         assert_eq!(gw.wait_exit(IO), Some(0), "{engine}: exit after the drain");
+    }
+}
+
+#[test]
+fn idle_client_connections_are_closed_after_client_keepalive_secs() {
+    for engine in ENGINES {
+        let b = Backend::start("b");
+        let gw = gateway_full(
+            engine,
+            &[b.url()],
+            "",
+            "proxy: { client_keepalive_secs: 1 }\n",
+        );
+        // One connection that never sends a request, one idle after its first.
+        let mut silent = connect(gw.proxy_addr());
+        let mut idle = connect(gw.proxy_addr());
+        idle.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let (status, head, _) = read_response(&mut idle, &mut Vec::new());
+        assert_eq!(status, 200, "{engine}: {head}");
+        // Each ends with the gateway closing it, well within the read
+        // deadline (IO); Pingora alone keeps both open forever.
+        for (name, c) in [("silent", &mut silent), ("idle", &mut idle)] {
+            let mut rest = Vec::new();
+            c.read_to_end(&mut rest)
+                .unwrap_or_else(|e| panic!("{engine}: the {name} connection is still open: {e}"));
+            assert!(
+                rest.is_empty(),
+                "{engine}: {name}: {:?}",
+                String::from_utf8_lossy(&rest)
+            );
+        }
     }
 }
 

@@ -1045,3 +1045,51 @@ fn a_client_hanging_up_counts_against_no_instance() {
     }
     assert_eq!(seen.len(), 2, "an instance was taken out: {seen:?}");
 }
+
+#[test]
+fn a_client_stalling_mid_upload_gets_408_and_counts_against_no_instance() {
+    // The instances read the whole body before answering, as most servers
+    // do; the upstream read timeout is short, so it runs out while they
+    // wait for the body the client stopped sending.
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let gw = start(&format!(
+        "routes:\n{}upstreams:\n\
+         \x20 u: {{ nodes: [{}], timeout: {{ read_ms: 300 }}, health_check: {{ passive: {{ consecutive_failures: 1, ejection_ms: 60000 }} }} }}\n",
+        route("u"),
+        nodes(&[&a, &b]),
+    ));
+    let mut client = std::net::TcpStream::connect(gw.proxy_addr()).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    std::io::Write::write_all(
+        &mut client,
+        b"PUT /u/x HTTP/1.1\r\nHost: example.com\r\nContent-Length: 1000\r\n\r\n0123456789",
+    )
+    .expect("send");
+    // 990 bytes never come: the gateway answers once the read timeout runs out.
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut client, &mut answer)
+        .expect("the gateway answers and closes");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("client request timed out"), "{answer}");
+
+    // The instance did nothing wrong: not ejected, and no other got it.
+    assert_eq!(
+        metric(&gw, "tollgate_ejections_total", &[("upstream", "u")]),
+        0.0
+    );
+    assert_eq!(
+        a.hits() + b.hits(),
+        0,
+        "an instance answered a request it never got whole"
+    );
+    let mut conn = Conn::new(gw.proxy_addr());
+    let mut seen = HashSet::new();
+    for _ in 0..4 {
+        let r = conn.get("/u/x", &[]).expect("GET");
+        assert_eq!(r.status, 200, "{r:?}");
+        seen.extend(r.header("x-backend").map(str::to_string));
+    }
+    assert_eq!(seen.len(), 2, "an instance was taken out: {seen:?}");
+}

@@ -8,6 +8,7 @@ use pingora::services::listening::Service;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::notify;
 use super::shutdown::DrainOnSignal;
@@ -128,11 +129,13 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
         AccessLog::start(&b.access_log)?,
         b.request_metrics,
         draining.clone(),
+        b.proxy.client_keepalive_secs,
     );
     // Either engine runs on the server's proxy threads (`threads`,
     // `work_stealing`), as `http_proxy_service` would.
     let connections = Arc::new(InFlight::default());
     let conf = server.configuration.clone();
+    let idle = Duration::from_secs(b.proxy.client_keepalive_secs);
     match engine {
         ProxyEngine::Pingora => add_proxy(
             &mut server,
@@ -140,12 +143,13 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
             Connections::new(
                 pingora::proxy::http_proxy(&conf, Gateway::new(gate)),
                 connections.clone(),
+                idle,
             ),
         ),
         ProxyEngine::Core => add_proxy(
             &mut server,
             &b.listen,
-            Connections::new(CoreEngine::new(gate, &conf), connections.clone()),
+            Connections::new(CoreEngine::new(gate, &conf), connections.clone(), idle),
         ),
     }
 

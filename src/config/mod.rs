@@ -124,6 +124,11 @@ pub struct ProxyConfig {
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[serde(default = "default_shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
+    /// How long a client connection may sit idle before its first request
+    /// or between requests (nginx's `keepalive_timeout`); Pingora alone
+    /// would keep an idle HTTP/1.1 connection open forever.
+    #[serde(default = "default_client_keepalive_secs")]
+    pub client_keepalive_secs: u64,
     /// Which request loop serves the listeners; `TOLLGATE_PROXY_ENGINE`
     /// overrides it at start.
     #[serde(default)]
@@ -136,6 +141,7 @@ impl Default for ProxyConfig {
             timeout: TimeoutSpec::default(),
             keepalive_pool: default_keepalive_pool(),
             shutdown_timeout_secs: default_shutdown_timeout_secs(),
+            client_keepalive_secs: default_client_keepalive_secs(),
             engine: ProxyEngine::default(),
         }
     }
@@ -291,6 +297,10 @@ fn default_dial_timeout_ms() -> u64 {
 fn default_keepalive_pool() -> usize {
     256
 }
+fn default_client_keepalive_secs() -> u64 {
+    60
+}
+
 fn default_shutdown_timeout_secs() -> u64 {
     30
 }

@@ -41,16 +41,19 @@ pub struct Connections<A> {
     /// Set when the grace is over: connections still silent are closed.
     given_up: AtomicBool,
     give_up: Notify,
+    /// How long a new connection may stay silent (`proxy.client_keepalive_secs`).
+    idle: Duration,
 }
 
 impl<A> Connections<A> {
-    pub fn new(engine: A, open: Arc<InFlight>) -> Self {
+    pub fn new(engine: A, open: Arc<InFlight>, idle: Duration) -> Self {
         Self {
             engine: Arc::new(engine),
             open,
             awaiting_request: Arc::default(),
             given_up: AtomicBool::new(false),
             give_up: Notify::new(),
+            idle,
         }
     }
 
@@ -81,6 +84,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
                 biased;
                 first = stream.try_peek(&mut byte) => first,
                 () = self.given_up() => return None,
+                () = tokio::time::sleep(self.idle) => {
+                    tracing::debug!("connection sent no request in time; closing it");
+                    return None;
+                }
             };
             if let Err(e) = first {
                 tracing::debug!(error = %e, "connection closed before a request");

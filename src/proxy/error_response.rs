@@ -21,6 +21,7 @@ pub fn classify(e: &Error) -> (u16, &'static str) {
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
                     (0, "client went away")
                 }
+                ErrorType::ReadTimedout => (408, "client request timed out"),
                 _ => (400, "bad request"),
             },
             ErrorSource::Internal | ErrorSource::Unset => (500, "internal error"),
@@ -61,10 +62,28 @@ fn expects_continue(session: &ServerSession) -> bool {
 pub async fn continue_if_expected(session: &mut ServerSession) {
     if expects_continue(session) && session.response_written().is_none() && !session.is_body_done()
     {
-        if let Err(e) = session.write_continue_response().await {
+        let Ok(go_ahead) = ResponseHeader::build(100, Some(0)) else {
+            return;
+        };
+        if let Err(e) = write_interim(session, Box::new(go_ahead)).await {
             tracing::debug!(error = %e, "could not send 100 Continue");
         }
     }
+}
+
+/// Writes an interim (1xx) answer. Pingora turns keep-alive off for any
+/// response written before the request body is read whole (right for a
+/// final answer, whose client may not send the rest), interim ones
+/// included; an interim answer comes before the body by nature, so it must
+/// not cost the connection.
+pub async fn write_interim(
+    session: &mut ServerSession,
+    header: Box<ResponseHeader>,
+) -> pingora::Result<()> {
+    session.set_close_on_response_before_downstream_finish(false);
+    let written = session.write_response_header(header).await;
+    session.set_close_on_response_before_downstream_finish(true);
+    written
 }
 
 /// Writes a complete JSON error response to the client.

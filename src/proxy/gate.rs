@@ -49,6 +49,8 @@ pub struct Gate {
     request_metrics: bool,
     /// Set when a shutdown or upgrade signal arrives.
     draining: Arc<AtomicBool>,
+    /// `proxy.client_keepalive_secs`.
+    client_keepalive_secs: u64,
 }
 
 struct RateLimited {
@@ -64,6 +66,7 @@ impl Gate {
         access_log: Option<AccessLog>,
         request_metrics: bool,
         draining: Arc<AtomicBool>,
+        client_keepalive_secs: u64,
     ) -> Self {
         let panic_header = std::env::var("TOLLGATE_TEST_PANIC_HEADER")
             .ok()
@@ -77,6 +80,7 @@ impl Gate {
             panic_header,
             request_metrics,
             draining,
+            client_keepalive_secs,
         }
     }
 
@@ -152,6 +156,10 @@ impl Gate {
     /// route and upstream, and a client that asked for `100 Continue` has
     /// been told to send its body, as nginx does once it reads a body.
     pub async fn route_request(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> bool {
+        if session.get_keepalive() == Some(0) {
+            // Pingora reads an HTTP/1.1 request as "keep alive forever".
+            session.set_keepalive(Some(self.client_keepalive_secs));
+        }
         let req = session.req_header();
         let mut sent = req.headers.get_all(&X_REQUEST_ID).iter();
         match request_id::from_client(sent.next()) {

@@ -169,7 +169,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<Error> {
-        let mut e = e.more_context(format!("peer: {peer}"));
+        let mut e = retry::blame_stalled_client(session, e).more_context(format!("peer: {peer}"));
         if std::mem::take(&mut ctx.retry_decided) {
             e.set_retry(true);
             return e;

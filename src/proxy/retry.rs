@@ -116,6 +116,29 @@ pub fn retry_cause(e: &Error) -> Option<RetryOn> {
     }
 }
 
+/// An upstream read timeout while the client's body is still coming in is
+/// the client's: nothing came from either side for the read timeout, and
+/// the upstream was waiting for that body. It is answered 408, counts
+/// against no instance and is not retried (as a 504 it ejected healthy
+/// instances behind a slow uploader).
+pub fn blame_stalled_client(session: &mut ServerSession, e: Box<Error>) -> Box<Error> {
+    let upgraded = final_response(session).is_some_and(|r| r.status == 101);
+    if *e.esource() == ErrorSource::Upstream
+        && *e.etype() == ErrorType::ReadTimedout
+        && !upgraded
+        && !session.is_body_done()
+    {
+        let mut stalled = Error::because(
+            ErrorType::ReadTimedout,
+            "the client's request body stalled",
+            e,
+        );
+        stalled.as_down();
+        return stalled;
+    }
+    e
+}
+
 /// After an error once connected (writing the request, reading the
 /// answer): feeds passive health and decides whether to try another
 /// instance. Never once the client has a response header: another
@@ -129,11 +152,15 @@ pub fn after_error(
     e: &Error,
     client_reused: bool,
 ) -> bool {
-    let cause = retry_cause(e);
+    let answered = final_response(session);
+    // An upgraded connection (a WebSocket) idle past the read timeout, or
+    // closed by either side, says nothing about the instance.
+    let upgraded = answered.is_some_and(|r| r.status == 101);
+    let cause = retry_cause(e).filter(|_| !upgraded);
     if cause.is_some() {
         ctx.observe(false);
     }
-    if final_response(session).is_some() {
+    if answered.is_some() {
         return false;
     }
     match cause {

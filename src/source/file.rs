@@ -131,6 +131,10 @@ fn process_settings(model: &ConfigModel) -> Vec<(&'static str, String)> {
             "proxy.shutdown_timeout_secs",
             b.proxy.shutdown_timeout_secs.to_string(),
         ),
+        (
+            "proxy.client_keepalive_secs",
+            b.proxy.client_keepalive_secs.to_string(),
+        ),
         ("proxy.engine", b.proxy.engine.as_str().to_string()),
         ("log", format!("{:?}", b.log)),
         ("reload", format!("{:?}", b.reload)),

@@ -197,3 +197,14 @@ fn the_proxy_engine_is_core_by_default_pingora_on_request_and_nothing_else() {
         "{e}"
     );
 }
+
+#[test]
+fn client_keepalive_secs_defaults_to_60_and_must_be_positive() {
+    assert_eq!(
+        parse(GOOD).unwrap().bootstrap.proxy.client_keepalive_secs,
+        60
+    );
+    let e = err(&format!("{GOOD}proxy: {{ client_keepalive_secs: 0 }}\n"));
+    assert_eq!(e.path, "proxy.client_keepalive_secs", "{e}");
+    assert!(e.message.contains("between 1 and 86400"), "{e}");
+}

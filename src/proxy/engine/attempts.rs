@@ -61,7 +61,8 @@ impl CoreEngine {
                     );
                 }
                 Exchange::Failed(e) => {
-                    let e = e.more_context(format!("peer: {peer}"));
+                    let e = retry::blame_stalled_client(session, e)
+                        .more_context(format!("peer: {peer}"));
                     if !retry::after_error(session, ctx, &e, reused) {
                         break e;
                     }

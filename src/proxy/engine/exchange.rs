@@ -3,11 +3,12 @@
 //!
 //! The loop polls the upstream's response and the client's body together,
 //! so an upstream that answers before the body is all sent (a 413 on a big
-//! upload) is relayed at once, even when it stopped reading the body
-//! (`early_answer.rs`), and after a `101 Switching Protocols` the same loop
-//! relays bytes both ways until either side closes. Other writes are
-//! awaited in place, as pingora-proxy's halves await theirs: upgraded, a
-//! peer that stops reading stalls its direction until the write timeout.
+//! upload) is relayed at once, and after a `101 Switching Protocols` the
+//! same loop relays bytes both ways until either side closes. Writes are
+//! awaited in place, as pingora-proxy's halves await theirs: a peer that
+//! stops reading stalls the exchange until the write timeout. (Readable
+//! does not mean "stopped reading": an upstream may stream its answer while
+//! it still takes the body, and cutting the write then truncates uploads.)
 //!
 //! Reuse: the upstream connection goes back to the pool only when the
 //! request was sent whole and the response read whole; the client's only
@@ -20,10 +21,10 @@ use pingora::protocols::http::v1::client::HttpSession as Upstream;
 use pingora::protocols::http::{HttpTask, ServerSession};
 use pingora::{Error, ErrorType, Result};
 
-use super::{early_answer, CoreEngine};
+use super::CoreEngine;
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::upstream_request::{Sanitize, UpstreamEdits};
-use crate::proxy::{header_edit, hop_by_hop, retry};
+use crate::proxy::{error_response, header_edit, hop_by_hop, retry};
 
 /// How an attempt ended.
 pub(super) enum Exchange {
@@ -124,7 +125,9 @@ impl CoreEngine {
                 task = up.read_response_task(), if !st.resp_done => {
                     let task = match task {
                         Ok(task) => task,
-                        Err(e) => return Exchange::Failed(st.send_error.take().unwrap_or(e).into_up()),
+                        // The read's own error: a timeout stays a timeout (504) even after a
+                        // failed write, and a reused connection's failure stays retryable.
+                        Err(e) => return Exchange::Failed(e.into_up()),
                     };
                     if let Err(outcome) = self.relay(session, up, ctx, &mut st, task).await {
                         return outcome;
@@ -170,23 +173,10 @@ impl CoreEngine {
             up.maybe_upgrade_body_writer();
         }
         if st.send_error.is_none() && !data.is_empty() {
-            // Upgraded, both directions are one stream: never cut a write.
-            let written = if st.upgraded {
-                up.write_body(&data).await.map(|_| true)
-            } else {
-                early_answer::write_unless_answered(up, &data).await
-            };
-            let stopped = match written {
-                Ok(true) => None,
-                Ok(false) => Some(Error::explain(
-                    ErrorType::WriteError,
-                    "upstream answered before taking the whole request body",
-                )),
-                Err(e) => Some(e),
-            };
-            if let Some(e) = stopped {
-                // The upstream stopped taking the body (it answered early,
-                // or closed): stop sending, keep reading its response.
+            if let Err(e) = up.write_body(&data).await {
+                // The upstream stopped taking the body (it answered early
+                // and closed, or timed out): stop sending, keep reading its
+                // response.
                 tracing::debug!(error = %e, "upstream stopped taking the request body");
                 st.send_error = Some(e.into_up());
                 st.req_done = true;
@@ -208,7 +198,16 @@ impl CoreEngine {
         if st.upgraded {
             up.maybe_upgrade_body_writer();
         }
-        if let Err(e) = up.finish_body().await {
+        // The last chunk is written without the session's write timeout.
+        let finished = match up.write_timeout {
+            Some(t) => tokio::time::timeout(t, up.finish_body())
+                .await
+                .unwrap_or_else(|_| {
+                    Error::e_explain(ErrorType::WriteTimedout, "ending the request body")
+                }),
+            None => up.finish_body().await,
+        };
+        if let Err(e) = finished {
             st.send_error = Some(e.into_up());
         }
         Ok(())
@@ -270,8 +269,7 @@ impl CoreEngine {
             // 100 Continue is ours to send (the upstream never saw the
             // client's Expect); other interim answers (103) are relayed.
             if status != 100 {
-                session
-                    .write_response_header(header)
+                error_response::write_interim(session, header)
                     .await
                     .map_err(|e| Exchange::Failed(e.into_down()))?;
             }

@@ -13,12 +13,9 @@
 //! - `attempts.rs`: one request's attempts (peer, connect, retry, errors).
 //! - `exchange.rs`: one attempt, full duplex (body up while the response
 //!   comes down, `101` upgrades relayed both ways).
-//! - `early_answer.rs`: a body write that gives way when the upstream
-//!   answers while it is stuck.
 //! - `shutdown.rs`: waking idle keep-alive connections on shutdown.
 
 mod attempts;
-mod early_answer;
 mod exchange;
 mod shutdown;
 
