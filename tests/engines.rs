@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use common::keepalive::Conn;
 use common::raw_http::{
-    connect, one_shot_backend, read_framed, read_response, read_until, scripted_backend, IO,
+    connect, expect_closed, one_shot_backend, read_framed, read_response, read_until,
+    scripted_backend, IO,
 };
 use common::{bin, TempFile, READY};
 use testkit::{run_cmd, Backend, Gateway, Mode, SIGTERM};
@@ -104,15 +105,7 @@ fn a_websocket_upgrade_is_relayed_both_ways_until_a_side_closes() {
         let seen = backend.join().expect("backend");
         assert!(seen.contains("upgrade: websocket"), "{engine}: {seen}");
         assert!(seen.contains("sec-websocket-key:"), "{engine}: {seen}");
-        let mut rest = Vec::new();
-        c.set_read_timeout(Some(IO)).unwrap();
-        c.read_to_end(&mut rest)
-            .unwrap_or_else(|e| panic!("{engine}: client connection not closed: {e}"));
-        assert!(
-            rest.is_empty(),
-            "{engine}: {:?}",
-            String::from_utf8_lossy(&rest)
-        );
+        expect_closed(&mut c, &format!("{engine}: the client connection"));
     }
 }
 
@@ -151,9 +144,7 @@ fn an_idle_websocket_timing_out_counts_against_no_instance() {
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         assert!(head.starts_with("HTTP/1.1 101"), "{engine}: {head}");
         // Idle past the upstream read timeout: the gateway ends the tunnel.
-        let mut rest = Vec::new();
-        c.read_to_end(&mut rest)
-            .unwrap_or_else(|e| panic!("{engine}: the idle tunnel stays open: {e}"));
+        expect_closed(&mut c, &format!("{engine}: the idle tunnel"));
         backend.join().expect("backend");
         let metrics = testkit::http_get(&gw.admin_url("/metrics")).body;
         let ejected = metrics
@@ -482,15 +473,7 @@ fn sigterm_closes_idle_connections_and_ends_the_one_in_flight_after_its_answer()
         testkit::wait_for("the request reaches the backend", IO, || b.hits() > hits);
         gw.signal(SIGTERM);
         // The idle connection is closed at once, not when the process ends.
-        let mut rest = Vec::new();
-        idle.set_read_timeout(Some(IO)).unwrap();
-        idle.read_to_end(&mut rest)
-            .unwrap_or_else(|e| panic!("{engine}: idle connection not closed: {e}"));
-        assert!(
-            rest.is_empty(),
-            "{engine}: {:?}",
-            String::from_utf8_lossy(&rest)
-        );
+        expect_closed(&mut idle, &format!("{engine}: the idle connection"));
         // ... while the request in flight still waits for its answer.
         busy.set_nonblocking(true).unwrap();
         let waiting = busy.peek(&mut [0u8; 1]);
@@ -531,14 +514,7 @@ fn idle_client_connections_are_closed_after_client_keepalive_secs() {
         // Each ends with the gateway closing it, well within the read
         // deadline (IO); Pingora alone keeps both open forever.
         for (name, c) in [("silent", &mut silent), ("idle", &mut idle)] {
-            let mut rest = Vec::new();
-            c.read_to_end(&mut rest)
-                .unwrap_or_else(|e| panic!("{engine}: the {name} connection is still open: {e}"));
-            assert!(
-                rest.is_empty(),
-                "{engine}: {name}: {:?}",
-                String::from_utf8_lossy(&rest)
-            );
+            expect_closed(c, &format!("{engine}: the {name} connection"));
         }
     }
 }

@@ -353,6 +353,26 @@ impl Gate {
             upstream_duration: ctx.upstream_took,
         });
     }
+
+    /// A panic while handling one request: one bad request must not take
+    /// the others down. Logged with the request id and answered 500 (if
+    /// nothing was sent yet).
+    pub async fn answer_panic(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        panic: &str,
+    ) {
+        ctx.ensure_request_id(&self.ids);
+        tracing::error!(
+            request_id = ctx.request_id(),
+            panic,
+            "panic while handling a request"
+        );
+        if error_response::final_response(session).is_none() {
+            error_response::respond(session, 500, "internal error", ctx.request_id()).await;
+        }
+    }
 }
 
 /// A panic payload's message, for the log.

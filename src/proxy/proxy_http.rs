@@ -14,7 +14,7 @@ use std::panic::AssertUnwindSafe;
 use super::ctx::RequestCtx;
 use super::gate::{panic_message, Gate};
 use super::upstream_request::Sanitize;
-use super::{error_response, retry, timer_tick};
+use super::{retry, timer_tick};
 use crate::model::policy::RetryOn;
 
 /// The gateway's proxy logic on pingora-proxy.
@@ -50,15 +50,10 @@ impl ProxyHttp for Gateway {
         {
             Ok(answered) => Ok(answered),
             Err(p) => {
-                // One bad request must not take the others down: answer it
-                // 500 with its id and keep serving.
-                ctx.ensure_request_id(&self.gate.ids);
-                tracing::error!(
-                    request_id = ctx.request_id(),
-                    panic = panic_message(&*p),
-                    "panic while handling a request"
-                );
-                error_response::respond(session, 500, "internal error", ctx.request_id()).await;
+                // Answered 500; the connection keeps serving.
+                self.gate
+                    .answer_panic(session, ctx, panic_message(&*p))
+                    .await;
                 Ok(true)
             }
         }

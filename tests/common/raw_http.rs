@@ -281,3 +281,17 @@ pub fn scripted_backend() -> (String, Arc<AtomicUsize>) {
     });
     (url, conns)
 }
+
+/// Reads until the gateway closes `c` (within the read deadline, `IO`),
+/// expecting nothing more on it; `what` names the connection in a failure.
+pub fn expect_closed(c: &mut TcpStream, what: &str) {
+    let mut rest = Vec::new();
+    c.set_read_timeout(Some(IO)).unwrap();
+    c.read_to_end(&mut rest)
+        .unwrap_or_else(|e| panic!("{what}: not closed by the gateway: {e}"));
+    assert!(
+        rest.is_empty(),
+        "{what}: unexpected bytes {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use super::ctx::RequestCtx;
 use super::gate::{panic_message, Gate};
-use super::{error_response, timer_tick};
+use super::timer_tick;
 use shutdown::Shutdown;
 
 /// The core engine: a pingora-core `HttpServerApp` for the proxy listeners.
@@ -128,18 +128,10 @@ impl HttpServerApp for CoreEngine {
         {
             Ok(reuse) => reuse,
             Err(p) => {
-                // One bad request must not take the others down: answer it
-                // 500 with its id (if nothing was sent yet) and close.
-                ctx.ensure_request_id(&self.gate.ids);
-                tracing::error!(
-                    request_id = ctx.request_id(),
-                    panic = panic_message(&*p),
-                    "panic while handling a request"
-                );
-                if error_response::final_response(&session).is_none() {
-                    error_response::respond(&mut session, 500, "internal error", ctx.request_id())
-                        .await;
-                }
+                // Answered 500 (if nothing was sent yet); the connection closes.
+                self.gate
+                    .answer_panic(&mut session, &mut ctx, panic_message(&*p))
+                    .await;
                 false
             }
         };
