@@ -296,9 +296,9 @@ report=$tmp/report.txt
         "tollgate: 1 bench route + $decoys decoys; path $BENCH_PATH; request: $request"
     echo "# cpus: $pin_layout"
     [[ " ${targets[*]} " == *" tollgate "* ]] || echo "# tollgate: not measured"
-    printf '%-13s %12s %10s %10s %14s %9s %8s\n' target req/s p50 p99 vs-passthrough vs-nginx errors
+    printf '%-16s %12s %10s %10s %14s %9s %8s\n' target req/s p50 p99 vs-passthrough vs-nginx errors
     for t in "${targets[@]}"; do
-        printf '%-13s %12.0f %8.3fms %8.3fms %14s %9s %8s\n' "$t" "${m_rps[$t]}" \
+        printf '%-16s %12.0f %8.3fms %8.3fms %14s %9s %8s\n' "$t" "${m_rps[$t]}" \
             "$(us_to_ms "${m_p50[$t]}")" "$(us_to_ms "${m_p99[$t]}")" \
             "$(ratio "$t" passthrough)" "$(ratio "$t" nginx)" "${errs[$t]}"
     done
