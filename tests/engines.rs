@@ -520,6 +520,41 @@ fn idle_client_connections_are_closed_after_client_keepalive_secs() {
 }
 
 #[test]
+fn a_client_that_stops_reading_is_given_up_after_client_timeout_secs() {
+    for engine in ENGINES {
+        // A response far larger than the socket buffers; the backend's
+        // thread ends once the gateway hangs up on it.
+        let (url, backend) = one_shot_backend(|mut s, _, _| {
+            let total = 256usize << 20;
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n");
+            if s.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let chunk = vec![b'x'; 1 << 20];
+            for _ in 0..total / chunk.len() {
+                if s.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+        });
+        let gw = gateway_full(engine, &[url], "", "proxy: { client_timeout_secs: 1 }\n");
+        // Asks, then never reads.
+        let mut c = connect(gw.proxy_addr());
+        c.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        // Without a client write timeout the gateway would wait on this
+        // client, and the upstream on the gateway, forever.
+        testkit::wait_for(
+            &format!("{engine}: the gateway gives up on the client and the upstream"),
+            IO,
+            || backend.is_finished(),
+        );
+        backend.join().expect("backend");
+        drop(c);
+    }
+}
+
+#[test]
 fn a_connection_accepted_before_sigterm_has_its_first_request_served() {
     for engine in ENGINES {
         let b = Backend::start("b");

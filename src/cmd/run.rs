@@ -16,7 +16,7 @@ use crate::admin::{AdminApp, NodeInfo};
 use crate::config::{load_file, ConfigModel, ProxyEngine};
 use crate::proxy::access_log::AccessLog;
 use crate::proxy::engine::CoreEngine;
-use crate::proxy::{Connections, Gate, Gateway, InFlight};
+use crate::proxy::{ClientTimeouts, Connections, Gate, Gateway, InFlight};
 use crate::snapshot::{InstanceStates, SnapshotCell, SourceState};
 use crate::source::etcd::EtcdSource;
 use crate::source::file::{self, FileSource};
@@ -129,7 +129,10 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
         AccessLog::start(&b.access_log)?,
         b.request_metrics,
         draining.clone(),
-        b.proxy.client_keepalive_secs,
+        ClientTimeouts {
+            keepalive_secs: b.proxy.client_keepalive_secs,
+            io: Duration::from_secs(b.proxy.client_timeout_secs),
+        },
     );
     // Either engine runs on the server's proxy threads (`threads`,
     // `work_stealing`), as `http_proxy_service` would.

@@ -113,11 +113,13 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
         return Err(FieldError::new("threads", "must be between 1 and 1024"));
     }
     b.proxy.timeout.validate("proxy.timeout")?;
-    if !(1..=86_400).contains(&b.proxy.client_keepalive_secs) {
-        return Err(FieldError::new(
-            "proxy.client_keepalive_secs",
-            "must be between 1 and 86400",
-        ));
+    for (field, secs) in [
+        ("proxy.client_keepalive_secs", b.proxy.client_keepalive_secs),
+        ("proxy.client_timeout_secs", b.proxy.client_timeout_secs),
+    ] {
+        if !(1..=86_400).contains(&secs) {
+            return Err(FieldError::new(field, "must be between 1 and 86400"));
+        }
     }
     if !(0.0..=1.0).contains(&b.access_log.sample) {
         return Err(FieldError::new(

@@ -129,6 +129,12 @@ pub struct ProxyConfig {
     /// would keep an idle HTTP/1.1 connection open forever.
     #[serde(default = "default_client_keepalive_secs")]
     pub client_keepalive_secs: u64,
+    /// How long a read of a client's request body or a write of its
+    /// response may wait for the client (nginx's `client_body_timeout` and
+    /// `send_timeout`); without it, a client that stops reading would hold
+    /// its request and upstream connection forever.
+    #[serde(default = "default_client_timeout_secs")]
+    pub client_timeout_secs: u64,
     /// Which request loop serves the listeners; `TOLLGATE_PROXY_ENGINE`
     /// overrides it at start.
     #[serde(default)]
@@ -142,6 +148,7 @@ impl Default for ProxyConfig {
             keepalive_pool: default_keepalive_pool(),
             shutdown_timeout_secs: default_shutdown_timeout_secs(),
             client_keepalive_secs: default_client_keepalive_secs(),
+            client_timeout_secs: default_client_timeout_secs(),
             engine: ProxyEngine::default(),
         }
     }
@@ -298,6 +305,10 @@ fn default_keepalive_pool() -> usize {
     256
 }
 fn default_client_keepalive_secs() -> u64 {
+    60
+}
+
+fn default_client_timeout_secs() -> u64 {
     60
 }
 

@@ -49,8 +49,16 @@ pub struct Gate {
     request_metrics: bool,
     /// Set when a shutdown or upgrade signal arrives.
     draining: Arc<AtomicBool>,
-    /// `proxy.client_keepalive_secs`.
-    client_keepalive_secs: u64,
+    client: ClientTimeouts,
+}
+
+/// How long the gateway waits for a client (`proxy.client_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTimeouts {
+    /// Idle between requests, in seconds (`proxy.client_keepalive_secs`).
+    pub keepalive_secs: u64,
+    /// A body read or a response write (`proxy.client_timeout_secs`).
+    pub io: Duration,
 }
 
 struct RateLimited {
@@ -66,7 +74,7 @@ impl Gate {
         access_log: Option<AccessLog>,
         request_metrics: bool,
         draining: Arc<AtomicBool>,
-        client_keepalive_secs: u64,
+        client: ClientTimeouts,
     ) -> Self {
         let panic_header = std::env::var("TOLLGATE_TEST_PANIC_HEADER")
             .ok()
@@ -80,7 +88,7 @@ impl Gate {
             panic_header,
             request_metrics,
             draining,
-            client_keepalive_secs,
+            client,
         }
     }
 
@@ -158,8 +166,11 @@ impl Gate {
     pub async fn route_request(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> bool {
         if session.get_keepalive() == Some(0) {
             // Pingora reads an HTTP/1.1 request as "keep alive forever".
-            session.set_keepalive(Some(self.client_keepalive_secs));
+            session.set_keepalive(Some(self.client.keepalive_secs));
         }
+        // Pingora waits 60 s for a body read and forever for a write.
+        session.set_read_timeout(Some(self.client.io));
+        session.set_write_timeout(Some(self.client.io));
         let req = session.req_header();
         let mut sent = req.headers.get_all(&X_REQUEST_ID).iter();
         match request_id::from_client(sent.next()) {

@@ -24,6 +24,6 @@ mod upstream_request;
 
 pub use connections::Connections;
 pub use ctx::{InFlight, RequestCtx};
-pub use gate::Gate;
+pub use gate::{ClientTimeouts, Gate};
 pub use proxy_http::Gateway;
 pub use request_id::RequestIds;

@@ -135,6 +135,10 @@ fn process_settings(model: &ConfigModel) -> Vec<(&'static str, String)> {
             "proxy.client_keepalive_secs",
             b.proxy.client_keepalive_secs.to_string(),
         ),
+        (
+            "proxy.client_timeout_secs",
+            b.proxy.client_timeout_secs.to_string(),
+        ),
         ("proxy.engine", b.proxy.engine.as_str().to_string()),
         ("log", format!("{:?}", b.log)),
         ("reload", format!("{:?}", b.reload)),
