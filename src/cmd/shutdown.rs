@@ -47,10 +47,8 @@ fn wait_until_not_accepting(phases: Option<broadcast::Receiver<ExecutionPhase>>)
 }
 
 /// Time for Pingora to close its listeners once it stops accepting, and for
-/// connections accepted just before to have their request read (a request
-/// counts as in flight only once its header is read), before an idle
-/// in-flight count can mean "drained". At 200 ms, 1 of ~1,500 requests of
-/// an upgrade under load on 2 busy cores was reset.
+/// a connection accepted just before to reach the proxy app (from then on
+/// it counts in `connections`), before idle counts can mean "drained".
 const SETTLE: Duration = Duration::from_millis(500);
 
 impl DrainOnSignal {
