@@ -49,7 +49,15 @@ impl KeyedBuckets {
             METRICS.ratelimit_overflow.inc();
             return self.overflow.take(p, now_ns);
         }
-        map.get_or_insert_with(key, Gcra::default).take(p, now_ns)
+        // The first token is taken before the bucket is published: a fresh
+        // bucket in the map would look idle (full) to a sweep running in
+        // between, which could drop it, and the token with it.
+        let fresh = Gcra::default();
+        let first = fresh.take(p, now_ns);
+        match map.try_insert(key, fresh) {
+            Ok(_) => first,
+            Err(raced) => raced.current.take(p, now_ns),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -155,6 +163,9 @@ mod tests {
         // Every removal is counted, whatever the inserts did meanwhile: the
         // table shrank by exactly what the sweep reported. (A walk racing a
         // resize may pass over some idle keys; the next sweep takes them.)
+        // No new client's bucket is taken for an idle one: each is
+        // published with its first token already taken (before, about 1
+        // run in 200 dropped one, and 10,001 were counted).
         assert!(evicted > 0);
         assert_eq!(t.len(), 60_000 - evicted);
         // The first 10,000 were idle; none of the new ones is.
