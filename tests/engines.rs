@@ -592,6 +592,31 @@ fn a_connection_accepted_before_sigterm_has_its_first_request_served() {
 }
 
 #[test]
+fn a_request_refused_for_its_connection_header_costs_no_upstream_connection() {
+    for engine in ENGINES {
+        // An upstream that must never be connected to.
+        let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        upstream.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", upstream.local_addr().unwrap());
+        let gw = gateway(engine, &[url]);
+        for nominated in ["Host", "X-Forwarded-For", "bad token"] {
+            let mut c = connect(gw.proxy_addr());
+            c.write_all(
+                format!("GET /x HTTP/1.1\r\nHost: x\r\nConnection: {nominated}\r\n\r\n").as_bytes(),
+            )
+            .unwrap();
+            let (status, head, _) = read_response(&mut c, &mut Vec::new());
+            assert_eq!(status, 400, "{engine}: Connection: {nominated}: {head}");
+        }
+        let accepted = upstream.accept();
+        assert!(
+            matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{engine}: the upstream was connected to for a refused request: {accepted:?}"
+        );
+    }
+}
+
+#[test]
 fn every_framing_passes_through_and_both_connections_are_reused_when_clean() {
     use std::sync::atomic::Ordering;
     for engine in ENGINES {

@@ -21,6 +21,7 @@ use super::ctx::{Attempt, InFlight, RequestCtx};
 use super::error_response;
 use super::forwarding::{client_ip, cookie, has_dot_segment, host_of};
 use super::header_edit;
+use super::hop_by_hop;
 use super::request_id::{self, RequestIds};
 use super::retry;
 use crate::balance::stable_hash;
@@ -190,6 +191,14 @@ impl Gate {
             // The upstream would resolve `..` after we matched the raw path:
             // a `/public/*rest` route must never reach `/admin`.
             error_response::respond(session, 400, "path has dot segments", ctx.request_id()).await;
+            return true;
+        }
+        if hop_by_hop::check(&req.headers).is_err() {
+            // Refused before an upstream is chosen: a bad request must not
+            // cost an upstream connection (pingora-proxy refused it only
+            // once connected).
+            let message = "invalid Connection header";
+            error_response::respond(session, 400, message, ctx.request_id()).await;
             return true;
         }
         let Some(route) = self.cell.route_for(host_of(req), req.method.as_str(), path) else {

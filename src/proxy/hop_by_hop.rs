@@ -110,6 +110,16 @@ fn nominated(
     Ok((names, len))
 }
 
+/// Refuses, before any upstream is chosen or connected, a request whose
+/// `Connection` header [`sanitize`] would refuse: a bad request must not
+/// cost an upstream connection.
+pub fn check(headers: &HeaderMap) -> Result<()> {
+    if headers.contains_key(header::CONNECTION) {
+        nominated(headers)?;
+    }
+    Ok(())
+}
+
 /// Strips what must not be forwarded (see the module doc). A WebSocket
 /// upgrade from an HTTP/1.1 client keeps exactly `Connection: Upgrade` and
 /// `Upgrade: websocket`; any other upgrade is not forwarded.
