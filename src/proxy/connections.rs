@@ -16,12 +16,11 @@ use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::shutdown::Shutdown;
 use super::InFlight;
 
 /// How long, once the listeners are closed, a connection accepted before
@@ -38,9 +37,8 @@ pub struct Connections<A> {
     /// Connections not yet handed to the engine: accepted, request not
     /// begun.
     awaiting_request: Arc<InFlight>,
-    /// Set when the grace is over: connections still silent are closed.
-    given_up: AtomicBool,
-    give_up: Notify,
+    /// Fired when the grace is over: connections still silent are closed.
+    given_up: Shutdown,
     /// How long a new connection may stay silent (`proxy.client_keepalive_secs`).
     idle: Duration,
 }
@@ -51,19 +49,9 @@ impl<A> Connections<A> {
             engine: Arc::new(engine),
             open,
             awaiting_request: Arc::default(),
-            given_up: AtomicBool::new(false),
-            give_up: Notify::new(),
+            given_up: Shutdown::new(1),
             idle,
         }
-    }
-
-    /// Resolves once the grace for silent connections is over.
-    async fn given_up(&self) {
-        let notified = self.give_up.notified();
-        if self.given_up.load(Ordering::Acquire) {
-            return;
-        }
-        notified.await;
     }
 }
 
@@ -83,7 +71,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
             let first = tokio::select! {
                 biased;
                 first = stream.try_peek(&mut byte) => first,
-                () = self.given_up() => return None,
+                () = self.given_up.wait() => return None,
                 () = tokio::time::sleep(self.idle) => {
                     tracing::debug!("connection sent no request in time; closing it");
                     return None;
@@ -109,8 +97,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
                 "closing connections that sent no request"
             );
         }
-        self.given_up.store(true, Ordering::Release);
-        self.give_up.notify_waiters();
+        self.given_up.fire();
         self.engine.cleanup().await;
     }
 }

@@ -19,6 +19,7 @@ mod hop_by_hop;
 mod proxy_http;
 mod request_id;
 mod retry;
+mod shutdown;
 mod timer_tick;
 mod upstream_request;
 

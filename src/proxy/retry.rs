@@ -122,10 +122,9 @@ pub fn retry_cause(e: &Error) -> Option<RetryOn> {
 /// against no instance and is not retried (as a 504 it ejected healthy
 /// instances behind a slow uploader).
 pub fn blame_stalled_client(session: &mut ServerSession, e: Box<Error>) -> Box<Error> {
-    let upgraded = final_response(session).is_some_and(|r| r.status == 101);
     if *e.esource() == ErrorSource::Upstream
         && *e.etype() == ErrorType::ReadTimedout
-        && !upgraded
+        && !session.was_upgraded()
         && !session.is_body_done()
     {
         let mut stalled = Error::because(
@@ -152,15 +151,13 @@ pub fn after_error(
     e: &Error,
     client_reused: bool,
 ) -> bool {
-    let answered = final_response(session);
     // An upgraded connection (a WebSocket) idle past the read timeout, or
     // closed by either side, says nothing about the instance.
-    let upgraded = answered.is_some_and(|r| r.status == 101);
-    let cause = retry_cause(e).filter(|_| !upgraded);
+    let cause = retry_cause(e).filter(|_| !session.was_upgraded());
     if cause.is_some() {
         ctx.observe(false);
     }
-    if answered.is_some() {
+    if final_response(session).is_some() {
         return false;
     }
     match cause {

@@ -13,11 +13,9 @@
 //! - `attempts.rs`: one request's attempts (peer, connect, retry, errors).
 //! - `exchange.rs`: one attempt, full duplex (body up while the response
 //!   comes down, `101` upgrades relayed both ways).
-//! - `shutdown.rs`: waking idle keep-alive connections on shutdown.
 
 mod attempts;
 mod exchange;
-mod shutdown;
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
@@ -33,8 +31,8 @@ use std::sync::Arc;
 
 use super::ctx::RequestCtx;
 use super::gate::{panic_message, Gate};
+use super::shutdown::Shutdown;
 use super::timer_tick;
-use shutdown::Shutdown;
 
 /// The core engine: a pingora-core `HttpServerApp` for the proxy listeners.
 pub struct CoreEngine {

@@ -1,7 +1,7 @@
-//! Waking idle keep-alive connections when the service stops, as
-//! pingora-proxy's `HttpProxy` does: a connection waiting for its next
-//! request selects on this, so graceful shutdown closes it at once instead
-//! of leaving it to the client or the keep-alive timeout.
+//! A one-time stop notice many waiters select on: the core engine's idle
+//! keep-alive connections (closed at once on graceful shutdown, as
+//! pingora-proxy's `HttpProxy` does, instead of being left to the client or
+//! the keep-alive timeout) and [`super::Connections`]' silent new ones.
 //!
 //! One `Notify` per worker thread (rounded up to a power of two): waiting
 //! registers with the current thread's shard, so connections on different
