@@ -13,10 +13,13 @@
 
 # ---------------------------------------------------------------- build
 FROM rust:bookworm AS build
-# cmake: pingora's zlib-ng build; protobuf-compiler: etcd-client's build
-# (and pprof's); pkg-config: build scripts. Same packages as scripts/deps.sh.
+# build-essential: cc and make (already in rust:bookworm); cmake: pingora's
+# zlib-ng build; protobuf-compiler and libprotobuf-dev: etcd-client's build
+# (protoc, and the google/protobuf/*.proto it imports); pkg-config: build
+# scripts. The build packages of scripts/deps.sh, checked by
+# tests/ops_dockerfile.rs.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends cmake protobuf-compiler pkg-config \
+    && apt-get install -y --no-install-recommends build-essential cmake protobuf-compiler libprotobuf-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

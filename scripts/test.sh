@@ -60,6 +60,13 @@ run_tests() {
 }
 
 step "deps" --fatal scripts/deps.sh
+# Once everything is there, deps.sh proves it again quietly: no install, no output.
+deps_silent() {
+    local out
+    out=$(scripts/deps.sh 2>&1) || { printf '%s\n' "$out"; return 1; }
+    [[ -z "$out" ]] || { printf 'deps.sh printed on a second run:\n%s\n' "$out"; return 1; }
+}
+step "deps (again: silent)" deps_silent
 step "fmt" cargo fmt --all -- --check
 step "clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "build" --fatal cargo build --workspace --bins
