@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod config;
 pub mod http_probe;
 pub mod limiter;
+pub mod log_gate;
 pub mod metrics;
 pub mod model;
 pub mod proxy;

@@ -42,6 +42,12 @@ pub struct Metrics {
     pub ejections: IntCounterVec,
     /// Active health check verdict changes, by upstream and result.
     pub health_transitions: IntCounterVec,
+    /// Instances kept through a mass lease expiry, by service.
+    pub preserved_instances: IntGaugeVec,
+    /// Preserved instances let go, by service and why.
+    pub preserved_dropped: IntCounterVec,
+    /// Registry leases asked how long they have left.
+    pub lease_checks: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -71,6 +77,13 @@ fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Histo
 
 fn float_gauge(r: &Registry, name: &str, help: &str) -> Gauge {
     let g = Gauge::new(name, help).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
     r.register(Box::new(g.clone()))
         .expect("metric registered once");
     g
@@ -189,6 +202,23 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "tollgate_health_check_transitions_total",
             "Active health check verdict changes, by upstream and new state",
             &["upstream", "state"],
+        ),
+        preserved_instances: gauge_vec(
+            &r,
+            "tollgate_registry_preserved_instances",
+            "Instances whose lease expired in a mass expiry and that are kept while they answer probes (self-preservation), by service",
+            &["service"],
+        ),
+        preserved_dropped: counter_vec(
+            &r,
+            "tollgate_registry_preserved_dropped_total",
+            "Preserved instances let go, by service and reason (probe_failed, unconfirmed_too_long, re_registered)",
+            &["service", "reason"],
+        ),
+        lease_checks: counter(
+            &r,
+            "tollgate_registry_lease_checks_total",
+            "Registry leases asked how long they have left (LeaseTimeToLive), to tell an expiry from a revoke",
         ),
         registry: {
             let info = IntGaugeVec::new(Opts::new("tollgate_build_info", "Build information"), &["version"])

@@ -102,6 +102,50 @@ fn register_survives_a_lost_lease_and_an_etcd_restart_and_deregisters_on_sigterm
 }
 
 #[test]
+fn register_revokes_the_lease_it_abandons_when_it_registers_again() {
+    let mut etcd = Etcd::start();
+    let svc = Backend::start("reg-revoke");
+    let (ep, url) = (etcd.endpoint(), svc.url());
+    let args = [
+        "register",
+        "--etcd",
+        &ep,
+        "--service",
+        "regsvc",
+        "--addr",
+        &url,
+        "--id",
+        "i1",
+        "--ttl",
+        "30",
+    ];
+    let reg = Proc::spawn(&args);
+    let key = format!("{SERVICES}regsvc/i1");
+    let old = wait_leased(&etcd, &key, None, APPLY);
+    // etcd restarts: the lease survives it (with its 30 s), register's
+    // keep-alive stream breaks and it registers again on a new lease.
+    etcd.restart();
+    let new = wait_leased(&etcd, &key, Some(old), Duration::from_secs(20));
+    assert!(lease_ttl(&etcd, new) > 0);
+    // The old lease is revoked once the key is under the new one, not left
+    // to linger for its 30 s.
+    wait_ok("the abandoned lease revoked", APPLY, || {
+        match lease_ttl(&etcd, old) {
+            -1 => Ok(()),
+            ttl => Err(format!("abandoned lease still has {ttl} s: {}", reg.logs())),
+        }
+    });
+    assert_eq!(lease_of(etcd.client(), &key), Some(new), "the key stays");
+}
+
+/// The seconds `lease` has left (-1: gone).
+fn lease_ttl(etcd: &Etcd, lease: i64) -> i64 {
+    etcd.client().run("lease ttl", |mut cl| async move {
+        Ok(cl.lease_time_to_live(lease, None).await?.ttl())
+    })
+}
+
+#[test]
 fn register_withdraws_while_the_health_url_fails() {
     let etcd = Etcd::start();
     let svc = Backend::start("hc-1");

@@ -123,7 +123,11 @@ async fn session(
     slot: &mut Option<(Client, i64)>,
     backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
-    *slot = None;
+    // The lease of the last session, if it may still live (etcd came back
+    // with it restored): revoked once the key is under the new lease, so
+    // it does not linger until it expires. Not before: revoking it first
+    // would delete the key and take the instance out of rotation.
+    let mut abandoned = slot.take();
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
@@ -155,6 +159,13 @@ async fn session(
             registered = true;
             backoff.reset();
             tracing::info!(key, addr = %args.addr, lease, "registered");
+            if let Some((_, old)) = abandoned.take().filter(|(_, old)| *old != lease) {
+                match tokio::time::timeout(Duration::from_secs(3), client.lease_revoke(old)).await {
+                    Ok(Ok(_)) => tracing::info!(key, lease = old, "revoked the abandoned lease"),
+                    // Already expired (the usual case after a long outage).
+                    _ => tracing::debug!(key, lease = old, "abandoned lease not revoked"),
+                }
+            }
         } else if !want && registered {
             client.delete(key, None).await?;
             registered = false;

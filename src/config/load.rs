@@ -149,6 +149,7 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
                 ));
             }
         }
+        etcd.self_preservation.validate("etcd.self_preservation")?;
         if !b.routes.is_empty() {
             return Err(FieldError::new(
                 "routes",

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 pub use load::{load_file, parse, ConfigError, ConfigModel};
 
+use crate::model::preservation::SelfPreservationSpec;
 use crate::model::settings::SettingsSpec;
 use crate::model::{RouteSpec, TimeoutSpec, UpstreamSpec};
 
@@ -109,6 +110,9 @@ pub struct EtcdConfig {
     pub registry_prefix: String,
     #[serde(default = "default_dial_timeout_ms")]
     pub dial_timeout_ms: u64,
+    /// What happens when many registry leases expire together.
+    #[serde(default)]
+    pub self_preservation: SelfPreservationSpec,
 }
 
 /// Proxy-wide defaults.

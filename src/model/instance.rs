@@ -13,6 +13,10 @@ struct InstanceJson {
     weight: Option<i64>,
     #[serde(default)]
     draining: bool,
+    /// Where the gateway probes this instance (on its own address) if its
+    /// lease expires in a mass expiry (self-preservation).
+    #[serde(default)]
+    health_path: Option<String>,
     /// Free-form labels; kept for operators, not used for routing yet.
     #[serde(default)]
     #[allow(dead_code)]
@@ -27,6 +31,9 @@ pub fn parse_instance(id: &str, value: &[u8]) -> Result<Node, String> {
     let (url, weight, draining) = if text.starts_with('{') {
         let j: InstanceJson =
             serde_json::from_str(text).map_err(|e| format!("bad instance JSON: {e}"))?;
+        if let Some(p) = &j.health_path {
+            check_health_path(p)?;
+        }
         (j.addr, check_weight(j.weight.unwrap_or(1))?, j.draining)
     } else {
         (text.to_string(), 1, false)
@@ -39,6 +46,28 @@ pub fn parse_instance(id: &str, value: &[u8]) -> Result<Node, String> {
         weight,
         draining,
     })
+}
+
+/// A probe path: absolute, and nothing that could end the request line.
+fn check_health_path(p: &str) -> Result<(), String> {
+    if p.starts_with('/') && p.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "health_path {p:?} must start with '/' and hold no spaces or control bytes"
+        ))
+    }
+}
+
+/// The `health_path` of an accepted registry value, if it has one.
+pub fn health_path(value: &str) -> Option<String> {
+    let text = value.trim();
+    if !text.starts_with('{') {
+        return None;
+    }
+    serde_json::from_str::<InstanceJson>(text)
+        .ok()
+        .and_then(|j| j.health_path)
 }
 
 #[cfg(test)]
@@ -66,5 +95,19 @@ mod tests {
         // A typo is named, not read as the default weight.
         let e = parse_instance("a", br#"{"addr":"http://127.0.0.1:1","wieght":5}"#).unwrap_err();
         assert!(e.contains("unknown field `wieght`"), "{e}");
+        // A probe path cannot smuggle a second request line or a host.
+        for bad in [r#""healthz""#, r#""/h\r\nHost: x""#, r#""/a b""#] {
+            let v = format!(r#"{{"addr":"http://127.0.0.1:1","health_path":{bad}}}"#);
+            let e = parse_instance("a", v.as_bytes()).unwrap_err();
+            assert!(e.contains("health_path"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_probe_path_is_read_from_the_json_form_only() {
+        let v = r#"{"addr":"http://127.0.0.1:1","health_path":"/healthz"}"#;
+        parse_instance("a", v.as_bytes()).unwrap();
+        assert_eq!(health_path(v).as_deref(), Some("/healthz"));
+        assert_eq!(health_path("http://127.0.0.1:1"), None);
     }
 }

@@ -6,6 +6,7 @@ pub mod error;
 pub mod instance;
 pub mod pattern;
 pub mod policy;
+pub mod preservation;
 pub mod rate_limit;
 pub mod route;
 pub mod settings;

@@ -5,6 +5,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 
 use super::error::{field, index, FieldError};
 use super::policy::{HealthCheckSpec, LbSpec, RetrySpec};
+use super::preservation::SelfPreservationSpec;
 use super::timeout::TimeoutSpec;
 
 /// A static node: a bare URL or `{addr, weight}`.
@@ -65,6 +66,9 @@ pub struct UpstreamSpec {
     pub retry: Option<RetrySpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckSpec>,
+    /// Replaces the bootstrap `etcd.self_preservation` for this service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_preservation: Option<SelfPreservationSpec>,
 }
 
 /// One resolved node; `id` is the registry instance id or the static URL.
@@ -131,6 +135,9 @@ impl UpstreamSpec {
         }
         if let Some(h) = &self.health_check {
             h.validate(&field(path, "health_check"))?;
+        }
+        if let Some(p) = &self.self_preservation {
+            p.validate(&field(path, "self_preservation"))?;
         }
         self.nodes
             .iter()
@@ -206,5 +213,16 @@ mod tests {
             assert_eq!(err.path, want, "{json}");
             assert!(err.message.contains(why), "{json}: {err}");
         }
+    }
+
+    #[test]
+    fn an_upstream_s_self_preservation_is_checked_with_it() {
+        let spec: UpstreamSpec =
+            serde_json::from_str(r#"{"self_preservation":{"enabled":false}}"#).unwrap();
+        spec.compile("u").unwrap();
+        let spec: UpstreamSpec =
+            serde_json::from_str(r#"{"self_preservation":{"window_ttls":0}}"#).unwrap();
+        let e = spec.compile("u").unwrap_err();
+        assert_eq!(e.path, "u.self_preservation.window_ttls", "{e}");
     }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::snapshot::{InstanceSet, RouteEntry, UpstreamLeaf};
+use crate::snapshot::{InstanceSet, Outcome, RouteEntry, UpstreamLeaf};
 
 /// Counts requests in flight, so a graceful shutdown knows when it drained.
 #[derive(Debug, Default)]
@@ -117,9 +117,9 @@ impl RequestCtx {
     }
 
     /// Feeds the current attempt's outcome to passive health.
-    pub fn observe(&self, ok: bool) {
+    pub fn observe(&self, outcome: Outcome) {
         if let (Some(leaf), Some(a)) = (&self.leaf, &self.attempt) {
-            leaf.observe(&a.set, a.index, ok);
+            leaf.observe(&a.set, a.index, outcome);
         }
     }
 }

@@ -26,7 +26,11 @@ use super::request_id::{self, RequestIds};
 use super::retry;
 use crate::balance::stable_hash;
 use crate::limiter::{self, Client, Decision};
+use crate::log_gate::FailureLog;
 use crate::metrics::{method_index, Observation, UNROUTED};
+
+/// Failure lines of requests no route took (an engine-level failure).
+static UNROUTED_FAILURES: FailureLog = FailureLog::new();
 use crate::model::policy::HashKey;
 use crate::snapshot::{RouteEntry, SnapshotCell};
 
@@ -317,13 +321,17 @@ impl Gate {
         if code > 0 && error_response::final_response(session).is_none() {
             error_response::respond(session, code, message, ctx.request_id()).await;
         }
-        tracing::warn!(
-            request_id = ctx.request_id(),
-            route = ctx.route().map_or("", |r| &*r.id),
-            status = code,
-            error = %e,
-            "request failed"
-        );
+        let log = ctx.route().map_or(&UNROUTED_FAILURES, |r| &r.failure_log);
+        if let Some(held) = log.gate(code).admit(crate::limiter::now_ns()) {
+            tracing::warn!(
+                request_id = ctx.request_id(),
+                route = ctx.route().map_or("", |r| &*r.id),
+                status = code,
+                error = %e,
+                similar_held_back = held,
+                "request failed"
+            );
+        }
         code
     }
 

@@ -16,6 +16,7 @@ use super::gate::{panic_message, Gate};
 use super::upstream_request::Sanitize;
 use super::{retry, timer_tick};
 use crate::model::policy::RetryOn;
+use crate::snapshot::Outcome;
 
 /// The gateway's proxy logic on pingora-proxy.
 pub struct Gateway {
@@ -101,7 +102,7 @@ impl ProxyHttp for Gateway {
             // An interim answer says nothing about the instance yet.
             return Ok(());
         }
-        ctx.observe(status < 500);
+        ctx.observe(Outcome::of_status(status));
         // Retry on the answer's status before anything reached the client.
         if let Some(cause) = retry::status_cause(status) {
             if retry::should_retry(session, ctx, cause, true) {
@@ -148,7 +149,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.observe(false);
+        ctx.observe(Outcome::ConnectFailed);
         // Nothing reached the upstream: safe to retry any method elsewhere.
         if retry::should_retry(session, ctx, RetryOn::ConnectFailure, false) {
             e.set_retry(true);

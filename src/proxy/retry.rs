@@ -8,7 +8,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 use super::ctx::RequestCtx;
 use super::error_response::final_response;
 use crate::model::policy::{RetryOn, RetrySpec, DEFAULT_RETRY_BUDGET};
-use crate::snapshot::InstanceSet;
+use crate::snapshot::{InstanceSet, Outcome};
 
 /// A failed connect is retried once on another instance unless the route
 /// or upstream says otherwise (nginx's proxy_next_upstream does the same).
@@ -155,7 +155,7 @@ pub fn after_error(
     // closed by either side, says nothing about the instance.
     let cause = retry_cause(e).filter(|_| !session.was_upgraded());
     if cause.is_some() {
-        ctx.observe(false);
+        ctx.observe(Outcome::Failed);
     }
     if final_response(session).is_some() {
         return false;

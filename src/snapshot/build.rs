@@ -49,6 +49,7 @@ pub fn entry_for(
             .map(|c| Canary::new(c, table.leaf(&c.upstream))),
         limiter,
         metrics: RouteMetrics::new(&route.id),
+        failure_log: Default::default(),
     })
 }
 

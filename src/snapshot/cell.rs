@@ -40,6 +40,8 @@ pub struct SyncStatus {
     rejected: AtomicU64,
     applied_unix_ms: AtomicU64,
     gateways: AtomicUsize,
+    preserved_instances: AtomicUsize,
+    preserving_services: AtomicUsize,
 }
 
 /// A plain copy of [`SyncStatus`] for reporting.
@@ -56,6 +58,10 @@ pub struct StatusView {
     pub applied_unix_ms: u64,
     /// Live gateway nodes registered in etcd (0 in standalone mode).
     pub gateways: usize,
+    /// Instances kept through a mass lease expiry (self-preservation),
+    /// and the services they belong to.
+    pub preserved_instances: usize,
+    pub preserving_services: usize,
 }
 
 impl SyncStatus {
@@ -74,6 +80,11 @@ impl SyncStatus {
     /// Marks the served config as possibly behind its source (or not).
     pub fn set_stale(&self, stale: bool) {
         self.stale.store(stale, Ordering::Relaxed);
+    }
+
+    pub fn set_preserved(&self, instances: usize, services: usize) {
+        self.preserved_instances.store(instances, Ordering::Relaxed);
+        self.preserving_services.store(services, Ordering::Relaxed);
     }
 
     pub fn set_gateways(&self, n: usize) {
@@ -113,6 +124,8 @@ impl SyncStatus {
             rejected: self.rejected.load(Ordering::Relaxed),
             applied_unix_ms: self.applied_unix_ms.load(Ordering::Relaxed),
             gateways: self.gateways.load(Ordering::Relaxed),
+            preserved_instances: self.preserved_instances.load(Ordering::Relaxed),
+            preserving_services: self.preserving_services.load(Ordering::Relaxed),
         }
     }
 }

@@ -14,10 +14,12 @@ pub use build::{build, entry_for, shape_of, Rejected};
 pub use cell::{SnapshotCell, SourceState, StatusView, SyncStatus};
 pub use instance_states::{InstanceStates, StateCounts};
 pub use upstream::{
-    CheckedLeaves, InstanceSet, RetryBudget, ServiceLeaves, UpstreamLeaf, UpstreamTable,
+    CheckedLeaves, InstanceSet, Outcome, RetryBudget, ServiceLeaves, UpstreamLeaf, UpstreamTable,
+    CONNECT_EJECTION,
 };
 
 use crate::limiter::RouteLimiter;
+use crate::log_gate::FailureLog;
 use crate::metrics::RouteMetrics;
 use crate::model::policy::CanarySpec;
 use crate::model::{TimeoutSpec, Timeouts};
@@ -36,6 +38,8 @@ pub struct RouteEntry {
     pub canary: Option<Canary>,
     pub limiter: Option<Arc<RouteLimiter>>,
     pub metrics: RouteMetrics,
+    /// Rate-limits the route's "request failed" warnings.
+    pub failure_log: FailureLog,
 }
 
 /// A share of a route's traffic sent to another upstream.

@@ -184,6 +184,38 @@ impl RetryBudget {
     }
 }
 
+/// What one attempt on an instance came to, for passive health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// A 5xx, a reset or a timeout once connected.
+    Failed,
+    /// The connect itself failed: refused, reset or timed out.
+    ConnectFailed,
+}
+
+impl Outcome {
+    /// An upstream's answer: a 5xx is a failure.
+    pub fn of_status(status: u16) -> Self {
+        if status < 500 {
+            Outcome::Ok
+        } else {
+            Outcome::Failed
+        }
+    }
+}
+
+/// The passive rule of an upstream that sets none: one failed connect
+/// ejects the instance for 5 s (longer each time, up to 50 s), never more
+/// than half the instances. A connect that fails says the instance is not
+/// there; a 5xx or a slow answer may be the request's fault, so those
+/// count only under an explicit `passive` policy.
+pub const CONNECT_EJECTION: PassiveCheckSpec = PassiveCheckSpec {
+    consecutive_failures: 1,
+    ejection_ms: 5_000,
+    max_ejected_share: 0.5,
+};
+
 /// One upstream as the proxy sees it; shared by every route naming it and
 /// carried across snapshot rebuilds.
 #[derive(Debug)]
@@ -230,11 +262,19 @@ impl UpstreamLeaf {
     }
 
     /// Feeds a request outcome on node `index` of `set` to passive health.
-    pub fn observe(&self, set: &InstanceSet, index: usize, ok: bool) {
-        let (Some(h), Some(spec)) = (set.health.get(index), set.passive.as_ref()) else {
+    /// Without a `passive` policy only a failed connect counts, under
+    /// [`CONNECT_EJECTION`]: a dead instance leaves the rotation at its
+    /// first refused or timed-out connect instead of when its lease runs out.
+    pub fn observe(&self, set: &InstanceSet, index: usize, outcome: Outcome) {
+        let spec = match (&set.passive, outcome) {
+            (Some(spec), _) => spec,
+            (None, Outcome::ConnectFailed) => &CONNECT_EJECTION,
+            (None, _) => return,
+        };
+        let Some(h) = set.health.get(index) else {
             return;
         };
-        if ok {
+        if outcome == Outcome::Ok {
             h.record_success();
             return;
         }

@@ -208,3 +208,28 @@ fn client_keepalive_secs_defaults_to_60_and_must_be_positive() {
     assert_eq!(e.path, "proxy.client_keepalive_secs", "{e}");
     assert!(e.message.contains("between 1 and 86400"), "{e}");
 }
+
+#[test]
+fn self_preservation_settings_are_checked_naming_the_field() {
+    let base = "listen: [\"127.0.0.1:8080\"]\netcd: { endpoints: [\"http://127.0.0.1:2379\"], ";
+    let m = parse(&format!(
+        "{base}self_preservation: {{ enabled: false }} }}\n"
+    ))
+    .unwrap();
+    let etcd = m.bootstrap.etcd.expect("etcd");
+    assert!(!etcd.self_preservation.enabled);
+    assert_eq!(
+        etcd.self_preservation.threshold, 0.5,
+        "the rest keep their defaults"
+    );
+    let e = err(&format!(
+        "{base}self_preservation: {{ threshold: 1.5 }} }}\n"
+    ));
+    assert_eq!(e.path, "etcd.self_preservation.threshold", "{e}");
+    let e = err(&format!(
+        "{base}self_preservation: {{ probe_failures: 0 }} }}\n"
+    ));
+    assert_eq!(e.path, "etcd.self_preservation.probe_failures", "{e}");
+    let e = err(&format!("{base}self_preservation: {{ enabld: true }} }}\n"));
+    assert!(e.to_string().contains("enabld"), "{e}");
+}

@@ -12,6 +12,7 @@ use super::CoreEngine;
 use crate::model::policy::RetryOn;
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::retry;
+use crate::snapshot::Outcome;
 
 impl CoreEngine {
     /// Proxies a routed request; `true` when the client connection may
@@ -31,7 +32,7 @@ impl CoreEngine {
                 Ok(connected) => connected,
                 Err(mut e) => {
                     e.as_up();
-                    ctx.observe(false);
+                    ctx.observe(Outcome::ConnectFailed);
                     // Nothing reached the upstream: any method may go elsewhere.
                     if retry::should_retry(session, ctx, RetryOn::ConnectFailure, false) {
                         tracing::debug!(request_id = ctx.request_id(), error = %e, "connect failed; retrying elsewhere");

@@ -25,6 +25,7 @@ use super::CoreEngine;
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::upstream_request::{Sanitize, UpstreamEdits};
 use crate::proxy::{error_response, header_edit, hop_by_hop, retry};
+use crate::snapshot::Outcome;
 
 /// How an attempt ended.
 pub(super) enum Exchange {
@@ -286,7 +287,7 @@ impl CoreEngine {
                 .into_up(),
             ));
         }
-        ctx.observe(status < 500);
+        ctx.observe(Outcome::of_status(status));
         if let Some(cause) = retry::status_cause(status) {
             if retry::should_retry(session, ctx, cause, true) {
                 return Err(Exchange::Retry);

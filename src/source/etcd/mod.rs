@@ -7,7 +7,10 @@ mod announce;
 pub mod backoff;
 pub mod endpoints;
 mod keyspace;
+mod leases;
 mod list;
+mod preserve;
+mod preserve_probe;
 mod progress;
 mod state;
 mod watch;
@@ -24,6 +27,7 @@ use std::time::{Duration, Instant};
 use self::backoff::Backoff;
 use self::endpoints::Rotation;
 pub use self::keyspace::{Key, Keyspace};
+use self::preserve::Probed;
 use self::state::EtcdState;
 use self::watch::{follow, OnApplied};
 use super::lkg::{self, LastKnownGood};
@@ -70,7 +74,12 @@ impl EtcdSource {
     ) -> Self {
         let keys = Keyspace::new(&cfg.prefix, &cfg.registry_prefix);
         Self {
-            state: Mutex::new(Some(EtcdState::new(store, keys.clone(), base))),
+            state: Mutex::new(Some(EtcdState::new(
+                store,
+                keys.clone(),
+                base,
+                cfg.self_preservation.clone(),
+            ))),
             cfg,
             keys,
             state_dir,
@@ -119,6 +128,7 @@ impl EtcdSource {
         state: &mut EtcdState,
         persist: &mut Persister,
         backoff: &mut Backoff,
+        probes: &mut tokio::sync::mpsc::UnboundedReceiver<Probed>,
     ) -> anyhow::Result<()> {
         let dial = Duration::from_millis(self.cfg.dial_timeout_ms);
         let mut client = tokio::time::timeout(
@@ -134,13 +144,16 @@ impl EtcdSource {
             _ => String::new(),
         };
         let hold = progress::may_overtake(&version).then_some(progress::HOLD);
-        tracing::info!(
-            endpoint,
-            version = %version,
-            hold_progress_ms = hold.map_or(0, |h| h.as_millis() as u64),
-            "etcd connected"
-        );
         let prefixes = [self.keys.config_range(), self.keys.registry_range()];
+        // "connected" is said once the first listing came back: a dial that
+        // succeeds against a down etcd (gRPC connects lazily) proves nothing.
+        let mut first = true;
+        // Asks etcd how long each registry lease has left, for as long as
+        // this connection lives.
+        let _checker = AbortOnDrop(tokio::spawn(leases::check(
+            state.leases.clone(),
+            client.clone(),
+        )));
         loop {
             let started = Instant::now();
             let timeout = dial.max(Duration::from_secs(5));
@@ -151,6 +164,11 @@ impl EtcdSource {
                 })
                 .await?;
             state.finish_relist(listed.revision);
+            // What was learnt of lease times before may be stale now.
+            state.leases.recheck_all();
+            if std::mem::take(&mut state.after_outage) {
+                state.preserve.reconnected(Instant::now());
+            }
             let report = state.publish(listed.revision);
             let status = &state.store.cell().status;
             status.set_source(SourceState::Connected);
@@ -162,10 +180,13 @@ impl EtcdSource {
             tracing::info!(
                 revision = listed.revision,
                 endpoint,
+                version = %version,
+                hold_progress_ms = hold.map_or(0, |h| h.as_millis() as u64),
                 keys,
                 rebuilt = report.rebuilt,
                 took_ms = started.elapsed().as_millis() as u64,
-                "etcd listed"
+                "{}",
+                if std::mem::take(&mut first) { "etcd connected" } else { "etcd re-listed" }
             );
             let relist = follow(
                 &mut client,
@@ -177,11 +198,22 @@ impl EtcdSource {
                 hold,
                 state,
                 persist,
+                probes,
             )
             .await?;
             METRICS.relists.with_label_values(&[relist.reason()]).inc();
             tracing::warn!(reason = %relist, "re-listing etcd");
         }
+    }
+}
+
+/// Aborts a background task when its owner goes (a session ends, the
+/// source stops).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -304,12 +336,18 @@ impl BackgroundService for EtcdSource {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut synced_once = false;
         let mut rotation = Rotation::new(self.cfg.endpoints.clone());
+        let (probe_tx, mut probes) = tokio::sync::mpsc::unbounded_channel();
+        let _prober = AbortOnDrop(tokio::spawn(preserve_probe::run(
+            state.preserve.targets(),
+            probe_tx,
+        )));
         loop {
             let result = tokio::select! {
-                r = self.session(rotation.current(), &mut state, &mut persist, &mut backoff) => r,
+                r = self.session(rotation.current(), &mut state, &mut persist, &mut backoff, &mut probes) => r,
                 _ = shutdown.changed() => break,
             };
             if let Err(e) = result {
+                state.after_outage = true;
                 let status = &state.store.cell().status;
                 if status.source() == SourceState::Connected {
                     synced_once = true;

@@ -9,18 +9,23 @@ use imbl::OrdMap;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::keyspace::{Key, Keyspace};
+use super::leases::{Ending, LeaseBook};
+use super::preserve::{Decision, Preservation, Probed};
 use crate::metrics::METRICS;
 use crate::model::error::from_json;
-use crate::model::instance::parse_instance;
+use crate::model::instance::{health_path, parse_instance};
+use crate::model::preservation::SelfPreservationSpec;
 use crate::model::settings::SettingsSpec;
 use crate::model::{RouteSpec, Timeouts, UpstreamSpec};
 use crate::store::{ApplyReport, Store};
 
-/// An accepted raw value, and the re-list that last saw its key.
+/// An accepted raw value, the re-list that last saw its key, and its
+/// lease (registry keys; 0 for the rest).
 #[derive(Debug, Clone)]
 struct Known {
     value: Arc<str>,
     listed: u32,
+    lease: i64,
 }
 
 /// The raw last-good value of every accepted key, serialised as a map of
@@ -55,6 +60,12 @@ pub struct EtcdState {
     /// Revision of the last applied change to routes, upstreams, settings
     /// or instances (not gateway heartbeats): what convergence is about.
     config_revision: i64,
+    /// Registry leases' remaining time: expiry or revoke.
+    pub leases: LeaseBook,
+    /// Instances kept through a mass lease expiry.
+    pub preserve: Preservation,
+    /// The last session ended in an error: the next listing ends an outage.
+    pub after_outage: bool,
 }
 
 /// Counts a refused value or route under `kind`, in the metric and in
@@ -70,8 +81,16 @@ fn reject(kind: &'static str, key: &str, reason: &dyn std::fmt::Display, store: 
 }
 
 impl EtcdState {
-    pub fn new(store: Store, keys: Keyspace, base_timeouts: Timeouts) -> Self {
+    pub fn new(
+        store: Store,
+        keys: Keyspace,
+        base_timeouts: Timeouts,
+        preservation: SelfPreservationSpec,
+    ) -> Self {
         Self {
+            leases: LeaseBook::default(),
+            preserve: Preservation::new(preservation),
+            after_outage: false,
             store,
             keys,
             known: KnownValues::default(),
@@ -111,9 +130,25 @@ impl EtcdState {
             return;
         };
         let class = self.keys.classify(key);
-        let unleased = lease == 0 && matches!(class, Key::Instance { .. });
-        if !unleased && self.known.0.get(key).map(|k| k.value.as_bytes()) == Some(value) {
-            return;
+        let is_instance = matches!(class, Key::Instance { .. });
+        let unleased = lease == 0 && is_instance;
+        let lease = if is_instance { lease } else { 0 };
+        if let Some(k) = self
+            .known
+            .0
+            .get_mut(key)
+            .filter(|k| k.value.as_bytes() == value)
+        {
+            if !unleased && k.lease == lease {
+                return;
+            }
+            if !unleased {
+                // The same registration under a new lease (re-registered).
+                self.leases.detach(k.lease);
+                self.leases.attach(lease);
+                k.lease = lease;
+                return;
+            }
         }
         let accepted = match class {
             Key::Route(id) => match from_json::<RouteSpec>(value).and_then(|spec| {
@@ -137,6 +172,13 @@ impl EtcdState {
             Key::Upstream(name) => {
                 match from_json::<UpstreamSpec>(value).and_then(|s| s.compile("").map(|n| (s, n))) {
                     Ok(policy) => {
+                        self.preserve.set_policy(
+                            name,
+                            policy.0.self_preservation.clone(),
+                            (policy.0.health_check.as_ref())
+                                .and_then(|h| h.active.as_ref())
+                                .map(|a| a.path.clone()),
+                        );
                         self.store.set_upstream(name, Some(policy));
                         true
                     }
@@ -171,11 +213,23 @@ impl EtcdState {
                     );
                     // A key that lost its lease no longer proves a live instance.
                     self.store.set_instance(service, id, None);
-                    self.known.0.remove(key);
+                    if let Some(gone) = self.known.0.remove(key) {
+                        self.leases.detach(gone.lease);
+                        self.preserve.unregistered(service);
+                    }
                     return;
                 }
                 match parse_instance(id, value) {
                     Ok(node) => {
+                        match self.known.0.get(key) {
+                            Some(k) => self.leases.detach(k.lease),
+                            None => {
+                                for other in self.preserve.registered(service, &node) {
+                                    self.store.set_instance(service, &other, None);
+                                }
+                            }
+                        }
+                        self.leases.attach(lease);
                         self.store.set_instance(service, id, Some(node));
                         true
                     }
@@ -198,6 +252,7 @@ impl EtcdState {
             let known = Known {
                 value: text.into(),
                 listed: self.generation,
+                lease,
             };
             self.known.0.insert(key.into(), known);
             self.config_revision = self.config_revision.max(mod_revision);
@@ -206,15 +261,24 @@ impl EtcdState {
 
     /// Applies one delete.
     pub fn delete(&mut self, key: &str, revision: i64) {
-        let was_known = self.known.0.remove(key).is_some();
+        let gone = self.known.0.remove(key);
+        let was_known = gone.is_some();
         match self.keys.classify(key) {
             Key::Route(id) => self.store.set_route(id, None),
-            Key::Upstream(name) => self.store.set_upstream(name, None),
+            Key::Upstream(name) => {
+                self.preserve.set_policy(name, None, None);
+                self.store.set_upstream(name, None)
+            }
             Key::Settings => {
                 self.store.set_default_timeouts(self.base_timeouts);
                 self.store.set_default_limit(None);
             }
-            Key::Instance { service, id } => self.store.set_instance(service, id, None),
+            Key::Instance { service, id } => {
+                let kept = gone.is_some_and(|k| self.instance_gone(service, id, &k));
+                if !kept {
+                    self.store.set_instance(service, id, None);
+                }
+            }
             Key::Gateway(node) => {
                 self.gateways.remove(node);
                 return;
@@ -224,6 +288,44 @@ impl EtcdState {
         if was_known {
             self.config_revision = self.config_revision.max(revision);
         }
+    }
+
+    /// A registered instance's key is gone: whether it is kept (preserved,
+    /// and the instances expired with it put back in the store).
+    fn instance_gone(&mut self, service: &str, id: &str, k: &Known) -> bool {
+        let now = std::time::Instant::now();
+        let ending = self.leases.classify(k.lease, now);
+        self.leases.detach(k.lease);
+        self.preserve.unregistered(service);
+        let Ending::Expired { ttl } = ending else {
+            return false;
+        };
+        let Ok(node) = parse_instance(id, k.value.as_bytes()) else {
+            return false;
+        };
+        let path = health_path(&k.value);
+        match self.preserve.expired(service, node, path, ttl, now) {
+            Decision::Drop => false,
+            Decision::Preserve { restore } => {
+                for node in restore {
+                    let id = node.id.clone();
+                    self.store.set_instance(service, &id, Some(node));
+                }
+                true
+            }
+        }
+    }
+
+    /// A probe of a preserved instance answered; also lets go of the ones
+    /// kept too long. Whether the store changed (then publish).
+    pub fn probed(&mut self, p: &Probed) -> bool {
+        let now = std::time::Instant::now();
+        let mut dropped = self.preserve.overdue(now);
+        dropped.extend(self.preserve.probed(p));
+        for (service, id) in &dropped {
+            self.store.set_instance(service, id, None);
+        }
+        !dropped.is_empty()
     }
 
     /// Starts replacing everything with a fresh listing, applying only the
@@ -255,6 +357,8 @@ impl EtcdState {
         self.store.set_revision(revision);
         let cell = self.store.cell();
         cell.status.set_gateways(self.gateways.len());
+        let (preserved, services) = self.preserve.counts();
+        cell.status.set_preserved(preserved, services);
         // Cluster-scoped limits divide by the live gateways (at least us).
         cell.fleet.store(
             self.gateways.len().max(1),
@@ -277,7 +381,12 @@ mod tests {
 
     fn state() -> EtcdState {
         let store = Store::new(SnapshotCell::new(), Timeouts::default());
-        EtcdState::new(store, Keyspace::new("/t", "/s"), Timeouts::default())
+        EtcdState::new(
+            store,
+            Keyspace::new("/t", "/s"),
+            Timeouts::default(),
+            SelfPreservationSpec::default(),
+        )
     }
 
     fn relist(s: &mut EtcdState, kvs: &[(&str, &str)], revision: i64) {

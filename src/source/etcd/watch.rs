@@ -14,6 +14,7 @@ use futures_util::FutureExt;
 use std::time::{Duration, Instant};
 
 use super::list::Listed;
+use super::preserve::Probed;
 use super::progress::Held;
 use super::state::EtcdState;
 use crate::metrics::METRICS;
@@ -107,6 +108,7 @@ pub async fn follow(
     hold: Option<Duration>,
     state: &mut EtcdState,
     on_applied: &mut (dyn OnApplied + Send),
+    probes: &mut tokio::sync::mpsc::UnboundedReceiver<Probed>,
 ) -> anyhow::Result<Relist> {
     let mut streams = Vec::with_capacity(2);
     for (name, prefix) in prefixes {
@@ -148,6 +150,16 @@ pub async fn follow(
             }
             m = second.inner.message() => {
                 if let Some(r) = handle(second, m?, from, hold, state)? { return Ok(r); }
+            }
+            Some(p) = probes.recv() => {
+                // Preserved instances' probes: publish only if one was dropped.
+                let mut changed = state.probed(&p);
+                while let Ok(p) = probes.try_recv() {
+                    changed |= state.probed(&p);
+                }
+                if !changed {
+                    continue;
+                }
             }
             _ = sleep_until(on_applied.due()) => {
                 on_applied.run_due(state);
