@@ -16,7 +16,7 @@ use crate::admin::{AdminApp, NodeInfo};
 use crate::config::{load_file, ConfigModel, ProxyEngine};
 use crate::proxy::access_log::AccessLog;
 use crate::proxy::engine::CoreEngine;
-use crate::proxy::{ClientTimeouts, Connections, Gate, Gateway, InFlight};
+use crate::proxy::{ClientLimits, Connections, Gate, Gateway, InFlight};
 use crate::snapshot::{InstanceStates, SnapshotCell, SourceState};
 use crate::source::etcd::EtcdSource;
 use crate::source::file::{self, FileSource};
@@ -129,9 +129,10 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
         AccessLog::start(&b.access_log)?,
         b.request_metrics,
         draining.clone(),
-        ClientTimeouts {
+        ClientLimits {
             keepalive_secs: b.proxy.client_keepalive_secs,
             io: Duration::from_secs(b.proxy.client_timeout_secs),
+            max_body_bytes: b.proxy.max_body_bytes,
         },
     );
     // Either engine runs on the server's proxy threads (`threads`,

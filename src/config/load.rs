@@ -121,6 +121,7 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
             return Err(FieldError::new(field, "must be between 1 and 86400"));
         }
     }
+    crate::model::route::check_body_limit("proxy.max_body_bytes", b.proxy.max_body_bytes)?;
     if !(0.0..=1.0).contains(&b.access_log.sample) {
         return Err(FieldError::new(
             "access_log.sample",

@@ -139,6 +139,11 @@ pub struct ProxyConfig {
     /// its request and upstream connection forever.
     #[serde(default = "default_client_timeout_secs")]
     pub client_timeout_secs: u64,
+    /// The largest request body a route takes unless it sets its own
+    /// `max_body_bytes`: a declared larger one is answered 413 before any
+    /// upstream is chosen, a chunked one when it grows past it.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
     /// Which request loop serves the listeners; `TOLLGATE_PROXY_ENGINE`
     /// overrides it at start.
     #[serde(default)]
@@ -153,6 +158,7 @@ impl Default for ProxyConfig {
             shutdown_timeout_secs: default_shutdown_timeout_secs(),
             client_keepalive_secs: default_client_keepalive_secs(),
             client_timeout_secs: default_client_timeout_secs(),
+            max_body_bytes: default_max_body_bytes(),
             engine: ProxyEngine::default(),
         }
     }
@@ -310,6 +316,12 @@ fn default_keepalive_pool() -> usize {
 }
 fn default_client_keepalive_secs() -> u64 {
     60
+}
+
+/// 100 MiB: uploads through an API gateway beyond that are rare, and a
+/// route that takes them says so.
+fn default_max_body_bytes() -> u64 {
+    100 << 20
 }
 
 fn default_client_timeout_secs() -> u64 {

@@ -38,12 +38,31 @@ pub struct RouteSpec {
     /// How many times a failed connect is retried on another instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// The largest request body this route takes (413 beyond it); absent
+    /// means `proxy.max_body_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
     /// This route's limit; absent means the settings' default, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSpec>,
     /// Send a share of this route's traffic to another upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanarySpec>,
+}
+
+/// The most a body limit may be: 1 TiB.
+pub const MAX_BODY_LIMIT: u64 = 1 << 40;
+
+/// A request body limit: 1 byte to [`MAX_BODY_LIMIT`].
+pub fn check_body_limit(path: &str, v: u64) -> Result<(), FieldError> {
+    if (1..=MAX_BODY_LIMIT).contains(&v) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            path,
+            format!("must be 1 to {MAX_BODY_LIMIT} bytes, got {v}"),
+        ))
+    }
 }
 
 /// The HTTP methods a route may name; anything else is almost surely a typo.
@@ -186,6 +205,9 @@ impl RouteSpec {
         }
         if let Some(c) = &self.canary {
             c.validate(&field(path, "canary"))?;
+        }
+        if let Some(m) = self.max_body_bytes {
+            check_body_limit(&field(path, "max_body_bytes"), m)?;
         }
         let limit_key = self
             .rate_limit

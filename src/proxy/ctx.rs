@@ -81,6 +81,9 @@ pub struct RequestCtx {
     /// When the request went upstream, and how long the response header took.
     pub upstream_sent: Option<Instant>,
     pub upstream_took: Option<Duration>,
+    /// The largest request body this request may send (its route's, else
+    /// `proxy.max_body_bytes`).
+    pub max_body: u64,
 }
 
 impl RequestCtx {
@@ -98,6 +101,7 @@ impl RequestCtx {
             started: Instant::now(),
             upstream_sent: None,
             upstream_took: None,
+            max_body: u64::MAX,
         }
     }
 

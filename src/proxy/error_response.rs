@@ -9,6 +9,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 pub fn classify(e: &Error) -> (u16, &'static str) {
     match e.etype() {
         ErrorType::HTTPStatus(503) => (503, "service has no live instance"),
+        ErrorType::HTTPStatus(413) => (413, "request body too large"),
         ErrorType::HTTPStatus(code) => (*code, "request failed"),
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
             if *e.esource() == ErrorSource::Upstream =>

@@ -20,6 +20,7 @@ use super::access_log::{self, AccessLog};
 use super::ctx::{Attempt, InFlight, RequestCtx};
 use super::error_response;
 use super::forwarding::{client_ip, cookie, has_dot_segment, host_of};
+use super::framing;
 use super::header_edit;
 use super::hop_by_hop;
 use super::request_id::{self, RequestIds};
@@ -54,16 +55,20 @@ pub struct Gate {
     request_metrics: bool,
     /// Set when a shutdown or upgrade signal arrives.
     draining: Arc<AtomicBool>,
-    client: ClientTimeouts,
+    client: ClientLimits,
 }
 
-/// How long the gateway waits for a client (`proxy.client_*`).
+/// How long the gateway waits for a client (`proxy.client_*`), and how
+/// much body it takes from one.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientTimeouts {
+pub struct ClientLimits {
     /// Idle between requests, in seconds (`proxy.client_keepalive_secs`).
     pub keepalive_secs: u64,
     /// A body read or a response write (`proxy.client_timeout_secs`).
     pub io: Duration,
+    /// A request body's largest size unless its route sets one
+    /// (`proxy.max_body_bytes`).
+    pub max_body_bytes: u64,
 }
 
 struct RateLimited {
@@ -79,7 +84,7 @@ impl Gate {
         access_log: Option<AccessLog>,
         request_metrics: bool,
         draining: Arc<AtomicBool>,
-        client: ClientTimeouts,
+        client: ClientLimits,
     ) -> Self {
         let panic_header = std::env::var("TOLLGATE_TEST_PANIC_HEADER")
             .ok()
@@ -197,6 +202,10 @@ impl Gate {
             error_response::respond(session, 400, "path has dot segments", ctx.request_id()).await;
             return true;
         }
+        if let Err((status, message)) = framing::check(req) {
+            error_response::respond(session, status, message, ctx.request_id()).await;
+            return true;
+        }
         if hop_by_hop::check(&req.headers).is_err() {
             // Refused before an upstream is chosen: a bad request must not
             // cost an upstream connection (pingora-proxy refused it only
@@ -215,8 +224,17 @@ impl Gate {
             error_response::respond(session, status, message, ctx.request_id()).await;
             return true;
         };
+        ctx.max_body = route.max_body_bytes.unwrap_or(self.client.max_body_bytes);
         // The context holds the one reference this request takes.
         let route: &RouteEntry = ctx.route.insert(route);
+        if framing::declared_length(req).is_some_and(|n| n > ctx.max_body) {
+            // Refused before an upstream is chosen, and before a client
+            // that waits for `100 Continue` sends any of it.
+            session.set_keepalive(None);
+            let message = "request body too large";
+            error_response::respond(session, 413, message, ctx.request_id()).await;
+            return true;
+        }
         match self.rate_limit(session, route) {
             Ok(advertised) => ctx.rate_limit = advertised,
             Err(limited) => {
@@ -234,6 +252,18 @@ impl Gate {
         ctx.leaf = Some(route.upstream_for(&session.req_header().headers).clone());
         error_response::continue_if_expected(session).await;
         false
+    }
+
+    /// A body read so far, checked against the request's limit: past it the
+    /// request ends in 413 (a chunked body has no length to refuse it by
+    /// up front). A client-side error: no retry, no instance blamed.
+    pub fn check_body_size(&self, ctx: &RequestCtx, read: usize) -> Result<()> {
+        if read as u64 > ctx.max_body {
+            let mut e = Error::explain(ErrorType::HTTPStatus(413), "request body too large");
+            e.as_down();
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Picks the instance for the next attempt (a retry avoids the one that

@@ -13,6 +13,7 @@ mod ctx;
 pub mod engine;
 mod error_response;
 mod forwarding;
+mod framing;
 mod gate;
 mod header_edit;
 mod hop_by_hop;
@@ -25,6 +26,6 @@ mod upstream_request;
 
 pub use connections::Connections;
 pub use ctx::{InFlight, RequestCtx};
-pub use gate::{ClientTimeouts, Gate};
+pub use gate::{ClientLimits, Gate};
 pub use proxy_http::Gateway;
 pub use request_id::RequestIds;

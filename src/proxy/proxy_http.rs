@@ -3,6 +3,7 @@
 //! Pingora's phases and retry flags onto it.
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::FutureExt;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
@@ -79,6 +80,19 @@ impl ProxyHttp for Gateway {
                 ))
             }
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if body.is_some() && !session.was_upgraded() {
+            self.gate.check_body_size(ctx, session.body_bytes_read())?;
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(

@@ -42,6 +42,7 @@ pub fn entry_for(
         preserve_host: route.spec.preserve_host.unwrap_or(true),
         timeout: route.spec.timeout,
         retries: route.spec.retries,
+        max_body_bytes: route.spec.max_body_bytes,
         canary: route
             .spec
             .canary

@@ -35,6 +35,8 @@ pub struct RouteEntry {
     timeout: Option<TimeoutSpec>,
     /// The route's `retries` (short form of the retry policy), if set.
     pub retries: Option<u32>,
+    /// The route's request body limit, if it sets one.
+    pub max_body_bytes: Option<u64>,
     pub canary: Option<Canary>,
     pub limiter: Option<Arc<RouteLimiter>>,
     pub metrics: RouteMetrics,

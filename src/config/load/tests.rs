@@ -233,3 +233,16 @@ fn self_preservation_settings_are_checked_naming_the_field() {
     let e = err(&format!("{base}self_preservation: {{ enabld: true }} }}\n"));
     assert!(e.to_string().contains("enabld"), "{e}");
 }
+
+#[test]
+fn body_limits_are_checked_naming_the_field() {
+    assert_eq!(parse(GOOD).unwrap().bootstrap.proxy.max_body_bytes, 100 << 20);
+    let e = err(&format!("{GOOD}proxy: {{ max_body_bytes: 0 }}\n"));
+    assert_eq!(e.path, "proxy.max_body_bytes", "{e}");
+    let text = GOOD.replace(
+        "upstream: users\n  - id: static",
+        "upstream: users\n    max_body_bytes: 2199023255553\n  - id: static",
+    );
+    let e = err(&text);
+    assert_eq!(e.path, "routes[0].max_body_bytes", "{e}");
+}

@@ -140,6 +140,11 @@ impl CoreEngine {
                         // The client went away, or its body is malformed.
                         Err(e) => return Exchange::Failed(e.into_down()),
                     };
+                    if body.is_some() && !st.upgraded {
+                        if let Err(e) = self.gate.check_body_size(ctx, session.body_bytes_read()) {
+                            return Exchange::Failed(e);
+                        }
+                    }
                     if let Err(e) = self.forward(session, up, &mut st, body).await {
                         return Exchange::Failed(e);
                     }

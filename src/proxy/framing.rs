@@ -1,0 +1,143 @@
+//! Request framing and `Host` hygiene, checked before a route is chosen,
+//! on both engines: what a proxy must not forward (RFC 9112 §3.2, §6;
+//! RFC 9110 §8.6). Each refusal is what nginx answers for the same bytes.
+//!
+//! - An HTTP/1.1 request without `Host`, or with two, is 400: an upstream
+//!   would otherwise get a request with no `Host` at all (an absolute-form
+//!   target included), or pick one of two.
+//! - More than one `Content-Length` value (two lines, or `5, 5`) is 400,
+//!   as nginx answers, rather than forwarded for the upstream to pick from.
+//! - `Transfer-Encoding` with `Content-Length`, or from an HTTP/1.0
+//!   client, is 400; any coding but a lone `chunked` is 501: a gzip coding
+//!   would reach the upstream as plain chunked, silently changed.
+
+use http::header;
+use http::Version;
+use pingora::http::RequestHeader;
+
+/// A refusal: the status and the reason the client is told.
+pub type Refusal = (u16, &'static str);
+
+pub fn check(req: &RequestHeader) -> Result<(), Refusal> {
+    let headers = &req.headers;
+    if req.version == Version::HTTP_11 {
+        let mut hosts = headers.get_all(header::HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (None, _) => return Err((400, "missing Host header")),
+            (Some(_), Some(_)) => return Err((400, "more than one Host header")),
+            _ => {}
+        }
+    }
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let length = lengths.next();
+    if let Some(v) = length {
+        let digits = v.as_bytes();
+        if lengths.next().is_some() || digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return Err((400, "invalid or duplicate Content-Length"));
+        }
+    }
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(te) = codings.next() {
+        if length.is_some() {
+            return Err((400, "both Content-Length and Transfer-Encoding"));
+        }
+        if req.version < Version::HTTP_11 {
+            return Err((400, "Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        if codings.next().is_some() || !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")
+        {
+            return Err((501, "unsupported transfer coding"));
+        }
+    }
+    Ok(())
+}
+
+/// The body length the request declares, if it has a valid one.
+pub fn declared_length(req: &RequestHeader) -> Option<u64> {
+    let v = req.headers.get(header::CONTENT_LENGTH)?;
+    std::str::from_utf8(v.as_bytes()).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(version: Version, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"/", None).unwrap();
+        r.set_version(version);
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn host_must_be_there_once_in_http_1_1() {
+        let h11 = Version::HTTP_11;
+        assert_eq!(check(&req(h11, &[])), Err((400, "missing Host header")));
+        assert_eq!(
+            check(&req(h11, &[("host", "a"), ("host", "b")])),
+            Err((400, "more than one Host header"))
+        );
+        assert_eq!(check(&req(h11, &[("host", "a")])), Ok(()));
+        assert_eq!(
+            check(&req(Version::HTTP_10, &[])),
+            Ok(()),
+            "optional in 1.0"
+        );
+    }
+
+    #[test]
+    fn one_content_length_of_digits_only() {
+        let h = |cl: &[&str]| {
+            let mut v = vec![("host", "h")];
+            v.extend(cl.iter().map(|c| ("content-length", *c)));
+            check(&req(Version::HTTP_11, &v))
+        };
+        assert_eq!(h(&["5"]), Ok(()));
+        for bad in [&["5", "5"][..], &["5, 5"], &["+5"], &["-1"], &["5 "], &[""]] {
+            assert_eq!(
+                h(bad),
+                Err((400, "invalid or duplicate Content-Length")),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            declared_length(&req(Version::HTTP_11, &[("content-length", "42")])),
+            Some(42)
+        );
+    }
+
+    #[test]
+    fn only_a_lone_chunked_coding_is_forwarded() {
+        let te = |v: &[&str], extra: &[(&'static str, &'static str)], version| {
+            let mut h = vec![("host", "h")];
+            h.extend(v.iter().map(|c| ("transfer-encoding", *c)));
+            h.extend_from_slice(extra);
+            check(&req(version, &h))
+        };
+        let h11 = Version::HTTP_11;
+        assert_eq!(te(&["chunked"], &[], h11), Ok(()));
+        assert_eq!(te(&[" Chunked "], &[], h11), Ok(()));
+        for bad in [
+            &["gzip, chunked"][..],
+            &["gzip", "chunked"],
+            &["identity"],
+            &["chunked, chunked"],
+        ] {
+            assert_eq!(
+                te(bad, &[], h11),
+                Err((501, "unsupported transfer coding")),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            te(&["chunked"], &[("content-length", "5")], h11),
+            Err((400, "both Content-Length and Transfer-Encoding"))
+        );
+        assert_eq!(
+            te(&["chunked"], &[], Version::HTTP_10),
+            Err((400, "Transfer-Encoding in an HTTP/1.0 request"))
+        );
+    }
+}

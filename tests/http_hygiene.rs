@@ -1,0 +1,137 @@
+//! Request framing and `Host` hygiene, as raw bytes on the wire (both
+//! engines: scripts/test.sh runs this file again with
+//! TOLLGATE_PROXY_ENGINE=pingora): what a proxy must not forward is
+//! refused before any upstream is chosen, so the upstream sees nothing;
+//! request bodies over the limit are refused with 413.
+
+mod common;
+
+use std::io::Write;
+
+use common::raw_http::{connect, expect_closed, read_response};
+use common::{start, upstream};
+use testkit::{Backend, Gateway};
+
+fn gateway(b: &Backend) -> Gateway {
+    start(&format!(
+        "proxy: {{ max_body_bytes: 1000 }}\n\
+         routes:\n\
+         - {{ id: any, paths: [\"/*rest\"], upstream: b }}\n\
+         - {{ id: small, paths: [\"/small/*rest\"], upstream: b, max_body_bytes: 10 }}\n\
+         upstreams:\n{}",
+        upstream("b", &[b]),
+    ))
+}
+
+/// Sends `raw` on a new connection; returns the status, head and body.
+fn exchange(gw: &Gateway, raw: &[u8]) -> (u16, String, String) {
+    let mut c = connect(gw.proxy_addr());
+    c.write_all(raw).unwrap();
+    let mut buf = Vec::new();
+    let (status, head, body) = read_response(&mut c, &mut buf);
+    (status, head, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// `raw` is refused with `status` and `reason`, and never reaches `b`.
+fn refused(gw: &Gateway, b: &Backend, raw: &str, status: u16, reason: &str) {
+    let hits = b.hits();
+    let (got, head, body) = exchange(gw, raw.as_bytes());
+    assert_eq!(got, status, "{raw:?}: {head}{body}");
+    assert!(body.contains(reason), "{raw:?}: {body}");
+    assert!(body.contains("request_id"), "{body}");
+    assert_eq!(b.hits(), hits, "{raw:?} reached the upstream");
+}
+
+#[test]
+fn http_1_1_without_host_or_with_two_is_refused_before_the_upstream() {
+    let b = Backend::start("b");
+    let gw = gateway(&b);
+    refused(
+        &gw,
+        &b,
+        "GET / HTTP/1.1\r\n\r\n",
+        400,
+        "missing Host header",
+    );
+    // An absolute-form target does not stand in for Host: nginx refuses it
+    // too, and the upstream would have got no Host at all.
+    refused(
+        &gw,
+        &b,
+        "GET http://evil/ HTTP/1.1\r\n\r\n",
+        400,
+        "missing Host header",
+    );
+    // Two: Pingora's parser refuses it already (a bare 400), and so would
+    // the check; either way nothing goes upstream.
+    let hits = b.hits();
+    let (status, head, _) = exchange(&gw, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+    assert_eq!(status, 400, "{head}");
+    assert_eq!(b.hits(), hits);
+    // HTTP/1.0 may omit it.
+    let (status, _, body) = exchange(&gw, b"GET /ok HTTP/1.0\r\n\r\n");
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn ambiguous_body_framing_is_refused_not_forwarded() {
+    let b = Backend::start("b");
+    let gw = gateway(&b);
+    let dup = "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello";
+    refused(&gw, &b, dup, 400, "Content-Length");
+    let list = "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n\r\nhello";
+    refused(&gw, &b, list, 400, "Content-Length");
+    let gzip = "POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    refused(&gw, &b, gzip, 501, "unsupported transfer coding");
+    let two = "POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    refused(&gw, &b, two, 501, "unsupported transfer coding");
+    // A plain chunked body still goes through, whole.
+    let ok =
+        "POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let (status, _, body) = exchange(&gw, ok.as_bytes());
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"body_len\":5"), "{body}");
+}
+
+#[test]
+fn a_body_over_the_limit_is_413_before_the_upstream_or_as_it_crosses_it() {
+    let b = Backend::start("b");
+    let gw = gateway(&b);
+    // Declared: refused at once, nothing read, nothing upstream; the
+    // default limit (proxy.max_body_bytes) and a route's own.
+    let huge = "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000000000000\r\n\r\n";
+    refused(&gw, &b, huge, 413, "request body too large");
+    let over = "POST /small/x HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world";
+    refused(&gw, &b, over, 413, "request body too large");
+    // One that waits for 100 Continue is told 413 instead, and closed.
+    let hits = b.hits();
+    let mut c = connect(gw.proxy_addr());
+    c.write_all(
+        b"POST /small/x HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let (status, head, _) = read_response(&mut c, &mut buf);
+    assert_eq!(status, 413, "{head}");
+    expect_closed(&mut c, "after 413");
+    assert_eq!(b.hits(), hits);
+    // At the limit: served.
+    let at = "POST /small/x HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nhelloworld";
+    let (status, _, body) = exchange(&gw, at.as_bytes());
+    assert_eq!(status, 200, "{body}");
+
+    // Chunked: 413 once the body grows past the limit, and the connection
+    // closes; the upstream never gets a whole request.
+    let mut c = connect(gw.proxy_addr());
+    c.write_all(
+        b"POST /small/x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n12345678\r\n",
+    )
+    .unwrap();
+    c.write_all(b"8\r\n12345678\r\n0\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let (status, head, body) = read_response(&mut c, &mut buf);
+    assert_eq!(status, 413, "{head}{}", String::from_utf8_lossy(&body));
+    expect_closed(&mut c, "after a chunked 413");
+    let (status, _, body) = exchange(&gw, b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_eq!(status, 200, "the gateway serves on: {body}");
+}
