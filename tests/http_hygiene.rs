@@ -135,3 +135,107 @@ fn a_body_over_the_limit_is_413_before_the_upstream_or_as_it_crosses_it() {
     let (status, _, body) = exchange(&gw, b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n");
     assert_eq!(status, 200, "the gateway serves on: {body}");
 }
+
+/// Reads `n` responses from `c` in order: (status, echoed path).
+fn responses(c: &mut std::net::TcpStream, n: usize) -> Vec<(u16, String)> {
+    let mut buf = Vec::new();
+    (0..n)
+        .map(|_| {
+            let (status, head, body) = read_response(c, &mut buf);
+            let body = String::from_utf8_lossy(&body).into_owned();
+            let path = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|j| j["path"].as_str().map(str::to_string))
+                .unwrap_or_else(|| format!("{head}{body}"));
+            (status, path)
+        })
+        .collect()
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let b = Backend::start("b");
+    let gw = gateway(&b);
+    let mut c = connect(gw.proxy_addr());
+    // Three in one write, a POST with a body among them (not idempotent:
+    // still served, in order, one at a time upstream).
+    c.write_all(
+        b"GET /one HTTP/1.1\r\nHost: h\r\n\r\n\
+          POST /two HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\
+          GET /three HTTP/1.1\r\nHost: h\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(
+        responses(&mut c, 3),
+        [
+            (200, "/one".into()),
+            (200, "/two".into()),
+            (200, "/three".into())
+        ]
+    );
+    assert_eq!(b.hits(), 3);
+    // And the connection still serves.
+    c.write_all(b"GET /four HTTP/1.1\r\nHost: h\r\n\r\n")
+        .unwrap();
+    assert_eq!(responses(&mut c, 1), [(200, "/four".into())]);
+}
+
+#[test]
+fn a_request_arriving_while_the_one_before_is_upstream_waits_its_turn() {
+    let b = Backend::start("slow");
+    b.set_mode(testkit::Mode::Stall(std::time::Duration::from_millis(300)));
+    let gw = gateway(&b);
+    let mut c = connect(gw.proxy_addr());
+    c.write_all(b"POST /slow HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi")
+        .unwrap();
+    // The first is upstream (its side effect happens): only now the next.
+    let deadline = std::time::Instant::now() + common::raw_http::IO;
+    while b.hits() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached the upstream"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    c.write_all(b"GET /second HTTP/1.1\r\nHost: h\r\n\r\n")
+        .unwrap();
+    // The upstream's answer to the first reaches the client (it was a 400
+    // with the upstream's 200 thrown away), then the second's.
+    assert_eq!(
+        responses(&mut c, 2),
+        [(200, "/slow".into()), (200, "/second".into())]
+    );
+}
+
+#[test]
+fn a_body_sent_after_100_continue_together_with_the_next_request_serves_both() {
+    let b = Backend::start("b");
+    let gw = gateway(&b);
+    let mut c = connect(gw.proxy_addr());
+    c.write_all(
+        b"PUT /up HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let (status, head, _) = read_response(&mut c, &mut buf);
+    assert_eq!(status, 100, "{head}");
+    c.write_all(b"helloGET /next HTTP/1.1\r\nHost: h\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (status, _, body) = read_response(&mut c, &mut buf);
+        let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        got.push((
+            status,
+            j["path"].as_str().unwrap_or("").to_string(),
+            j["body_len"].clone(),
+        ));
+    }
+    assert_eq!(
+        got,
+        [
+            (200, "/up".to_string(), serde_json::json!(5)),
+            (200, "/next".to_string(), serde_json::json!(0))
+        ]
+    );
+}

@@ -178,6 +178,13 @@ impl Gate {
             // Pingora reads an HTTP/1.1 request as "keep alive forever".
             session.set_keepalive(Some(self.client.keepalive_secs));
         }
+        // HTTP/1.1 pipelining (RFC 9112 §9.3.2): bytes of the next request
+        // that arrive with or after this one are kept for it, and requests
+        // are answered in order, one at a time upstream. Without it Pingora
+        // closed the connection after the first of two pipelined requests,
+        // and answered 400 to a request whose upstream had already run it
+        // when the next request arrived before its response.
+        session.set_pipelining_enabled(true);
         // Pingora waits 60 s for a body read and forever for a write.
         session.set_read_timeout(Some(self.client.io));
         session.set_write_timeout(Some(self.client.io));

@@ -236,7 +236,10 @@ fn self_preservation_settings_are_checked_naming_the_field() {
 
 #[test]
 fn body_limits_are_checked_naming_the_field() {
-    assert_eq!(parse(GOOD).unwrap().bootstrap.proxy.max_body_bytes, 100 << 20);
+    assert_eq!(
+        parse(GOOD).unwrap().bootstrap.proxy.max_body_bytes,
+        100 << 20
+    );
     let e = err(&format!("{GOOD}proxy: {{ max_body_bytes: 0 }}\n"));
     assert_eq!(e.path, "proxy.max_body_bytes", "{e}");
     let text = GOOD.replace(
