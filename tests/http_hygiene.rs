@@ -239,3 +239,40 @@ fn a_body_sent_after_100_continue_together_with_the_next_request_serves_both() {
         ]
     );
 }
+
+#[test]
+fn paths_are_normalized_before_routing_so_the_upstream_sees_the_route_matched() {
+    let b = Backend::start("b");
+    let gw = start(&format!(
+        "routes:\n\
+         - {{ id: public, paths: [\"/public/*rest\"], upstream: b }}\n\
+         upstreams:\n{}",
+        upstream("b", &[&b]),
+    ));
+    // What Tomcat, Spring or IIS would resolve to /admin after routing.
+    for (path, why) in [
+        ("/public/..;/admin", "dot segments"),
+        ("/public/%2e%2e;x/admin", "dot segments"),
+        ("/public/%2e%2e%2fadmin", "escaped slash"),
+        ("/public/..%2Fadmin", "escaped slash"),
+        ("/public/..\\admin", "backslash"),
+        ("/public/..%5cadmin", "backslash"),
+        ("/public/a%00", "NUL"),
+        ("/public/%zz", "percent-encoding"),
+    ] {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n");
+        refused(&gw, &b, &raw, 400, why);
+    }
+    // Equivalent spellings reach the upstream normalized, query untouched.
+    for (sent, seen) in [
+        ("/public//a///b", "/public/a/b"),
+        ("/%70ublic/%7Euser", "/public/~user"),
+        ("/public/a%3fb?x=/../%2e", "/public/a%3Fb?x=/../%2e"),
+    ] {
+        let raw = format!("GET {sent} HTTP/1.1\r\nHost: h\r\n\r\n");
+        let (status, _, body) = exchange(&gw, raw.as_bytes());
+        assert_eq!(status, 200, "{sent}: {body}");
+        let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(j["path"], seen, "{sent}: {body}");
+    }
+}

@@ -133,6 +133,7 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
             keepalive_secs: b.proxy.client_keepalive_secs,
             io: Duration::from_secs(b.proxy.client_timeout_secs),
             max_body_bytes: b.proxy.max_body_bytes,
+            path: b.proxy.path,
         },
     );
     // Either engine runs on the server's proxy threads (`threads`,

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 pub use load::{load_file, parse, ConfigError, ConfigModel};
 
+use crate::model::path_policy::PathPolicy;
 use crate::model::preservation::SelfPreservationSpec;
 use crate::model::settings::SettingsSpec;
 use crate::model::{RouteSpec, TimeoutSpec, UpstreamSpec};
@@ -144,6 +145,9 @@ pub struct ProxyConfig {
     /// upstream is chosen, a chunked one when it grows past it.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u64,
+    /// How request paths are normalized before routing.
+    #[serde(default)]
+    pub path: PathPolicy,
     /// Which request loop serves the listeners; `TOLLGATE_PROXY_ENGINE`
     /// overrides it at start.
     #[serde(default)]
@@ -159,6 +163,7 @@ impl Default for ProxyConfig {
             client_keepalive_secs: default_client_keepalive_secs(),
             client_timeout_secs: default_client_timeout_secs(),
             max_body_bytes: default_max_body_bytes(),
+            path: PathPolicy::default(),
             engine: ProxyEngine::default(),
         }
     }

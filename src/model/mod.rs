@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod instance;
+pub mod path_policy;
 pub mod pattern;
 pub mod policy;
 pub mod preservation;

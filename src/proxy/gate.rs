@@ -19,16 +19,18 @@ use std::time::Duration;
 use super::access_log::{self, AccessLog};
 use super::ctx::{Attempt, InFlight, RequestCtx};
 use super::error_response;
-use super::forwarding::{client_ip, cookie, has_dot_segment, host_of};
+use super::forwarding::{client_ip, cookie, host_of};
 use super::framing;
 use super::header_edit;
 use super::hop_by_hop;
+use super::path_norm;
 use super::request_id::{self, RequestIds};
 use super::retry;
 use crate::balance::stable_hash;
 use crate::limiter::{self, Client, Decision};
 use crate::log_gate::FailureLog;
 use crate::metrics::{method_index, Observation, UNROUTED};
+use crate::model::path_policy::PathPolicy;
 
 /// Failure lines of requests no route took (an engine-level failure).
 static UNROUTED_FAILURES: FailureLog = FailureLog::new();
@@ -69,6 +71,8 @@ pub struct ClientLimits {
     /// A request body's largest size unless its route sets one
     /// (`proxy.max_body_bytes`).
     pub max_body_bytes: u64,
+    /// How a request's path is normalized before routing (`proxy.path`).
+    pub path: PathPolicy,
 }
 
 struct RateLimited {
@@ -202,13 +206,15 @@ impl Gate {
                 panic!("test panic requested by header {h}");
             }
         }
-        let path = req.uri.path();
-        if has_dot_segment(path) {
-            // The upstream would resolve `..` after we matched the raw path:
-            // a `/public/*rest` route must never reach `/admin`.
-            error_response::respond(session, 400, "path has dot segments", ctx.request_id()).await;
+        // The route matched must be the route the upstream sees: a
+        // `/public/*rest` route must never reach `/admin` through `..`,
+        // escapes or backslashes the upstream would resolve after routing.
+        if let Err(why) = self.normalize_path(session) {
+            error_response::respond(session, 400, why, ctx.request_id()).await;
             return true;
         }
+        let req = session.req_header();
+        let path = req.uri.path();
         if let Err((status, message)) = framing::check(req) {
             error_response::respond(session, status, message, ctx.request_id()).await;
             return true;
@@ -259,6 +265,25 @@ impl Gate {
         ctx.leaf = Some(route.upstream_for(&session.req_header().headers).clone());
         error_response::continue_if_expected(session).await;
         false
+    }
+
+    /// Normalizes the request's path in place (see `path_norm`); the
+    /// target is rewritten only when the path changes.
+    fn normalize_path(&self, session: &mut ServerSession) -> std::result::Result<(), &'static str> {
+        let target = session.req_header().raw_path();
+        let (start, end) = path_norm::path_span(target);
+        let normalized = match path_norm::normalize(&target[start..end], &self.client.path)? {
+            std::borrow::Cow::Borrowed(_) => return Ok(()),
+            std::borrow::Cow::Owned(p) => p,
+        };
+        let mut rewritten = Vec::with_capacity(target.len() + normalized.len());
+        rewritten.extend_from_slice(&target[..start]);
+        rewritten.extend_from_slice(&normalized);
+        rewritten.extend_from_slice(&target[end..]);
+        session
+            .req_header_mut()
+            .set_raw_path(&rewritten)
+            .map_err(|_| "invalid request target")
     }
 
     /// A body read so far, checked against the request's limit: past it the

@@ -17,6 +17,7 @@ mod framing;
 mod gate;
 mod header_edit;
 mod hop_by_hop;
+mod path_norm;
 mod proxy_http;
 mod request_id;
 mod retry;

@@ -140,6 +140,7 @@ fn process_settings(model: &ConfigModel) -> Vec<(&'static str, String)> {
             b.proxy.client_timeout_secs.to_string(),
         ),
         ("proxy.max_body_bytes", b.proxy.max_body_bytes.to_string()),
+        ("proxy.path", format!("{:?}", b.proxy.path)),
         ("proxy.engine", b.proxy.engine.as_str().to_string()),
         ("log", format!("{:?}", b.log)),
         ("reload", format!("{:?}", b.reload)),
