@@ -86,6 +86,7 @@ step "bench smoke: propagation" bench/propagation.sh --quick
 step "bench smoke: rate limit" bench/limit.sh --quick
 step "bench smoke: balancing" bench/lb.sh --quick
 step "bench smoke: observability" bench/observability.sh --quick
+step "bench smoke: registry" bench/registry.sh --quick
 
 summary
 if ((${#failed[@]} > 0)); then

@@ -18,6 +18,8 @@ mod gate;
 mod header_edit;
 mod hop_by_hop;
 mod path_norm;
+#[cfg(test)]
+mod properties;
 mod proxy_http;
 mod request_id;
 mod retry;
