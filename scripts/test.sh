@@ -87,6 +87,7 @@ step "bench smoke: rate limit" bench/limit.sh --quick
 step "bench smoke: balancing" bench/lb.sh --quick
 step "bench smoke: observability" bench/observability.sh --quick
 step "bench smoke: registry" bench/registry.sh --quick
+step "bench smoke: soak" bench/soak.sh --quick
 
 summary
 if ((${#failed[@]} > 0)); then

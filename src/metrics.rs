@@ -48,6 +48,8 @@ pub struct Metrics {
     pub preserved_dropped: IntCounterVec,
     /// Registry leases asked how long they have left.
     pub lease_checks: IntCounter,
+    /// Client connections closed at once by a connection limit, by which.
+    pub connections_refused: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -219,6 +221,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "tollgate_registry_lease_checks_total",
             "Registry leases asked how long they have left (LeaseTimeToLive), to tell an expiry from a revoke",
+        ),
+        connections_refused: counter_vec(
+            &r,
+            "tollgate_connections_refused_total",
+            "Client connections closed on accept by a limit (max_connections, max_connections_per_ip)",
+            &["reason"],
         ),
         registry: {
             let info = IntGaugeVec::new(Opts::new("tollgate_build_info", "Build information"), &["version"])

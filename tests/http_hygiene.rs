@@ -276,3 +276,107 @@ fn paths_are_normalized_before_routing_so_the_upstream_sees_the_route_matched() 
         assert_eq!(j["path"], seen, "{sent}: {body}");
     }
 }
+
+/// A connection from `local` (a loopback address) to the gateway.
+fn connect_from(gw: &Gateway, local: [u8; 4]) -> std::net::TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&std::net::SocketAddr::from((local, 0)).into())
+        .unwrap();
+    s.connect(&gw.proxy_addr().into()).unwrap();
+    let s: std::net::TcpStream = s.into();
+    s.set_read_timeout(Some(common::raw_http::IO)).unwrap();
+    s
+}
+
+/// Whether the gateway closed `c` without a word (a refused connection).
+fn closed_at_once(c: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut b = [0u8; 1];
+    matches!(c.read(&mut b), Ok(0) | Err(_))
+}
+
+/// Whether a GET on `c` is answered 200 (false if the connection closes).
+fn served(c: &mut std::net::TcpStream, path: &str) -> bool {
+    use std::io::Read;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n");
+    if c.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    while common::raw_http::find(&buf, b"\r\n\r\n").is_none() {
+        let mut tmp = [0u8; 4096];
+        match c.read(&mut tmp) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+    let ok = buf.starts_with(b"HTTP/1.1 200");
+    // The rest of the body, so the next request starts clean.
+    let head = common::raw_http::find(&buf, b"\r\n\r\n").unwrap_or(0) + 4;
+    let len: usize = String::from_utf8_lossy(&buf[..head])
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head + len {
+        let mut tmp = [0u8; 4096];
+        match c.read(&mut tmp) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+    ok
+}
+
+#[test]
+fn connections_over_the_limits_are_closed_at_once_and_counted() {
+    let b = Backend::start("b");
+    let gw = start(&format!(
+        "proxy: {{ max_connections: 4, max_connections_per_ip: 2 }}\n\
+         routes:\n\
+         - {{ id: any, paths: [\"/*rest\"], upstream: b }}\n\
+         upstreams:\n{}",
+        upstream("b", &[&b]),
+    ));
+    let refused = |reason: &str| {
+        common::etcd_gw::metric(
+            &gw,
+            &format!("tollgate_connections_refused_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    // Two from 127.0.0.1 are served; a third from it is closed at once.
+    let mut a1 = connect_from(&gw, [127, 0, 0, 1]);
+    let mut a2 = connect_from(&gw, [127, 0, 0, 1]);
+    assert!(served(&mut a1, "/a1") && served(&mut a2, "/a2"));
+    let mut a3 = connect_from(&gw, [127, 0, 0, 1]);
+    assert!(
+        closed_at_once(&mut a3),
+        "a third connection from one address"
+    );
+    assert_eq!(refused("max_connections_per_ip"), 1.0);
+    // Other addresses still get in, up to the total of 4.
+    let mut b1 = connect_from(&gw, [127, 0, 0, 2]);
+    let mut c1 = connect_from(&gw, [127, 0, 0, 3]);
+    assert!(served(&mut b1, "/b1") && served(&mut c1, "/c1"));
+    let mut d1 = connect_from(&gw, [127, 0, 0, 4]);
+    assert!(closed_at_once(&mut d1), "a fifth connection");
+    assert_eq!(refused("max_connections"), 1.0);
+    // The open ones keep being served; a closed one frees its place.
+    assert!(served(&mut a1, "/again"));
+    drop(b1);
+    let deadline = std::time::Instant::now() + common::raw_http::IO;
+    loop {
+        let mut d2 = connect_from(&gw, [127, 0, 0, 4]);
+        if served(&mut d2, "/d2") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the freed place never came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -16,7 +16,7 @@ use crate::admin::{AdminApp, NodeInfo};
 use crate::config::{load_file, ConfigModel, ProxyEngine};
 use crate::proxy::access_log::AccessLog;
 use crate::proxy::engine::CoreEngine;
-use crate::proxy::{ClientLimits, Connections, Gate, Gateway, InFlight};
+use crate::proxy::{ClientLimits, ConnLimits, Connections, Gate, Gateway, InFlight};
 use crate::snapshot::{InstanceStates, SnapshotCell, SourceState};
 use crate::source::etcd::EtcdSource;
 use crate::source::file::{self, FileSource};
@@ -141,6 +141,10 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
     let connections = Arc::new(InFlight::default());
     let conf = server.configuration.clone();
     let idle = Duration::from_secs(b.proxy.client_keepalive_secs);
+    let limits = Arc::new(ConnLimits::new(
+        b.proxy.max_connections,
+        b.proxy.max_connections_per_ip,
+    ));
     match engine {
         ProxyEngine::Pingora => add_proxy(
             &mut server,
@@ -149,12 +153,18 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
                 pingora::proxy::http_proxy(&conf, Gateway::new(gate)),
                 connections.clone(),
                 idle,
+                limits,
             ),
         ),
         ProxyEngine::Core => add_proxy(
             &mut server,
             &b.listen,
-            Connections::new(CoreEngine::new(gate, &conf), connections.clone(), idle),
+            Connections::new(
+                CoreEngine::new(gate, &conf),
+                connections.clone(),
+                idle,
+                limits,
+            ),
         ),
     }
 

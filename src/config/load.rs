@@ -122,6 +122,18 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
         }
     }
     crate::model::route::check_body_limit("proxy.max_body_bytes", b.proxy.max_body_bytes)?;
+    if !(1..=10_000_000).contains(&b.proxy.max_connections) {
+        return Err(FieldError::new(
+            "proxy.max_connections",
+            "must be between 1 and 10000000",
+        ));
+    }
+    if b.proxy.max_connections_per_ip == Some(0) {
+        return Err(FieldError::new(
+            "proxy.max_connections_per_ip",
+            "must be at least 1 (leave it out for no cap)",
+        ));
+    }
     if !(0.0..=1.0).contains(&b.access_log.sample) {
         return Err(FieldError::new(
             "access_log.sample",

@@ -148,6 +148,13 @@ pub struct ProxyConfig {
     /// How request paths are normalized before routing.
     #[serde(default)]
     pub path: PathPolicy,
+    /// Client connections open at once, all listeners together; a new one
+    /// beyond it is closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Client connections open at once from one IP address (off unless set).
+    #[serde(default)]
+    pub max_connections_per_ip: Option<u32>,
     /// Which request loop serves the listeners; `TOLLGATE_PROXY_ENGINE`
     /// overrides it at start.
     #[serde(default)]
@@ -164,6 +171,8 @@ impl Default for ProxyConfig {
             client_timeout_secs: default_client_timeout_secs(),
             max_body_bytes: default_max_body_bytes(),
             path: PathPolicy::default(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: None,
             engine: ProxyEngine::default(),
         }
     }
@@ -327,6 +336,12 @@ fn default_client_keepalive_secs() -> u64 {
 /// route that takes them says so.
 fn default_max_body_bytes() -> u64 {
     100 << 20
+}
+
+/// Well under the systemd unit's `LimitNOFILE` (1,048,576), with room for
+/// upstream connections; ~50 KiB each when busy, less idle (README).
+fn default_max_connections() -> usize {
+    100_000
 }
 
 fn default_client_timeout_secs() -> u64 {

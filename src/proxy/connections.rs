@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+use super::conn_limit::ConnLimits;
 use super::shutdown::Shutdown;
 use super::InFlight;
 
@@ -41,16 +42,19 @@ pub struct Connections<A> {
     given_up: Shutdown,
     /// How long a new connection may stay silent (`proxy.client_keepalive_secs`).
     idle: Duration,
+    /// `proxy.max_connections`, `proxy.max_connections_per_ip`.
+    limits: Arc<ConnLimits>,
 }
 
 impl<A> Connections<A> {
-    pub fn new(engine: A, open: Arc<InFlight>, idle: Duration) -> Self {
+    pub fn new(engine: A, open: Arc<InFlight>, idle: Duration, limits: Arc<ConnLimits>) -> Self {
         Self {
             engine: Arc::new(engine),
             open,
             awaiting_request: Arc::default(),
             given_up: Shutdown::new(1),
             idle,
+            limits,
         }
     }
 }
@@ -63,6 +67,18 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let _open = self.open.enter();
+        let peer = || {
+            stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+        };
+        let _slot = match self.limits.admit(self.open.get(), peer) {
+            Ok(slot) => slot,
+            Err(limit) => {
+                tracing::debug!(limit, "connection refused by a connection limit");
+                return None;
+            }
+        };
         {
             let _awaiting = self.awaiting_request.enter();
             // Reads one byte and puts it back for the engine; an error is a

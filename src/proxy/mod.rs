@@ -8,6 +8,7 @@
 //! moving of bytes differs.
 
 pub mod access_log;
+mod conn_limit;
 mod connections;
 mod ctx;
 pub mod engine;
@@ -27,6 +28,7 @@ mod shutdown;
 mod timer_tick;
 mod upstream_request;
 
+pub use conn_limit::ConnLimits;
 pub use connections::Connections;
 pub use ctx::{InFlight, RequestCtx};
 pub use gate::{ClientLimits, Gate};

@@ -141,6 +141,11 @@ fn process_settings(model: &ConfigModel) -> Vec<(&'static str, String)> {
         ),
         ("proxy.max_body_bytes", b.proxy.max_body_bytes.to_string()),
         ("proxy.path", format!("{:?}", b.proxy.path)),
+        ("proxy.max_connections", b.proxy.max_connections.to_string()),
+        (
+            "proxy.max_connections_per_ip",
+            format!("{:?}", b.proxy.max_connections_per_ip),
+        ),
         ("proxy.engine", b.proxy.engine.as_str().to_string()),
         ("log", format!("{:?}", b.log)),
         ("reload", format!("{:?}", b.reload)),

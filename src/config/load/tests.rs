@@ -249,3 +249,13 @@ fn body_limits_are_checked_naming_the_field() {
     let e = err(&text);
     assert_eq!(e.path, "routes[0].max_body_bytes", "{e}");
 }
+
+#[test]
+fn connection_limits_are_checked_naming_the_field() {
+    let p = parse(GOOD).unwrap().bootstrap.proxy;
+    assert_eq!((p.max_connections, p.max_connections_per_ip), (100_000, None));
+    let e = err(&format!("{GOOD}proxy: {{ max_connections: 0 }}\n"));
+    assert_eq!(e.path, "proxy.max_connections", "{e}");
+    let e = err(&format!("{GOOD}proxy: {{ max_connections_per_ip: 0 }}\n"));
+    assert_eq!(e.path, "proxy.max_connections_per_ip", "{e}");
+}
