@@ -380,3 +380,32 @@ fn connections_over_the_limits_are_closed_at_once_and_counted() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[test]
+fn an_absolute_form_target_and_host_must_agree() {
+    let (good, evil) = (Backend::start("good"), Backend::start("evil"));
+    let gw = start(&format!(
+        "routes:\n\
+         - {{ id: good, hosts: [good.example], paths: [\"/*rest\"], upstream: good }}\n\
+         - {{ id: evil, hosts: [evil.example], paths: [\"/*rest\"], upstream: evil }}\n\
+         upstreams:\n{}{}",
+        upstream("good", &[&good]),
+        upstream("evil", &[&evil]),
+    ));
+    // Routed by one host, forwarded with the other: refused (Pingora's
+    // parser already does), nothing upstream.
+    let raw = "GET http://evil.example/x HTTP/1.1\r\nHost: good.example\r\n\r\n";
+    let (status, head, _) = exchange(&gw, raw.as_bytes());
+    assert_eq!(status, 400, "{head}");
+    assert_eq!(good.hits() + evil.hits(), 0);
+    // When they agree, the route of that host serves it, with that Host.
+    let raw = "GET http://evil.example/x HTTP/1.1\r\nHost: evil.example\r\n\r\n";
+    let (status, head, body) = exchange(&gw, raw.as_bytes());
+    assert_eq!(status, 200, "{head}{body}");
+    let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (j["backend"].as_str(), j["headers"]["host"].as_str()),
+        (Some("evil"), Some("evil.example")),
+        "{body}"
+    );
+}
