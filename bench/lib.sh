@@ -293,6 +293,19 @@ wait_http() {
     done
 }
 
+# start_etcd NAME CLIENT_PORT PEER_PORT: a one-member etcd as process NAME,
+# data in $tmp/NAME, on loopback; sets etcd_pid and waits until it is healthy.
+# Called again with the same NAME, it restarts on the same data.
+start_etcd() {
+    local url="http://127.0.0.1:$2" peer="http://127.0.0.1:$3"
+    start "$1" etcd --name "$1" --data-dir "$tmp/$1" \
+        --listen-client-urls "$url" --advertise-client-urls "$url" \
+        --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+        --initial-cluster "$1=$peer"
+    etcd_pid=$started_pid
+    wait_http "$1" "$etcd_pid" "$url/health"
+}
+
 # start_echo NAME ID PORT PATH: start echo-backend --name ID --fixed-body on
 # 127.0.0.1:PORT as process NAME and wait until PATH answers.
 start_echo() {

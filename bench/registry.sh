@@ -65,19 +65,9 @@ ctl() { etcdctl --endpoints "$ETCD_URL" --dial-timeout 2s "$@"; }
 # keys N: how many registry keys etcd holds (empty when it cannot say).
 keys() { ctl get --prefix --keys-only /services/api/ 2>/dev/null | grep -c . || true; }
 
-start_etcd() {
-    start etcd etcd --name bench --data-dir "$tmp/etcd" \
-        --listen-client-urls "$ETCD_URL" --advertise-client-urls "$ETCD_URL" \
-        --listen-peer-urls "http://127.0.0.1:$port_peer" \
-        --initial-advertise-peer-urls "http://127.0.0.1:$port_peer" \
-        --initial-cluster "bench=http://127.0.0.1:$port_peer"
-    etcd_pid=$started_pid
-    wait_http etcd "$etcd_pid" "$ETCD_URL/health"
-}
-
 # ---------------------------------------------------------------- the servers
 
-start_etcd
+start_etcd etcd "$port_etcd" "$port_peer"
 backend_pids=() client_pids=()
 for i in 0 1 2; do
     start_echo "echo-backend-$((i + 1))" "b$((i + 1))" "${backend_ports[$i]}" /
@@ -172,7 +162,7 @@ kill -KILL "$etcd_pid"
 wait "$etcd_pid" 2>/dev/null || true
 down_at=$SECONDS
 sleep "$outage"
-start_etcd
+start_etcd etcd "$port_etcd" "$port_peer"
 back_at=$SECONDS
 log "  etcd back after $((back_at - down_at))s"
 expired_after="" max_preserved=0

@@ -59,12 +59,7 @@ ETCD_URL="http://127.0.0.1:$port_etcd"
 backend_ports=("$port_b1" "$port_b2" "$port_b3")
 BASE="http://127.0.0.1:$port_toll"
 
-start etcd etcd --name soak --data-dir "$tmp/etcd" \
-    --listen-client-urls "$ETCD_URL" --advertise-client-urls "$ETCD_URL" \
-    --listen-peer-urls "http://127.0.0.1:$port_peer" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$port_peer" \
-    --initial-cluster "soak=http://127.0.0.1:$port_peer"
-wait_http etcd "$started_pid" "$ETCD_URL/health"
+start_etcd etcd "$port_etcd" "$port_peer"
 export ETCDCTL_API=3
 ctl() { etcdctl --endpoints "$ETCD_URL" --dial-timeout 2s "$@" >/dev/null; }
 

@@ -297,38 +297,9 @@ fn closed_at_once(c: &mut std::net::TcpStream) -> bool {
 
 /// Whether a GET on `c` is answered 200 (false if the connection closes).
 fn served(c: &mut std::net::TcpStream, path: &str) -> bool {
-    use std::io::Read;
     let req = format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n");
-    if c.write_all(req.as_bytes()).is_err() {
-        return false;
-    }
-    let mut buf = Vec::new();
-    while common::raw_http::find(&buf, b"\r\n\r\n").is_none() {
-        let mut tmp = [0u8; 4096];
-        match c.read(&mut tmp) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-        }
-    }
-    let ok = buf.starts_with(b"HTTP/1.1 200");
-    // The rest of the body, so the next request starts clean.
-    let head = common::raw_http::find(&buf, b"\r\n\r\n").unwrap_or(0) + 4;
-    let len: usize = String::from_utf8_lossy(&buf[..head])
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    while buf.len() < head + len {
-        let mut tmp = [0u8; 4096];
-        match c.read(&mut tmp) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-        }
-    }
-    ok
+    c.write_all(req.as_bytes()).is_ok()
+        && common::raw_http::try_read_response(c, &mut Vec::new()).is_ok_and(|r| r.0 == 200)
 }
 
 #[test]

@@ -71,13 +71,43 @@ pub fn read_until(s: &mut TcpStream, buf: &mut Vec<u8>, needle: &[u8], deadline:
 /// One response: (status, head, body) with a Content-Length body; `buf`
 /// may hold bytes already read.
 pub fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, String, Vec<u8>) {
-    let end = read_until(s, buf, b"\r\n\r\n", Instant::now() + IO);
+    try_read_response(s, buf).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`read_response`], with the connection closing or failing (or a head
+/// without a status) as an error instead of a panic: for a caller that
+/// expects some connections to be refused.
+pub fn try_read_response(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<(u16, String, Vec<u8>), String> {
+    s.set_read_timeout(Some(IO)).map_err(|e| e.to_string())?;
+    let mut fill = |buf: &mut Vec<u8>, what: &str| {
+        let mut tmp = [0u8; 16 * 1024];
+        match s.read(&mut tmp) {
+            Ok(0) => Err(format!(
+                "closed before {what}; got {:?}",
+                String::from_utf8_lossy(buf)
+            )),
+            Ok(n) => {
+                buf.extend_from_slice(&tmp[..n]);
+                Ok(())
+            }
+            Err(e) => Err(format!("reading {what}: {e}")),
+        }
+    };
+    let end = loop {
+        if let Some(p) = find(buf, b"\r\n\r\n") {
+            break p + 4;
+        }
+        fill(buf, "the response head")?;
+    };
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
     let status = head
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
+        .ok_or_else(|| format!("no status in {head:?}"))?;
     let len: usize = head
         .lines()
         .find_map(|l| {
@@ -87,14 +117,11 @@ pub fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, String, Vec<
         })
         .unwrap_or(0);
     while buf.len() < end + len {
-        let mut tmp = [0u8; 16 * 1024];
-        let n = s.read(&mut tmp).expect("reading the body");
-        assert!(n > 0, "closed mid-body: {head}");
-        buf.extend_from_slice(&tmp[..n]);
+        fill(buf, "the body")?;
     }
     let body = buf[end..end + len].to_vec();
     buf.drain(..end + len);
-    (status, head, body)
+    Ok((status, head, body))
 }
 
 /// A backend that accepts one connection, reads the request head and

@@ -253,7 +253,10 @@ fn body_limits_are_checked_naming_the_field() {
 #[test]
 fn connection_limits_are_checked_naming_the_field() {
     let p = parse(GOOD).unwrap().bootstrap.proxy;
-    assert_eq!((p.max_connections, p.max_connections_per_ip), (100_000, None));
+    assert_eq!(
+        (p.max_connections, p.max_connections_per_ip),
+        (100_000, None)
+    );
     let e = err(&format!("{GOOD}proxy: {{ max_connections: 0 }}\n"));
     assert_eq!(e.path, "proxy.max_connections", "{e}");
     let e = err(&format!("{GOOD}proxy: {{ max_connections_per_ip: 0 }}\n"));
