@@ -144,6 +144,9 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
     let limits = Arc::new(ConnLimits::new(
         b.proxy.max_connections,
         b.proxy.max_connections_per_ip,
+        b.listen
+            .iter()
+            .filter_map(|a| a.rsplit(':').next()?.parse().ok()),
     ));
     match engine {
         ProxyEngine::Pingora => add_proxy(

@@ -148,8 +148,8 @@ pub struct ProxyConfig {
     /// How request paths are normalized before routing.
     #[serde(default)]
     pub path: PathPolicy,
-    /// Client connections open at once, all listeners together; a new one
-    /// beyond it is closed at once.
+    /// Client connections open at once on each listener; a new one beyond
+    /// it is closed at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Client connections open at once from one IP address (off unless set).

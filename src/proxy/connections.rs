@@ -67,12 +67,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let _open = self.open.enter();
+        let digest = stream.get_socket_digest();
+        let local_port = digest
+            .as_ref()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port()));
         let peer = || {
-            stream
-                .get_socket_digest()
+            digest
+                .as_ref()
                 .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
         };
-        let _slot = match self.limits.admit(self.open.get(), peer) {
+        let _slot = match self.limits.admit(local_port, peer) {
             Ok(slot) => slot,
             Err(limit) => {
                 tracing::debug!(limit, "connection refused by a connection limit");
