@@ -136,6 +136,9 @@ impl Preservation {
     pub fn registered(&mut self, service: &str, node: &Node) -> Vec<String> {
         let s = self.services.entry(service.to_string()).or_default();
         s.live += 1;
+        // Back before the window's share was crossed: not one to restore.
+        s.recent
+            .retain(|(_, n, _)| n.id != node.id && n.addr != node.addr);
         let replaced: Vec<String> = (s.kept.iter())
             .filter(|(id, k)| **id == node.id || k.node.addr == node.addr)
             .map(|(id, _)| id.clone())
@@ -466,6 +469,31 @@ mod tests {
         assert_eq!(p.registered("api", &again), ["i1"]);
         assert_eq!(p.counts(), (0, 0));
         assert!(p.targets().load().is_empty());
+    }
+
+    #[test]
+    fn one_that_registered_again_before_the_share_was_crossed_is_not_restored() {
+        let t = Instant::now();
+        let mut p = Preservation::new(SelfPreservationSpec::default());
+        service_of(&mut p, 4);
+        assert_eq!(expire(&mut p, 0, t), Decision::Drop);
+        // i0 is back (its own registration) before the others expire.
+        p.registered("api", &node(0));
+        assert_eq!(expire(&mut p, 1, t), Decision::Drop);
+        assert_eq!(
+            expire(&mut p, 2, t),
+            Decision::Drop,
+            "2 of 4 is not more than half"
+        );
+        let Decision::Preserve { restore } = expire(&mut p, 3, t) else {
+            panic!("3 of 4 expired")
+        };
+        let ids: Vec<&str> = restore.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["i1", "i2"],
+            "i0 is registered: its old value must not come back"
+        );
     }
 
     #[test]
