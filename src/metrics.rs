@@ -48,6 +48,8 @@ pub struct Metrics {
     pub preserved_dropped: IntCounterVec,
     /// Registry leases asked how long they have left.
     pub lease_checks: IntCounter,
+    /// Registry leases whose remaining time is known.
+    pub leases_known: IntGauge,
     /// Client connections closed at once by a connection limit, by which.
     pub connections_refused: IntCounterVec,
 }
@@ -221,6 +223,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "tollgate_registry_lease_checks_total",
             "Registry leases asked how long they have left (LeaseTimeToLive), to tell an expiry from a revoke",
+        ),
+        leases_known: gauge(
+            &r,
+            "tollgate_registry_leases_known",
+            "Registry leases whose remaining time is known: a delete of one of these can be told an expiry or a revoke",
         ),
         connections_refused: counter_vec(
             &r,

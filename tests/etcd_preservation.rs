@@ -83,7 +83,9 @@ fn services_whose_clients_gave_up_during_an_etcd_outage_keep_serving_while_they_
     let mut leases: Vec<_> = svc
         .iter()
         .map(|b| {
-            let lease = etcd.keep_alive(3);
+            // 6 s: longer than the gateway's longest reconnect backoff
+            // (5 s), so it is back on etcd before the restored leases expire.
+            let lease = etcd.keep_alive(6);
             etcd.put_with_lease(&format!("{SERVICES}api/{}", b.name()), &b.url(), lease.id);
             lease
         })
@@ -109,7 +111,7 @@ fn services_whose_clients_gave_up_during_an_etcd_outage_keep_serving_while_they_
     wait_status(&gw, "etcd disconnected", APPLY, |s| {
         s["etcd"] == "disconnected"
     });
-    std::thread::sleep(Duration::from_secs(4)); // the outage itself: > TTL
+    std::thread::sleep(Duration::from_secs(7)); // the outage itself: > TTL
     etcd.restart();
     // etcd restored the leases with a fresh TTL; they expire together.
     wait_connected(&gw, RECONNECT);
@@ -166,32 +168,32 @@ fn a_mass_expiry_is_preserved_one_expiry_of_ten_is_not_and_a_revoke_never_is() {
     for s in ["mass", "one", "revoked"] {
         put_route(c, s, &[&format!("/{s}/*rest")], s);
     }
-    let checks_before = metric(&gw, "tollgate_registry_lease_checks_total");
-    // mass: 10 of 10 leases expire together (6 s: time enough to ask
-    // etcd about every lease first, on a slow machine too).
+    // Every lease is kept alive until the gateway knows how long each has
+    // left; then the ones meant to expire stop (as a crashed client would).
+    // mass: 10 of 10 expire together.
     let mass = backends("mass", 10);
-    register_unkept(c, "mass", &mass, 6);
-    // one: 1 of 10 expires, 9 are kept alive.
+    let register = |service: &str, b: &Backend, ttl: i64| {
+        let l = etcd.keep_alive(ttl);
+        c.put_with_lease(&format!("{SERVICES}{service}/{}", b.name()), &b.url(), l.id);
+        l
+    };
+    let mut expiring: Vec<_> = mass.iter().map(|b| register("mass", b, 3)).collect();
+    // one: 1 of 10 expires, 9 stay.
     let one = backends("one", 10);
-    let kept: Vec<_> = one[1..]
-        .iter()
-        .map(|b| {
-            let l = etcd.keep_alive(30);
-            c.put_with_lease(&format!("{SERVICES}one/{}", b.name()), &b.url(), l.id);
-            l
-        })
-        .collect();
-    register_unkept(c, "one", &one[..1], 6);
+    let kept: Vec<_> = one[1..].iter().map(|b| register("one", b, 30)).collect();
+    expiring.push(register("one", &one[0], 3));
     // revoked: 4 of 4 deregistered on purpose, all at once.
     let revoked = backends("revoked", 4);
     let revoked_leases = register_unkept(c, "revoked", &revoked, 30);
     wait_status(&gw, "24 instances", APPLY, |s| s["instances"] == 24);
     wait_served_by(&gw, "/one/x", "one-0", APPLY);
-    // Every lease has been asked how long it has left.
-    wait_ok("lease checks", APPLY, || {
-        let n = metric(&gw, "tollgate_registry_lease_checks_total") - checks_before;
-        (n >= 24.0).then_some(()).ok_or(format!("{n} checks"))
+    wait_ok("every lease's time known", APPLY, || {
+        let n = metric(&gw, "tollgate_registry_leases_known");
+        (n == 24.0).then_some(()).ok_or(format!("{n} of 24"))
     });
+    for l in &mut expiring {
+        l.stop_keepalive();
+    }
 
     for l in &revoked_leases {
         c.revoke(*l);
@@ -255,7 +257,7 @@ fn a_killed_instance_costs_no_request_beyond_the_first_failure() {
     let t = Instant::now();
     let mut failed = Vec::new();
     let mut ejected_after = None;
-    for i in 0..200 {
+    for i in 0..100 {
         match answer(&gw, "/k") {
             Ok(b) => assert_eq!(b, "live", "request {i}"),
             Err(e) => failed.push(format!("#{i}: {e}")),
@@ -283,7 +285,10 @@ fn an_etcd_outage_logs_connected_only_when_it_is_and_failures_are_rate_limited()
     let mut etcd = Etcd::start();
     let gw = start_gw("gw-logs", &[etcd.endpoint()]);
     let connected = |gw: &Gateway| gw.logs().matches("etcd connected").count();
-    assert_eq!(connected(&gw), 1);
+    // /status says connected a moment before the line is written.
+    wait_ok("the connected line", APPLY, || {
+        (connected(&gw) == 1).then_some(()).ok_or(gw.logs())
+    });
 
     etcd.stop();
     wait_status(&gw, "etcd disconnected", APPLY, |s| {

@@ -60,8 +60,14 @@ impl NodeHealth {
         self.active_ok() && !self.ejected_at(now_ns)
     }
 
+    /// An answer: the failure streak ends, and so does the escalation of
+    /// ejection times (an instance ejected ten times over its life is not
+    /// ejected for 10x the base at its next blip, once it has answered).
     pub fn record_success(&self) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
+        if self.ejections.load(Ordering::Relaxed) != 0 {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Counts a failure; ejects when the streak reaches the threshold and
@@ -137,6 +143,15 @@ mod tests {
         assert_eq!(
             h.record_failure(&spec, 200 * MS, true),
             Passive::Ejected { for_ms: 200 }
+        );
+        // An answer in between: the next ejection is the base again.
+        h.record_success();
+        for _ in 0..2 {
+            h.record_failure(&spec, 400 * MS, true);
+        }
+        assert_eq!(
+            h.record_failure(&spec, 400 * MS, true),
+            Passive::Ejected { for_ms: 100 }
         );
         // Not when the share is used up.
         let g = NodeHealth::default();

@@ -80,10 +80,12 @@ pub fn register(args: RegisterArgs) -> anyhow::Result<()> {
         let mut int = signal(SignalKind::interrupt())?;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut lease_slot: Option<(Client, i64)> = None;
+        // Leases of earlier sessions that may still hold the key.
+        let mut abandoned: Vec<i64> = Vec::new();
         let mut rotation = Rotation::new(args.etcd.clone());
         loop {
             let signalled = tokio::select! {
-                r = session(&args, rotation.current(), &key, &mut lease_slot, &mut backoff) => {
+                r = session(&args, rotation.current(), &key, &mut lease_slot, &mut abandoned, &mut backoff) => {
                     if let Err(e) = r {
                         tracing::warn!(error = %e, key, endpoint = rotation.current(), "registration lost; retrying");
                     }
@@ -103,7 +105,13 @@ pub fn register(args: RegisterArgs) -> anyhow::Result<()> {
             }
             // Signalled, in a session or between two: a lease that may
             // still hold the key is revoked, so the key goes now.
+            // So is any lease an earlier session left behind: the key may
+            // still be under one of them (a session that failed before its
+            // put), and it must not be left to expire.
             if let Some((mut client, lease)) = lease_slot.take() {
+                for old in abandoned.drain(..).filter(|old| *old != lease) {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(old)).await;
+                }
                 let revoke = client.lease_revoke(lease);
                 match tokio::time::timeout(Duration::from_secs(3), revoke).await {
                     Ok(Ok(_)) => tracing::info!(key, "deregistered"),
@@ -121,13 +129,16 @@ async fn session(
     endpoint: &str,
     key: &str,
     slot: &mut Option<(Client, i64)>,
+    abandoned: &mut Vec<i64>,
     backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
     // The lease of the last session, if it may still live (etcd came back
     // with it restored): revoked once the key is under the new lease, so
     // it does not linger until it expires. Not before: revoking it first
     // would delete the key and take the instance out of rotation.
-    let mut abandoned = slot.take();
+    if let Some((_, old)) = slot.take() {
+        abandoned.push(old);
+    }
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
@@ -159,7 +170,7 @@ async fn session(
             registered = true;
             backoff.reset();
             tracing::info!(key, addr = %args.addr, lease, "registered");
-            if let Some((_, old)) = abandoned.take().filter(|(_, old)| *old != lease) {
+            for old in abandoned.drain(..).filter(|old| *old != lease) {
                 match tokio::time::timeout(Duration::from_secs(3), client.lease_revoke(old)).await {
                     Ok(Ok(_)) => tracing::info!(key, lease = old, "revoked the abandoned lease"),
                     // Already expired (the usual case after a long outage).

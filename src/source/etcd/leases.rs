@@ -30,6 +30,8 @@ const MIN_GAP: Duration = Duration::from_millis(500);
 pub const MAX_PER_SEC: usize = 500;
 /// Questions in flight at once.
 const IN_FLIGHT: usize = 16;
+/// One question's longest wait.
+const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How a lease's key came to be deleted, as far as can be told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,12 +109,20 @@ impl LeaseBook {
         }
     }
 
-    /// After a (re)connect every floor may be stale: ask about all now.
+    /// After a (re)connect or a re-list every floor may be stale (keep-alives
+    /// or revokes happened unseen): forget them and ask about all now. Until
+    /// a lease is answered again its delete is `Unknown`, never an expiry.
     pub fn recheck_all(&self) {
         let now = Instant::now();
         for l in self.book().values_mut() {
+            l.floor = None;
             l.next_check = now;
         }
+    }
+
+    /// Leases whose remaining time is known (have a floor).
+    pub fn known(&self) -> usize {
+        self.book().values().filter(|l| l.floor.is_some()).count()
     }
 
     /// Up to `max` leases due for a question, and when the next one is due.
@@ -151,7 +161,9 @@ impl LeaseBook {
         }
         // etcd rounds the seconds left down, and the question left at
         // `asked`: the floor is never later than the real expiry.
-        let floor = asked + Duration::from_secs(ttl as u64);
+        let floor = asked
+            .checked_add(Duration::from_secs(ttl as u64))
+            .unwrap_or(asked);
         l.floor = Some(l.floor.map_or(floor, |f| f.max(floor)));
         l.granted = Duration::from_secs(granted.max(0) as u64);
         l.next_check = floor
@@ -188,28 +200,32 @@ pub async fn check(book: LeaseBook, client: Client) {
         }
         asked_in_window += due.len();
         book.asking(&due, now);
-        let answers: Vec<_> = futures_util::stream::iter(due)
+        // Each answer is recorded as it comes; a question that hangs (a slow
+        // leader) is given up after ASK_TIMEOUT, not waited for by the rest.
+        let mut answers = futures_util::stream::iter(due)
             .map(|id| {
                 let mut leases = client.lease_client();
                 async move {
                     let asked = Instant::now();
-                    (id, asked, leases.time_to_live(id, None).await)
+                    let answer =
+                        tokio::time::timeout(ASK_TIMEOUT, leases.time_to_live(id, None)).await;
+                    (id, asked, answer)
                 }
             })
-            .buffer_unordered(IN_FLIGHT)
-            .collect()
-            .await;
-        for (id, asked, answer) in answers {
+            .buffer_unordered(IN_FLIGHT);
+        while let Some((id, asked, answer)) = answers.next().await {
             match answer {
-                Ok(r) => {
+                Ok(Ok(r)) => {
                     crate::metrics::METRICS.lease_checks.inc();
                     book.answered(id, asked, r.ttl(), r.granted_ttl());
                 }
-                Err(e) => {
-                    tracing::debug!(lease = id, error = %e, "lease time-to-live failed");
-                }
+                Ok(Err(e)) => tracing::debug!(lease = id, error = %e, "lease time-to-live failed"),
+                Err(_) => tracing::debug!(lease = id, "lease time-to-live timed out"),
             }
         }
+        crate::metrics::METRICS
+            .leases_known
+            .set(book.known() as i64);
     }
 }
 
@@ -258,6 +274,14 @@ mod tests {
         assert_eq!(next, Some(t0 + Duration::from_secs(10) - MARGIN));
         book.recheck_all();
         assert_eq!(book.due(Instant::now(), 10).0, [1]);
+        assert_eq!(
+            book.classify(1, t0),
+            Ending::Unknown,
+            "a stale floor is forgotten"
+        );
+        assert_eq!(book.known(), 0);
+        book.answered(1, t0, 10, 10);
+        assert_eq!(book.known(), 1);
         book.detach(1);
         assert_ne!(book.classify(1, t0), Ending::Unknown, "one key left");
         book.detach(1);

@@ -37,6 +37,9 @@ use crate::model::Timeouts;
 use crate::snapshot::SourceState;
 use crate::store::Store;
 
+/// Probe answers of preserved instances queued for the watch loop, at most.
+const PROBE_ANSWERS: usize = 1024;
+
 /// Minimum time between two last-known-good writes; a burst of changes is
 /// persisted once.
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
@@ -128,7 +131,7 @@ impl EtcdSource {
         state: &mut EtcdState,
         persist: &mut Persister,
         backoff: &mut Backoff,
-        probes: &mut tokio::sync::mpsc::UnboundedReceiver<Probed>,
+        probes: &mut tokio::sync::mpsc::Receiver<Probed>,
     ) -> anyhow::Result<()> {
         let dial = Duration::from_millis(self.cfg.dial_timeout_ms);
         let mut client = tokio::time::timeout(
@@ -336,7 +339,9 @@ impl BackgroundService for EtcdSource {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut synced_once = false;
         let mut rotation = Rotation::new(self.cfg.endpoints.clone());
-        let (probe_tx, mut probes) = tokio::sync::mpsc::unbounded_channel();
+        // Bounded: answers wait only while the watch loop is away (etcd
+        // down), and then only the latest few matter.
+        let (probe_tx, mut probes) = tokio::sync::mpsc::channel(PROBE_ANSWERS);
         let _prober = AbortOnDrop(tokio::spawn(preserve_probe::run(
             state.preserve.targets(),
             probe_tx,

@@ -61,8 +61,9 @@ struct Kept {
 struct Service {
     /// Registered (leased) instances right now.
     live: usize,
-    /// Expiries within the window, oldest first, with what they were.
-    recent: VecDeque<(Instant, Node, Option<String>)>,
+    /// Expiries within the window, oldest first: when, what they were, and
+    /// when they leave the window.
+    recent: VecDeque<(Instant, Node, Option<String>, Instant)>,
     kept: BTreeMap<String, Kept>,
 }
 
@@ -75,8 +76,11 @@ pub enum Decision {
     Preserve { restore: Vec<Node> },
 }
 
-/// A preserved instance to remove from the store, and why.
+/// A preserved instance to remove from the store: (service, id).
 pub type Dropped = (String, String);
+
+/// How often [`Preservation::sweep`] does its work.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Preservation {
     defaults: SelfPreservationSpec,
@@ -85,6 +89,9 @@ pub struct Preservation {
     services: HashMap<String, Service>,
     reconnected_at: Option<Instant>,
     targets: Targets,
+    /// The preserved set changed since the targets were last published.
+    dirty: bool,
+    last_sweep: Option<Instant>,
 }
 
 impl Preservation {
@@ -95,6 +102,8 @@ impl Preservation {
             services: HashMap::new(),
             reconnected_at: None,
             targets: Targets::default(),
+            dirty: false,
+            last_sweep: None,
         }
     }
 
@@ -130,30 +139,35 @@ impl Preservation {
         self.reconnected_at = Some(now);
     }
 
-    /// A new instance key was registered. Returns the ids of preserved
-    /// instances it replaces (same id, or same address under another id):
-    /// the caller removes the other-id ones from the store.
-    pub fn registered(&mut self, service: &str, node: &Node) -> Vec<String> {
+    /// A new instance key was registered. Returns the preserved instances
+    /// it replaces, to remove from the store: one of the same id, or of the
+    /// same address in *any* service (a probe cannot tell which service
+    /// answers: an address reused by another service's instance must not
+    /// keep receiving this one's traffic). The same id in the same service
+    /// is not returned: the registration overwrites it.
+    pub fn registered(&mut self, service: &str, node: &Node) -> Vec<Dropped> {
         let s = self.services.entry(service.to_string()).or_default();
         s.live += 1;
         // Back before the window's share was crossed: not one to restore.
         s.recent
-            .retain(|(_, n, _)| n.id != node.id && n.addr != node.addr);
-        let replaced: Vec<String> = (s.kept.iter())
-            .filter(|(id, k)| **id == node.id || k.node.addr == node.addr)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &replaced {
-            s.kept.remove(id);
-            METRICS
-                .preserved_dropped
-                .with_label_values(&[service, "re_registered"])
-                .inc();
+            .retain(|(_, n, ..)| n.id != node.id && n.addr != node.addr);
+        let mut replaced = Vec::new();
+        for (name, s) in self.services.iter().filter(|(_, s)| !s.kept.is_empty()) {
+            for (id, k) in &s.kept {
+                if k.node.addr == node.addr || (name == service && *id == node.id) {
+                    replaced.push((name.clone(), id.clone()));
+                }
+            }
         }
-        if !replaced.is_empty() {
-            self.changed(service);
+        let mut out = Vec::new();
+        for (name, id) in replaced {
+            if self.drop_kept(&name, &id, "re_registered").is_some()
+                && !(name == service && id == node.id)
+            {
+                out.push((name, id));
+            }
         }
-        replaced.into_iter().filter(|id| *id != node.id).collect()
+        out
     }
 
     /// A registered instance key is gone (any way).
@@ -178,17 +192,16 @@ impl Preservation {
         }
         let in_grace = self
             .reconnected_at
-            .is_some_and(|t| now.duration_since(t) < ttl * spec.reconnect_grace_ttls);
+            .is_some_and(|t| now.duration_since(t) < ttl.saturating_mul(spec.reconnect_grace_ttls));
         let s = self.services.entry(service.to_string()).or_default();
-        let window = ttl * spec.window_ttls;
-        while s
-            .recent
-            .front()
-            .is_some_and(|(at, ..)| now.duration_since(*at) > window)
-        {
-            s.recent.pop_front();
-        }
-        s.recent.push_back((now, node, health_path));
+        let window = ttl.saturating_mul(spec.window_ttls);
+        s.recent.retain(|(.., until)| *until >= now);
+        s.recent.push_back((
+            now,
+            node,
+            health_path,
+            now.checked_add(window).unwrap_or(now),
+        ));
         let expired = s.recent.len();
         let share = expired as f64 / (s.live + expired) as f64;
         let already = !s.kept.is_empty();
@@ -198,7 +211,7 @@ impl Preservation {
         }
         let mut restore = Vec::new();
         let count = s.recent.len();
-        for (i, (_, node, health_path)) in s.recent.drain(..).enumerate() {
+        for (i, (_, node, health_path, _)) in s.recent.drain(..).enumerate() {
             if i + 1 < count {
                 restore.push(node.clone());
             }
@@ -251,20 +264,43 @@ impl Preservation {
         self.drop_kept(&p.service, &p.id, "probe_failed")
     }
 
-    /// Preserved instances kept longer than `max_unconfirmed_s`.
-    pub fn overdue(&mut self, now: Instant) -> Vec<Dropped> {
+    /// At most once a second: lets go of preserved instances kept longer
+    /// than `max_unconfirmed_s`, forgets expiries past their window and
+    /// services with nothing left to track. Returns the instances to
+    /// remove from the store.
+    pub fn sweep(&mut self, now: Instant) -> Vec<Dropped> {
+        if self
+            .last_sweep
+            .is_some_and(|t| now.duration_since(t) < SWEEP_EVERY)
+        {
+            return Vec::new();
+        }
+        self.last_sweep = Some(now);
         let mut over = Vec::new();
-        for (service, s) in &self.services {
-            let max = Duration::from_secs(self.spec(service).max_unconfirmed_s);
+        for (service, s) in &mut self.services {
+            s.recent.retain(|(.., until)| *until >= now);
+            if s.kept.is_empty() {
+                continue;
+            }
+            let max = Duration::from_secs(
+                (self.policies.get(service))
+                    .and_then(|(p, _)| p.as_ref())
+                    .unwrap_or(&self.defaults)
+                    .max_unconfirmed_s,
+            );
             for (id, k) in &s.kept {
                 if now.duration_since(k.since) >= max {
                     over.push((service.clone(), id.clone()));
                 }
             }
         }
-        over.into_iter()
+        let dropped = over
+            .into_iter()
             .filter_map(|(service, id)| self.drop_kept(&service, &id, "unconfirmed_too_long"))
-            .collect()
+            .collect();
+        self.services
+            .retain(|_, s| s.live > 0 || !s.kept.is_empty() || !s.recent.is_empty());
+        dropped
     }
 
     fn drop_kept(&mut self, service: &str, id: &str, reason: &str) -> Option<Dropped> {
@@ -279,8 +315,8 @@ impl Preservation {
         Some((service.to_string(), id.to_string()))
     }
 
-    /// Publishes the prober's targets, the metric and `/status` counts
-    /// after `service`'s preserved set changed.
+    /// `service`'s preserved set changed: its gauge, the log line when it
+    /// leaves preservation, and the prober's targets (at the next flush).
     fn changed(&mut self, service: &str) {
         let kept = self.services.get(service).map_or(0, |s| s.kept.len());
         METRICS
@@ -288,15 +324,20 @@ impl Preservation {
             .with_label_values(&[service])
             .set(kept as i64);
         if kept == 0 {
-            if let Some(s) = self.services.get(service) {
-                if s.live == 0 && s.recent.is_empty() {
-                    self.services.remove(service);
-                }
-            }
             tracing::info!(service, "service left self-preservation");
         }
+        self.dirty = true;
+    }
+
+    /// Publishes the prober's targets if the preserved set changed: once
+    /// per applied batch, not once per expiry (a mass expiry of K instances
+    /// would otherwise rebuild the list K times).
+    pub fn flush(&mut self) {
+        if !std::mem::take(&mut self.dirty) {
+            return;
+        }
         let mut targets = Vec::new();
-        for (name, s) in &self.services {
+        for (name, s) in self.services.iter().filter(|(_, s)| !s.kept.is_empty()) {
             let spec = self.spec(name);
             let active = self.policies.get(name).and_then(|(_, p)| p.clone());
             for (id, k) in &s.kept {
@@ -377,6 +418,11 @@ mod tests {
             assert!(matches!(expire(&mut p, i, t), Decision::Preserve { .. }));
         }
         assert_eq!(p.counts(), (10, 1));
+        assert!(
+            p.targets().load().is_empty(),
+            "published at the flush, once"
+        );
+        p.flush();
         assert_eq!(p.targets().load().len(), 10);
     }
 
@@ -466,9 +512,31 @@ mod tests {
         // i1 registers again under a new id on the same address.
         let mut again = node(1);
         again.id = "i1-new".into();
-        assert_eq!(p.registered("api", &again), ["i1"]);
+        assert_eq!(
+            p.registered("api", &again),
+            [("api".to_string(), "i1".to_string())]
+        );
         assert_eq!(p.counts(), (0, 0));
+        p.flush();
         assert!(p.targets().load().is_empty());
+    }
+
+    #[test]
+    fn an_address_registered_by_another_service_is_no_longer_preserved() {
+        let t = Instant::now();
+        let mut p = Preservation::new(SelfPreservationSpec::default());
+        service_of(&mut p, 2);
+        p.reconnected(t);
+        expire(&mut p, 0, t);
+        expire(&mut p, 1, t);
+        let mut billing = node(0);
+        billing.id = "b0".into();
+        assert_eq!(
+            p.registered("billing", &billing),
+            [("api".to_string(), "i0".to_string())],
+            "the address now belongs to billing"
+        );
+        assert_eq!(p.counts(), (1, 1));
     }
 
     #[test]
@@ -506,8 +574,13 @@ mod tests {
         service_of(&mut p, 1);
         p.reconnected(t);
         expire(&mut p, 0, t);
-        assert!(p.overdue(t + Duration::from_secs(59)).is_empty());
-        assert_eq!(p.overdue(t + Duration::from_secs(60)).len(), 1);
+        assert!(p.sweep(t + Duration::from_secs(59)).is_empty());
+        assert!(
+            p.sweep(t + Duration::from_millis(59_500)).is_empty(),
+            "once a second"
+        );
+        assert_eq!(p.sweep(t + Duration::from_secs(60)).len(), 1);
         assert_eq!(p.counts(), (0, 0));
+        assert!(p.services.is_empty(), "nothing left to track for api");
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 
 use super::preserve::{Probed, Target, Targets};
 
@@ -27,7 +27,7 @@ async fn probe(t: &Target) -> bool {
     }
 }
 
-pub async fn run(targets: Targets, answers: UnboundedSender<Probed>) {
+pub async fn run(targets: Targets, answers: Sender<Probed>) {
     let mut due: HashMap<Target, Instant> = HashMap::new();
     loop {
         let list = targets.load_full();
@@ -44,7 +44,9 @@ pub async fn run(targets: Targets, answers: UnboundedSender<Probed>) {
             let (t, answers) = (t.clone(), answers.clone());
             tokio::spawn(async move {
                 let ok = probe(&t).await;
-                let _ = answers.send(Probed {
+                // Full (the watch loop is away: etcd down): this answer is
+                // dropped; the next round brings a fresh one.
+                let _ = answers.try_send(Probed {
                     service: t.service,
                     id: t.id,
                     addr: t.addr,

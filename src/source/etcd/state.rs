@@ -224,8 +224,8 @@ impl EtcdState {
                         match self.known.0.get(key) {
                             Some(k) => self.leases.detach(k.lease),
                             None => {
-                                for other in self.preserve.registered(service, &node) {
-                                    self.store.set_instance(service, &other, None);
+                                for (svc, other) in self.preserve.registered(service, &node) {
+                                    self.store.set_instance(&svc, &other, None);
                                 }
                             }
                         }
@@ -261,6 +261,13 @@ impl EtcdState {
 
     /// Applies one delete.
     pub fn delete(&mut self, key: &str, revision: i64) {
+        self.remove(key, revision, false);
+    }
+
+    /// A key deleted by a watch event, or found gone by a re-list
+    /// (`relisted`: it went while this gateway was not watching, so how
+    /// cannot be told, and an instance of it is never preserved).
+    fn remove(&mut self, key: &str, revision: i64, relisted: bool) {
         let gone = self.known.0.remove(key);
         let was_known = gone.is_some();
         match self.keys.classify(key) {
@@ -274,7 +281,7 @@ impl EtcdState {
                 self.store.set_default_limit(None);
             }
             Key::Instance { service, id } => {
-                let kept = gone.is_some_and(|k| self.instance_gone(service, id, &k));
+                let kept = gone.is_some_and(|k| self.instance_gone(service, id, &k, relisted));
                 if !kept {
                     self.store.set_instance(service, id, None);
                 }
@@ -292,9 +299,13 @@ impl EtcdState {
 
     /// A registered instance's key is gone: whether it is kept (preserved,
     /// and the instances expired with it put back in the store).
-    fn instance_gone(&mut self, service: &str, id: &str, k: &Known) -> bool {
+    fn instance_gone(&mut self, service: &str, id: &str, k: &Known, relisted: bool) -> bool {
         let now = std::time::Instant::now();
-        let ending = self.leases.classify(k.lease, now);
+        let ending = if relisted {
+            Ending::Unknown
+        } else {
+            self.leases.classify(k.lease, now)
+        };
         self.leases.detach(k.lease);
         self.preserve.unregistered(service);
         let Ending::Expired { ttl } = ending else {
@@ -320,7 +331,7 @@ impl EtcdState {
     /// kept too long. Whether the store changed (then publish).
     pub fn probed(&mut self, p: &Probed) -> bool {
         let now = std::time::Instant::now();
-        let mut dropped = self.preserve.overdue(now);
+        let mut dropped = self.preserve.sweep(now);
         dropped.extend(self.preserve.probed(p));
         for (service, id) in &dropped {
             self.store.set_instance(service, id, None);
@@ -347,7 +358,7 @@ impl EtcdState {
             .map(|(key, _)| key.clone())
             .collect();
         for k in gone {
-            self.delete(&k, revision);
+            self.remove(&k, revision, true);
         }
         self.listing = false;
     }
@@ -355,6 +366,10 @@ impl EtcdState {
     /// Publishes the applied state at `revision`.
     pub fn publish(&mut self, revision: i64) -> ApplyReport {
         self.store.set_revision(revision);
+        for (service, id) in self.preserve.sweep(std::time::Instant::now()) {
+            self.store.set_instance(&service, &id, None);
+        }
+        self.preserve.flush();
         let cell = self.store.cell();
         cell.status.set_gateways(self.gateways.len());
         let (preserved, services) = self.preserve.counts();

@@ -108,7 +108,7 @@ pub async fn follow(
     hold: Option<Duration>,
     state: &mut EtcdState,
     on_applied: &mut (dyn OnApplied + Send),
-    probes: &mut tokio::sync::mpsc::UnboundedReceiver<Probed>,
+    probes: &mut tokio::sync::mpsc::Receiver<Probed>,
 ) -> anyhow::Result<Relist> {
     let mut streams = Vec::with_capacity(2);
     for (name, prefix) in prefixes {
