@@ -390,6 +390,18 @@ mod tests {
         }
     }
 
+    /// Instances i0 and i1 of api, both preserved (they expired right after
+    /// a reconnect at `t`).
+    fn both_preserved(t: Instant) -> Preservation {
+        let mut p = Preservation::new(SelfPreservationSpec::default());
+        service_of(&mut p, 2);
+        p.reconnected(t);
+        expire(&mut p, 0, t);
+        expire(&mut p, 1, t);
+        assert_eq!(p.counts(), (2, 1));
+        p
+    }
+
     /// Expires instance `i` (it was registered) at `at`.
     fn expire(p: &mut Preservation, i: u16, at: Instant) -> Decision {
         p.unregistered("api");
@@ -486,12 +498,7 @@ mod tests {
 
     #[test]
     fn probes_drop_a_failing_instance_and_re_registration_confirms_one() {
-        let t = Instant::now();
-        let mut p = Preservation::new(SelfPreservationSpec::default());
-        service_of(&mut p, 2);
-        p.reconnected(t);
-        expire(&mut p, 0, t);
-        expire(&mut p, 1, t);
+        let mut p = both_preserved(Instant::now());
         let probed = |i: u16, ok| Probed {
             service: "api".into(),
             id: format!("i{i}").into(),
@@ -523,12 +530,7 @@ mod tests {
 
     #[test]
     fn an_address_registered_by_another_service_is_no_longer_preserved() {
-        let t = Instant::now();
-        let mut p = Preservation::new(SelfPreservationSpec::default());
-        service_of(&mut p, 2);
-        p.reconnected(t);
-        expire(&mut p, 0, t);
-        expire(&mut p, 1, t);
+        let mut p = both_preserved(Instant::now());
         let mut billing = node(0);
         billing.id = "b0".into();
         assert_eq!(
