@@ -29,7 +29,10 @@ PACKAGES=(
     "etcd-client:check_etcdctl"               # demo, tests/ops_* (etcdctl)
     "wrk:check_wrk"                           # bench/proxy.sh load generator
     "nginx-light:check_nginx"                 # bench/proxy.sh baseline
-    "curl:check_curl"                         # scripts: readiness polling
+    "curl:check_curl"                         # scripts: readiness polling; tests: HTTP/2, TLS
+    "openssl:check_openssl"                   # tests/tls_*.rs: s_client (SNI, ALPN, versions)
+    "nghttp2-client:check_h2load"             # tests/http2.rs, bench/tls.sh (h2load)
+    "haproxy:check_haproxy"                   # bench/tls.sh baseline
     "python3:check_python3"                   # scripts: free ports
     "systemd:check_systemd_analyze"           # tests/ops_systemd.rs: verify the units
     "prometheus:check_prometheus"             # tests/ops_prometheus.rs (and promtool)
@@ -91,8 +94,17 @@ why_wrk="wrk -v printed no version (bench/proxy.sh's load generator)"
 check_nginx() { nginx -v >/dev/null 2>&1; }
 why_nginx="nginx -v failed (bench/proxy.sh's baseline)"
 
-check_curl() { curl --version >/dev/null 2>&1; }
-why_curl="curl --version failed (scripts poll readiness with it)"
+check_curl() { curl --version 2>/dev/null | grep -q 'HTTP2'; }
+why_curl="curl cannot run or lacks HTTP/2 (scripts poll readiness with it; tests speak HTTP/2 with it)"
+
+check_openssl() { openssl version >/dev/null 2>&1; }
+why_openssl="openssl version failed (TLS tests use s_client for SNI, ALPN and version checks)"
+
+check_h2load() { h2load --version >/dev/null 2>&1; }
+why_h2load="h2load --version failed (HTTP/2 tests and bench/tls.sh)"
+
+check_haproxy() { haproxy -v >/dev/null 2>&1; }
+why_haproxy="haproxy -v failed (bench/tls.sh's baseline)"
 
 check_python3() { python3 -c 'import socket' >/dev/null 2>&1; }
 why_python3="python3 cannot run (scripts pick free ports with it)"

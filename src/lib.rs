@@ -18,3 +18,4 @@ pub mod router;
 pub mod snapshot;
 pub mod source;
 pub mod store;
+pub mod tls;

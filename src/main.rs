@@ -53,6 +53,9 @@ enum Verb {
     Check,
     /// Register a service instance in etcd and keep it registered.
     Register(tollgate::cmd::register::RegisterArgs),
+    /// Encrypt a PEM private key with the config's tls.key_encryption_keys
+    /// (prints `enc:v1:…`, the value to store as a certificate's `key`).
+    EncryptKey(tollgate::cmd::encrypt_key::EncryptKeyArgs),
 }
 
 fn main() {
@@ -72,6 +75,18 @@ fn main() {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("tollgate register: {e:#}");
+                    1
+                }
+            }
+        }
+        Verb::EncryptKey(args) => {
+            match tollgate::cmd::encrypt_key::encrypt_key(&cli.config, &args) {
+                Ok(sealed) => {
+                    println!("{sealed}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("tollgate encrypt-key: {e:#}");
                     1
                 }
             }

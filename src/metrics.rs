@@ -52,6 +52,17 @@ pub struct Metrics {
     pub leases_known: IntGauge,
     /// Client connections closed at once by a connection limit, by which.
     pub connections_refused: IntCounterVec,
+    /// Requests by protocol (http/1.1, h2, h2c) and scheme.
+    pub requests_by_protocol: IntCounterVec,
+    /// TLS handshakes, by result (ok, failed, timeout).
+    pub tls_handshakes: IntCounterVec,
+    /// Handshakes with no certificate to present (no SNI match, no default).
+    pub tls_no_certificate: IntCounter,
+    /// Each served certificate's expiry (Unix seconds), by certificate id.
+    pub tls_cert_not_after: IntGaugeVec,
+    /// Connections closed at once for speaking HTTP/2 to a listener that
+    /// does not take it, by listener kind.
+    pub protocol_refused: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -234,6 +245,35 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "tollgate_connections_refused_total",
             "Client connections closed on accept by a limit (max_connections, max_connections_per_ip)",
             &["reason"],
+        ),
+        requests_by_protocol: counter_vec(
+            &r,
+            "tollgate_requests_by_protocol_total",
+            "Client requests by protocol (http/1.1, h2, h2c) and scheme (http, https)",
+            &["protocol", "scheme"],
+        ),
+        tls_handshakes: counter_vec(
+            &r,
+            "tollgate_tls_handshakes_total",
+            "TLS handshakes on the proxy listeners, by result (ok, failed, timeout)",
+            &["result"],
+        ),
+        tls_no_certificate: counter(
+            &r,
+            "tollgate_tls_no_certificate_total",
+            "TLS handshakes refused with an alert: no certificate matches the SNI and there is no default",
+        ),
+        tls_cert_not_after: gauge_vec(
+            &r,
+            "tollgate_tls_cert_not_after_seconds",
+            "When each served certificate expires (Unix seconds), by certificate id",
+            &["cert"],
+        ),
+        protocol_refused: counter_vec(
+            &r,
+            "tollgate_protocol_refused_total",
+            "Connections closed at once: an HTTP/2 preface on a listener without h2c",
+            &["protocol"],
         ),
         registry: {
             let info = IntGaugeVec::new(Opts::new("tollgate_build_info", "Build information"), &["version"])

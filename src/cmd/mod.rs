@@ -1,6 +1,7 @@
-//! The CLI verbs: `run` (the default), `check`, `register`.
+//! The CLI verbs: `run` (the default), `check`, `register`, `encrypt-key`.
 
 pub mod check;
+pub mod encrypt_key;
 pub mod logging;
 pub mod notify;
 mod preflight;

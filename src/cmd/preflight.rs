@@ -37,7 +37,10 @@ mod tests {
 
     fn bootstrap(listen: &[&str], admin: &str) -> Bootstrap {
         let mut b: Bootstrap = serde_yaml_ng::from_str("{}").unwrap();
-        b.listen = listen.iter().map(|s| s.to_string()).collect();
+        b.listen = listen
+            .iter()
+            .map(|s| crate::config::Listener::plain(*s))
+            .collect();
         b.admin.listen = admin.to_string();
         b
     }

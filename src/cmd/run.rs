@@ -13,14 +13,17 @@ use std::time::Duration;
 use super::notify;
 use super::shutdown::DrainOnSignal;
 use crate::admin::{AdminApp, NodeInfo};
-use crate::config::{load_file, ConfigModel, ProxyEngine};
+use crate::config::{load_file, ConfigModel, Listener, ProxyEngine};
 use crate::proxy::access_log::AccessLog;
 use crate::proxy::engine::CoreEngine;
-use crate::proxy::{ClientLimits, ConnLimits, Connections, Gate, Gateway, InFlight};
+use crate::proxy::{
+    http2_settings, ClientLimits, ConnLimits, Connections, Gate, Gateway, InFlight, ListenerKinds,
+};
 use crate::snapshot::{InstanceStates, SnapshotCell, SourceState};
 use crate::source::etcd::EtcdSource;
 use crate::source::file::{self, FileSource};
 use crate::store::Store;
+use crate::tls::{SniResolver, TlsAcceptor};
 
 fn node_id(model: &ConfigModel) -> String {
     model.bootstrap.node_id.clone().unwrap_or_else(|| {
@@ -56,17 +59,44 @@ fn server_conf(model: &ConfigModel) -> ServerConf {
     }
 }
 
-/// The proxy service on every `listen` address.
+/// The proxy service on every `listen` address. Every listener accepts
+/// TCP; `Connections` does the TLS handshake on those that say `tls`.
 fn add_proxy<A: pingora::apps::ServerApp + Send + Sync + 'static>(
     server: &mut Server,
-    listen: &[String],
+    listen: &[Listener],
     app: A,
 ) {
     let mut proxy = Service::new("proxy".into(), app);
-    for addr in listen {
-        proxy.add_tcp(addr);
+    for l in listen {
+        proxy.add_tcp(&l.addr);
     }
     server.add_service(proxy);
+}
+
+/// The TLS acceptor, when some listener says `tls: true`.
+fn tls_acceptor(
+    model: &ConfigModel,
+    cell: &SnapshotCell,
+) -> anyhow::Result<Option<Arc<TlsAcceptor>>> {
+    let b = &model.bootstrap;
+    if !b.listen.iter().any(|l| l.tls) {
+        return Ok(None);
+    }
+    match &model.default_cert {
+        Some((_, not_after)) => crate::metrics::METRICS
+            .tls_cert_not_after
+            .with_label_values(&["default"])
+            .set(*not_after),
+        None => tracing::info!(
+            "no tls.default_cert: a TLS client whose name no certificate serves gets a handshake alert"
+        ),
+    }
+    let default = model.default_cert.as_ref().map(|(key, _)| key.clone());
+    let resolver = Arc::new(SniResolver::new(cell.certs.clone(), default));
+    Ok(Some(Arc::new(TlsAcceptor::new(
+        &b.tls.listener(),
+        resolver,
+    )?)))
 }
 
 pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
@@ -97,6 +127,7 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
                     node_id.clone(),
                     store,
                     model.timeouts,
+                    model.keys.clone(),
                 ),
             ))
         }
@@ -122,6 +153,7 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
     let in_flight = Arc::new(InFlight::default());
     let draining = Arc::new(AtomicBool::new(false));
 
+    let kinds = Arc::new(ListenerKinds::new(&b.listen, tls_acceptor(&model, &cell)?));
     let gate = Gate::new(
         cell.clone(),
         in_flight.clone(),
@@ -134,6 +166,7 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
             io: Duration::from_secs(b.proxy.client_timeout_secs),
             max_body_bytes: b.proxy.max_body_bytes,
             path: b.proxy.path,
+            https_port: kinds.https_port(),
         },
     );
     // Either engine runs on the server's proxy threads (`threads`,
@@ -144,29 +177,29 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
     let limits = Arc::new(ConnLimits::new(
         b.proxy.max_connections,
         b.proxy.max_connections_per_ip,
-        b.listen
-            .iter()
-            .filter_map(|a| a.rsplit(':').next()?.parse().ok()),
+        b.listen.iter().filter_map(Listener::port),
     ));
+    let http2 = http2_settings(&b.proxy.http2, &kinds, idle);
     match engine {
-        ProxyEngine::Pingora => add_proxy(
-            &mut server,
-            &b.listen,
-            Connections::new(
-                pingora::proxy::http_proxy(&conf, Gateway::new(gate)),
-                connections.clone(),
-                idle,
-                limits,
-            ),
-        ),
+        ProxyEngine::Pingora => {
+            let mut proxy = pingora::proxy::http_proxy(&conf, Gateway::new(gate));
+            proxy.server_options = Some(http2.0);
+            proxy.h2_options = Some(http2.1);
+            add_proxy(
+                &mut server,
+                &b.listen,
+                Connections::new(proxy, connections.clone(), idle, limits, kinds),
+            )
+        }
         ProxyEngine::Core => add_proxy(
             &mut server,
             &b.listen,
             Connections::new(
-                CoreEngine::new(gate, &conf),
+                CoreEngine::new(gate, &conf).with_http2(http2),
                 connections.clone(),
                 idle,
                 limits,
+                kinds,
             ),
         ),
     }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::Bootstrap;
 use crate::model::error::{deserialize_at, field, index};
@@ -13,6 +14,7 @@ use crate::model::rate_limit::{LimitKey, RateLimitSpec};
 use crate::model::settings::SettingsSpec;
 use crate::model::{FieldError, Node, Route, Timeouts, UpstreamSpec};
 use crate::snapshot::{build, UpstreamTable};
+use crate::tls::{KeyRing, LoadedCert};
 
 /// Why a bootstrap file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,12 @@ pub struct ConfigModel {
     /// The default rate limit (standalone `settings.rate_limit`).
     pub default_limit: Option<(RateLimitSpec, LimitKey)>,
     pub trusted_proxies: Vec<IpNet>,
+    /// `tls.key_encryption_keys`, ready to decrypt stored keys.
+    pub keys: Arc<KeyRing>,
+    /// `tls.default_cert`, loaded, and when it expires (Unix seconds).
+    pub default_cert: Option<(Arc<rustls::sign::CertifiedKey>, i64)>,
+    /// Standalone `certs:`, loaded.
+    pub certs: Vec<Arc<LoadedCert>>,
 }
 
 pub fn load_file(path: &Path) -> Result<ConfigModel, ConfigError> {
@@ -248,6 +256,12 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
             "settings come from etcd (<prefix>/settings) when `etcd:` is set",
         ));
     }
+    let keys = Arc::new(
+        KeyRing::new(&b.tls.key_encryption_keys)
+            .map_err(|e| FieldError::new("tls.key_encryption_keys", e.to_string()))?,
+    );
+    let default_cert = load_default_cert(&b, &keys)?;
+    let certs = load_certs(&b, &keys)?;
     let limit_key = b.settings.validate("settings")?;
     let default_limit = b.settings.rate_limit.clone().zip(limit_key);
     let base = b.proxy.timeout.apply(Timeouts::default());
@@ -259,7 +273,58 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
         timeouts,
         default_limit,
         trusted_proxies,
+        keys,
+        default_cert,
+        certs,
     })
+}
+
+fn load_default_cert(
+    b: &Bootstrap,
+    keys: &KeyRing,
+) -> Result<Option<(Arc<rustls::sign::CertifiedKey>, i64)>, FieldError> {
+    let Some(files) = &b.tls.default_cert else {
+        return Ok(None);
+    };
+    let read = |f: &str, p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| {
+            FieldError::new(
+                format!("tls.default_cert.{f}"),
+                format!("cannot read {}: {e}", p.display()),
+            )
+        })
+    };
+    let cert = read("cert_file", &files.cert_file)?;
+    let key = read("key_file", &files.key_file)?;
+    let (pair, _, not_after) = crate::tls::cert::load_pair(&cert, &key, keys, "tls.default_cert")?;
+    Ok(Some((pair, not_after)))
+}
+
+fn load_certs(b: &Bootstrap, keys: &KeyRing) -> Result<Vec<Arc<LoadedCert>>, FieldError> {
+    if b.etcd.is_some() && !b.certs.is_empty() {
+        return Err(FieldError::new(
+            "certs",
+            "certificates come from etcd (<prefix>/certs/<id>) when `etcd:` is set",
+        ));
+    }
+    let mut certs: Vec<Arc<LoadedCert>> = Vec::with_capacity(b.certs.len());
+    for (i, spec) in b.certs.iter().enumerate() {
+        let at = index("certs", i);
+        let id = spec.id.clone().ok_or_else(|| {
+            FieldError::new(
+                field(&at, "id"),
+                "every certificate in the file needs an id",
+            )
+        })?;
+        if certs.iter().any(|c| *c.id == *id) {
+            return Err(FieldError::new(
+                field(&at, "id"),
+                format!("duplicate certificate id {id:?}"),
+            ));
+        }
+        certs.push(Arc::new(crate::tls::cert::load(&id, spec, keys, &at)?));
+    }
+    Ok(certs)
 }
 
 #[cfg(test)]

@@ -1,14 +1,17 @@
 //! The bootstrap file (`conf/tollgate.yaml`): listeners, admin, etcd,
 //! state dir, and in standalone mode the routes and upstreams themselves.
 
+mod listen;
 mod load;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+pub use listen::{CertFiles, Http2Config, Listener, TlsConfig};
 pub use load::{load_file, parse, ConfigError, ConfigModel};
 
+use crate::model::cert::CertSpec;
 use crate::model::path_policy::PathPolicy;
 use crate::model::preservation::SelfPreservationSpec;
 use crate::model::settings::SettingsSpec;
@@ -20,7 +23,10 @@ use crate::model::{RouteSpec, TimeoutSpec, UpstreamSpec};
 #[serde(deny_unknown_fields)]
 pub struct Bootstrap {
     #[serde(default = "default_listen")]
-    pub listen: Vec<String>,
+    pub listen: Vec<Listener>,
+    /// What every TLS listener shares (certificates, versions, ALPN).
+    #[serde(default)]
+    pub tls: TlsConfig,
     #[serde(default)]
     pub admin: AdminConfig,
     /// Proxy worker threads.
@@ -62,6 +68,9 @@ pub struct Bootstrap {
     pub routes: Vec<RouteSpec>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamSpec>,
+    /// Standalone only (etcd: `<prefix>/certs/<id>`).
+    #[serde(default)]
+    pub certs: Vec<CertSpec>,
 }
 
 impl Bootstrap {
@@ -72,7 +81,7 @@ impl Bootstrap {
         self.listen
             .iter()
             .enumerate()
-            .map(|(i, a)| (crate::model::error::index("listen", i), a.as_str()))
+            .map(|(i, l)| (crate::model::error::index("listen", i), l.addr.as_str()))
             .chain(std::iter::once((
                 "admin.listen".to_string(),
                 self.admin.listen.as_str(),
@@ -159,6 +168,9 @@ pub struct ProxyConfig {
     /// overrides it at start.
     #[serde(default)]
     pub engine: ProxyEngine,
+    /// Bounds on each HTTP/2 client connection.
+    #[serde(default)]
+    pub http2: Http2Config,
 }
 
 impl Default for ProxyConfig {
@@ -174,6 +186,7 @@ impl Default for ProxyConfig {
             max_connections: default_max_connections(),
             max_connections_per_ip: None,
             engine: ProxyEngine::default(),
+            http2: Http2Config::default(),
         }
     }
 }
@@ -304,8 +317,8 @@ impl Default for ReloadConfig {
     }
 }
 
-fn default_listen() -> Vec<String> {
-    vec!["0.0.0.0:8080".into()]
+fn default_listen() -> Vec<Listener> {
+    vec![Listener::plain("0.0.0.0:8080")]
 }
 fn default_admin_listen() -> String {
     "127.0.0.1:9180".into()

@@ -33,6 +33,9 @@ pub struct RouteSpec {
     /// Keep the client's Host header (default); false sends the node's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preserve_host: Option<bool>,
+    /// Served over TLS only: a plaintext request is redirected to https.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https_only: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<TimeoutSpec>,
     /// How many times a failed connect is retried on another instance.

@@ -22,6 +22,9 @@ pub struct Line<'a> {
     pub request_id: &'a str,
     pub client_ip: Option<IpAddr>,
     pub method: &'a str,
+    /// `http/1.1`, `h2` or `h2c`, and `http` or `https`.
+    pub protocol: &'static str,
+    pub scheme: &'static str,
     pub host: &'a str,
     pub path: &'a str,
     pub route: &'a str,
@@ -54,6 +57,8 @@ impl Line<'_> {
         }
         b.push(b'"');
         text(&mut b, "method", self.method);
+        text(&mut b, "protocol", self.protocol);
+        text(&mut b, "scheme", self.scheme);
         text(&mut b, "host", self.host);
         text(&mut b, "path", self.path);
         text(&mut b, "route", self.route);
@@ -228,6 +233,8 @@ mod tests {
     #[test]
     fn lines_are_valid_json_even_with_hostile_input() {
         let line = Line {
+            protocol: "h2",
+            scheme: "https",
             time: SystemTime::UNIX_EPOCH,
             request_id: "abc",
             client_ip: Some([127, 0, 0, 1].into()),
@@ -257,6 +264,8 @@ mod tests {
     #[test]
     fn numbers_and_addresses_are_written_exactly() {
         let line = Line {
+            protocol: "h2",
+            scheme: "https",
             time: SystemTime::UNIX_EPOCH,
             request_id: "r",
             client_ip: Some("2001:db8::7".parse().unwrap()),

@@ -21,8 +21,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::conn_limit::ConnLimits;
+use super::listeners::{Kind, ListenerKinds};
 use super::shutdown::Shutdown;
 use super::InFlight;
+use crate::metrics::METRICS;
 
 /// How long, once the listeners are closed, a connection accepted before
 /// has to send the first bytes of its request. A client writes its request
@@ -44,10 +46,18 @@ pub struct Connections<A> {
     idle: Duration,
     /// `proxy.max_connections`, `proxy.max_connections_per_ip`.
     limits: Arc<ConnLimits>,
+    /// What each listener speaks (plaintext, h2c, TLS).
+    kinds: Arc<ListenerKinds>,
 }
 
 impl<A> Connections<A> {
-    pub fn new(engine: A, open: Arc<InFlight>, idle: Duration, limits: Arc<ConnLimits>) -> Self {
+    pub fn new(
+        engine: A,
+        open: Arc<InFlight>,
+        idle: Duration,
+        limits: Arc<ConnLimits>,
+        kinds: Arc<ListenerKinds>,
+    ) -> Self {
         Self {
             engine: Arc::new(engine),
             open,
@@ -55,6 +65,7 @@ impl<A> Connections<A> {
             given_up: Shutdown::new(1),
             idle,
             limits,
+            kinds,
         }
     }
 }
@@ -76,6 +87,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
                 .as_ref()
                 .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
         };
+        let mut head = [0u8; 4];
         let _slot = match self.limits.admit(local_port, peer) {
             Ok(slot) => slot,
             Err(limit) => {
@@ -85,12 +97,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
         };
         {
             let _awaiting = self.awaiting_request.enter();
-            // Reads one byte and puts it back for the engine; an error is a
-            // client that closed without sending anything.
-            let mut byte = [0u8; 1];
+            // Reads the first bytes and puts them back for the engine (or
+            // the TLS handshake); an error is a client that closed without
+            // sending anything. Four: every request and ClientHello is
+            // longer, and they tell an HTTP/2 preface apart.
             let first = tokio::select! {
                 biased;
-                first = stream.try_peek(&mut byte) => first,
+                first = stream.try_peek(&mut head) => first,
                 () = self.given_up.wait() => return None,
                 () = tokio::time::sleep(self.idle) => {
                     tracing::debug!("connection sent no request in time; closing it");
@@ -102,6 +115,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
                 return None;
             }
         }
+        let stream = match self.kinds.of(local_port) {
+            Kind::Tls(acceptor) => acceptor.handshake(stream).await?,
+            Kind::Plain if head == *b"PRI " => {
+                // An HTTP/2 preface on a listener without `h2c: true`.
+                METRICS.protocol_refused.with_label_values(&["h2c"]).inc();
+                tracing::debug!("HTTP/2 prior knowledge on a listener without h2c; closing");
+                return None;
+            }
+            Kind::Plain | Kind::H2c => stream,
+        };
         self.engine.process_new(stream, shutdown).await
     }
 

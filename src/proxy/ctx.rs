@@ -1,6 +1,7 @@
 //! Per-request state shared across Pingora's phases, and the counters
 //! whose guards it holds.
 
+use super::protocol::Protocol;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,6 +85,8 @@ pub struct RequestCtx {
     /// The largest request body this request may send (its route's, else
     /// `proxy.max_body_bytes`).
     pub max_body: u64,
+    /// What the client spoke (HTTP/1.1 or 2, TLS or not).
+    pub protocol: Protocol,
 }
 
 impl RequestCtx {
@@ -102,6 +105,7 @@ impl RequestCtx {
             upstream_sent: None,
             upstream_took: None,
             max_body: u64::MAX,
+            protocol: Protocol::default(),
         }
     }
 

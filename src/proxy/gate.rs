@@ -34,6 +34,8 @@ use crate::model::path_policy::PathPolicy;
 
 /// Failure lines of requests no route took (an engine-level failure).
 static UNROUTED_FAILURES: FailureLog = FailureLog::new();
+use super::https_redirect;
+use super::protocol::Protocol;
 use crate::model::policy::HashKey;
 use crate::snapshot::{RouteEntry, SnapshotCell};
 
@@ -73,6 +75,8 @@ pub struct ClientLimits {
     pub max_body_bytes: u64,
     /// How a request's path is normalized before routing (`proxy.path`).
     pub path: PathPolicy,
+    /// The first TLS listener's port: where `https_only` routes redirect.
+    pub https_port: Option<u16>,
 }
 
 struct RateLimited {
@@ -192,6 +196,8 @@ impl Gate {
         // Pingora waits 60 s for a body read and forever for a write.
         session.set_read_timeout(Some(self.client.io));
         session.set_write_timeout(Some(self.client.io));
+        ctx.protocol = Protocol::of(session);
+        ctx.protocol.count();
         let req = session.req_header();
         let mut sent = req.headers.get_all(&X_REQUEST_ID).iter();
         match request_id::from_client(sent.next()) {
@@ -240,6 +246,10 @@ impl Gate {
         ctx.max_body = route.max_body_bytes.unwrap_or(self.client.max_body_bytes);
         // The context holds the one reference this request takes.
         let route: &RouteEntry = ctx.route.insert(route);
+        if route.https_only && !ctx.protocol.is_tls() {
+            self.to_https(session, ctx).await;
+            return true;
+        }
         if framing::declared_length(req).is_some_and(|n| n > ctx.max_body) {
             // Refused before an upstream is chosen, and before a client
             // that waits for `100 Continue` sends any of it.
@@ -265,6 +275,27 @@ impl Gate {
         ctx.leaf = Some(route.upstream_for(&session.req_header().headers).clone());
         error_response::continue_if_expected(session).await;
         false
+    }
+
+    /// A plaintext request to an `https_only` route: a redirect to the TLS
+    /// listener, or 403 when this node has none.
+    async fn to_https(&self, session: &mut ServerSession, ctx: &RequestCtx) {
+        let id = ctx.request_id();
+        // The client may not have sent all of its body; do not read it.
+        session.set_keepalive(None);
+        let Some(port) = self.client.https_port else {
+            let message = "this route is served over https only";
+            error_response::respond(session, 403, message, id).await;
+            return;
+        };
+        let req = session.req_header();
+        match https_redirect::redirect(req, host_of(req), port) {
+            Ok((status, location)) => {
+                let headers = [("location", location)];
+                error_response::respond_with(session, status, "use https", id, &headers).await;
+            }
+            Err(why) => error_response::respond(session, 400, why, id).await,
+        }
     }
 
     /// Normalizes the request's path in place (see `path_norm`); the
@@ -432,6 +463,8 @@ impl Gate {
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip()),
             method: req.method.as_str(),
+            protocol: ctx.protocol.as_str(),
+            scheme: ctx.protocol.scheme(),
             host: host_of(req),
             path: req.uri.path(),
             route: ctx.route().map_or("", |r| &r.id),

@@ -22,6 +22,8 @@ pub struct UpstreamEdits {
     client: Option<IpAddr>,
     host: Option<HeaderValue>,
     id: Option<HeaderValue>,
+    /// `X-Forwarded-Proto`: how the client reached the gateway.
+    scheme: &'static str,
 }
 
 impl UpstreamEdits {
@@ -45,7 +47,10 @@ impl UpstreamEdits {
             let xff = forwarded_for(h.get_all(&X_FORWARDED_FOR), ip);
             h.insert(X_FORWARDED_FOR.clone(), xff);
         }
-        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        h.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(self.scheme),
+        );
         h.remove(http::header::EXPECT);
         // A kept client id is already the one forwarded header; otherwise
         // (generated, or the client sent several) ours replaces them all.
@@ -92,11 +97,24 @@ impl Gate {
                 .map(|a| a.ip()),
             host: None,
             id: (!ctx.id_already_sent).then(|| ctx.request_id.clone()),
+            scheme: ctx.protocol.scheme(),
         };
+        let req = session.req_header();
+        if req.uri.scheme().is_some() {
+            // An HTTP/2 request names its host in `:authority`, not `Host`:
+            // the HTTP/1.1 upstream gets `Host` and an origin-form target.
+            if !req.headers.contains_key(http::header::HOST) {
+                edits.host =
+                    (req.uri.authority()).and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+            }
+            edits.uri = req
+                .uri
+                .path_and_query()
+                .and_then(|p| p.as_str().parse().ok());
+        }
         let Some(route) = ctx.route() else {
             return Ok(edits);
         };
-        let req = session.req_header();
         if let Some(path) = route.rewrite_path(req.uri.path()) {
             let uri = match req.uri.query() {
                 Some(q) => format!("{path}?{q}"),

@@ -40,6 +40,7 @@ pub fn entry_for(
         upstream: table.leaf(&route.spec.upstream),
         strip_prefix: route.spec.strip_prefix.as_deref().map(Into::into),
         preserve_host: route.spec.preserve_host.unwrap_or(true),
+        https_only: route.spec.https_only,
         timeout: route.spec.timeout,
         retries: route.spec.retries,
         max_body_bytes: route.spec.max_body_bytes,

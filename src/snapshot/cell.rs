@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::{CheckedLeaves, RouteEntry, ServiceLeaves, Snapshot};
 use crate::limiter::FleetSize;
+use crate::tls::CertTable;
 
 /// Where the config comes from and whether that source is reachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +43,7 @@ pub struct SyncStatus {
     gateways: AtomicUsize,
     preserved_instances: AtomicUsize,
     preserving_services: AtomicUsize,
+    certs: AtomicUsize,
 }
 
 /// A plain copy of [`SyncStatus`] for reporting.
@@ -62,9 +64,15 @@ pub struct StatusView {
     /// and the services they belong to.
     pub preserved_instances: usize,
     pub preserving_services: usize,
+    /// TLS certificates served (from etcd or the file).
+    pub certs: usize,
 }
 
 impl SyncStatus {
+    pub fn set_certs(&self, n: usize) {
+        self.certs.store(n, Ordering::Relaxed);
+    }
+
     pub fn set_source(&self, s: SourceState) {
         self.source.store(s as u8, Ordering::Relaxed);
     }
@@ -126,6 +134,7 @@ impl SyncStatus {
             gateways: self.gateways.load(Ordering::Relaxed),
             preserved_instances: self.preserved_instances.load(Ordering::Relaxed),
             preserving_services: self.preserving_services.load(Ordering::Relaxed),
+            certs: self.certs.load(Ordering::Relaxed),
         }
     }
 }
@@ -142,6 +151,8 @@ pub struct SnapshotCell {
     pub checked: CheckedLeaves,
     /// Every upstream, for the instance-state metrics.
     pub services: ServiceLeaves,
+    /// The certificates by name, as the TLS handshake reads them.
+    pub certs: Arc<ArcSwap<CertTable>>,
 }
 
 impl SnapshotCell {
@@ -152,6 +163,7 @@ impl SnapshotCell {
             fleet: Arc::new(AtomicUsize::new(1)),
             checked: CheckedLeaves::default(),
             services: ServiceLeaves::default(),
+            certs: Arc::default(),
         })
     }
 

@@ -32,6 +32,8 @@ pub struct RouteEntry {
     pub upstream: Arc<UpstreamLeaf>,
     pub strip_prefix: Option<Box<str>>,
     pub preserve_host: bool,
+    /// Plaintext requests are redirected to the TLS listener.
+    pub https_only: bool,
     timeout: Option<TimeoutSpec>,
     /// The route's `retries` (short form of the retry policy), if set.
     pub retries: Option<u32>,

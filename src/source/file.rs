@@ -36,6 +36,7 @@ pub fn apply(store: &mut Store, model: ConfigModel) {
     store.set_default_timeouts(model.timeouts);
     store.set_default_limit(model.default_limit);
     store.replace_all(model.routes, model.upstreams);
+    store.replace_certs(model.certs);
     let report = store.publish();
     let s = store.cell().status.view();
     tracing::info!(

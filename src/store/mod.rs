@@ -7,6 +7,8 @@
 //! changes, not the size of the table. Upstream and instance edits only
 //! swap their leaf and never touch the router.
 
+mod certs;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,6 +17,8 @@ use crate::limiter::{self, RouteLimiter};
 use crate::model::rate_limit::{LimitKey, RateLimitSpec};
 use crate::model::{Node, Route, Timeouts, UpstreamSpec};
 use crate::snapshot::{entry_for, shape_of, Rejected, RouteEntry, SnapshotCell, UpstreamTable};
+use crate::tls::LoadedCert;
+use certs::CertBook;
 
 /// What one publish did, for logs and metrics.
 #[derive(Debug, Default)]
@@ -47,6 +51,8 @@ pub struct Store {
     default_limit: Option<(RateLimitSpec, LimitKey)>,
     /// Each route's limiter, carried across edits while its limit holds.
     limiters: BTreeMap<String, Arc<RouteLimiter>>,
+    /// TLS certificates by id and name.
+    certs: CertBook,
 }
 
 impl Store {
@@ -63,6 +69,7 @@ impl Store {
             revision: 0,
             default_limit: None,
             limiters: BTreeMap::new(),
+            certs: CertBook::default(),
         }
     }
 
@@ -126,6 +133,25 @@ impl Store {
         self.table.set_instance(service, id, node);
         if removed && !self.upstream_users.contains_key(service) {
             self.table.forget_if_unused(service);
+        }
+    }
+
+    /// Sets or removes one TLS certificate (already loaded and checked).
+    pub fn set_cert(&mut self, id: &str, cert: Option<Arc<LoadedCert>>) {
+        self.certs.set(id, cert);
+    }
+
+    /// Replaces every certificate (a file source delivers them whole).
+    pub fn replace_certs(&mut self, certs: Vec<Arc<LoadedCert>>) {
+        let keep: BTreeSet<&str> = certs.iter().map(|c| &*c.id).collect();
+        for id in self.certs.ids() {
+            if !keep.contains(id.as_str()) {
+                self.certs.set(&id, None);
+            }
+        }
+        for c in certs {
+            let id = c.id.clone();
+            self.certs.set(&id, Some(c));
         }
     }
 
@@ -301,6 +327,8 @@ impl Store {
             report.rebuilt = true;
             crate::metrics::METRICS.rebuilds.inc();
         }
+        self.certs.publish(&self.cell);
+        self.cell.status.set_certs(self.certs.len());
         let (upstreams, instances) = self.table.counts();
         self.cell
             .status

@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 pub mod etcd_gw;
+pub mod h2_frames;
 pub mod keepalive;
 pub mod raw_http;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

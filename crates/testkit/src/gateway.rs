@@ -26,6 +26,8 @@ pub struct Gateway {
     state_dir: PathBuf,
     proxy: SocketAddr,
     admin: SocketAddr,
+    /// Listeners beyond the first, in the order asked for.
+    extra: Vec<SocketAddr>,
     child: Child,
     exit: Option<i32>,
 }
@@ -51,28 +53,36 @@ impl Gateway {
     /// waits up to 20s for `GET /healthz` on the admin listener to answer 200.
     /// Panics with the log if the process exits first or the deadline passes.
     pub fn start(bin: &Path, body: &str) -> Gateway {
-        Self::launch(bin, body, None, &[])
+        Self::launch(bin, body, None, &[], &[])
+            .unwrap_or_else(|e| panic!("gateway failed to start:\n{e}"))
+    }
+
+    /// Like [`Gateway::start`] with more proxy listeners on free ports, one
+    /// per entry, each the fields after `addr` (`"tls: true"`, `"h2c: true"`);
+    /// [`Gateway::listener`] gives their addresses in the same order.
+    pub fn start_with_listeners(bin: &Path, body: &str, extra: &[&str]) -> Gateway {
+        Self::launch(bin, body, None, &[], extra)
             .unwrap_or_else(|e| panic!("gateway failed to start:\n{e}"))
     }
 
     /// Like [`Gateway::start`] with extra environment variables for the
     /// process (e.g. test-only hooks such as `TOLLGATE_TEST_PANIC_HEADER`).
     pub fn start_with_env(bin: &Path, body: &str, env: &[(&str, &str)]) -> Gateway {
-        Self::launch(bin, body, None, env)
+        Self::launch(bin, body, None, env, &[])
             .unwrap_or_else(|e| panic!("gateway failed to start:\n{e}"))
     }
 
     /// Like [`Gateway::start`] but with a caller-owned state dir, so that a
     /// later gateway can start from what this one persisted.
     pub fn start_with_state_dir(bin: &Path, body: &str, state_dir: &Path) -> Gateway {
-        Self::launch(bin, body, Some(state_dir), &[])
+        Self::launch(bin, body, Some(state_dir), &[], &[])
             .unwrap_or_else(|e| panic!("gateway failed to start:\n{e}"))
     }
 
     /// For configs that must fail: `Err(exit code + log)` if the process
     /// exits (or is not healthy within 20s) instead of panicking.
     pub fn try_start(bin: &Path, body: &str) -> Result<Gateway, String> {
-        Self::launch(bin, body, None, &[])
+        Self::launch(bin, body, None, &[], &[])
     }
 
     fn launch(
@@ -80,13 +90,14 @@ impl Gateway {
         body: &str,
         state_dir: Option<&Path>,
         env: &[(&str, &str)],
+        extra: &[&str],
     ) -> Result<Gateway, String> {
         // A free port can be taken by someone else before the gateway binds
         // it; only then do we retry, with new ports.
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Self::launch_once(bin, body, state_dir, env) {
+            match Self::launch_once(bin, body, state_dir, env, extra) {
                 Err((log, true)) if attempt < 3 => {
                     eprintln!("testkit: gateway port clash, retrying with new ports:\n{log}")
                 }
@@ -102,6 +113,7 @@ impl Gateway {
         body: &str,
         state_dir: Option<&Path>,
         env: &[(&str, &str)],
+        extra: &[&str],
     ) -> Result<Gateway, (String, bool)> {
         let dir = tempfile::Builder::new()
             .prefix("testkit-gw-")
@@ -112,8 +124,19 @@ impl Gateway {
         let state_dir = state_dir
             .map(Path::to_path_buf)
             .unwrap_or_else(|| dir.path().join("state"));
+        let extra_addrs: Vec<SocketAddr> = extra
+            .iter()
+            .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
+            .collect();
+        let listen: String = std::iter::once(format!("\"{proxy}\""))
+            .chain(
+                (extra.iter().zip(&extra_addrs))
+                    .map(|(fields, addr)| format!("{{addr: \"{addr}\", {fields}}}")),
+            )
+            .collect::<Vec<_>>()
+            .join(", ");
         let header = format!(
-            "listen: [\"{proxy}\"]\nadmin: {{ listen: \"{admin}\" }}\nthreads: 1\nstate_dir: {}\n",
+            "listen: [{listen}]\nadmin: {{ listen: \"{admin}\" }}\nthreads: 1\nstate_dir: {}\n",
             quoted(&state_dir)
         );
         let config = dir.path().join("tollgate.yaml");
@@ -142,6 +165,7 @@ impl Gateway {
             state_dir,
             proxy,
             admin,
+            extra: extra_addrs,
             child,
             exit: None,
         };
@@ -192,6 +216,11 @@ impl Gateway {
 
     pub fn proxy_addr(&self) -> SocketAddr {
         self.proxy
+    }
+
+    /// The `i`th listener asked for by [`Gateway::start_with_listeners`].
+    pub fn listener(&self, i: usize) -> SocketAddr {
+        self.extra[i]
     }
 
     pub fn admin_addr(&self) -> SocketAddr {

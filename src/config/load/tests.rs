@@ -262,3 +262,28 @@ fn connection_limits_are_checked_naming_the_field() {
     let e = err(&format!("{GOOD}proxy: {{ max_connections_per_ip: 0 }}\n"));
     assert_eq!(e.path, "proxy.max_connections_per_ip", "{e}");
 }
+
+#[test]
+fn standalone_certs_load_and_a_bad_one_names_its_field() {
+    let spec = crate::tls::test_certs::spec(&["a.test"]);
+    let text = format!(
+        "{GOOD}listen: [{{addr: \"127.0.0.1:8443\", tls: true}}]\ncerts:\n  - {{id: a, snis: [a.test], cert: {}, key: {}}}\n",
+        serde_json::to_string(&spec.cert).unwrap(),
+        serde_json::to_string(&spec.key).unwrap()
+    )
+    .replace("listen: [\"127.0.0.1:8080\"]\n", "");
+    let m = parse(&text).unwrap();
+    assert_eq!(m.certs.len(), 1);
+    assert!(m.bootstrap.listen[0].tls);
+
+    let bad = text.replace(&serde_json::to_string(&spec.cert).unwrap(), "\"nope\"");
+    assert_eq!(err(&bad).path, "certs[0].cert");
+    let no_id = text.replace("id: a, ", "");
+    assert_eq!(err(&no_id).path, "certs[0].id");
+    let bad_key = format!("{GOOD}tls: {{ key_encryption_keys: [\"c2hvcnQ=\"] }}\n");
+    assert_eq!(err(&bad_key).path, "tls.key_encryption_keys");
+    let missing = format!(
+        "{GOOD}tls: {{ default_cert: {{ cert_file: /nonexistent.crt, key_file: /x.key }} }}\n"
+    );
+    assert_eq!(err(&missing).path, "tls.default_cert.cert_file");
+}

@@ -19,9 +19,10 @@ mod exchange;
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::connectors::http::v1::Connector;
 use pingora::connectors::ConnectorOptions;
+use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
@@ -44,6 +45,10 @@ pub struct CoreEngine {
     /// Attempts per request at most, whatever the policies say (Pingora's
     /// `max_retries`, which bounds `ProxyHttp` the same way).
     max_attempts: u32,
+    /// h2c on or off, HTTP/2 idle timeout (`proxy::http2_settings`).
+    server_options: HttpServerOptions,
+    /// HTTP/2 connection bounds (`proxy.http2`).
+    h2: Option<H2Options>,
 }
 
 impl CoreEngine {
@@ -53,7 +58,16 @@ impl CoreEngine {
             connector: Connector::new(Some(ConnectorOptions::from_server_conf(conf))),
             shutdown: Shutdown::new(conf.threads),
             max_attempts: u32::try_from(conf.max_retries).unwrap_or(u32::MAX).max(1),
+            server_options: HttpServerOptions::default(),
+            h2: None,
         }
+    }
+
+    /// HTTP/2 on TLS (ALPN) and h2c listeners, with these bounds.
+    pub fn with_http2(mut self, (options, h2): (HttpServerOptions, H2Options)) -> Self {
+        self.server_options = options;
+        self.h2 = Some(h2);
+        self
     }
 
     /// After the request header is read: route, then proxy. `true` when the
@@ -150,5 +164,13 @@ impl HttpServerApp for CoreEngine {
 
     async fn http_cleanup(&self) {
         self.shutdown.fire();
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.server_options)
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        self.h2.clone()
     }
 }

@@ -1,5 +1,5 @@
 //! Which etcd key means what: `<prefix>/routes/<id>`,
-//! `<prefix>/upstreams/<name>`, `<prefix>/settings`,
+//! `<prefix>/upstreams/<name>`, `<prefix>/certs/<id>`, `<prefix>/settings`,
 //! `<prefix>/gateways/<node>` and `<registry>/<service>/<instance>`.
 
 /// A key, classified.
@@ -7,6 +7,7 @@
 pub enum Key<'a> {
     Route(&'a str),
     Upstream(&'a str),
+    Cert(&'a str),
     Settings,
     Gateway(&'a str),
     Instance {
@@ -72,6 +73,7 @@ impl Keyspace {
         match (kind, non_empty(name)) {
             ("routes", Some(id)) => Key::Route(id),
             ("upstreams", Some(n)) => Key::Upstream(n),
+            ("certs", Some(id)) => Key::Cert(id),
             ("gateways", Some(n)) => Key::Gateway(n),
             _ => Key::Unknown,
         }

@@ -36,6 +36,7 @@ use crate::metrics::METRICS;
 use crate::model::Timeouts;
 use crate::snapshot::SourceState;
 use crate::store::Store;
+use crate::tls::KeyRing;
 
 /// Probe answers of preserved instances queued for the watch loop, at most.
 const PROBE_ANSWERS: usize = 1024;
@@ -74,6 +75,7 @@ impl EtcdSource {
         node_id: String,
         store: Store,
         base: Timeouts,
+        key_ring: Arc<KeyRing>,
     ) -> Self {
         let keys = Keyspace::new(&cfg.prefix, &cfg.registry_prefix);
         Self {
@@ -82,6 +84,7 @@ impl EtcdSource {
                 keys.clone(),
                 base,
                 cfg.self_preservation.clone(),
+                key_ring,
             ))),
             cfg,
             keys,

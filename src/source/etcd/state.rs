@@ -18,6 +18,7 @@ use crate::model::preservation::SelfPreservationSpec;
 use crate::model::settings::SettingsSpec;
 use crate::model::{RouteSpec, Timeouts, UpstreamSpec};
 use crate::store::{ApplyReport, Store};
+use crate::tls::KeyRing;
 
 /// An accepted raw value, the re-list that last saw its key, and its
 /// lease (registry keys; 0 for the rest).
@@ -66,6 +67,8 @@ pub struct EtcdState {
     pub preserve: Preservation,
     /// The last session ended in an error: the next listing ends an outage.
     pub after_outage: bool,
+    /// Decrypts stored private keys (`tls.key_encryption_keys`).
+    key_ring: Arc<KeyRing>,
 }
 
 /// Counts a refused value or route under `kind`, in the metric and in
@@ -86,8 +89,10 @@ impl EtcdState {
         keys: Keyspace,
         base_timeouts: Timeouts,
         preservation: SelfPreservationSpec,
+        key_ring: Arc<KeyRing>,
     ) -> Self {
         Self {
+            key_ring,
             leases: LeaseBook::default(),
             preserve: Preservation::new(preservation),
             after_outage: false,
@@ -150,6 +155,8 @@ impl EtcdState {
                 return;
             }
         }
+        // What the last-known-good file keeps, when not the value as it came.
+        let mut kept_as: Option<String> = None;
         let accepted = match class {
             Key::Route(id) => match from_json::<RouteSpec>(value).and_then(|spec| {
                 if spec.id.as_deref().is_some_and(|x| x != id) {
@@ -188,6 +195,17 @@ impl EtcdState {
                     }
                 }
             }
+            Key::Cert(id) => match crate::tls::cert::from_json(id, value, &self.key_ring) {
+                Ok((cert, kept)) => {
+                    self.store.set_cert(id, Some(Arc::new(cert)));
+                    kept_as = kept;
+                    true
+                }
+                Err(e) => {
+                    reject("cert", key, &e, &self.store);
+                    false
+                }
+            },
             Key::Settings => match from_json::<SettingsSpec>(value)
                 .and_then(|s| s.validate("").map(|k| (s, k)))
             {
@@ -250,7 +268,7 @@ impl EtcdState {
         };
         if accepted {
             let known = Known {
-                value: text.into(),
+                value: kept_as.as_deref().unwrap_or(text).into(),
                 listed: self.generation,
                 lease,
             };
@@ -276,6 +294,7 @@ impl EtcdState {
                 self.preserve.set_policy(name, None, None);
                 self.store.set_upstream(name, None)
             }
+            Key::Cert(id) => self.store.set_cert(id, None),
             Key::Settings => {
                 self.store.set_default_timeouts(self.base_timeouts);
                 self.store.set_default_limit(None);
@@ -401,6 +420,7 @@ mod tests {
             Keyspace::new("/t", "/s"),
             Timeouts::default(),
             SelfPreservationSpec::default(),
+            Arc::new(KeyRing::new(&[]).unwrap()),
         )
     }
 

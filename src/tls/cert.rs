@@ -1,0 +1,129 @@
+//! A stored certificate made ready to serve: PEM parsed, key decrypted and
+//! loaded, the pair checked to match, validity read.
+
+use std::sync::Arc;
+
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::keyring::{is_encrypted, KeyRing};
+use crate::model::cert::{CertSpec, Sni};
+use crate::model::error::field;
+use crate::model::FieldError;
+
+/// A certificate as the handshake uses it.
+pub struct LoadedCert {
+    pub id: Arc<str>,
+    pub snis: Vec<Sni>,
+    pub key: Arc<CertifiedKey>,
+    /// Validity of the leaf, in Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl std::fmt::Debug for LoadedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedCert")
+            .field("id", &self.id)
+            .field("snis", &self.snis)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads `spec` as certificate `id` (errors name the field under `at`).
+pub fn load(id: &str, spec: &CertSpec, keys: &KeyRing, at: &str) -> Result<LoadedCert, FieldError> {
+    let snis = spec.snis(at)?;
+    let (key, not_before, not_after) = load_pair(&spec.cert, &spec.key, keys, at)?;
+    Ok(LoadedCert {
+        id: id.into(),
+        snis,
+        key,
+        not_before,
+        not_after,
+    })
+}
+
+/// A stored value (`<prefix>/certs/<id>`) as a certificate, and, when it
+/// must not be kept as it came, the value to keep as last-known-good: with
+/// key encryption on, a key stored in clear is kept encrypted.
+pub fn from_json(
+    id: &str,
+    value: &[u8],
+    keys: &KeyRing,
+) -> Result<(LoadedCert, Option<String>), FieldError> {
+    let mut spec: CertSpec = crate::model::error::from_json(value)?;
+    if spec.id.is_some() {
+        return Err(FieldError::new(
+            "id",
+            "the key names the certificate; leave id out",
+        ));
+    }
+    let cert = load(id, &spec, keys, "")?;
+    if !keys.is_enabled() || is_encrypted(&spec.key) {
+        return Ok((cert, None));
+    }
+    tracing::warn!(cert = id, "private key stored in clear while tls.key_encryption_keys is set; encrypt it with `tollgate encrypt-key`");
+    spec.key = keys
+        .encrypt(spec.key.as_bytes())
+        .map_err(|e| FieldError::new("key", e.to_string()))?;
+    let kept = serde_json::to_string(&spec)
+        .map_err(|e| FieldError::new("", format!("cannot re-encode: {e}")))?;
+    Ok((cert, Some(kept)))
+}
+
+/// A PEM chain and a PEM (or `enc:v1:`) key as one checked pair, with the
+/// leaf's validity (Unix seconds).
+pub fn load_pair(
+    cert_pem: &str,
+    key_text: &str,
+    keys: &KeyRing,
+    at: &str,
+) -> Result<(Arc<CertifiedKey>, i64, i64), FieldError> {
+    let cert_at = field(at, "cert");
+    let key_at = field(at, "key");
+    let chain = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<Vec<CertificateDer<'static>>, _>>()
+        .map_err(|e| FieldError::new(&cert_at, format!("PEM does not parse: {e}")))?;
+    let Some(leaf) = chain.first() else {
+        return Err(FieldError::new(&cert_at, "no PEM CERTIFICATE block found"));
+    };
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf).map_err(|e| {
+        FieldError::new(&cert_at, format!("the first certificate is not X.509: {e}"))
+    })?;
+    let validity = parsed.validity();
+    let (not_before, not_after) = (
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    );
+
+    let decrypted;
+    let key_pem: &[u8] = if is_encrypted(key_text) {
+        decrypted = keys
+            .decrypt(key_text)
+            .map_err(|e| FieldError::new(&key_at, e.to_string()))?;
+        &decrypted
+    } else {
+        key_text.as_bytes()
+    };
+    let der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &*key_pem)
+        .map_err(|e| FieldError::new(&key_at, format!("PEM does not parse: {e}")))?
+        .ok_or_else(|| FieldError::new(&key_at, "no PEM PRIVATE KEY block found"))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| {
+        FieldError::new(
+            &key_at,
+            format!("unsupported key (RSA 2048+, ECDSA P-256/P-384 or Ed25519): {e}"),
+        )
+    })?;
+    let certified = CertifiedKey::new(chain, signer);
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(_) => {
+            return Err(FieldError::new(
+                &key_at,
+                "the key does not match the certificate (the leaf's public key differs)",
+            ))
+        }
+    }
+    Ok((Arc::new(certified), not_before, not_after))
+}
