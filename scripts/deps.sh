@@ -33,6 +33,8 @@ PACKAGES=(
     "openssl:check_openssl"                   # tests/tls_*.rs: s_client (SNI, ALPN, versions)
     "nghttp2-client:check_h2load"             # tests/http2.rs, bench/tls.sh (h2load)
     "haproxy:check_haproxy"                   # bench/tls.sh baseline
+    "python3-grpcio:check_grpcio"             # tests/upstream_protocols.rs: a real gRPC server and client
+    "python3-websockets:check_websockets"     # tests/upstream_protocols.rs: WebSocket over TLS
     "python3:check_python3"                   # scripts: free ports
     "systemd:check_systemd_analyze"           # tests/ops_systemd.rs: verify the units
     "prometheus:check_prometheus"             # tests/ops_prometheus.rs (and promtool)
@@ -104,6 +106,12 @@ check_h2load() { h2load --version >/dev/null 2>&1; }
 why_h2load="h2load --version failed (HTTP/2 tests and bench/tls.sh)"
 
 check_haproxy() { haproxy -v >/dev/null 2>&1; }
+
+# Debian's python3 (not a pyenv one earlier on PATH) with grpcio.
+check_grpcio() { /usr/bin/python3 -c 'import grpc' >/dev/null 2>&1; }
+check_websockets() { /usr/bin/python3 -c 'import websockets' >/dev/null 2>&1; }
+why_websockets="/usr/bin/python3 cannot import websockets (the WebSocket-over-TLS test runs a real client and server)"
+why_grpcio="/usr/bin/python3 cannot import grpc (the gRPC pass-through tests run a real gRPC server and client)"
 why_haproxy="haproxy -v failed (bench/tls.sh's baseline)"
 
 check_python3() { python3 -c 'import socket' >/dev/null 2>&1; }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use common::etcd_gw::{
     put_route, start_gw, wait_ok, wait_revision, wait_status, TempDir, ROUTES, SERVICES,
 };
+use common::tls::{cert_value, make_cert_days};
 use serde_json::{json, Value};
 use testkit::process::{kill_and_reap, tail_file};
 use testkit::{free_port, http_request, Backend, Etcd, Gateway};
@@ -315,6 +316,15 @@ fn dashboard_and_alerts_evaluate_on_a_real_prometheus() {
         &json!({ "paths": ["/limited"], "upstream": "svc", "rate_limit": { "rate": 1, "burst": 1 } })
             .to_string(),
     );
+    // One certificate about to expire, one not.
+    let certs = common::etcd_gw::TempDir::new("prom-certs");
+    for (id, days) in [("soon", 7), ("later", 90)] {
+        let c = make_cert_days(certs.path(), id, &format!("{id}.test"), days);
+        etcd.put(
+            &format!("/tollgate/certs/{id}"),
+            &cert_value(&[&format!("{id}.test")], &c),
+        );
+    }
     let gws: Vec<Gateway> = ["gw-a", "gw-b"]
         .iter()
         .map(|n| start_gw(n, &[etcd.endpoint()]))
@@ -498,6 +508,15 @@ fn dashboard_and_alerts_evaluate_on_a_real_prometheus() {
     );
     assert_eq!(
         alert_state("TollgateServiceNoLiveInstance", ("service", "svc")),
+        None
+    );
+    tripped(
+        "TollgateCertificateExpiresSoon",
+        ("cert", "soon"),
+        &["pending", "firing"],
+    );
+    assert_eq!(
+        alert_state("TollgateCertificateExpiresSoon", ("cert", "later")),
         None
     );
     assert_eq!(

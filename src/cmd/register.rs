@@ -51,7 +51,9 @@ fn hostname() -> String {
 
 /// Registers until SIGTERM/SIGINT.
 pub fn register(args: RegisterArgs) -> anyhow::Result<()> {
-    let (_, authority) = parse_node_url(&args.addr).map_err(|e| anyhow::anyhow!("--addr: {e}"))?;
+    let authority = parse_node_url(&args.addr)
+        .map_err(|e| anyhow::anyhow!("--addr: {e}"))?
+        .authority;
     if args.ttl < 2 {
         anyhow::bail!("--ttl must be at least 2 seconds");
     }

@@ -38,13 +38,14 @@ pub fn parse_instance(id: &str, value: &[u8]) -> Result<Node, String> {
     } else {
         (text.to_string(), 1, false)
     };
-    let (addr, authority) = parse_node_url(&url)?;
+    let u = parse_node_url(&url)?;
     Ok(Node {
         id: id.to_string(),
-        addr,
-        authority,
+        addr: u.addr,
+        authority: u.authority,
         weight,
         draining,
+        scheme: u.scheme,
     })
 }
 

@@ -14,6 +14,7 @@ pub mod route;
 pub mod settings;
 pub mod timeout;
 pub mod upstream;
+pub mod upstream_tls;
 
 pub use error::FieldError;
 pub use route::{Route, RouteSpec};

@@ -7,6 +7,7 @@ use super::error::{field, index, FieldError};
 use super::policy::{HealthCheckSpec, LbSpec, RetrySpec};
 use super::preservation::SelfPreservationSpec;
 use super::timeout::TimeoutSpec;
+use super::upstream_tls::UpstreamTlsSpec;
 
 /// A static node: a bare URL or `{addr, weight}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -69,6 +70,9 @@ pub struct UpstreamSpec {
     /// Replaces the bootstrap `etcd.self_preservation` for this service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub self_preservation: Option<SelfPreservationSpec>,
+    /// How `https://` and `grpcs://` nodes are verified (and mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsSpec>,
 }
 
 /// One resolved node; `id` is the registry instance id or the static URL.
@@ -80,21 +84,79 @@ pub struct Node {
     pub authority: String,
     pub weight: u32,
     pub draining: bool,
+    /// How the gateway talks to it.
+    pub scheme: NodeScheme,
+}
+
+/// A node URL's scheme: the protocol the gateway speaks to the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeScheme {
+    /// `http://`: HTTP/1.1.
+    #[default]
+    Http,
+    /// `https://`: HTTP/1.1 over TLS (SNI and verification: the URL's host,
+    /// or the policy's `tls`).
+    Https,
+    /// `h2c://` and `grpc://`: HTTP/2 in cleartext, prior knowledge.
+    H2c,
+    /// `grpcs://`: HTTP/2 over TLS.
+    H2s,
+}
+
+impl NodeScheme {
+    fn parse(scheme: &str) -> Option<Self> {
+        Some(match scheme {
+            "http" => NodeScheme::Http,
+            "https" => NodeScheme::Https,
+            "h2c" | "grpc" => NodeScheme::H2c,
+            "grpcs" => NodeScheme::H2s,
+            _ => return None,
+        })
+    }
+
+    pub fn is_tls(self) -> bool {
+        matches!(self, NodeScheme::Https | NodeScheme::H2s)
+    }
+
+    pub fn is_h2(self) -> bool {
+        matches!(self, NodeScheme::H2c | NodeScheme::H2s)
+    }
+
+    fn default_port(self) -> u16 {
+        if self.is_tls() {
+            443
+        } else {
+            80
+        }
+    }
+}
+
+/// A parsed and resolved node URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeUrl {
+    pub addr: SocketAddr,
+    /// `host:port`.
+    pub authority: String,
+    pub scheme: NodeScheme,
 }
 
 pub const MAX_WEIGHT: i64 = 10_000;
 
-/// Parses `http://host:port` (port defaults to 80) and resolves it once,
-/// off the request path. Only plain HTTP upstreams are supported.
-pub fn parse_node_url(url: &str) -> Result<(SocketAddr, String), String> {
+/// Parses `scheme://host:port` (http, https, h2c, grpc, grpcs; the port
+/// defaults to 80, or 443 over TLS) and resolves it once, off the request
+/// path.
+pub fn parse_node_url(url: &str) -> Result<NodeUrl, String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    if parsed.scheme() != "http" {
+    let Some(scheme) = NodeScheme::parse(parsed.scheme()) else {
         return Err(format!(
-            "{url:?}: only http:// upstreams are supported (got {}://)",
+            "{url:?}: the scheme must be http, https, h2c, grpc or grpcs (got {}://)",
             parsed.scheme()
         ));
-    }
-    if parsed.path() != "/" || parsed.query().is_some() || !parsed.username().is_empty() {
+    };
+    if !matches!(parsed.path(), "" | "/")
+        || parsed.query().is_some()
+        || !parsed.username().is_empty()
+    {
         return Err(format!(
             "{url:?}: an upstream URL is scheme://host:port, nothing more"
         ));
@@ -102,7 +164,7 @@ pub fn parse_node_url(url: &str) -> Result<(SocketAddr, String), String> {
     let host = parsed
         .host_str()
         .ok_or_else(|| format!("{url:?} has no host"))?;
-    let port = parsed.port().unwrap_or(80);
+    let port = parsed.port().unwrap_or(scheme.default_port());
     let authority = format!("{host}:{port}");
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let addr = (host, port)
@@ -110,7 +172,11 @@ pub fn parse_node_url(url: &str) -> Result<(SocketAddr, String), String> {
         .map_err(|e| format!("{url:?}: cannot resolve {host}: {e}"))?
         .next()
         .ok_or_else(|| format!("{url:?}: {host} resolves to no address"))?;
-    Ok((addr, authority))
+    Ok(NodeUrl {
+        addr,
+        authority,
+        scheme,
+    })
 }
 
 pub fn check_weight(w: i64) -> Result<u32, String> {
@@ -139,6 +205,9 @@ impl UpstreamSpec {
         if let Some(p) = &self.self_preservation {
             p.validate(&field(path, "self_preservation"))?;
         }
+        if let Some(t) = &self.tls {
+            t.compile(&field(path, "tls"))?;
+        }
         self.nodes
             .iter()
             .enumerate()
@@ -152,13 +221,14 @@ impl UpstreamSpec {
                             .map_err(|m| FieldError::new(field(&at, "weight"), m))?,
                     ),
                 };
-                let (addr, authority) = parse_node_url(url).map_err(|m| FieldError::new(&at, m))?;
+                let u = parse_node_url(url).map_err(|m| FieldError::new(&at, m))?;
                 Ok(Node {
                     id: url.clone(),
-                    addr,
-                    authority,
+                    addr: u.addr,
+                    authority: u.authority,
                     weight,
                     draining: false,
+                    scheme: u.scheme,
                 })
             })
             .collect()

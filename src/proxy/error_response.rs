@@ -100,6 +100,9 @@ pub async fn respond_with(
     request_id: &str,
     extra: &[(&'static str, String)],
 ) {
+    if super::grpc::is_grpc(session.req_header()) && !extra.iter().any(|(n, _)| *n == "location") {
+        return super::grpc::respond(session, status, message, request_id).await;
+    }
     if expects_continue(session) && session.response_written().is_none() && !session.is_body_done()
     {
         // The client was refused before it was told to send its body: it

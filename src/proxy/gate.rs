@@ -36,6 +36,7 @@ use crate::model::path_policy::PathPolicy;
 static UNROUTED_FAILURES: FailureLog = FailureLog::new();
 use super::https_redirect;
 use super::protocol::Protocol;
+use super::upstream_peer;
 use crate::model::policy::HashKey;
 use crate::snapshot::{RouteEntry, SnapshotCell};
 
@@ -357,7 +358,7 @@ impl Gate {
         let t = route.timeouts(set.timeouts);
         let attempt = Attempt::new(set, picked.index)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "picked instance vanished"))?;
-        let mut peer = HttpPeer::new(attempt.node().addr, false, String::new());
+        let mut peer = upstream_peer::peer_for(attempt.node(), attempt.set.tls.as_deref());
         peer.options.connection_timeout = Some(t.connect);
         peer.options.read_timeout = Some(t.read);
         peer.options.write_timeout = Some(t.write);

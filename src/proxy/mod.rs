@@ -16,6 +16,7 @@ mod error_response;
 mod forwarding;
 mod framing;
 mod gate;
+mod grpc;
 mod header_edit;
 mod hop_by_hop;
 mod https_redirect;
@@ -29,6 +30,7 @@ mod request_id;
 mod retry;
 mod shutdown;
 mod timer_tick;
+mod upstream_peer;
 mod upstream_request;
 
 pub use conn_limit::ConnLimits;

@@ -11,6 +11,7 @@ use super::instance_states::StateCounts;
 use crate::balance::{Candidates, NodeHealth, Passive, PickInput, Picked, Strategy};
 use crate::model::policy::{ActiveCheckSpec, HashKey, PassiveCheckSpec, RetrySpec};
 use crate::model::{Node, Timeouts, UpstreamSpec};
+use crate::tls::upstream::UpstreamTls;
 
 /// The nodes an upstream sends to right now, how to choose among them and
 /// the policies that govern them.
@@ -27,6 +28,9 @@ pub struct InstanceSet {
     pub passive: Option<PassiveCheckSpec>,
     pub active: Option<ActiveCheckSpec>,
     pub panic_threshold: f64,
+    /// The policy's `tls` for `https://`/`grpcs://` nodes (None: verify
+    /// against the system roots, SNI = the node's host).
+    pub tls: Option<Arc<UpstreamTls>>,
     /// Whether anything (policy or registration) defines this upstream.
     pub defined: bool,
     /// Nodes that take new requests; counted once here because `/status`
@@ -63,6 +67,7 @@ impl Default for InstanceSet {
             passive: None,
             active: None,
             panic_threshold: 0.5,
+            tls: None,
             defined: false,
             serving: 0,
         }
@@ -74,6 +79,7 @@ impl InstanceSet {
         nodes: Vec<Node>,
         previous: &InstanceSet,
         policy: Option<&UpstreamSpec>,
+        tls: Option<Arc<UpstreamTls>>,
         timeouts: Timeouts,
         defined: bool,
     ) -> Self {
@@ -116,6 +122,7 @@ impl InstanceSet {
             } else {
                 0.5
             },
+            tls,
             defined,
         }
     }
@@ -295,6 +302,8 @@ impl UpstreamLeaf {
 #[derive(Debug, Default)]
 struct Inputs {
     policy: Option<(UpstreamSpec, Vec<Node>)>,
+    /// The policy's `tls`, built once when the policy is set.
+    tls: Option<Arc<UpstreamTls>>,
     registered: BTreeMap<String, Node>,
 }
 
@@ -390,7 +399,19 @@ impl UpstreamTable {
 
     /// Sets or clears an upstream policy (with its resolved static nodes).
     pub fn set_policy(&mut self, name: &str, policy: Option<(UpstreamSpec, Vec<Node>)>) {
-        self.entry(name).1.policy = policy;
+        let inputs = &mut self.entry(name).1;
+        // Checked when the policy was accepted; a file that changed since
+        // leaves the upstream on the system roots, and says so.
+        inputs.tls = (policy.as_ref())
+            .and_then(|(spec, _)| spec.tls.as_ref())
+            .and_then(|t| match t.compile("tls") {
+                Ok(der) => Some(Arc::new(UpstreamTls::new(&der))),
+                Err(e) => {
+                    tracing::warn!(upstream = name, error = %e, "upstream tls settings unusable");
+                    None
+                }
+            });
+        inputs.policy = policy;
         self.publish(name);
     }
 
@@ -437,7 +458,8 @@ impl UpstreamTable {
             .and_then(|s| s.timeout)
             .map_or(defaults, |t| t.apply(defaults));
         let defined = inputs.policy.is_some() || !inputs.registered.is_empty();
-        let set = InstanceSet::new(nodes, &leaf.set.load(), policy, timeouts, defined);
+        let tls = inputs.tls.clone();
+        let set = InstanceSet::new(nodes, &leaf.set.load(), policy, tls, timeouts, defined);
         let (old, new) = (counted(&leaf.set.load()), counted(&set));
         leaf.set.store(Arc::new(set));
         let leaf = leaf.clone();
@@ -505,6 +527,7 @@ mod tests {
             authority: format!("127.0.0.1:{port}"),
             weight: 1,
             draining: false,
+            scheme: Default::default(),
         }
     }
 

@@ -32,6 +32,7 @@ fn node(port: u16) -> Node {
         authority: format!("127.0.0.1:{port}"),
         weight: 1,
         draining: false,
+        scheme: Default::default(),
     }
 }
 

@@ -15,6 +15,7 @@ mod resolver;
 mod table;
 #[cfg(test)]
 pub(crate) mod test_certs;
+pub mod upstream;
 
 pub use acceptor::{AcceptorError, ListenerTls, TlsAcceptor, TlsVersion};
 pub use cert::LoadedCert;

@@ -7,6 +7,7 @@ pub mod h2_frames;
 pub mod keepalive;
 pub mod raw_http;
 pub mod tls;
+pub mod upstreams;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -16,8 +16,26 @@ pub struct TestCert {
 }
 
 pub fn make_cert(dir: &Path, name: &str, snis: &[&str]) -> TestCert {
+    make_cert_with(dir, name, snis, |_| {})
+}
+
+/// Like [`make_cert`], expired since 2021.
+pub fn make_expired_cert(dir: &Path, name: &str, snis: &[&str]) -> TestCert {
+    make_cert_with(dir, name, snis, |p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    })
+}
+
+fn make_cert_with(
+    dir: &Path,
+    name: &str,
+    snis: &[&str],
+    edit: impl FnOnce(&mut rcgen::CertificateParams),
+) -> TestCert {
     let names: Vec<String> = snis.iter().map(|s| s.to_string()).collect();
     let mut params = rcgen::CertificateParams::new(names).expect("rcgen params");
+    edit(&mut params);
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, name);
@@ -32,6 +50,42 @@ pub fn make_cert(dir: &Path, name: &str, snis: &[&str]) -> TestCert {
     TestCert {
         cert_pem,
         key_pem,
+        cert_file,
+        key_file,
+    }
+}
+
+/// Like [`make_cert`], valid for `days` from now (the `openssl` CLI:
+/// rcgen would need a date crate for it).
+pub fn make_cert_days(dir: &Path, name: &str, sni: &str, days: u32) -> TestCert {
+    let cert_file = dir.join(format!("{name}.crt"));
+    let key_file = dir.join(format!("{name}.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-days", &days.to_string(), "-subj", &format!("/CN={name}")])
+        .args(["-addext", &format!("subjectAltName=DNS:{sni}")])
+        .arg("-keyout")
+        .arg(&key_file)
+        .arg("-out")
+        .arg(&cert_file)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    TestCert {
+        cert_pem: std::fs::read_to_string(&cert_file).unwrap(),
+        key_pem: std::fs::read_to_string(&key_file).unwrap(),
         cert_file,
         key_file,
     }

@@ -4,6 +4,7 @@
 //! as `ProxyHttp`'s `upstream_peer`, `fail_to_connect`, `error_while_proxy`
 //! and `fail_to_proxy` in `proxy_http.rs`.
 
+use pingora::protocols::http::client::HttpSession;
 use pingora::protocols::http::ServerSession;
 use pingora::{Error, ErrorType};
 
@@ -41,9 +42,19 @@ impl CoreEngine {
                     break e.more_context(format!("peer: {peer}"));
                 }
             };
-            up.read_timeout = peer.options.read_timeout;
-            up.write_timeout = peer.options.write_timeout;
-            match self.exchange(session, &mut up, ctx).await {
+            let exchanged = match &mut up {
+                HttpSession::H1(h1) => {
+                    h1.read_timeout = peer.options.read_timeout;
+                    h1.write_timeout = peer.options.write_timeout;
+                    self.exchange(session, h1, ctx).await
+                }
+                HttpSession::H2(h2) => self.exchange_h2(session, h2, ctx, &peer).await,
+                HttpSession::Custom(()) => Exchange::Failed(Error::explain(
+                    ErrorType::InternalError,
+                    "custom upstream protocol",
+                )),
+            };
+            match exchanged {
                 Exchange::Complete {
                     upstream_reusable,
                     downstream_reusable,

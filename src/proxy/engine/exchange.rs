@@ -59,7 +59,7 @@ impl CoreEngine {
     /// The request header as it goes upstream: the client's, hop-by-hop
     /// headers stripped, tollgate's edits applied, framing settled; built
     /// from the client's header in one copy.
-    fn upstream_request(
+    pub(super) fn upstream_request(
         &self,
         session: &mut ServerSession,
         ctx: &mut RequestCtx,

@@ -11,16 +11,18 @@
 //!
 //! - `mod.rs`: one connection's requests (read, shutdown, panics, reuse).
 //! - `attempts.rs`: one request's attempts (peer, connect, retry, errors).
-//! - `exchange.rs`: one attempt, full duplex (body up while the response
-//!   comes down, `101` upgrades relayed both ways).
+//! - `exchange.rs`: one attempt on HTTP/1.1, full duplex (body up while the
+//!   response comes down, `101` upgrades relayed both ways).
+//! - `exchange_h2.rs`: one attempt on an HTTP/2 upstream (gRPC), trailers.
 
 mod attempts;
 mod exchange;
+mod exchange_h2;
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
-use pingora::connectors::http::v1::Connector;
+use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::http::ServerSession;
@@ -38,8 +40,8 @@ use super::timer_tick;
 /// The core engine: a pingora-core `HttpServerApp` for the proxy listeners.
 pub struct CoreEngine {
     gate: Gate,
-    /// HTTP/1.1 upstream connections and their keep-alive pool (tollgate's
-    /// upstreams are plain HTTP/1.1; see README, Limitations).
+    /// Upstream connections and their pools: HTTP/1.1 (plain or TLS) kept
+    /// alive, HTTP/2 (`h2c`, `grpc`, `grpcs` nodes) multiplexed.
     connector: Connector,
     shutdown: Shutdown,
     /// Attempts per request at most, whatever the policies say (Pingora's

@@ -381,6 +381,7 @@ mod tests {
             authority: format!("127.0.0.1:{}", 9000 + i),
             weight: 1,
             draining: false,
+            scheme: Default::default(),
         }
     }
 

@@ -1,0 +1,121 @@
+//! An upstream policy's `tls`: how the gateway checks the certificates of
+//! `https://` and `grpcs://` nodes, and the client certificate it shows.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+use super::error::field;
+use super::FieldError;
+
+/// `"tls": {"verify": true, "ca_file" | "ca_pem", "sni", "client_cert", "client_key"}`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSpec {
+    /// Check the node's certificate chain and name (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<bool>,
+    /// Trust these CAs instead of the system's (a file on each node, or PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// The name sent and verified (default: the node URL's host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// mTLS: the PEM chain and key shown to the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+}
+
+impl std::fmt::Debug for UpstreamTlsSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTlsSpec")
+            .field("verify", &self.verify)
+            .field("ca_file", &self.ca_file)
+            .field("sni", &self.sni)
+            .field("client_cert", &self.client_cert.is_some())
+            .field(
+                "client_key",
+                &self.client_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// A checked `tls`: CA certificates and the client pair as DER.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamTlsDer {
+    pub verify: bool,
+    pub sni: Option<String>,
+    /// Empty: the system's roots.
+    pub ca: Vec<Vec<u8>>,
+    pub client: Option<(Vec<Vec<u8>>, Vec<u8>)>,
+}
+
+fn certs(pem: &str, at: &str) -> Result<Vec<Vec<u8>>, FieldError> {
+    let ders = rustls_pemfile::certs(&mut pem.as_bytes())
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| FieldError::new(at, format!("PEM does not parse: {e}")))?;
+    if ders.is_empty() {
+        return Err(FieldError::new(at, "no PEM CERTIFICATE block found"));
+    }
+    for d in &ders {
+        x509_parser::parse_x509_certificate(d)
+            .map_err(|e| FieldError::new(at, format!("not an X.509 certificate: {e}")))?;
+    }
+    Ok(ders)
+}
+
+impl UpstreamTlsSpec {
+    /// Checks the settings (reading `ca_file`) and returns them as DER.
+    pub fn compile(&self, path: &str) -> Result<UpstreamTlsDer, FieldError> {
+        let ca = match (&self.ca_file, &self.ca_pem) {
+            (Some(_), Some(_)) => {
+                return Err(FieldError::new(
+                    field(path, "ca_file"),
+                    "give ca_file or ca_pem, not both",
+                ))
+            }
+            (Some(file), None) => {
+                let at = field(path, "ca_file");
+                let pem = std::fs::read_to_string(file).map_err(|e| {
+                    FieldError::new(&at, format!("cannot read {}: {e}", file.display()))
+                })?;
+                certs(&pem, &at)?
+            }
+            (None, Some(pem)) => certs(pem, &field(path, "ca_pem"))?,
+            (None, None) => Vec::new(),
+        };
+        let client = match (&self.client_cert, &self.client_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let chain = certs(cert, &field(path, "client_cert"))?;
+                let at = field(path, "client_key");
+                let key = rustls_pemfile::private_key(&mut key.as_bytes())
+                    .map_err(|e| FieldError::new(&at, format!("PEM does not parse: {e}")))?
+                    .ok_or_else(|| FieldError::new(&at, "no PEM PRIVATE KEY block found"))?;
+                Some((chain, key.secret_der().to_vec()))
+            }
+            _ => {
+                return Err(FieldError::new(
+                    field(path, "client_cert"),
+                    "client_cert and client_key go together",
+                ))
+            }
+        };
+        if let Some(sni) = &self.sni {
+            if sni.is_empty() || sni.contains(['/', ' ', ':']) {
+                return Err(FieldError::new(field(path, "sni"), "must be a host name"));
+            }
+        }
+        Ok(UpstreamTlsDer {
+            verify: self.verify.unwrap_or(true),
+            sni: self.sni.clone(),
+            ca,
+            client,
+        })
+    }
+}
