@@ -88,6 +88,7 @@ step "bench smoke: balancing" bench/lb.sh --quick
 step "bench smoke: observability" bench/observability.sh --quick
 step "bench smoke: registry" bench/registry.sh --quick
 step "bench smoke: soak" bench/soak.sh --quick
+step "bench smoke: tls" bench/tls.sh --quick
 
 summary
 if ((${#failed[@]} > 0)); then

@@ -425,3 +425,73 @@ fn encrypted_keys_are_served_and_no_key_is_kept_in_clear() {
     );
     assert!(gw.logs().contains("private key stored in clear"));
 }
+
+#[test]
+fn encrypt_key_refuses_without_keys_and_for_what_is_not_a_key() {
+    let dir = TempDir::new("tls-encrypt-cli");
+    let cert = make_cert(dir.path(), "c", &["c.test"]);
+    let run = |conf: &str, input: &std::path::Path| {
+        let p = dir.path().join("c.yaml");
+        std::fs::write(&p, conf).unwrap();
+        std::process::Command::new(bin())
+            .args(["encrypt-key", "-c"])
+            .arg(&p)
+            .arg(input)
+            .output()
+            .unwrap()
+    };
+    let out = run("tls: {}\n", &cert.key_file);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tls.key_encryption_keys is empty"));
+    let keys = "tls: { key_encryption_keys: [\"MTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTE=\"] }\n";
+    let out = run(keys, &cert.cert_file);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no PEM private key"));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn sessions_resume_and_an_expired_certificate_is_served_with_a_warning() {
+    let etcd = Etcd::start();
+    let b = Backend::start("b");
+    let dir = TempDir::new("tls-resume");
+    let gw = tls_gateway(&etcd, &b, "{}");
+    let old = common::tls::make_expired_cert(dir.path(), "old", &["old.test"]);
+    etcd.put(&format!("{CERTS}old"), &cert_value(&["old.test"], &old));
+    wait_presented(&gw, "old.test", "CN = old");
+    wait_for("the expiry warning", CONVERGE, || {
+        gw.logs()
+            .contains("certificate has expired; serving it until it is replaced")
+    });
+
+    // A session saved, then offered again: resumed (TLS 1.2 from the
+    // ticket or id, TLS 1.3 from a ticket), not a full handshake.
+    let addr = gw.listener(0).to_string();
+    for version in ["-tls1_2", "-tls1_3"] {
+        let sess = dir.path().join(format!("session{version}.pem"));
+        let openssl = |io: &str| {
+            let out = std::process::Command::new("openssl")
+                .args([
+                    "s_client",
+                    "-connect",
+                    &addr,
+                    "-servername",
+                    "old.test",
+                    version,
+                    io,
+                ])
+                .arg(&sess)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        let first = openssl("-sess_out");
+        assert!(first.contains("New, TLSv1."), "{version}: {first}");
+        let again = openssl("-sess_in");
+        assert!(
+            again.contains("Reused, TLSv1."),
+            "{version} not resumed: {again}"
+        );
+    }
+}

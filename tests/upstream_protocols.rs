@@ -320,3 +320,44 @@ fn websocket_over_tls_is_relayed_and_logged() {
         ) && gw.logs().contains("\"status\":101")
     });
 }
+
+#[test]
+fn mtls_to_an_upstream_shows_the_policy_s_client_certificate() {
+    let dir = TempDir::new("up-mtls");
+    let server = make_cert(dir.path(), "server", &["server.test"]);
+    let client = make_cert(dir.path(), "gateway-client", &["gateway.test"]);
+    let up = nginx(
+        "ssl",
+        &format!(
+            "ssl_certificate {}; ssl_certificate_key {}; ssl_client_certificate {}; ssl_verify_client on; \
+             location / {{ return 200 \"$ssl_client_s_dn\"; }}",
+            server.cert_file.display(),
+            server.key_file.display(),
+            client.cert_file.display()
+        ),
+    );
+    let gw = gateway(
+        &format!(
+            "routes:\n\
+             - {{ id: with, paths: [\"/with\"], upstream: with }}\n\
+             - {{ id: without, paths: [\"/without\"], upstream: without }}\n\
+             upstreams:\n\
+             \x20\x20with: {{ nodes: [\"https://127.0.0.1:{p}\"], tls: {{ ca_pem: {ca}, sni: server.test, client_cert: {cc}, client_key: {ck} }} }}\n\
+             \x20\x20without: {{ nodes: [\"https://127.0.0.1:{p}\"], tls: {{ ca_pem: {ca}, sni: server.test }} }}\n",
+            p = up.port,
+            ca = json_str(&server.cert_pem),
+            cc = json_str(&client.cert_pem),
+            ck = json_str(&client.key_pem),
+        ),
+        &[],
+    );
+    let r = curl(&[&gw.url("/with")]);
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "CN=gateway-client"),
+        "{r:?}"
+    );
+    // nginx refuses a client without a certificate.
+    let r = curl(&[&gw.url("/without")]);
+    assert_eq!(r.status, 400, "{r:?}");
+}

@@ -256,6 +256,7 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
             "settings come from etcd (<prefix>/settings) when `etcd:` is set",
         ));
     }
+    check_tls(&b)?;
     let keys = Arc::new(
         KeyRing::new(&b.tls.key_encryption_keys)
             .map_err(|e| FieldError::new("tls.key_encryption_keys", e.to_string()))?,
@@ -277,6 +278,45 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
         default_cert,
         certs,
     })
+}
+
+/// The `tls:` section's own fields (certificates are loaded after).
+fn check_tls(b: &Bootstrap) -> Result<(), FieldError> {
+    let tls = &b.tls;
+    if tls.alpn.is_empty() {
+        return Err(FieldError::new(
+            "tls.alpn",
+            "offer at least one of h2, http/1.1",
+        ));
+    }
+    for (i, p) in tls.alpn.iter().enumerate() {
+        if !matches!(p.as_str(), "h2" | "http/1.1") {
+            return Err(FieldError::new(
+                index("tls.alpn", i),
+                format!("{p:?}: the gateway speaks h2 and http/1.1"),
+            ));
+        }
+    }
+    if !(100..=120_000).contains(&tls.handshake_timeout_ms) {
+        return Err(FieldError::new(
+            "tls.handshake_timeout_ms",
+            "must be between 100 and 120000",
+        ));
+    }
+    let h2 = &b.proxy.http2;
+    if !(1..=10_000).contains(&h2.max_concurrent_streams) {
+        return Err(FieldError::new(
+            "proxy.http2.max_concurrent_streams",
+            "must be between 1 and 10000",
+        ));
+    }
+    if !(1024..=16 << 20).contains(&h2.max_header_list_bytes) {
+        return Err(FieldError::new(
+            "proxy.http2.max_header_list_bytes",
+            "must be between 1024 and 16777216",
+        ));
+    }
+    Ok(())
 }
 
 fn load_default_cert(

@@ -254,6 +254,20 @@ mod tests {
     }
 
     #[test]
+    fn schemes_choose_protocol_and_default_port() {
+        for (url, scheme, port) in [
+            ("http://127.0.0.1", NodeScheme::Http, 80),
+            ("https://127.0.0.1", NodeScheme::Https, 443),
+            ("h2c://127.0.0.1:9", NodeScheme::H2c, 9),
+            ("grpc://127.0.0.1", NodeScheme::H2c, 80),
+            ("grpcs://127.0.0.1", NodeScheme::H2s, 443),
+        ] {
+            let u = parse_node_url(url).unwrap();
+            assert_eq!((u.scheme, u.addr.port()), (scheme, port), "{url}");
+        }
+    }
+
+    #[test]
     fn bad_nodes_name_their_field() {
         for (json, want, why) in [
             (
@@ -269,7 +283,22 @@ mod tests {
             (
                 r#"{"nodes":["ftp://127.0.0.1:1"]}"#,
                 "u.nodes[0]",
-                "only http://",
+                "must be http, https, h2c, grpc or grpcs",
+            ),
+            (
+                r#"{"nodes":["grpc://127.0.0.1:1/x"]}"#,
+                "u.nodes[0]",
+                "nothing more",
+            ),
+            (
+                r#"{"nodes":["https://127.0.0.1:1"],"tls":{"ca_pem":"nope"}}"#,
+                "u.tls.ca_pem",
+                "no PEM CERTIFICATE",
+            ),
+            (
+                r#"{"nodes":["https://127.0.0.1:1"],"tls":{"client_cert":"x"}}"#,
+                "u.tls.client_cert",
+                "go together",
             ),
             (r#"{"nodes":["not a url"]}"#, "u.nodes[0]", "not a URL"),
             (

@@ -287,3 +287,26 @@ fn standalone_certs_load_and_a_bad_one_names_its_field() {
     );
     assert_eq!(err(&missing).path, "tls.default_cert.cert_file");
 }
+
+#[test]
+fn tls_and_http2_settings_are_bounded() {
+    for (extra, path) in [
+        ("tls: { alpn: [\"http/2\"] }\n", "tls.alpn[0]"),
+        ("tls: { alpn: [] }\n", "tls.alpn"),
+        (
+            "tls: { handshake_timeout_ms: 5 }\n",
+            "tls.handshake_timeout_ms",
+        ),
+        ("tls: { min_version: \"1.1\" }\n", "tls.min_version"),
+        (
+            "proxy: { http2: { max_concurrent_streams: 0 } }\n",
+            "proxy.http2.max_concurrent_streams",
+        ),
+        (
+            "proxy: { http2: { max_header_list_bytes: 10 } }\n",
+            "proxy.http2.max_header_list_bytes",
+        ),
+    ] {
+        assert_eq!(err(&format!("{GOOD}{extra}")).path, path, "{extra}");
+    }
+}
