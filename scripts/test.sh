@@ -50,12 +50,14 @@ summary() {
     for s in "${failed[@]}"; do printf '  FAILED  %s\n' "$s"; done
 }
 
+# The tests' binary carries the test-only hooks (a request that panics on
+# a header); release builds never do.
 run_tests() {
     if cargo nextest --version >/dev/null 2>&1; then
-        cargo nextest run --workspace --no-fail-fast
+        cargo nextest run --workspace --no-fail-fast --features tollgate/test-hooks
     else
         echo "cargo-nextest not available; falling back to cargo test"
-        cargo test --workspace --no-fail-fast
+        cargo test --workspace --no-fail-fast --features tollgate/test-hooks
     fi
 }
 
@@ -69,15 +71,17 @@ deps_silent() {
 step "deps (again: silent)" deps_silent
 step "fmt" cargo fmt --all -- --check
 step "clippy" cargo clippy --workspace --all-targets -- -D warnings
-step "build" --fatal cargo build --workspace --bins
+step "build" --fatal cargo build --workspace --bins --features tollgate/test-hooks
 step "tests" run_tests
 # The integration tests again on the fallback engine (proxy.engine: pingora):
 # the binary reads the override at start, so every test runs unchanged.
 run_pingora_engine_tests() {
     if cargo nextest --version >/dev/null 2>&1; then
-        TOLLGATE_PROXY_ENGINE=pingora cargo nextest run --workspace --no-fail-fast -E 'kind(test)'
+        TOLLGATE_PROXY_ENGINE=pingora cargo nextest run --workspace --no-fail-fast \
+            --features tollgate/test-hooks -E 'kind(test)'
     else
-        TOLLGATE_PROXY_ENGINE=pingora cargo test --workspace --no-fail-fast --tests
+        TOLLGATE_PROXY_ENGINE=pingora cargo test --workspace --no-fail-fast \
+            --features tollgate/test-hooks --tests
     fi
 }
 step "tests (pingora engine)" run_pingora_engine_tests

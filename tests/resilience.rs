@@ -748,6 +748,10 @@ fn canary_takes_its_share_and_the_header_forces_it() {
 // ------------------------------------------------------------ 9. panic isolation
 
 #[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the test-hooks feature (scripts/test.sh enables it)"
+)]
 fn a_panicking_request_gets_500_while_others_are_served() {
     let a = Backend::start("a");
     let gw = Gateway::start_with_env(

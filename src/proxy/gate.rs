@@ -55,7 +55,8 @@ pub struct Gate {
     trusted_proxies: Vec<IpNet>,
     access_log: Option<AccessLog>,
     /// Test-only: a request carrying this header panics while it is routed
-    /// (from `TOLLGATE_TEST_PANIC_HEADER`; unset in production).
+    /// (from `TOLLGATE_TEST_PANIC_HEADER`, read only by builds with the
+    /// `test-hooks` feature; never in a release build).
     panic_header: Option<HeaderName>,
     request_metrics: bool,
     /// Set when a shutdown or upgrade signal arrives.
@@ -95,9 +96,13 @@ impl Gate {
         draining: Arc<AtomicBool>,
         client: ClientLimits,
     ) -> Self {
+        // Only in builds with the `test-hooks` feature (scripts/test.sh).
+        #[cfg(feature = "test-hooks")]
         let panic_header = std::env::var("TOLLGATE_TEST_PANIC_HEADER")
             .ok()
             .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok());
+        #[cfg(not(feature = "test-hooks"))]
+        let panic_header = None;
         Self {
             cell,
             ids: RequestIds::default(),
