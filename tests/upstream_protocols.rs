@@ -361,3 +361,77 @@ fn mtls_to_an_upstream_shows_the_policy_s_client_certificate() {
     let r = curl(&[&gw.url("/without")]);
     assert_eq!(r.status, 400, "{r:?}");
 }
+
+/// A hand-made HTTP/2 upstream: its first connection answers the first
+/// request's header and part of its body, then sends GOAWAY with
+/// INTERNAL_ERROR and closes; every later connection answers "ok".
+fn goaway_upstream() -> (u16, std::thread::JoinHandle<()>) {
+    use common::h2_frames::{frame, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PREFACE, SETTINGS};
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate().take(4) {
+            let Ok(mut c) = conn else { return };
+            let mut preface = [0u8; 24];
+            if c.read_exact(&mut preface).is_err() || preface != PREFACE {
+                continue;
+            }
+            let _ = c.write_all(&frame(SETTINGS, 0, 0, &[]));
+            let mut head = [0u8; 9];
+            while c.read_exact(&mut head).is_ok() {
+                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                let mut payload = vec![0u8; len];
+                if c.read_exact(&mut payload).is_err() {
+                    break;
+                }
+                let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+                match head[3] {
+                    SETTINGS if head[4] & 1 == 0 => {
+                        let _ = c.write_all(&frame(SETTINGS, 1, 0, &[]));
+                    }
+                    HEADERS if n == 0 => {
+                        let _ = c.write_all(&frame(HEADERS, END_HEADERS, stream, &[0x88]));
+                        let _ = c.write_all(&frame(0, 0, stream, b"partial"));
+                        let mut goaway = stream.to_be_bytes().to_vec();
+                        goaway.extend_from_slice(&2u32.to_be_bytes()); // INTERNAL_ERROR
+                        let _ = c.write_all(&frame(GOAWAY, 0, 0, &goaway));
+                        break;
+                    }
+                    HEADERS => {
+                        let _ = c.write_all(&frame(HEADERS, END_HEADERS, stream, &[0x88]));
+                        let _ = c.write_all(&frame(0, END_STREAM, stream, b"ok"));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    });
+    (port, handle)
+}
+
+#[test]
+fn an_h2_upstream_that_goes_away_mid_stream_fails_that_request_only() {
+    let (port, _server) = goaway_upstream();
+    let gw = gateway(
+        &format!(
+            "routes: [{{ id: a, paths: [\"/*rest\"], upstream: h }}]\n\
+             upstreams: {{ h: {{ nodes: [\"h2c://127.0.0.1:{port}\"] }} }}\n"
+        ),
+        &[],
+    );
+    // The first answer is cut off: the client does not get a whole 200.
+    let first = curl(&[&gw.url("/first")]);
+    assert!(
+        !(first.ok && first.status == 200 && first.body == "ok"),
+        "{first:?}"
+    );
+    assert!(!first.body.contains("ok"), "{first:?}");
+    eprintln!(
+        "first request: status {} body {:?} error {:?}",
+        first.status, first.body, first.stderr
+    );
+    // The next request goes over a new connection and is served.
+    let next = curl(&[&gw.url("/next")]);
+    assert_eq!((next.status, next.body.as_str()), (200, "ok"), "{next:?}");
+}
