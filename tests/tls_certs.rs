@@ -470,7 +470,7 @@ fn sessions_resume_and_an_expired_certificate_is_served_with_a_warning() {
     for version in ["-tls1_2", "-tls1_3"] {
         let sess = dir.path().join(format!("session{version}.pem"));
         let openssl = |io: &str| {
-            let out = std::process::Command::new("openssl")
+            let mut out = std::process::Command::new("openssl")
                 .args([
                     "s_client",
                     "-connect",
@@ -481,13 +481,25 @@ fn sessions_resume_and_an_expired_certificate_is_served_with_a_warning() {
                     io,
                 ])
                 .arg(&sess)
-                .stdin(std::process::Stdio::null())
-                .output()
+                // A whole request, answered and closed by the gateway: the
+                // TLS 1.3 tickets (sent after the handshake) are in by then.
+                .arg("-ign_eof")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
                 .unwrap();
+            let mut stdin = out.stdin.take().unwrap();
+            stdin
+                .write_all(b"GET / HTTP/1.1\r\nHost: old.test\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            drop(stdin);
+            let out = out.wait_with_output().unwrap();
             String::from_utf8_lossy(&out.stdout).to_string()
         };
         let first = openssl("-sess_out");
         assert!(first.contains("New, TLSv1."), "{version}: {first}");
+        assert!(first.contains("HTTP/1.1 200"), "{version}: {first}");
         let again = openssl("-sess_in");
         assert!(
             again.contains("Reused, TLSv1."),
