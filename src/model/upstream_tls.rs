@@ -97,6 +97,17 @@ impl UpstreamTlsSpec {
                 let key = rustls_pemfile::private_key(&mut key.as_bytes())
                     .map_err(|e| FieldError::new(&at, format!("PEM does not parse: {e}")))?
                     .ok_or_else(|| FieldError::new(&at, "no PEM PRIVATE KEY block found"))?;
+                // Loaded and matched here: Pingora's connector unwraps the
+                // key on every connect, so a bad one must never get there.
+                let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+                    .map_err(|e| FieldError::new(&at, format!("unsupported key: {e}")))?;
+                let leaf = rustls_pki_types::CertificateDer::from(chain[0].clone());
+                let pair = rustls::sign::CertifiedKey::new(vec![leaf], signer);
+                if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
+                    pair.keys_match()
+                {
+                    return Err(FieldError::new(&at, "the key does not match client_cert"));
+                }
                 Some((chain, key.secret_der().to_vec()))
             }
             _ => {
@@ -117,5 +128,36 @@ impl UpstreamTlsSpec {
             ca,
             client,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pem(names: &[&str]) -> (String, String) {
+        let c = rcgen::generate_simple_self_signed(
+            names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        (c.cert.pem(), c.key_pair.serialize_pem())
+    }
+
+    #[test]
+    fn a_client_key_that_does_not_load_or_match_is_refused() {
+        let (cert, key) = pem(&["a.test"]);
+        let (_, other) = pem(&["b.test"]);
+        let spec = |k: &str| UpstreamTlsSpec {
+            client_cert: Some(cert.clone()),
+            client_key: Some(k.to_string()),
+            ..Default::default()
+        };
+        assert!(spec(&key).compile("tls").unwrap().client.is_some());
+        let e = spec(&other).compile("tls").unwrap_err();
+        assert_eq!(e.path, "tls.client_key");
+        assert!(e.message.contains("does not match"), "{e}");
+        let garbage = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        let e = spec(garbage).compile("tls").unwrap_err();
+        assert_eq!(e.path, "tls.client_key", "{e}");
     }
 }

@@ -87,7 +87,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
                 .as_ref()
                 .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
         };
-        let mut head = [0u8; 4];
+        let mut head = [0u8; 24];
+        // With h2c on some listener, pingora-core reads 24 bytes (the
+        // length of the HTTP/2 preface) of every plaintext connection
+        // before anything else, with no timeout: read them here, under the
+        // idle timeout and the shutdown grace, so they are already there.
+        let peek = match self.kinds.of(local_port) {
+            Kind::Tls(_) => 4,
+            _ if self.kinds.any_h2c() => 24,
+            _ => 4,
+        };
         let _slot = match self.limits.admit(local_port, peer) {
             Ok(slot) => slot,
             Err(limit) => {
@@ -95,7 +104,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
                 return None;
             }
         };
-        {
+        let stream = {
+            // Held through a TLS handshake too: a stop waits (up to the
+            // grace) for a connection whose first request is still on its way.
             let _awaiting = self.awaiting_request.enter();
             // Reads the first bytes and puts them back for the engine (or
             // the TLS handshake); an error is a client that closed without
@@ -103,7 +114,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
             // longer, and they tell an HTTP/2 preface apart.
             let first = tokio::select! {
                 biased;
-                first = stream.try_peek(&mut head) => first,
+                first = stream.try_peek(&mut head[..peek]) => first,
                 () = self.given_up.wait() => return None,
                 () = tokio::time::sleep(self.idle) => {
                     tracing::debug!("connection sent no request in time; closing it");
@@ -114,10 +125,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
                 tracing::debug!(error = %e, "connection closed before a request");
                 return None;
             }
-        }
+            match self.kinds.of(local_port) {
+                Kind::Tls(acceptor) => tokio::select! {
+                    tls = acceptor.handshake(stream) => tls?,
+                    () = self.given_up.wait() => return None,
+                },
+                _ => stream,
+            }
+        };
         let stream = match self.kinds.of(local_port) {
-            Kind::Tls(acceptor) => acceptor.handshake(stream).await?,
-            Kind::Plain if head == *b"PRI " => {
+            Kind::Tls(_) => stream,
+            Kind::Plain if head.starts_with(b"PRI ") => {
                 // An HTTP/2 preface on a listener without `h2c: true`.
                 METRICS.protocol_refused.with_label_values(&["h2c"]).inc();
                 tracing::debug!("HTTP/2 prior knowledge on a listener without h2c; closing");

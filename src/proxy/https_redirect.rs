@@ -16,6 +16,14 @@ pub fn redirect(
     host: &str,
     https_port: u16,
 ) -> Result<(u16, String), &'static str> {
+    // The router's host has an IPv6 literal's brackets taken off.
+    let bracketed;
+    let host = if host.contains(':') {
+        bracketed = format!("[{host}]");
+        bracketed.as_str()
+    } else {
+        host
+    };
     if !is_plain_host(host) {
         return Err("invalid Host for a redirect to https");
     }
@@ -61,7 +69,7 @@ mod tests {
         assert_eq!((s, l.as_str()), (301, "https://api.test:8443/a/b?x=1"));
         let (s, l) = redirect(&req("POST", "/"), "api.test", 443).unwrap();
         assert_eq!((s, l.as_str()), (308, "https://api.test/"));
-        let (_, l) = redirect(&req("GET", "/"), "[::1]", 443).unwrap();
+        let (_, l) = redirect(&req("GET", "/"), "::1", 443).unwrap();
         assert_eq!(l, "https://[::1]/");
     }
 

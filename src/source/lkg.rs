@@ -26,7 +26,18 @@ pub fn path(state_dir: &Path) -> PathBuf {
 pub fn save<K: Serialize>(state_dir: &Path, lkg: &LastKnownGood<K>) -> std::io::Result<()> {
     let final_path = path(state_dir);
     let tmp = state_dir.join(".last-known-good.json.tmp");
-    let mut f = std::io::BufWriter::with_capacity(256 * 1024, std::fs::File::create(&tmp)?);
+    // Owner-only: the file holds every certificate's private key (in clear
+    // unless tls.key_encryption_keys is set).
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?
+    };
+    let mut f = std::io::BufWriter::with_capacity(256 * 1024, file);
     serde_json::to_writer(&mut f, lkg)?;
     let f = f.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;

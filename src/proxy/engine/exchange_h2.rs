@@ -38,13 +38,16 @@ impl CoreEngine {
         ctx: &mut RequestCtx,
         peer: &HttpPeer,
     ) -> Exchange {
-        let deadline = grpc::timeout(session.req_header());
+        let req = session.req_header();
+        let deadline = grpc::is_grpc(req).then(|| grpc::timeout(req)).flatten();
         let run = self.exchange_h2_inner(session, up, ctx, peer);
         match deadline {
             None => run.await,
+            // The client's own deadline: a 504 (DEADLINE_EXCEEDED) that is
+            // the client's, never retried nor counted against the instance.
             Some(d) => tokio::time::timeout(d, run).await.unwrap_or_else(|_| {
                 Exchange::Failed(
-                    Error::explain(ErrorType::ReadTimedout, "grpc-timeout passed").into_up(),
+                    Error::explain(ErrorType::HTTPStatus(504), "grpc-timeout passed").into_down(),
                 )
             }),
         }
@@ -115,6 +118,9 @@ impl CoreEngine {
                         return Exchange::Failed(e.into_up());
                     }
                     header_done = true;
+                    // From here pauses are bounded by the idle timeout, not
+                    // the read timeout: a quiet gRPC stream is not cut.
+                    up.read_timeout = None;
                     let Some(header) = up.response_header() else {
                         return Exchange::Failed(Error::explain(
                             ErrorType::InvalidHTTPHeader,
