@@ -184,8 +184,14 @@ impl Gateway {
                     clash,
                 ));
             }
+            // Healthy, and every proxy listener bound: Pingora starts the
+            // admin service before the proxy's, so /healthz alone can
+            // answer while the proxy port still refuses connections.
             if http_request("GET", &gw.admin_url("/healthz"), &[], None)
                 .is_ok_and(|r| r.status == 200)
+                && std::iter::once(gw.proxy)
+                    .chain(gw.extra.iter().copied())
+                    .all(|a| std::net::TcpStream::connect(a).is_ok())
             {
                 return Ok(gw);
             }
