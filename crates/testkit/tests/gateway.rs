@@ -40,9 +40,13 @@ fn healthy_fake_gateway_is_driven() {
         &format!(
             "cfg=\"$3\"\n\
              admin=$(sed -n 's/^admin: {{ listen: \"\\(.*\\)\" }}$/\\1/p' \"$cfg\")\n\
+             proxy=$(sed -n 's/^listen: \\[\"\\(.*\\)\"\\]$/\\1/p' \"$cfg\")\n\
              echo \"fake starting: $1 $2 $cfg admin=$admin\"\n\
-             exec {} --name fake --listen \"$admin\"",
-            env!("CARGO_BIN_EXE_echo-backend")
+             {bin} --name proxy --listen \"$proxy\" & p=$!\n\
+             {bin} --name fake --listen \"$admin\" & a=$!\n\
+             trap 'kill $p $a; exit 143' TERM\n\
+             wait $a",
+            bin = env!("CARGO_BIN_EXE_echo-backend")
         ),
     );
     let mut gw = Gateway::start(&bin, "routes: []\n");
@@ -57,8 +61,9 @@ fn healthy_fake_gateway_is_driven() {
     assert_eq!(cfg2, cfg.replace("routes: []", "routes: [x]"));
     assert!(gw.logs().contains("fake starting: run -c"), "{}", gw.logs());
     assert!(gw.state_dir().starts_with(gw.dir()));
-    // Nothing listens on the proxy port in this fake.
-    assert!(gw.request("GET", "/", &[], None).is_err());
+    // start waited for the proxy port too (an echo backend in this fake).
+    let r = gw.request("GET", "/", &[], None).unwrap();
+    assert_eq!(r.header("x-backend"), Some("proxy"), "{r:?}");
 
     assert_eq!(gw.wait_exit(Duration::from_millis(50)), None);
     gw.signal(testkit::SIGTERM);
