@@ -92,7 +92,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
         // length of the HTTP/2 preface) of every plaintext connection
         // before anything else, with no timeout: read them here, under the
         // idle timeout and the shutdown grace, so they are already there.
-        let peek = match self.kinds.of(local_port) {
+        let kind = self.kinds.of(local_port);
+        let peek = match kind {
             Kind::Tls(_) => 4,
             _ if self.kinds.any_h2c() => 24,
             _ => 4,
@@ -125,7 +126,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
                 tracing::debug!(error = %e, "connection closed before a request");
                 return None;
             }
-            match self.kinds.of(local_port) {
+            match kind {
                 Kind::Tls(acceptor) => tokio::select! {
                     tls = acceptor.handshake(stream) => tls?,
                     () = self.given_up.wait() => return None,
@@ -133,7 +134,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
                 _ => stream,
             }
         };
-        let stream = match self.kinds.of(local_port) {
+        let stream = match kind {
             Kind::Tls(_) => stream,
             Kind::Plain if head.starts_with(b"PRI ") => {
                 // An HTTP/2 preface on a listener without `h2c: true`.

@@ -10,6 +10,7 @@ use pingora::protocols::http::v2::server::H2Options;
 use crate::config::Listener;
 use crate::tls::TlsAcceptor;
 
+#[derive(Clone, Copy)]
 pub enum Kind<'a> {
     Plain,
     H2c,
