@@ -52,6 +52,8 @@ pub struct Metrics {
     pub leases_known: IntGauge,
     /// Client connections closed at once by a connection limit, by which.
     pub connections_refused: IntCounterVec,
+    /// HTTP/2 connections closed by the gateway with GOAWAY, by reason.
+    pub http2_goaway: IntCounterVec,
     /// Requests by protocol (http/1.1, h2, h2c) and scheme.
     pub requests_by_protocol: IntCounterVec,
     /// TLS handshakes, by result (ok, failed, timeout).
@@ -274,6 +276,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "tollgate_protocol_refused_total",
             "Connections closed at once: an HTTP/2 preface on a listener without h2c",
             &["protocol"],
+        ),
+        http2_goaway: counter_vec(
+            &r,
+            "tollgate_http2_goaway_total",
+            "HTTP/2 client connections the gateway closed with GOAWAY for abuse or a protocol error, by reason (reset_rate, enhance_your_calm: Rapid Reset before accept or a CONTINUATION flood, protocol_error, compression_error, ...)",
+            &["reason"],
         ),
         registry: {
             let info = IntGaugeVec::new(Opts::new("tollgate_build_info", "Build information"), &["version"])

@@ -9,7 +9,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::etcd_gw::{metric, TempDir};
 use common::h2_frames::{
@@ -17,7 +17,27 @@ use common::h2_frames::{
 };
 use common::tls::{curl, curl_https, make_cert, TestCert};
 use common::{bin, upstream, READY};
-use testkit::{wait_for, Backend, Gateway};
+use testkit::{wait_for, Backend, Gateway, Mode};
+
+/// Connections the gateway closed with a GOAWAY, whatever the reason.
+fn goaways(gw: &Gateway) -> f64 {
+    [
+        "reset_rate",
+        "enhance_your_calm",
+        "protocol_error",
+        "compression_error",
+        "malformed_requests",
+        "other",
+    ]
+    .iter()
+    .map(|r| {
+        metric(
+            gw,
+            &format!("tollgate_http2_goaway_total{{reason=\"{r}\"}}"),
+        )
+    })
+    .sum()
+}
 
 /// Listeners: 0 = TLS, 1 = h2c (plus the plain HTTP/1.1 proxy listener);
 /// `secure` is an `https_only` route.
@@ -242,11 +262,78 @@ fn rapid_reset_costs_the_abuser_its_connection_and_others_are_served() {
     // ENHANCE_YOUR_CALM (0xb), and far fewer streams reached the upstream
     // than were opened.
     assert_eq!(c.goaway_code(), Some(0xb));
+    wait_for("the closed connection to be counted", READY, || {
+        goaways(&gw) == 1.0
+    });
     assert!(
         b.hits() < 1000,
         "{} of {sent} streams reached the upstream",
         b.hits()
     );
+    let r = curl(&[
+        "--http2-prior-knowledge",
+        &format!("http://{}/after", gw.listener(1)),
+    ]);
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// Rapid Reset at the pace of the gateway: every stream is taken up (its
+/// request reaches the upstream) before the client cancels it, which the
+/// codec's bound on resets before accept never sees.
+#[test]
+fn resets_after_accept_past_the_per_second_cap_close_the_connection() {
+    let b = Backend::start("b");
+    b.set_mode(Mode::Stall(Duration::from_secs(3)));
+    let dir = TempDir::new("h2-reset-rate");
+    let cert = make_cert(dir.path(), "api", &["api.test"]);
+    let gw = gateway(
+        &b,
+        &cert,
+        "proxy: { http2: { max_resets_per_second: 20 } }\n",
+    );
+    let mut c = RawH2::connect(gw.listener(1));
+    let block = get_block("api.test", "/slow");
+    // Opens streams `first`, `first + 2`, … (`n` of them), waits until
+    // each request is at the upstream, then cancels them all at once.
+    let open_then_reset = |c: &mut RawH2, first: u32, n: u32| {
+        let ids: Vec<u32> = (0..n).map(|i| first + 2 * i).collect();
+        let hits = b.hits();
+        let opened: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| frame(HEADERS, END_HEADERS | END_STREAM, id, &block))
+            .collect();
+        assert!(c.send(&opened));
+        wait_for("the requests at the upstream", READY, || {
+            b.hits() >= hits + n as usize
+        });
+        let resets: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()))
+            .collect();
+        c.send(&resets)
+    };
+
+    // Under the cap: a client that cancels some requests keeps its
+    // connection, and its next request is answered on it.
+    assert!(open_then_reset(&mut c, 1, 10));
+    b.set_mode(Mode::Normal);
+    assert!(c.send(&frame(HEADERS, END_HEADERS | END_STREAM, 21, &block)));
+    wait_for("the answer on the same connection", READY, || {
+        c.responses() >= 1
+    });
+    assert_eq!(c.goaway_code(), None);
+
+    // Past it: GOAWAY ENHANCE_YOUR_CALM, counted, and the connection closes.
+    b.set_mode(Mode::Stall(Duration::from_secs(3)));
+    open_then_reset(&mut c, 23, 25);
+    wait_for("the abusive connection to be closed", READY, || {
+        c.is_closed()
+    });
+    assert_eq!(c.goaway_code(), Some(0xb));
+    wait_for("the closed connection to be counted", READY, || {
+        metric(&gw, "tollgate_http2_goaway_total{reason=\"reset_rate\"}") == 1.0
+    });
+    b.set_mode(Mode::Normal);
     let r = curl(&[
         "--http2-prior-knowledge",
         &format!("http://{}/after", gw.listener(1)),
@@ -296,6 +383,9 @@ fn a_continuation_flood_or_an_oversized_header_list_is_cut_off() {
         c.goaway_code()
     );
     assert!(c.goaway_code().is_some(), "closed without GOAWAY");
+    wait_for("the closed connection to be counted", READY, || {
+        goaways(&gw) == 1.0
+    });
     assert!(sent < 10_000_000, "all {sent} bytes taken");
     assert_eq!(b.hits(), 0);
 

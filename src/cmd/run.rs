@@ -188,7 +188,14 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
             add_proxy(
                 &mut server,
                 &b.listen,
-                Connections::new(proxy, connections.clone(), idle, limits, kinds),
+                Connections::new(
+                    proxy,
+                    connections.clone(),
+                    idle,
+                    limits,
+                    kinds,
+                    b.proxy.http2.max_resets_per_second,
+                ),
             )
         }
         ProxyEngine::Core => add_proxy(
@@ -200,6 +207,7 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
                 idle,
                 limits,
                 kinds,
+                b.proxy.http2.max_resets_per_second,
             ),
         ),
     }

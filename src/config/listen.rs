@@ -178,6 +178,10 @@ pub struct Http2Config {
     /// more is HTTP/2 Rapid Reset (CVE-2023-44487): GOAWAY ENHANCE_YOUR_CALM.
     #[serde(default = "default_max_pending_resets")]
     pub max_pending_resets: usize,
+    /// Streams the client may reset per second, taken up or not; more is
+    /// Rapid Reset at a steady pace: GOAWAY ENHANCE_YOUR_CALM.
+    #[serde(default = "default_max_resets_per_second")]
+    pub max_resets_per_second: u32,
 }
 
 impl Default for Http2Config {
@@ -186,6 +190,7 @@ impl Default for Http2Config {
             max_concurrent_streams: default_max_concurrent_streams(),
             max_header_list_bytes: default_max_header_list_bytes(),
             max_pending_resets: default_max_pending_resets(),
+            max_resets_per_second: default_max_resets_per_second(),
         }
     }
 }
@@ -198,4 +203,7 @@ fn default_max_header_list_bytes() -> u32 {
 }
 fn default_max_pending_resets() -> usize {
     20
+}
+fn default_max_resets_per_second() -> u32 {
+    100
 }

@@ -316,6 +316,12 @@ fn check_tls(b: &Bootstrap) -> Result<(), FieldError> {
             "must be between 1024 and 16777216",
         ));
     }
+    if !(1..=100_000).contains(&h2.max_resets_per_second) {
+        return Err(FieldError::new(
+            "proxy.http2.max_resets_per_second",
+            "must be between 1 and 100000",
+        ));
+    }
     Ok(())
 }
 

@@ -13,8 +13,9 @@
 //! to [`FIRST_REQUEST_GRACE`] for the connections still without them.
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::Stream;
+use pingora::protocols::ALPN;
 use pingora::server::ShutdownWatch;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,8 @@ use crate::metrics::METRICS;
 /// has to send the first bytes of its request. A client writes its request
 /// right after connecting, so this is reached only by one that sends
 /// nothing: a port probe or an abandoned connection.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
 
 /// Wraps an engine (`A`) on the proxy listeners.
@@ -48,6 +51,8 @@ pub struct Connections<A> {
     limits: Arc<ConnLimits>,
     /// What each listener speaks (plaintext, h2c, TLS).
     kinds: Arc<ListenerKinds>,
+    /// Streams an HTTP/2 client may reset per second (`proxy.http2`).
+    resets_per_second: u32,
 }
 
 impl<A> Connections<A> {
@@ -57,6 +62,7 @@ impl<A> Connections<A> {
         idle: Duration,
         limits: Arc<ConnLimits>,
         kinds: Arc<ListenerKinds>,
+        resets_per_second: u32,
     ) -> Self {
         Self {
             engine: Arc::new(engine),
@@ -66,12 +72,13 @@ impl<A> Connections<A> {
             idle,
             limits,
             kinds,
+            resets_per_second,
         }
     }
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
     async fn process_new(
         self: &Arc<Self>,
         mut stream: Stream,
@@ -134,16 +141,21 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
                 _ => stream,
             }
         };
-        let stream = match kind {
-            Kind::Tls(_) => stream,
+        let http2 = match kind {
+            Kind::Tls(_) => matches!(stream.selected_alpn_proto(), Some(ALPN::H2)),
             Kind::Plain if head.starts_with(b"PRI ") => {
                 // An HTTP/2 preface on a listener without `h2c: true`.
                 METRICS.protocol_refused.with_label_values(&["h2c"]).inc();
                 tracing::debug!("HTTP/2 prior knowledge on a listener without h2c; closing");
                 return None;
             }
-            Kind::Plain | Kind::H2c => stream,
+            Kind::Plain => false,
+            Kind::H2c => head == *H2_PREFACE,
         };
+        if http2 {
+            super::http2::serve(&self.engine, stream, shutdown, self.resets_per_second).await;
+            return None;
+        }
         self.engine.process_new(stream, shutdown).await
     }
 

@@ -19,6 +19,7 @@ mod gate;
 mod grpc;
 mod header_edit;
 mod hop_by_hop;
+mod http2;
 mod https_redirect;
 mod listeners;
 mod path_norm;

@@ -49,6 +49,8 @@ pub struct RawH2 {
     pub stream: TcpStream,
     pub goaway: Arc<AtomicU32>,
     pub closed: Arc<AtomicBool>,
+    /// HEADERS frames received: responses begun.
+    pub responses: Arc<AtomicU32>,
 }
 
 /// No GOAWAY seen yet.
@@ -65,7 +67,8 @@ impl RawH2 {
         let goaway = Arc::new(AtomicU32::new(NO_GOAWAY));
         let closed = Arc::new(AtomicBool::new(false));
         let mut reader = stream.try_clone().unwrap();
-        let (g, c) = (goaway.clone(), closed.clone());
+        let responses = Arc::new(AtomicU32::new(0));
+        let (g, c, r) = (goaway.clone(), closed.clone(), responses.clone());
         std::thread::spawn(move || {
             let mut head = [0u8; 9];
             loop {
@@ -76,6 +79,9 @@ impl RawH2 {
                 let mut payload = vec![0u8; len];
                 if reader.read_exact(&mut payload).is_err() {
                     break;
+                }
+                if head[3] == HEADERS {
+                    r.fetch_add(1, Ordering::SeqCst);
                 }
                 if head[3] == GOAWAY && payload.len() >= 8 {
                     let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
@@ -88,6 +94,7 @@ impl RawH2 {
             stream,
             goaway,
             closed,
+            responses,
         }
     }
 
@@ -99,6 +106,10 @@ impl RawH2 {
     pub fn goaway_code(&self) -> Option<u32> {
         let c = self.goaway.load(Ordering::SeqCst);
         (c != NO_GOAWAY).then_some(c)
+    }
+
+    pub fn responses(&self) -> u32 {
+        self.responses.load(Ordering::SeqCst)
     }
 
     pub fn is_closed(&self) -> bool {
