@@ -7,6 +7,7 @@ pub mod error;
 pub mod instance;
 pub mod path_policy;
 pub mod pattern;
+pub mod pem;
 pub mod policy;
 pub mod preservation;
 pub mod rate_limit;

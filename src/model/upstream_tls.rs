@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 use super::error::field;
+use super::pem;
 use super::FieldError;
 
 /// `"tls": {"verify": true, "ca_file" | "ca_pem", "sni", "client_cert", "client_key"}`.
@@ -55,18 +56,10 @@ pub struct UpstreamTlsDer {
 }
 
 fn certs(pem: &str, at: &str) -> Result<Vec<Vec<u8>>, FieldError> {
-    let ders = rustls_pemfile::certs(&mut pem.as_bytes())
-        .map(|c| c.map(|c| c.to_vec()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| FieldError::new(at, format!("PEM does not parse: {e}")))?;
-    if ders.is_empty() {
-        return Err(FieldError::new(at, "no PEM CERTIFICATE block found"));
-    }
-    for d in &ders {
-        x509_parser::parse_x509_certificate(d)
-            .map_err(|e| FieldError::new(at, format!("not an X.509 certificate: {e}")))?;
-    }
-    Ok(ders)
+    Ok(pem::certs(pem, at)?
+        .into_iter()
+        .map(|c| c.to_vec())
+        .collect())
 }
 
 impl UpstreamTlsSpec {
@@ -92,22 +85,14 @@ impl UpstreamTlsSpec {
         let client = match (&self.client_cert, &self.client_key) {
             (None, None) => None,
             (Some(cert), Some(key)) => {
-                let chain = certs(cert, &field(path, "client_cert"))?;
+                let chain = pem::certs(cert, &field(path, "client_cert"))?;
                 let at = field(path, "client_key");
-                let key = rustls_pemfile::private_key(&mut key.as_bytes())
-                    .map_err(|e| FieldError::new(&at, format!("PEM does not parse: {e}")))?
-                    .ok_or_else(|| FieldError::new(&at, "no PEM PRIVATE KEY block found"))?;
+                let key = pem::private_key(key.as_bytes(), &at)?;
                 // Loaded and matched here: Pingora's connector unwraps the
                 // key on every connect, so a bad one must never get there.
-                let signer = rustls::crypto::ring::sign::any_supported_type(&key)
-                    .map_err(|e| FieldError::new(&at, format!("unsupported key: {e}")))?;
+                let chain: Vec<Vec<u8>> = chain.into_iter().map(|c| c.to_vec()).collect();
                 let leaf = rustls_pki_types::CertificateDer::from(chain[0].clone());
-                let pair = rustls::sign::CertifiedKey::new(vec![leaf], signer);
-                if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
-                    pair.keys_match()
-                {
-                    return Err(FieldError::new(&at, "the key does not match client_cert"));
-                }
+                pem::certified_key(vec![leaf], &key, &at, "client_cert")?;
                 Some((chain, key.secret_der().to_vec()))
             }
             _ => {

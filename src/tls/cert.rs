@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::keyring::{is_encrypted, KeyRing};
 use crate::model::cert::{CertSpec, Sni};
 use crate::model::error::field;
+use crate::model::pem;
 use crate::model::FieldError;
 
 /// A certificate as the handshake uses it.
@@ -82,13 +82,8 @@ pub fn load_pair(
 ) -> Result<(Arc<CertifiedKey>, i64, i64), FieldError> {
     let cert_at = field(at, "cert");
     let key_at = field(at, "key");
-    let chain = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-        .collect::<Result<Vec<CertificateDer<'static>>, _>>()
-        .map_err(|e| FieldError::new(&cert_at, format!("PEM does not parse: {e}")))?;
-    let Some(leaf) = chain.first() else {
-        return Err(FieldError::new(&cert_at, "no PEM CERTIFICATE block found"));
-    };
-    let (_, parsed) = x509_parser::parse_x509_certificate(leaf).map_err(|e| {
+    let chain = pem::certs(cert_pem, &cert_at)?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| {
         FieldError::new(&cert_at, format!("the first certificate is not X.509: {e}"))
     })?;
     let validity = parsed.validity();
@@ -106,24 +101,7 @@ pub fn load_pair(
     } else {
         key_text.as_bytes()
     };
-    let der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &*key_pem)
-        .map_err(|e| FieldError::new(&key_at, format!("PEM does not parse: {e}")))?
-        .ok_or_else(|| FieldError::new(&key_at, "no PEM PRIVATE KEY block found"))?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| {
-        FieldError::new(
-            &key_at,
-            format!("unsupported key (RSA 2048+, ECDSA P-256/P-384 or Ed25519): {e}"),
-        )
-    })?;
-    let certified = CertifiedKey::new(chain, signer);
-    match certified.keys_match() {
-        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-        Err(_) => {
-            return Err(FieldError::new(
-                &key_at,
-                "the key does not match the certificate (the leaf's public key differs)",
-            ))
-        }
-    }
+    let der = pem::private_key(key_pem, &key_at)?;
+    let certified = pem::certified_key(chain, &der, &key_at, "the certificate")?;
     Ok((Arc::new(certified), not_before, not_after))
 }
