@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use crate::model::rate_limit::{LimitKey, RateLimitSpec};
 use crate::model::settings::SettingsSpec;
 use crate::model::{FieldError, Node, Route, Timeouts, UpstreamSpec};
+use crate::plugins::PluginList;
 use crate::snapshot::{build, UpstreamTable};
 use crate::tls::{KeyRing, LoadedCert};
 
@@ -39,6 +40,8 @@ pub struct ConfigModel {
     pub timeouts: Timeouts,
     /// The default rate limit (standalone `settings.rate_limit`).
     pub default_limit: Option<(RateLimitSpec, LimitKey)>,
+    /// Standalone `settings.plugins`, compiled.
+    pub global_plugins: PluginList,
     pub trusted_proxies: Vec<IpNet>,
     /// `tls.key_encryption_keys`, ready to decrypt stored keys.
     pub keys: Arc<KeyRing>,
@@ -263,8 +266,8 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
     );
     let default_cert = load_default_cert(&b, &keys)?;
     let certs = load_certs(&b, &keys)?;
-    let limit_key = b.settings.validate("settings")?;
-    let default_limit = b.settings.rate_limit.clone().zip(limit_key);
+    let settings = b.settings.validate("settings")?;
+    let default_limit = b.settings.rate_limit.clone().zip(settings.limit_key);
     let base = b.proxy.timeout.apply(Timeouts::default());
     let timeouts = b.settings.timeout.map_or(base, |t| t.apply(base));
     Ok(ConfigModel {
@@ -273,6 +276,7 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
         upstreams,
         timeouts,
         default_limit,
+        global_plugins: settings.plugins,
         trusted_proxies,
         keys,
         default_cert,

@@ -7,6 +7,7 @@ use super::pattern::PathPattern;
 use super::policy::CanarySpec;
 use super::rate_limit::{LimitKey, RateLimitSpec};
 use super::timeout::TimeoutSpec;
+use crate::plugins::PluginList;
 
 /// A route as operators write it: in the bootstrap file's `routes:` list or
 /// as the JSON value of `/tollgate/routes/<id>`. Unknown fields are
@@ -51,22 +52,12 @@ pub struct RouteSpec {
     /// Send a share of this route's traffic to another upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanarySpec>,
+    /// An ordered list of one-key objects, `{"cors": {...}}` (see `plugins`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<serde_json::Value>,
 }
 
-/// The most a body limit may be: 1 TiB.
-pub const MAX_BODY_LIMIT: u64 = 1 << 40;
-
-/// A request body limit: 1 byte to [`MAX_BODY_LIMIT`].
-pub fn check_body_limit(path: &str, v: u64) -> Result<(), FieldError> {
-    if (1..=MAX_BODY_LIMIT).contains(&v) {
-        Ok(())
-    } else {
-        Err(FieldError::new(
-            path,
-            format!("must be 1 to {MAX_BODY_LIMIT} bytes, got {v}"),
-        ))
-    }
-}
+pub use crate::plugins::request_size::{check_body_limit, MAX_BODY_LIMIT};
 
 /// The HTTP methods a route may name; anything else is almost surely a typo.
 pub const METHODS: [&str; 9] = [
@@ -97,6 +88,8 @@ pub struct Route {
     pub methods: MethodMask,
     /// The parsed `rate_limit.key`, when the route has its own limit.
     pub limit_key: Option<LimitKey>,
+    /// The route's own plugins, compiled.
+    pub plugins: PluginList,
 }
 
 impl Route {
@@ -217,6 +210,7 @@ impl RouteSpec {
             .as_ref()
             .map(|l| l.validate(&field(path, "rate_limit")))
             .transpose()?;
+        let plugins = PluginList::compile(&self.plugins, &field(path, "plugins"))?;
         Ok(Route {
             id: id.to_string(),
             spec: self,
@@ -224,6 +218,7 @@ impl RouteSpec {
             hosts,
             methods,
             limit_key,
+            plugins,
         })
     }
 }

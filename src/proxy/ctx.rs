@@ -87,6 +87,9 @@ pub struct RequestCtx {
     pub max_body: u64,
     /// What the client spoke (HTTP/1.1 or 2, TLS or not).
     pub protocol: Protocol,
+    /// How many of the route's plugins passed the request on: their
+    /// response phases run on whatever answer the request gets.
+    pub plugins_entered: usize,
 }
 
 impl RequestCtx {
@@ -106,6 +109,7 @@ impl RequestCtx {
             upstream_took: None,
             max_body: u64::MAX,
             protocol: Protocol::default(),
+            plugins_entered: 0,
         }
     }
 
@@ -122,6 +126,17 @@ impl RequestCtx {
 
     pub fn route(&self) -> Option<&RouteEntry> {
         self.route.as_deref()
+    }
+
+    /// Runs the response phases of the plugins the request went through.
+    pub fn plugin_responses(
+        &self,
+        req: &pingora::http::RequestHeader,
+        resp: &mut pingora::http::ResponseHeader,
+    ) {
+        if let Some(chain) = self.route().and_then(|r| r.plugins.as_deref()) {
+            chain.response(self.plugins_entered, req, resp);
+        }
     }
 
     /// Feeds the current attempt's outcome to passive health.

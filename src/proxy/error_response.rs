@@ -1,7 +1,7 @@
 //! Errors the gateway itself answers: JSON `{"error", "request_id"}`.
 
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::ServerSession;
 use pingora::{Error, ErrorSource, ErrorType};
 
@@ -100,8 +100,29 @@ pub async fn respond_with(
     request_id: &str,
     extra: &[(&'static str, String)],
 ) {
-    if super::grpc::is_grpc(session.req_header()) && !extra.iter().any(|(n, _)| *n == "location") {
-        return super::grpc::respond(session, status, message, request_id).await;
+    respond_edited(session, status, Some(message), request_id, |_, resp| {
+        for (name, value) in extra {
+            let _ = resp.insert_header(*name, value.as_str());
+        }
+    })
+    .await;
+}
+
+/// The gateway's own answer: a JSON error (`message`), or an empty body
+/// (`None`: a 204 preflight, a redirect), with `edit` run on the header
+/// before it goes (extra headers; the response phases of the plugins the
+/// request passed). A gRPC client gets a gRPC error instead of a 4xx/5xx.
+pub async fn respond_edited(
+    session: &mut ServerSession,
+    status: u16,
+    message: Option<&str>,
+    request_id: &str,
+    edit: impl FnOnce(&RequestHeader, &mut ResponseHeader),
+) {
+    if let (Some(message), true) = (message, status >= 400) {
+        if super::grpc::is_grpc(session.req_header()) {
+            return super::grpc::respond(session, status, message, request_id).await;
+        }
     }
     if expects_continue(session) && session.response_written().is_none() && !session.is_body_done()
     {
@@ -109,16 +130,18 @@ pub async fn respond_with(
         // may send it anyway or never. Do not wait to drain it for reuse.
         session.set_keepalive(None);
     }
-    let body = body(message, request_id);
+    let body = message.map_or_else(Bytes::new, |m| body(m, request_id));
     let written = async {
-        let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
-        for (name, value) in extra {
-            resp.insert_header(*name, value.as_str())?;
+        let mut resp = ResponseHeader::build(status, Some(8))?;
+        if message.is_some() {
+            resp.insert_header("content-type", "application/json")?;
         }
-        resp.insert_header("content-type", "application/json")?;
-        resp.insert_header("content-length", body.len().to_string())?;
+        if !matches!(status, 204 | 304) {
+            resp.insert_header("content-length", body.len().to_string())?;
+        }
         resp.insert_header("cache-control", "no-store")?;
         resp.insert_header("x-request-id", request_id)?;
+        edit(session.req_header(), &mut resp);
         session.write_response_header(Box::new(resp)).await?;
         session.write_response_body(body, true).await
     }

@@ -7,7 +7,7 @@
 
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::ServerSession;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
@@ -34,10 +34,11 @@ use crate::model::path_policy::PathPolicy;
 
 /// Failure lines of requests no route took (an engine-level failure).
 static UNROUTED_FAILURES: FailureLog = FailureLog::new();
-use super::https_redirect;
 use super::protocol::Protocol;
 use super::upstream_peer;
 use crate::model::policy::HashKey;
+use crate::plugins::https_redirect;
+use crate::plugins::PluginRequest;
 use crate::snapshot::{RouteEntry, SnapshotCell};
 
 pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -256,12 +257,41 @@ impl Gate {
             self.to_https(session, ctx).await;
             return true;
         }
-        if framing::declared_length(req).is_some_and(|n| n > ctx.max_body) {
+        if let Some(chain) = route.plugins.as_deref() {
+            // The onion's way in: each plugin in order, any may answer.
+            let client_ip = if chain.needs_client_ip() {
+                self.client_ip(session)
+            } else {
+                None
+            };
+            let mut req = PluginRequest {
+                header: session.req_header_mut(),
+                client_ip,
+                host_of,
+                tls: ctx.protocol.is_tls(),
+                https_port: self.client.https_port,
+                max_body: &mut ctx.max_body,
+            };
+            match chain.request(&mut req) {
+                Ok(passed) => ctx.plugins_entered = passed,
+                Err((outside, reply)) => {
+                    ctx.plugins_entered = outside;
+                    if reply.status >= 400 {
+                        // The client may not have sent all of its body.
+                        session.set_keepalive(None);
+                    }
+                    self.answer(session, ctx, reply.status, reply.message, &reply.headers)
+                        .await;
+                    return true;
+                }
+            }
+        }
+        if framing::declared_length(session.req_header()).is_some_and(|n| n > ctx.max_body) {
             // Refused before an upstream is chosen, and before a client
             // that waits for `100 Continue` sends any of it.
             session.set_keepalive(None);
-            let message = "request body too large";
-            error_response::respond(session, 413, message, ctx.request_id()).await;
+            self.answer(session, ctx, 413, Some("request body too large"), &[])
+                .await;
             return true;
         }
         match self.rate_limit(session, route) {
@@ -269,18 +299,41 @@ impl Gate {
             Err(limited) => {
                 route.metrics.rate_limited();
                 let headers = [
-                    ("retry-after", limited.retry_after_secs.to_string()),
-                    ("x-ratelimit-limit", limited.limit.to_string()),
-                    ("x-ratelimit-remaining", "0".to_string()),
+                    (
+                        http::header::RETRY_AFTER,
+                        HeaderValue::from(limited.retry_after_secs),
+                    ),
+                    (X_RATELIMIT_LIMIT.clone(), HeaderValue::from(limited.limit)),
+                    (X_RATELIMIT_REMAINING.clone(), HeaderValue::from_static("0")),
                 ];
-                let id = request_id::as_str(&ctx.request_id);
-                error_response::respond_with(session, 429, "rate limited", id, &headers).await;
+                self.answer(session, ctx, 429, Some("rate limited"), &headers)
+                    .await;
                 return true;
             }
         }
         ctx.leaf = Some(route.upstream_for(&session.req_header().headers).clone());
         error_response::continue_if_expected(session).await;
         false
+    }
+
+    /// The gateway's own answer to a routed request (a plugin's, 413, 429,
+    /// a failure), seen on its way out by the plugins the request passed.
+    async fn answer(
+        &self,
+        session: &mut ServerSession,
+        ctx: &RequestCtx,
+        status: u16,
+        message: Option<&str>,
+        extra: &[(HeaderName, HeaderValue)],
+    ) {
+        let id = ctx.request_id();
+        error_response::respond_edited(session, status, message, id, |req, resp| {
+            for (name, value) in extra {
+                let _ = resp.append_header(name.clone(), value.clone());
+            }
+            ctx.plugin_responses(req, resp);
+        })
+        .await;
     }
 
     /// A plaintext request to an `https_only` route: a redirect to the TLS
@@ -377,7 +430,13 @@ impl Gate {
     /// latency, `X-Request-Id` and the `X-RateLimit-*` the route advertises.
     /// `chunked`: the upstream's body is close-delimited (HTTP/1.0 style);
     /// re-frame it as chunked so the client connection can be kept.
-    pub fn edit_response(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx, chunked: bool) {
+    pub fn edit_response(
+        &self,
+        req: &RequestHeader,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        chunked: bool,
+    ) {
         if let Some(sent) = ctx.upstream_sent {
             ctx.upstream_took.get_or_insert_with(|| sent.elapsed());
         }
@@ -401,6 +460,8 @@ impl Gate {
                 h.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining));
             }
         });
+        // The onion's way out.
+        ctx.plugin_responses(req, resp);
     }
 
     /// Answers a request that could not be proxied: the JSON error, unless
@@ -418,7 +479,7 @@ impl Gate {
         // Neither engine reuses a connection after a failure: say so.
         session.set_keepalive(None);
         if code > 0 && error_response::final_response(session).is_none() {
-            error_response::respond(session, code, message, ctx.request_id()).await;
+            self.answer(session, ctx, code, Some(message), &[]).await;
         }
         let log = ctx.route().map_or(&UNROUTED_FAILURES, |r| &r.failure_log);
         if let Some(held) = log.gate(code).admit(crate::limiter::now_ns()) {

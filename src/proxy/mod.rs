@@ -20,7 +20,6 @@ mod grpc;
 mod header_edit;
 mod hop_by_hop;
 mod http2;
-mod https_redirect;
 mod listeners;
 mod path_norm;
 #[cfg(test)]

@@ -139,7 +139,8 @@ impl ProxyHttp for Gateway {
         if upstream_response.status.is_informational() && upstream_response.status != 101 {
             return Ok(());
         }
-        self.gate.edit_response(upstream_response, ctx, false);
+        self.gate
+            .edit_response(session.req_header(), upstream_response, ctx, false);
         if self.gate.draining() {
             // Draining: the client learns now that this connection ends.
             session.set_keepalive(None);

@@ -9,6 +9,7 @@ use super::{Canary, RouteEntry, Snapshot, UpstreamTable};
 use crate::limiter::RouteLimiter;
 use crate::metrics::RouteMetrics;
 use crate::model::Route;
+use crate::plugins::{Chain, PluginList};
 use crate::router::RouteShape;
 
 /// A valid route that could not be served because an earlier route holds
@@ -34,6 +35,7 @@ pub fn entry_for(
     route: &Route,
     table: &mut UpstreamTable,
     limiter: Option<Arc<RouteLimiter>>,
+    global_plugins: &PluginList,
 ) -> Arc<RouteEntry> {
     Arc::new(RouteEntry {
         id: route.id.as_str().into(),
@@ -52,6 +54,7 @@ pub fn entry_for(
         limiter,
         metrics: RouteMetrics::new(&route.id),
         failure_log: Default::default(),
+        plugins: Chain::join(global_plugins, &route.plugins),
     })
 }
 
@@ -62,7 +65,7 @@ pub fn build(routes: &[&Route], table: &mut UpstreamTable) -> (Snapshot, Vec<Rej
     let mut snap = Snapshot::default();
     let mut rejected = Vec::new();
     for route in routes {
-        let entry = entry_for(route, table, None);
+        let entry = entry_for(route, table, None, &PluginList::default());
         if let Err(c) = snap
             .router
             .insert(&entry.id, entry.clone(), &shape_of(route))

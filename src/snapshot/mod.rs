@@ -23,6 +23,7 @@ use crate::log_gate::FailureLog;
 use crate::metrics::RouteMetrics;
 use crate::model::policy::CanarySpec;
 use crate::model::{TimeoutSpec, Timeouts};
+use crate::plugins::Chain;
 use crate::router::Router;
 
 /// One route as served.
@@ -44,6 +45,9 @@ pub struct RouteEntry {
     pub metrics: RouteMetrics,
     /// Rate-limits the route's "request failed" warnings.
     pub failure_log: FailureLog,
+    /// The settings' plugins around the route's own; `None` when neither
+    /// has any.
+    pub plugins: Option<Arc<Chain>>,
 }
 
 /// A share of a route's traffic sent to another upstream.

@@ -35,6 +35,7 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
 pub fn apply(store: &mut Store, model: ConfigModel) {
     store.set_default_timeouts(model.timeouts);
     store.set_default_limit(model.default_limit);
+    store.set_global_plugins(model.global_plugins);
     store.replace_all(model.routes, model.upstreams);
     store.replace_certs(model.certs);
     let report = store.publish();

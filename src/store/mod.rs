@@ -16,6 +16,7 @@ use std::time::Instant;
 use crate::limiter::{self, RouteLimiter};
 use crate::model::rate_limit::{LimitKey, RateLimitSpec};
 use crate::model::{Node, Route, Timeouts, UpstreamSpec};
+use crate::plugins::PluginList;
 use crate::snapshot::{entry_for, shape_of, Rejected, RouteEntry, SnapshotCell, UpstreamTable};
 use crate::tls::LoadedCert;
 use certs::CertBook;
@@ -53,6 +54,8 @@ pub struct Store {
     limiters: BTreeMap<String, Arc<RouteLimiter>>,
     /// TLS certificates by id and name.
     certs: CertBook,
+    /// The settings' plugins, around every route's own.
+    global_plugins: PluginList,
 }
 
 impl Store {
@@ -70,6 +73,7 @@ impl Store {
             default_limit: None,
             limiters: BTreeMap::new(),
             certs: CertBook::default(),
+            global_plugins: PluginList::default(),
         }
     }
 
@@ -205,6 +209,17 @@ impl Store {
         self.changed.extend(ids);
     }
 
+    /// Sets the settings' plugins; every route is re-placed with its new
+    /// chain.
+    pub fn set_global_plugins(&mut self, plugins: PluginList) {
+        if self.global_plugins == plugins {
+            return;
+        }
+        self.global_plugins = plugins;
+        let ids: Vec<String> = self.desired.keys().cloned().collect();
+        self.changed.extend(ids);
+    }
+
     /// The limiter a route gets: its own limit or the default; the same
     /// limiter (and bucket levels) as before if the limit did not change.
     fn limiter_for(&mut self, id: &str, route: &Route) -> Option<Arc<RouteLimiter>> {
@@ -276,7 +291,7 @@ impl Store {
                 };
                 if in_place.contains(id) {
                     let limiter = self.limiter_for(id, &route);
-                    let entry = entry_for(&route, &mut self.table, limiter);
+                    let entry = entry_for(&route, &mut self.table, limiter, &self.global_plugins);
                     snap.router.replace(id, entry.clone(), &shape_of(&route));
                     self.served.insert(id.clone(), (route, entry));
                     continue;
@@ -286,7 +301,7 @@ impl Store {
                     previous.insert(id.clone(), (old, entry));
                 }
                 let limiter = self.limiter_for(id, &route);
-                let entry = entry_for(&route, &mut self.table, limiter);
+                let entry = entry_for(&route, &mut self.table, limiter, &self.global_plugins);
                 match snap
                     .router
                     .insert(&entry.id, entry.clone(), &shape_of(&route))

@@ -307,7 +307,8 @@ impl CoreEngine {
             && !end
             && !header.headers.contains_key(http::header::TRANSFER_ENCODING)
             && !header.headers.contains_key(http::header::CONTENT_LENGTH);
-        self.gate.edit_response(&mut header, ctx, chunked);
+        self.gate
+            .edit_response(session.req_header(), &mut header, ctx, chunked);
         if self.gate.draining() {
             // Draining: the client learns now that this connection ends.
             session.set_keepalive(None);

@@ -145,7 +145,8 @@ impl CoreEngine {
                     let chunked = !session.is_http2()
                         && !end
                         && !header.headers.contains_key(http::header::CONTENT_LENGTH);
-                    self.gate.edit_response(&mut header, ctx, chunked);
+                    self.gate
+                        .edit_response(session.req_header(), &mut header, ctx, chunked);
                     // A header that ends the stream stays one frame (gRPC's
                     // trailers-only answer carries its status in it).
                     let written = if end {

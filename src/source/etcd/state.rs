@@ -209,12 +209,14 @@ impl EtcdState {
             Key::Settings => match from_json::<SettingsSpec>(value)
                 .and_then(|s| s.validate("").map(|k| (s, k)))
             {
-                Ok((s, limit_key)) => {
+                Ok((s, valid)) => {
                     let t = s
                         .timeout
                         .map_or(self.base_timeouts, |t| t.apply(self.base_timeouts));
                     self.store.set_default_timeouts(t);
-                    self.store.set_default_limit(s.rate_limit.zip(limit_key));
+                    self.store
+                        .set_default_limit(s.rate_limit.zip(valid.limit_key));
+                    self.store.set_global_plugins(valid.plugins);
                     true
                 }
                 Err(e) => {
@@ -298,6 +300,7 @@ impl EtcdState {
             Key::Settings => {
                 self.store.set_default_timeouts(self.base_timeouts);
                 self.store.set_default_limit(None);
+                self.store.set_global_plugins(Default::default());
             }
             Key::Instance { service, id } => {
                 let kept = gone.is_some_and(|k| self.instance_gone(service, id, &k, relisted));
