@@ -56,6 +56,8 @@ enum Verb {
     /// Encrypt a PEM private key with the config's tls.key_encryption_keys
     /// (prints `enc:v1:…`, the value to store as a certificate's `key`).
     EncryptKey(tollgate::cmd::encrypt_key::EncryptKeyArgs),
+    /// Print what a consumer stores for an API key (`{"key_sha256": …}`).
+    HashSecret(tollgate::cmd::hash_secret::HashSecretArgs),
 }
 
 fn main() {
@@ -91,6 +93,16 @@ fn main() {
                 }
             }
         }
+        Verb::HashSecret(args) => match tollgate::cmd::hash_secret::hash_secret(&args) {
+            Ok(line) => {
+                println!("{line}");
+                0
+            }
+            Err(e) => {
+                eprintln!("tollgate hash-secret: {e:#}");
+                1
+            }
+        },
     };
     std::process::exit(code);
 }

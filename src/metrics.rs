@@ -52,6 +52,8 @@ pub struct Metrics {
     pub leases_known: IntGauge,
     /// Client connections closed at once by a connection limit, by which.
     pub connections_refused: IntCounterVec,
+    /// Requests by authenticated consumer.
+    pub consumer_requests: IntCounterVec,
     /// HTTP/2 connections closed by the gateway with GOAWAY, by reason.
     pub http2_goaway: IntCounterVec,
     /// Requests by protocol (http/1.1, h2, h2c) and scheme.
@@ -276,6 +278,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "tollgate_protocol_refused_total",
             "Connections closed at once: an HTTP/2 preface on a listener without h2c",
             &["protocol"],
+        ),
+        consumer_requests: counter_vec(
+            &r,
+            "tollgate_consumer_requests_total",
+            "Requests by the consumer an auth plugin identified",
+            &["consumer"],
         ),
         http2_goaway: counter_vec(
             &r,

@@ -252,3 +252,119 @@ fn a_bad_plugin_config_in_etcd_is_refused_and_the_previous_version_keeps_serving
     wait_for("the settings' plugin gone", READY, || g(&gw).is_none());
     assert_eq!(v(&gw).as_deref(), Some("1"));
 }
+
+fn sha256_hex(secret: &str) -> String {
+    let out = std::process::Command::new(common::bin())
+        .args(["hash-secret", secret])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let line = String::from_utf8(out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    v["key_sha256"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn key_auth_names_the_consumer_upstream_and_refuses_missing_or_wrong_keys() {
+    let b = Backend::start("b");
+    let gw = start(&format!(
+        "access_log: {{ enabled: true, path: \"-\" }}\n\
+         consumers:\n\
+         - {{ name: alice, key_auth: {{ key_sha256: \"{}\" }} }}\n\
+         - {{ name: bob, key_auth: {{ key_sha256: \"{}\" }} }}\n\
+         routes:\n\
+         - {{ id: keyed, paths: [\"/keyed/*rest\"], upstream: b, plugins: [{{cors: {{origins: [\"{ORIGIN}\"]}}}}, {{key-auth: {{}}}}] }}\n\
+         - {{ id: query, paths: [\"/q\"], upstream: b, plugins: [{{key-auth: {{query: apikey}}}}] }}\n\
+         - {{ id: plain, paths: [\"/plain\"], upstream: b }}\n\
+         upstreams:\n{}",
+        sha256_hex("alice-key"),
+        sha256_hex("bob-key"),
+        upstream("b", &[&b])
+    ));
+    // Missing and wrong keys: 401, with the CORS headers of the plugin
+    // outside, and nothing upstream.
+    let r = send(&gw, "GET", "/keyed/x", &[("origin", ORIGIN)]);
+    assert_gateway_error(&r, 401, "missing API key");
+    assert_eq!(r.header("access-control-allow-origin"), Some(ORIGIN));
+    for wrong in ["alice-kez", "blice-key", "alice-key2", ""] {
+        let r = send(&gw, "GET", "/keyed/x", &[("apikey", wrong)]);
+        assert_eq!(r.status, 401, "{wrong:?}: {r:?}");
+    }
+    assert_eq!(b.hits(), 0);
+    // The right key: the upstream learns who, never sees the key, and a
+    // name the client claims is replaced.
+    let r = send(
+        &gw,
+        "GET",
+        "/keyed/x",
+        &[("apikey", "bob-key"), ("x-consumer-name", "alice")],
+    );
+    let j = echo(&r);
+    assert_eq!(j["headers"]["x-consumer-name"], "bob", "{j}");
+    assert!(j["headers"].get("apikey").is_none(), "{j}");
+    // A route without auth passes no claimed name on.
+    let j = echo(&send(&gw, "GET", "/plain", &[("x-consumer-name", "alice")]));
+    assert!(j["headers"].get("x-consumer-name").is_none(), "{j}");
+    // A key in the query is taken out of it.
+    let j = echo(&send(&gw, "GET", "/q?a=1&apikey=alice-key&b=2", &[]));
+    assert_eq!(j["path"], "/q?a=1&b=2");
+    assert_eq!(j["headers"]["x-consumer-name"], "alice");
+    assert_eq!(send(&gw, "GET", "/q?a=1", &[]).status, 401);
+
+    wait_for("the consumer in the access log", READY, || {
+        gw.logs()
+            .contains("\"route\":\"keyed\",\"consumer\":\"bob\"")
+    });
+    assert_eq!(
+        metric(&gw, "tollgate_consumer_requests_total{consumer=\"alice\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn a_consumer_put_deleted_or_refused_in_etcd_applies_on_the_next_request() {
+    let b = Backend::start("b");
+    let etcd = Etcd::start();
+    let c = etcd.client();
+    c.put(
+        "/tollgate/upstreams/b",
+        &serde_json::json!({ "nodes": [b.url()] }).to_string(),
+    );
+    c.put(
+        &format!("{ROUTES}api"),
+        &serde_json::json!({"paths": ["/api"], "upstream": "b", "plugins": [{"key-auth": {}}]})
+            .to_string(),
+    );
+    let gw = start_gw("consumers", &[etcd.endpoint()]);
+    let status = |key: &str| {
+        http_request("GET", &gw.url("/api"), &[("apikey", key)], None)
+            .map(|r| r.status)
+            .unwrap_or(0)
+    };
+    wait_for("the keyed route", READY, || status("k1") == 401);
+    let consumer = |hash: &str| serde_json::json!({"key_auth": {"key_sha256": hash}}).to_string();
+    c.put("/tollgate/consumers/carol", &consumer(&sha256_hex("k1")));
+    wait_for("carol's key to work", READY, || status("k1") == 200);
+
+    // A plaintext key where the hash goes: refused, the old key still works.
+    let before = metric(&gw, "tollgate_config_rejected_total{kind=\"consumer\"}");
+    c.put(
+        "/tollgate/consumers/carol",
+        &serde_json::json!({"key_auth": {"key": "k2"}}).to_string(),
+    );
+    wait_for("the rejection", READY, || {
+        metric(&gw, "tollgate_config_rejected_total{kind=\"consumer\"}") > before
+    });
+    assert_eq!(status("k1"), 200);
+    assert_eq!(status("k2"), 401);
+    assert!(gw.logs().contains("key_auth"), "the log names the field");
+
+    // Rotated, then deleted: the old key stops at once.
+    c.put("/tollgate/consumers/carol", &consumer(&sha256_hex("k2")));
+    wait_for("the new key", READY, || status("k2") == 200);
+    assert_eq!(status("k1"), 401);
+    c.delete("/tollgate/consumers/carol");
+    wait_for("the deleted consumer's key to stop working", READY, || {
+        status("k2") == 401
+    });
+}

@@ -1,7 +1,9 @@
-//! The CLI verbs: `run` (the default), `check`, `register`, `encrypt-key`.
+//! The CLI verbs: `run` (the default), `check`, `register`, `encrypt-key`,
+//! `hash-secret`.
 
 pub mod check;
 pub mod encrypt_key;
+pub mod hash_secret;
 pub mod logging;
 pub mod notify;
 mod preflight;

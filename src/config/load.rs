@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use crate::model::rate_limit::{LimitKey, RateLimitSpec};
 use crate::model::settings::SettingsSpec;
 use crate::model::{FieldError, Node, Route, Timeouts, UpstreamSpec};
+use crate::plugins::consumer::Consumer;
 use crate::plugins::PluginList;
 use crate::snapshot::{build, UpstreamTable};
 use crate::tls::{KeyRing, LoadedCert};
@@ -42,6 +43,8 @@ pub struct ConfigModel {
     pub default_limit: Option<(RateLimitSpec, LimitKey)>,
     /// Standalone `settings.plugins`, compiled.
     pub global_plugins: PluginList,
+    /// Standalone `consumers:`, checked.
+    pub consumers: Vec<Consumer>,
     pub trusted_proxies: Vec<IpNet>,
     /// `tls.key_encryption_keys`, ready to decrypt stored keys.
     pub keys: Arc<KeyRing>,
@@ -266,6 +269,7 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
     );
     let default_cert = load_default_cert(&b, &keys)?;
     let certs = load_certs(&b, &keys)?;
+    let consumers = load_consumers(&b)?;
     let settings = b.settings.validate("settings")?;
     let default_limit = b.settings.rate_limit.clone().zip(settings.limit_key);
     let base = b.proxy.timeout.apply(Timeouts::default());
@@ -277,6 +281,7 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
         timeouts,
         default_limit,
         global_plugins: settings.plugins,
+        consumers,
         trusted_proxies,
         keys,
         default_cert,
@@ -348,6 +353,33 @@ fn load_default_cert(
     let key = read("key_file", &files.key_file)?;
     let (pair, _, not_after) = crate::tls::cert::load_pair(&cert, &key, keys, "tls.default_cert")?;
     Ok(Some((pair, not_after)))
+}
+
+fn load_consumers(b: &Bootstrap) -> Result<Vec<Consumer>, FieldError> {
+    if b.etcd.is_some() && !b.consumers.is_empty() {
+        return Err(FieldError::new(
+            "consumers",
+            "consumers come from etcd (<prefix>/consumers/<name>) when `etcd:` is set",
+        ));
+    }
+    let mut out: Vec<Consumer> = Vec::with_capacity(b.consumers.len());
+    for (i, spec) in b.consumers.iter().enumerate() {
+        let at = index("consumers", i);
+        let name = spec.name.clone().ok_or_else(|| {
+            FieldError::new(
+                field(&at, "name"),
+                "every consumer in the file needs a name",
+            )
+        })?;
+        if out.iter().any(|c| *c.name == *name) {
+            return Err(FieldError::new(
+                field(&at, "name"),
+                format!("duplicate consumer {name:?}"),
+            ));
+        }
+        out.push(spec.compile(&name, &at)?);
+    }
+    Ok(out)
 }
 
 fn load_certs(b: &Bootstrap, keys: &KeyRing) -> Result<Vec<Arc<LoadedCert>>, FieldError> {

@@ -71,6 +71,9 @@ pub struct Bootstrap {
     /// Standalone only (etcd: `<prefix>/certs/<id>`).
     #[serde(default)]
     pub certs: Vec<CertSpec>,
+    /// Standalone only (etcd: `<prefix>/consumers/<name>`).
+    #[serde(default)]
+    pub consumers: Vec<crate::plugins::consumer::ConsumerSpec>,
 }
 
 impl Bootstrap {

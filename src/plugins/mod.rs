@@ -13,10 +13,12 @@
 //! at: &str) -> Result<Arc<dyn Plugin>, FieldError>` and add
 //! `("my-plugin", my_plugin::compile)` to [`REGISTRY`].
 
+pub mod consumer;
 mod cors;
 mod header_ops;
 pub mod https_redirect;
 mod ip_restriction;
+mod key_auth;
 mod proxy_rewrite;
 mod redirect;
 pub mod request_size;
@@ -30,6 +32,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::field_error::{deserialize_at, field, index, FieldError};
+use consumer::{Consumer, ConsumerTable};
 
 /// A plugin's compiler: its config (at `at`, for error paths) → the plugin.
 pub type Compile = fn(&Value, &str) -> Result<Arc<dyn Plugin>, FieldError>;
@@ -37,6 +40,7 @@ pub type Compile = fn(&Value, &str) -> Result<Arc<dyn Plugin>, FieldError>;
 /// Every plugin by name (the names are part of the contract).
 pub const REGISTRY: &[(&str, Compile)] = &[
     ("ip-restriction", ip_restriction::compile),
+    ("key-auth", key_auth::compile),
     ("cors", cors::compile),
     ("request-size", request_size::compile),
     ("redirect", redirect::compile),
@@ -77,6 +81,10 @@ pub struct PluginRequest<'a> {
     pub https_port: Option<u16>,
     /// The request body limit (413 above it, declared or streamed).
     pub max_body: &'a mut u64,
+    /// Every consumer, for the auth plugins.
+    pub consumers: &'a ConsumerTable,
+    /// Who the caller is, once an auth plugin has said so.
+    pub consumer: &'a mut Option<Arc<Consumer>>,
 }
 
 impl PluginRequest<'_> {

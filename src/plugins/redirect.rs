@@ -182,6 +182,8 @@ mod tests {
         };
         let mut header = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
         let mut max = 0;
+        let mut consumer = None;
+        let consumers = crate::plugins::consumer::ConsumerTable::default();
         let req = PluginRequest {
             header: &mut header,
             client_ip: None,
@@ -189,6 +191,8 @@ mod tests {
             tls: false,
             https_port: None,
             max_body: &mut max,
+            consumers: &consumers,
+            consumer: &mut consumer,
         };
         let Target::Template(parts) = &p.target else {
             unreachable!()

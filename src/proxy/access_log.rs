@@ -28,6 +28,8 @@ pub struct Line<'a> {
     pub host: &'a str,
     pub path: &'a str,
     pub route: &'a str,
+    /// The consumer an auth plugin identified ("" when none).
+    pub consumer: &'a str,
     pub upstream: Option<SocketAddr>,
     pub status: u16,
     pub bytes_in: usize,
@@ -62,6 +64,7 @@ impl Line<'_> {
         text(&mut b, "host", self.host);
         text(&mut b, "path", self.path);
         text(&mut b, "route", self.route);
+        text(&mut b, "consumer", self.consumer);
         key(&mut b, "upstream");
         b.push(b'"');
         if let Some(u) = self.upstream {
@@ -242,6 +245,7 @@ mod tests {
             host: "h\"x",
             path: "/a\\b\u{1}",
             route: "",
+            consumer: "",
             upstream: None,
             status: 404,
             bytes_in: 0,
@@ -273,6 +277,7 @@ mod tests {
             host: "",
             path: "/",
             route: "r1",
+            consumer: "alice",
             upstream: Some("10.1.2.3:8080".parse().unwrap()),
             status: 201,
             bytes_in: 12345,

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::plugins::consumer::Consumer;
 use crate::snapshot::{InstanceSet, Outcome, RouteEntry, UpstreamLeaf};
 
 /// Counts requests in flight, so a graceful shutdown knows when it drained.
@@ -90,6 +91,8 @@ pub struct RequestCtx {
     /// How many of the route's plugins passed the request on: their
     /// response phases run on whatever answer the request gets.
     pub plugins_entered: usize,
+    /// Who the caller is, when an auth plugin found out.
+    pub consumer: Option<Arc<Consumer>>,
 }
 
 impl RequestCtx {
@@ -110,6 +113,7 @@ impl RequestCtx {
             max_body: u64::MAX,
             protocol: Protocol::default(),
             plugins_entered: 0,
+            consumer: None,
         }
     }
 

@@ -44,6 +44,7 @@ use crate::snapshot::{RouteEntry, SnapshotCell};
 pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(super) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_CONSUMER_NAME: HeaderName = HeaderName::from_static("x-consumer-name");
 static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 
@@ -264,6 +265,7 @@ impl Gate {
             } else {
                 None
             };
+            let consumers = self.cell.consumers.load();
             let mut req = PluginRequest {
                 header: session.req_header_mut(),
                 client_ip,
@@ -271,6 +273,8 @@ impl Gate {
                 tls: ctx.protocol.is_tls(),
                 https_port: self.client.https_port,
                 max_body: &mut ctx.max_body,
+                consumers: &consumers,
+                consumer: &mut ctx.consumer,
             };
             match chain.request(&mut req) {
                 Ok(passed) => ctx.plugins_entered = passed,
@@ -284,6 +288,16 @@ impl Gate {
                         .await;
                     return true;
                 }
+            }
+        }
+        // Who the caller is, for the upstream: only ever what an auth
+        // plugin found, never what the client claims.
+        let claimed = session.req_header().headers.contains_key(&X_CONSUMER_NAME);
+        if claimed || ctx.consumer.is_some() {
+            let req = session.req_header_mut();
+            req.remove_header(&X_CONSUMER_NAME);
+            if let Some(c) = &ctx.consumer {
+                let _ = req.insert_header(X_CONSUMER_NAME.clone(), c.header.clone());
             }
         }
         if framing::declared_length(session.req_header()).is_some_and(|n| n > ctx.max_body) {
@@ -512,6 +526,12 @@ impl Gate {
                 Some(r) => r.metrics.observe(&obs),
                 None => UNROUTED.observe(&obs),
             }
+            if let Some(c) = &ctx.consumer {
+                crate::metrics::METRICS
+                    .consumer_requests
+                    .with_label_values(&[&c.name])
+                    .inc();
+            }
         }
         self.log_access(session, ctx, status, total);
     }
@@ -535,6 +555,7 @@ impl Gate {
             host: host_of(req),
             path: req.uri.path(),
             route: ctx.route().map_or("", |r| &r.id),
+            consumer: ctx.consumer.as_ref().map_or("", |c| &c.name),
             upstream: ctx.attempt.as_ref().map(|a| a.node().addr),
             status,
             bytes_in: session.body_bytes_read(),

@@ -1,6 +1,7 @@
 //! The hand-off point between the single config writer and the many
 //! request threads: the current snapshot plus sync status counters.
 
+use crate::plugins::consumer::ConsumerTable;
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -153,6 +154,8 @@ pub struct SnapshotCell {
     pub services: ServiceLeaves,
     /// The certificates by name, as the TLS handshake reads them.
     pub certs: Arc<ArcSwap<CertTable>>,
+    /// The consumers, as the auth plugins read them.
+    pub consumers: ArcSwap<ConsumerTable>,
 }
 
 impl SnapshotCell {
@@ -164,6 +167,7 @@ impl SnapshotCell {
             checked: CheckedLeaves::default(),
             services: ServiceLeaves::default(),
             certs: Arc::default(),
+            consumers: ArcSwap::default(),
         })
     }
 

@@ -36,6 +36,7 @@ pub fn apply(store: &mut Store, model: ConfigModel) {
     store.set_default_timeouts(model.timeouts);
     store.set_default_limit(model.default_limit);
     store.set_global_plugins(model.global_plugins);
+    store.replace_consumers(model.consumers);
     store.replace_all(model.routes, model.upstreams);
     store.replace_certs(model.certs);
     let report = store.publish();

@@ -8,6 +8,7 @@ pub enum Key<'a> {
     Route(&'a str),
     Upstream(&'a str),
     Cert(&'a str),
+    Consumer(&'a str),
     Settings,
     Gateway(&'a str),
     Instance {
@@ -74,6 +75,7 @@ impl Keyspace {
             ("routes", Some(id)) => Key::Route(id),
             ("upstreams", Some(n)) => Key::Upstream(n),
             ("certs", Some(id)) => Key::Cert(id),
+            ("consumers", Some(n)) => Key::Consumer(n),
             ("gateways", Some(n)) => Key::Gateway(n),
             _ => Key::Unknown,
         }

@@ -17,6 +17,7 @@ use crate::model::instance::{health_path, parse_instance};
 use crate::model::preservation::SelfPreservationSpec;
 use crate::model::settings::SettingsSpec;
 use crate::model::{RouteSpec, Timeouts, UpstreamSpec};
+use crate::plugins::consumer::ConsumerSpec;
 use crate::store::{ApplyReport, Store};
 use crate::tls::KeyRing;
 
@@ -206,6 +207,18 @@ impl EtcdState {
                     false
                 }
             },
+            Key::Consumer(name) => {
+                match from_json::<ConsumerSpec>(value).and_then(|s| s.compile(name, "")) {
+                    Ok(c) => {
+                        self.store.set_consumer(name, Some(c));
+                        true
+                    }
+                    Err(e) => {
+                        reject("consumer", key, &e, &self.store);
+                        false
+                    }
+                }
+            }
             Key::Settings => match from_json::<SettingsSpec>(value)
                 .and_then(|s| s.validate("").map(|k| (s, k)))
             {
@@ -297,6 +310,7 @@ impl EtcdState {
                 self.store.set_upstream(name, None)
             }
             Key::Cert(id) => self.store.set_cert(id, None),
+            Key::Consumer(name) => self.store.set_consumer(name, None),
             Key::Settings => {
                 self.store.set_default_timeouts(self.base_timeouts);
                 self.store.set_default_limit(None);
