@@ -153,7 +153,7 @@ mod tests {
         let e =
             crate::field_error::from_json::<ConsumerSpec>(br#"{"key_auth": {"key": "secret"}}"#)
                 .unwrap_err();
-        assert_eq!(e.path, "key_auth");
+        assert_eq!(e.path, "key_auth.key");
         assert!(e.message.contains("unknown field `key`"), "{e}");
         assert!(spec("{}").compile("bad name", "").is_err());
     }
