@@ -144,7 +144,9 @@ pub fn blame_stalled_client(session: &mut ServerSession, e: Box<Error>) -> Box<E
 /// attempt's response would be spliced into it. Besides the policy's
 /// conditions, a pooled connection the upstream had already closed
 /// (`client_reused`, and Pingora marks the error retryable on reuse) is
-/// retried for an idempotent request: it never reached the upstream.
+/// retried once more than the policy allows, for an idempotent request: it
+/// never reached the upstream, and a killed instance must not cost a failed
+/// request for every idle connection the gateway still held to it.
 pub fn after_error(
     session: &ServerSession,
     ctx: &RequestCtx,
@@ -164,10 +166,17 @@ pub fn after_error(
         Some(c) if should_retry(session, ctx, c, true) => true,
         // Within the route's attempts: `retries: 0` means none.
         _ => {
-            let idempotent = session.req_header().method.is_idempotent() && attempts_left(ctx);
+            let allowed = if client_reused {
+                ctx.attempts <= policy(ctx).0 + 1
+            } else {
+                attempts_left(ctx)
+            };
             let mut probe = e.retry;
             probe.decide_reuse(client_reused);
-            idempotent && probe.retry() && !session.retry_buffer_truncated()
+            session.req_header().method.is_idempotent()
+                && allowed
+                && probe.retry()
+                && !session.retry_buffer_truncated()
         }
     }
 }
