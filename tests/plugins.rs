@@ -205,13 +205,16 @@ fn a_bad_plugin_config_in_etcd_is_refused_and_the_previous_version_keeps_serving
         &route(serde_json::json!([{"response-rewrite": {"headers": {"set": {"x-v": "1"}}}}])),
     );
     let gw = start_gw("plugins", &[etcd.endpoint()]);
-    let v = |gw: &testkit::Gateway| {
+    // The value of response header `name` on GET /api/x.
+    let header = |name: &str| {
         http_request("GET", &gw.url("/api/x"), &[], None)
             .ok()
-            .and_then(|r| r.header("x-v").map(str::to_string))
+            .and_then(|r| r.header(name).map(str::to_string))
     };
+    let v = || header("x-v");
+    let g = || header("x-g");
     wait_for("the route with its plugin", READY, || {
-        v(&gw).as_deref() == Some("1")
+        v().as_deref() == Some("1")
     });
 
     for bad in [
@@ -227,7 +230,7 @@ fn a_bad_plugin_config_in_etcd_is_refused_and_the_previous_version_keeps_serving
             metric(&gw, "tollgate_config_rejected_total{kind=\"route\"}") > before
         });
         assert_eq!(
-            v(&gw).as_deref(),
+            v().as_deref(),
             Some("1"),
             "{bad}: the previous version serves"
         );
@@ -240,17 +243,12 @@ fn a_bad_plugin_config_in_etcd_is_refused_and_the_previous_version_keeps_serving
         &serde_json::json!({"plugins": [{"response-rewrite": {"headers": {"set": {"x-g": "1"}}}}]})
             .to_string(),
     );
-    let g = |gw: &testkit::Gateway| {
-        http_request("GET", &gw.url("/api/x"), &[], None)
-            .ok()
-            .and_then(|r| r.header("x-g").map(str::to_string))
-    };
     wait_for("the settings' plugin", READY, || {
-        g(&gw).as_deref() == Some("1")
+        g().as_deref() == Some("1")
     });
     c.delete("/tollgate/settings");
-    wait_for("the settings' plugin gone", READY, || g(&gw).is_none());
-    assert_eq!(v(&gw).as_deref(), Some("1"));
+    wait_for("the settings' plugin gone", READY, || g().is_none());
+    assert_eq!(v().as_deref(), Some("1"));
 }
 
 fn sha256_hex(secret: &str) -> String {
