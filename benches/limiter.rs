@@ -101,6 +101,7 @@ fn route_check(c: &mut Criterion) {
     let anyone = Client {
         ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         header: None,
+        consumer: None,
     };
     g.bench_function("key_route", |b| {
         b.iter(|| black_box(route.check(black_box(&anyone), now_ns())))
@@ -119,6 +120,7 @@ fn route_check(c: &mut Criterion) {
                 &Client {
                     ip: Some(*ip),
                     header: None,
+                    consumer: None,
                 },
                 now_ns(),
             );
@@ -130,6 +132,7 @@ fn route_check(c: &mut Criterion) {
                 let c = Client {
                     ip: Some(ips[i]),
                     header: None,
+                    consumer: None,
                 };
                 black_box(l.check(black_box(&c), now_ns()))
             })

@@ -9,9 +9,13 @@ pub struct HashSecretArgs {
     /// The secret; standard input (one line, its newline dropped) when
     /// absent, which keeps it out of the shell's history.
     pub secret: Option<String>,
+    /// Hash a basic-auth password (argon2id) instead of an API key.
+    #[arg(long)]
+    pub password: bool,
 }
 
-/// The consumer JSON fragment for an API key: `{"key_sha256": "<hex>"}`.
+/// The consumer JSON fragment: `{"key_sha256": "<hex>"}` for an API key,
+/// `{"password_hash": "$argon2id$..."}` for a password.
 pub fn hash_secret(args: &HashSecretArgs) -> anyhow::Result<String> {
     let secret = match &args.secret {
         Some(s) => s.clone(),
@@ -25,6 +29,11 @@ pub fn hash_secret(args: &HashSecretArgs) -> anyhow::Result<String> {
     };
     if secret.is_empty() {
         bail!("the secret is empty");
+    }
+    if args.password {
+        let phc = crate::plugins::consumer::hash_password(secret.as_bytes())
+            .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+        return Ok(format!("{{\"password_hash\": \"{phc}\"}}"));
     }
     let hex: String = crate::plugins::consumer::sha256(secret.as_bytes())
         .iter()

@@ -10,10 +10,10 @@ use super::Bootstrap;
 use crate::model::error::{deserialize_at, field, index};
 use ipnet::IpNet;
 
+use crate::model::consumer::ConsumerEntry;
 use crate::model::rate_limit::{LimitKey, RateLimitSpec};
 use crate::model::settings::SettingsSpec;
 use crate::model::{FieldError, Node, Route, Timeouts, UpstreamSpec};
-use crate::plugins::consumer::Consumer;
 use crate::plugins::PluginList;
 use crate::snapshot::{build, UpstreamTable};
 use crate::tls::{KeyRing, LoadedCert};
@@ -44,7 +44,7 @@ pub struct ConfigModel {
     /// Standalone `settings.plugins`, compiled.
     pub global_plugins: PluginList,
     /// Standalone `consumers:`, checked.
-    pub consumers: Vec<Consumer>,
+    pub consumers: Vec<ConsumerEntry>,
     pub trusted_proxies: Vec<IpNet>,
     /// `tls.key_encryption_keys`, ready to decrypt stored keys.
     pub keys: Arc<KeyRing>,
@@ -355,14 +355,14 @@ fn load_default_cert(
     Ok(Some((pair, not_after)))
 }
 
-fn load_consumers(b: &Bootstrap) -> Result<Vec<Consumer>, FieldError> {
+fn load_consumers(b: &Bootstrap) -> Result<Vec<ConsumerEntry>, FieldError> {
     if b.etcd.is_some() && !b.consumers.is_empty() {
         return Err(FieldError::new(
             "consumers",
             "consumers come from etcd (<prefix>/consumers/<name>) when `etcd:` is set",
         ));
     }
-    let mut out: Vec<Consumer> = Vec::with_capacity(b.consumers.len());
+    let mut out: Vec<ConsumerEntry> = Vec::with_capacity(b.consumers.len());
     for (i, spec) in b.consumers.iter().enumerate() {
         let at = index("consumers", i);
         let name = spec.name.clone().ok_or_else(|| {
@@ -371,13 +371,13 @@ fn load_consumers(b: &Bootstrap) -> Result<Vec<Consumer>, FieldError> {
                 "every consumer in the file needs a name",
             )
         })?;
-        if out.iter().any(|c| *c.name == *name) {
+        if out.iter().any(|c| *c.consumer.name == *name) {
             return Err(FieldError::new(
                 field(&at, "name"),
                 format!("duplicate consumer {name:?}"),
             ));
         }
-        out.push(spec.compile(&name, &at)?);
+        out.push(crate::model::consumer::compile(spec, &name, &at)?);
     }
     Ok(out)
 }

@@ -34,6 +34,9 @@ pub struct Client<'a> {
     pub ip: Option<IpAddr>,
     /// The value of the limit's header, if the route keys by header.
     pub header: Option<&'a [u8]>,
+    /// The consumer an auth plugin found, if the route keys by consumer
+    /// (a request without one is keyed by its address).
+    pub consumer: Option<&'a str>,
 }
 
 /// A decision plus what goes into the `X-RateLimit-*` headers.
@@ -108,6 +111,10 @@ impl RouteLimiter {
         self.key == LimitKey::ClientIp
     }
 
+    pub fn keys_by_consumer(&self) -> bool {
+        self.key == LimitKey::Consumer
+    }
+
     /// Rate and burst in force on this node right now.
     pub fn params(&self) -> Params {
         let n = self
@@ -123,6 +130,10 @@ impl RouteLimiter {
         let p = self.params();
         let decision = match (&self.clients, &self.key) {
             (Some(t), LimitKey::ClientIp) => t.take(t.hash_of(client.ip), p, now_ns),
+            (Some(t), LimitKey::Consumer) => match client.consumer {
+                Some(name) => t.take(t.hash_of(name), p, now_ns),
+                None => t.take(t.hash_of(client.ip), p, now_ns),
+            },
             (Some(t), LimitKey::Header(_)) => {
                 t.take(t.hash_of(client.header.unwrap_or_default()), p, now_ns)
             }
@@ -174,6 +185,7 @@ mod tests {
         let c = Client {
             ip: None,
             header: None,
+            consumer: None,
         };
         assert_eq!(l.params(), Params::new(100.0, 100));
         fleet.store(4, Ordering::Relaxed);
@@ -188,6 +200,7 @@ mod tests {
         let c = Client {
             ip: None,
             header: None,
+            consumer: None,
         };
         let old = limiter(r#"{"rate":10,"burst":10}"#, &fleet, None);
         assert_eq!(allowed(&old, &c, SEC, 20), 10);
@@ -211,10 +224,12 @@ mod tests {
         let a = Client {
             ip: Some([10, 0, 0, 1].into()),
             header: None,
+            consumer: None,
         };
         let b = Client {
             ip: Some([10, 0, 0, 2].into()),
             header: None,
+            consumer: None,
         };
         let old = limiter(&json(4), &fleet, None);
         assert_eq!(allowed(&old, &a, SEC, 10), 4);
@@ -238,10 +253,12 @@ mod tests {
         let a = Client {
             ip: Some([10, 0, 0, 1].into()),
             header: None,
+            consumer: None,
         };
         let b = Client {
             ip: Some([10, 0, 0, 2].into()),
             header: None,
+            consumer: None,
         };
         assert_eq!(allowed(&l, &a, SEC, 3), 1);
         assert_eq!(allowed(&l, &b, SEC, 3), 1);
@@ -254,10 +271,12 @@ mod tests {
         let k1 = Client {
             ip: None,
             header: Some(b"k1"),
+            consumer: None,
         };
         let k2 = Client {
             ip: None,
             header: Some(b"k2"),
+            consumer: None,
         };
         assert_eq!(allowed(&h, &k1, SEC, 5), 2);
         assert_eq!(allowed(&h, &k2, SEC, 5), 2);

@@ -3,6 +3,7 @@
 //! where a value came from (file or etcd) or how it is served.
 
 pub mod cert;
+pub mod consumer;
 pub mod error;
 pub mod instance;
 pub mod path_policy;

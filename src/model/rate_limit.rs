@@ -15,6 +15,9 @@ pub enum LimitKey {
     ClientIp,
     /// One per value of this request header (lower-cased name).
     Header(String),
+    /// One per consumer an auth plugin found; callers without one, per
+    /// client address.
+    Consumer,
 }
 
 /// Whether the limit holds per node or for the whole fleet.
@@ -37,7 +40,7 @@ pub struct RateLimitSpec {
     /// Defaults to one second's worth (`rate`, at least 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
-    /// `route`, `client_ip` or `header:<name>`.
+    /// `route`, `client_ip`, `consumer` or `header:<name>`.
     #[serde(default = "default_key")]
     pub key: String,
     #[serde(default)]
@@ -87,13 +90,14 @@ impl RateLimitSpec {
         match self.key.as_str() {
             "route" => Ok(LimitKey::Route),
             "client_ip" => Ok(LimitKey::ClientIp),
+            "consumer" => Ok(LimitKey::Consumer),
             other => match other.strip_prefix("header:") {
                 Some(h) if http::HeaderName::from_bytes(h.as_bytes()).is_ok() => {
                     Ok(LimitKey::Header(h.to_ascii_lowercase()))
                 }
                 _ => Err(FieldError::new(
                     field(path, "key"),
-                    format!("{other:?} must be \"route\", \"client_ip\" or \"header:<name>\""),
+                    format!("{other:?} must be \"route\", \"client_ip\", \"consumer\" or \"header:<name>\""),
                 )),
             },
         }

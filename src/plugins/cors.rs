@@ -234,6 +234,7 @@ impl Plugin for Cors {
             status: 204,
             message: None,
             headers,
+            body: None,
         })
     }
 

@@ -13,16 +13,20 @@
 //! at: &str) -> Result<Arc<dyn Plugin>, FieldError>` and add
 //! `("my-plugin", my_plugin::compile)` to [`REGISTRY`].
 
+mod basic_auth;
 pub mod consumer;
 mod cors;
+mod forward_auth;
 mod header_ops;
 pub mod https_redirect;
 mod ip_restriction;
+mod jwt_auth;
 mod key_auth;
 mod proxy_rewrite;
 mod redirect;
 pub mod request_size;
 mod response_rewrite;
+mod ttl_cache;
 
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -41,6 +45,9 @@ pub type Compile = fn(&Value, &str) -> Result<Arc<dyn Plugin>, FieldError>;
 pub const REGISTRY: &[(&str, Compile)] = &[
     ("ip-restriction", ip_restriction::compile),
     ("key-auth", key_auth::compile),
+    ("basic-auth", basic_auth::compile),
+    ("jwt-auth", jwt_auth::compile),
+    ("forward-auth", forward_auth::compile),
     ("cors", cors::compile),
     ("request-size", request_size::compile),
     ("redirect", redirect::compile),
@@ -49,10 +56,23 @@ pub const REGISTRY: &[(&str, Compile)] = &[
 ];
 
 /// One compiled plugin. Both phases default to doing nothing.
+#[async_trait::async_trait]
 pub trait Plugin: Send + Sync + fmt::Debug {
     /// On the way in, before the rate limit and the upstream.
     fn request(&self, _req: &mut PluginRequest<'_>) -> Flow {
         Flow::Continue
+    }
+
+    /// Whether the request phase must wait (an auth service, a password
+    /// hash off the request threads): then [`Plugin::request_waiting`]
+    /// runs instead of [`Plugin::request`].
+    fn waits(&self) -> bool {
+        false
+    }
+
+    /// The request phase of a plugin that [`waits`](Plugin::waits).
+    async fn request_waiting(&self, req: &mut PluginRequest<'_>) -> Flow {
+        self.request(req)
     }
 
     /// On the way out: the upstream's response, the gateway's error, or the
@@ -108,6 +128,9 @@ pub struct Reply {
     /// The JSON error's message; `None` for an empty body (204, 3xx).
     pub message: Option<&'static str>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// A body of the plugin's own instead of the message (an auth
+    /// service's answer), its type among `headers`.
+    pub body: Option<bytes::Bytes>,
 }
 
 impl Reply {
@@ -116,7 +139,18 @@ impl Reply {
             status,
             message: Some(message),
             headers: Vec::new(),
+            body: None,
         }
+    }
+
+    /// A 401 that tells the client how to authenticate.
+    pub fn unauthorized(message: &'static str, challenge: &'static str) -> Self {
+        let mut r = Self::error(401, message);
+        r.headers.push((
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        ));
+        r
     }
 }
 
@@ -184,6 +218,7 @@ impl PluginList {
 pub struct Chain {
     plugins: Box<[Arc<dyn Plugin>]>,
     needs_client_ip: bool,
+    waits: bool,
 }
 
 impl Chain {
@@ -199,9 +234,11 @@ impl Chain {
             .cloned()
             .collect();
         let needs_client_ip = plugins.iter().any(|p| p.needs_client_ip());
+        let waits = plugins.iter().any(|p| p.waits());
         Some(Arc::new(Chain {
             plugins,
             needs_client_ip,
+            waits,
         }))
     }
 
@@ -209,12 +246,23 @@ impl Chain {
         self.needs_client_ip
     }
 
+    /// Whether some plugin's request phase waits.
+    pub fn waits(&self) -> bool {
+        self.waits
+    }
+
     /// Runs the request phases in order. `Ok(n)`: all `n` passed;
     /// `Err((i, reply))`: plugin `i` answered, and the `i` before it are
-    /// the ones to see the answer on its way out.
-    pub fn request(&self, req: &mut PluginRequest<'_>) -> Result<usize, (usize, Reply)> {
+    /// the ones to see the answer on its way out. Only plugins that wait
+    /// cost a future of their own.
+    pub async fn request(&self, req: &mut PluginRequest<'_>) -> Result<usize, (usize, Reply)> {
         for (i, p) in self.plugins.iter().enumerate() {
-            if let Flow::Respond(reply) = p.request(req) {
+            let flow = if p.waits() {
+                p.request_waiting(req).await
+            } else {
+                p.request(req)
+            };
+            if let Flow::Respond(reply) = flow {
                 return Err((i, reply));
             }
         }

@@ -135,6 +135,7 @@ fn moved(status: u16, location: HeaderValue) -> Flow {
         status,
         message: None,
         headers: vec![(HeaderName::from_static("location"), location)],
+        body: None,
     })
 }
 

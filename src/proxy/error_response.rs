@@ -100,26 +100,42 @@ pub async fn respond_with(
     request_id: &str,
     extra: &[(&'static str, String)],
 ) {
-    respond_edited(session, status, Some(message), request_id, |_, resp| {
-        for (name, value) in extra {
-            let _ = resp.insert_header(*name, value.as_str());
-        }
-    })
+    respond_edited(
+        session,
+        status,
+        Body::Error(message),
+        request_id,
+        |_, resp| {
+            for (name, value) in extra {
+                let _ = resp.insert_header(*name, value.as_str());
+            }
+        },
+    )
     .await;
 }
 
-/// The gateway's own answer: a JSON error (`message`), or an empty body
-/// (`None`: a 204 preflight, a redirect), with `edit` run on the header
-/// before it goes (extra headers; the response phases of the plugins the
-/// request passed). A gRPC client gets a gRPC error instead of a 4xx/5xx.
+/// What the gateway's own answer carries.
+pub enum Body<'a> {
+    /// Nothing (a 204 preflight, a redirect).
+    Empty,
+    /// The JSON error with this message.
+    Error(&'a str),
+    /// Bytes of a plugin's own (an auth service's answer), typed by its
+    /// headers.
+    Raw(Bytes),
+}
+
+/// The gateway's own answer, with `edit` run on the header before it goes
+/// (extra headers; the response phases of the plugins the request
+/// passed). A gRPC client gets a gRPC error instead of a 4xx/5xx JSON one.
 pub async fn respond_edited(
     session: &mut ServerSession,
     status: u16,
-    message: Option<&str>,
+    body: Body<'_>,
     request_id: &str,
     edit: impl FnOnce(&RequestHeader, &mut ResponseHeader),
 ) {
-    if let (Some(message), true) = (message, status >= 400) {
+    if let (Body::Error(message), true) = (&body, status >= 400) {
         if super::grpc::is_grpc(session.req_header()) {
             return super::grpc::respond(session, status, message, request_id).await;
         }
@@ -130,18 +146,27 @@ pub async fn respond_edited(
         // may send it anyway or never. Do not wait to drain it for reuse.
         session.set_keepalive(None);
     }
-    let body = message.map_or_else(Bytes::new, |m| body(m, request_id));
+    let json = matches!(body, Body::Error(_));
+    let body = match body {
+        Body::Empty => Bytes::new(),
+        Body::Error(m) => self::body(m, request_id),
+        Body::Raw(b) => b,
+    };
     let written = async {
         let mut resp = ResponseHeader::build(status, Some(8))?;
-        if message.is_some() {
+        if json {
             resp.insert_header("content-type", "application/json")?;
-        }
-        if !matches!(status, 204 | 304) {
-            resp.insert_header("content-length", body.len().to_string())?;
         }
         resp.insert_header("cache-control", "no-store")?;
         resp.insert_header("x-request-id", request_id)?;
         edit(session.req_header(), &mut resp);
+        // Framing is the gateway's, whatever `edit` copied.
+        resp.remove_header("transfer-encoding");
+        if matches!(status, 204 | 304) {
+            resp.remove_header("content-length");
+        } else {
+            resp.insert_header("content-length", body.len().to_string())?;
+        }
         session.write_response_header(Box::new(resp)).await?;
         session.write_response_body(body, true).await
     }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use super::access_log::{self, AccessLog};
 use super::ctx::{Attempt, InFlight, RequestCtx};
-use super::error_response;
+use super::error_response::{self, Body};
 use super::forwarding::{client_ip, cookie, host_of};
 use super::framing;
 use super::header_edit;
@@ -37,6 +37,7 @@ static UNROUTED_FAILURES: FailureLog = FailureLog::new();
 use super::protocol::Protocol;
 use super::upstream_peer;
 use crate::model::policy::HashKey;
+use crate::plugins::consumer::{Consumer, ConsumerTable};
 use crate::plugins::https_redirect;
 use crate::plugins::PluginRequest;
 use crate::snapshot::{RouteEntry, SnapshotCell};
@@ -137,35 +138,42 @@ impl Gate {
         client_ip(peer, xff.iter(), &self.trusted_proxies)
     }
 
-    /// Takes a token: `Ok` with the (limit, remaining) to advertise, if the
-    /// route advertises them; `Err` when the request must be refused.
+    /// Takes a token from the route's limiter, then from the consumer's
+    /// own: `Ok` with the (limit, remaining) to advertise, if the limiter
+    /// advertises them; `Err` when the request must be refused.
     fn rate_limit(
         &self,
         session: &ServerSession,
         route: &RouteEntry,
+        consumer: Option<&Consumer>,
     ) -> Result<Option<(u32, u32)>, RateLimited> {
-        let Some(limiter) = route.limiter.as_ref() else {
-            return Ok(None);
-        };
-        let ip = if limiter.keys_by_client_ip() {
-            self.client_ip(session)
-        } else {
-            None
-        };
-        let header = limiter
-            .header_name()
-            .and_then(|h| session.req_header().headers.get(h))
-            .map(|v| v.as_bytes());
-        let verdict = limiter.check(&Client { ip, header }, limiter::now_ns());
-        match verdict.decision {
-            Decision::Allow { remaining } => {
-                Ok(verdict.headers.then_some((verdict.limit, remaining)))
-            }
-            Decision::Deny { retry_after_ns } => Err(RateLimited {
-                limit: verdict.limit,
-                retry_after_secs: retry_after_ns.div_ceil(1_000_000_000).max(1),
-            }),
+        let now = limiter::now_ns();
+        let mut advertised = None;
+        if let Some(limiter) = route.limiter.as_ref() {
+            let by_ip =
+                limiter.keys_by_client_ip() || (limiter.keys_by_consumer() && consumer.is_none());
+            let client = Client {
+                ip: if by_ip { self.client_ip(session) } else { None },
+                header: limiter
+                    .header_name()
+                    .and_then(|h| session.req_header().headers.get(h))
+                    .map(|v| v.as_bytes()),
+                consumer: consumer.map(|c| &*c.name),
+            };
+            advertised = taken(limiter.check(&client, now))?;
         }
+        if let Some(c) = consumer.filter(|c| c.rate_limited) {
+            if let Some(limiter) = self.cell.consumer_limits.load().get(&c.name) {
+                let client = Client {
+                    ip: None,
+                    header: None,
+                    consumer: None,
+                };
+                let own = taken(limiter.check(&client, now))?;
+                advertised = advertised.or(own);
+            }
+        }
+        Ok(advertised)
     }
 
     /// The consistent-hash key's hash, when the upstream hashes.
@@ -265,7 +273,16 @@ impl Gate {
             } else {
                 None
             };
-            let consumers = self.cell.consumers.load();
+            // A chain that waits (an auth service, a password check)
+            // holds its own reference rather than a short-lived guard.
+            let (guard, full);
+            let consumers: &ConsumerTable = if chain.waits() {
+                full = self.cell.consumers.load_full();
+                &full
+            } else {
+                guard = self.cell.consumers.load();
+                &guard
+            };
             let mut req = PluginRequest {
                 header: session.req_header_mut(),
                 client_ip,
@@ -273,10 +290,10 @@ impl Gate {
                 tls: ctx.protocol.is_tls(),
                 https_port: self.client.https_port,
                 max_body: &mut ctx.max_body,
-                consumers: &consumers,
+                consumers,
                 consumer: &mut ctx.consumer,
             };
-            match chain.request(&mut req) {
+            match chain.request(&mut req).await {
                 Ok(passed) => ctx.plugins_entered = passed,
                 Err((outside, reply)) => {
                     ctx.plugins_entered = outside;
@@ -284,7 +301,12 @@ impl Gate {
                         // The client may not have sent all of its body.
                         session.set_keepalive(None);
                     }
-                    self.answer(session, ctx, reply.status, reply.message, &reply.headers)
+                    let body = match (reply.body, reply.message) {
+                        (Some(raw), _) => Body::Raw(raw),
+                        (None, Some(m)) => Body::Error(m),
+                        (None, None) => Body::Empty,
+                    };
+                    self.answer(session, ctx, reply.status, body, &reply.headers)
                         .await;
                     return true;
                 }
@@ -304,11 +326,17 @@ impl Gate {
             // Refused before an upstream is chosen, and before a client
             // that waits for `100 Continue` sends any of it.
             session.set_keepalive(None);
-            self.answer(session, ctx, 413, Some("request body too large"), &[])
-                .await;
+            self.answer(
+                session,
+                ctx,
+                413,
+                Body::Error("request body too large"),
+                &[],
+            )
+            .await;
             return true;
         }
-        match self.rate_limit(session, route) {
+        match self.rate_limit(session, route, ctx.consumer.as_deref()) {
             Ok(advertised) => ctx.rate_limit = advertised,
             Err(limited) => {
                 route.metrics.rate_limited();
@@ -320,7 +348,7 @@ impl Gate {
                     (X_RATELIMIT_LIMIT.clone(), HeaderValue::from(limited.limit)),
                     (X_RATELIMIT_REMAINING.clone(), HeaderValue::from_static("0")),
                 ];
-                self.answer(session, ctx, 429, Some("rate limited"), &headers)
+                self.answer(session, ctx, 429, Body::Error("rate limited"), &headers)
                     .await;
                 return true;
             }
@@ -337,11 +365,11 @@ impl Gate {
         session: &mut ServerSession,
         ctx: &RequestCtx,
         status: u16,
-        message: Option<&str>,
+        body: Body<'_>,
         extra: &[(HeaderName, HeaderValue)],
     ) {
         let id = ctx.request_id();
-        error_response::respond_edited(session, status, message, id, |req, resp| {
+        error_response::respond_edited(session, status, body, id, |req, resp| {
             for (name, value) in extra {
                 let _ = resp.append_header(name.clone(), value.clone());
             }
@@ -493,7 +521,8 @@ impl Gate {
         // Neither engine reuses a connection after a failure: say so.
         session.set_keepalive(None);
         if code > 0 && error_response::final_response(session).is_none() {
-            self.answer(session, ctx, code, Some(message), &[]).await;
+            self.answer(session, ctx, code, Body::Error(message), &[])
+                .await;
         }
         let log = ctx.route().map_or(&UNROUTED_FAILURES, |r| &r.failure_log);
         if let Some(held) = log.gate(code).admit(crate::limiter::now_ns()) {
@@ -592,4 +621,15 @@ pub fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| p.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("panic")
+}
+
+/// A limiter's verdict as the gate acts on it.
+fn taken(verdict: limiter::Verdict) -> Result<Option<(u32, u32)>, RateLimited> {
+    match verdict.decision {
+        Decision::Allow { remaining } => Ok(verdict.headers.then_some((verdict.limit, remaining))),
+        Decision::Deny { retry_after_ns } => Err(RateLimited {
+            limit: verdict.limit,
+            retry_after_secs: retry_after_ns.div_ceil(1_000_000_000).max(1),
+        }),
+    }
 }

@@ -156,7 +156,12 @@ pub struct SnapshotCell {
     pub certs: Arc<ArcSwap<CertTable>>,
     /// The consumers, as the auth plugins read them.
     pub consumers: ArcSwap<ConsumerTable>,
+    /// The limiters of consumers with a limit of their own, by name.
+    pub consumer_limits: ArcSwap<ConsumerLimits>,
 }
+
+/// Each rate-limited consumer's limiter.
+pub type ConsumerLimits = ahash::AHashMap<Arc<str>, Arc<crate::limiter::RouteLimiter>>;
 
 impl SnapshotCell {
     pub fn new() -> Arc<Self> {
@@ -168,6 +173,7 @@ impl SnapshotCell {
             services: ServiceLeaves::default(),
             certs: Arc::default(),
             consumers: ArcSwap::default(),
+            consumer_limits: ArcSwap::default(),
         })
     }
 

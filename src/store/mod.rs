@@ -8,19 +8,21 @@
 //! swap their leaf and never touch the router.
 
 mod certs;
+mod consumers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::limiter::{self, RouteLimiter};
+use crate::model::consumer::ConsumerEntry;
 use crate::model::rate_limit::{LimitKey, RateLimitSpec};
 use crate::model::{Node, Route, Timeouts, UpstreamSpec};
-use crate::plugins::consumer::{Consumer, ConsumerTable};
 use crate::plugins::PluginList;
 use crate::snapshot::{entry_for, shape_of, Rejected, RouteEntry, SnapshotCell, UpstreamTable};
 use crate::tls::LoadedCert;
 use certs::CertBook;
+use consumers::ConsumerBook;
 
 /// What one publish did, for logs and metrics.
 #[derive(Debug, Default)]
@@ -57,9 +59,7 @@ pub struct Store {
     certs: CertBook,
     /// The settings' plugins, around every route's own.
     global_plugins: PluginList,
-    /// Consumers by name; `consumers_changed` until published.
-    consumers: BTreeMap<String, Arc<Consumer>>,
-    consumers_changed: bool,
+    consumers: ConsumerBook,
 }
 
 impl Store {
@@ -78,8 +78,7 @@ impl Store {
             limiters: BTreeMap::new(),
             certs: CertBook::default(),
             global_plugins: PluginList::default(),
-            consumers: BTreeMap::new(),
-            consumers_changed: false,
+            consumers: ConsumerBook::default(),
         }
     }
 
@@ -216,46 +215,13 @@ impl Store {
     }
 
     /// Sets or removes one consumer.
-    pub fn set_consumer(&mut self, name: &str, consumer: Option<Consumer>) {
-        let changed = match consumer {
-            Some(c) if self.consumers.get(name).is_some_and(|old| **old == c) => false,
-            Some(c) => {
-                self.consumers.insert(name.to_string(), Arc::new(c));
-                true
-            }
-            None => self.consumers.remove(name).is_some(),
-        };
-        self.consumers_changed |= changed;
+    pub fn set_consumer(&mut self, name: &str, entry: Option<ConsumerEntry>) {
+        self.consumers.set(&self.cell, name, entry);
     }
 
     /// Replaces every consumer (a file source delivers them whole).
-    pub fn replace_consumers(&mut self, consumers: Vec<Consumer>) {
-        let keep: BTreeSet<String> = consumers.iter().map(|c| c.name.to_string()).collect();
-        let gone: Vec<String> = self
-            .consumers
-            .keys()
-            .filter(|n| !keep.contains(*n))
-            .cloned()
-            .collect();
-        for name in gone {
-            self.set_consumer(&name, None);
-        }
-        for c in consumers {
-            let name = c.name.to_string();
-            self.set_consumer(&name, Some(c));
-        }
-    }
-
-    /// Hands the consumer table to the request path if it changed.
-    fn publish_consumers(&mut self) {
-        if !std::mem::take(&mut self.consumers_changed) {
-            return;
-        }
-        let (table, clashes) = ConsumerTable::build(self.consumers.values());
-        for (holder, other) in clashes {
-            tracing::warn!(%holder, %other, "two consumers have the same key: the first by name holds it");
-        }
-        self.cell.consumers.store(Arc::new(table));
+    pub fn replace_consumers(&mut self, entries: Vec<ConsumerEntry>) {
+        self.consumers.replace(&self.cell, entries);
     }
 
     /// Sets the settings' plugins; every route is re-placed with its new
@@ -393,7 +359,7 @@ impl Store {
         }
         self.certs.publish(&self.cell);
         self.cell.status.set_certs(self.certs.len());
-        self.publish_consumers();
+        self.consumers.publish(&self.cell);
         let (upstreams, instances) = self.table.counts();
         self.cell
             .status

@@ -17,7 +17,6 @@ use crate::model::instance::{health_path, parse_instance};
 use crate::model::preservation::SelfPreservationSpec;
 use crate::model::settings::SettingsSpec;
 use crate::model::{RouteSpec, Timeouts, UpstreamSpec};
-use crate::plugins::consumer::ConsumerSpec;
 use crate::store::{ApplyReport, Store};
 use crate::tls::KeyRing;
 
@@ -207,18 +206,16 @@ impl EtcdState {
                     false
                 }
             },
-            Key::Consumer(name) => {
-                match from_json::<ConsumerSpec>(value).and_then(|s| s.compile(name, "")) {
-                    Ok(c) => {
-                        self.store.set_consumer(name, Some(c));
-                        true
-                    }
-                    Err(e) => {
-                        reject("consumer", key, &e, &self.store);
-                        false
-                    }
+            Key::Consumer(name) => match crate::model::consumer::from_json(name, value) {
+                Ok(c) => {
+                    self.store.set_consumer(name, Some(c));
+                    true
                 }
-            }
+                Err(e) => {
+                    reject("consumer", key, &e, &self.store);
+                    false
+                }
+            },
             Key::Settings => match from_json::<SettingsSpec>(value)
                 .and_then(|s| s.validate("").map(|k| (s, k)))
             {

@@ -3,13 +3,19 @@
 //! standalone file). Secrets are stored hashed: a leaked etcd backup or
 //! last-known-good file does not hand out working keys.
 
+mod jwt_key;
+mod password;
+
 use ahash::AHashMap;
 use http::HeaderValue;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::field_error::{field, FieldError};
+pub use jwt_key::{algorithm as jwt_algorithm, JwtKey, JwtSpec};
+pub use password::{hash as hash_password, BasicAuthSpec, Password};
 
 /// A consumer as operators write it. Unknown fields are refused, so a
 /// plaintext `key` where `key_sha256` is expected is an error naming it.
@@ -21,6 +27,14 @@ pub struct ConsumerSpec {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_auth: Option<KeyAuthSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuthSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtSpec>,
+    /// The consumer's own limit, on every route it uses (checked by the
+    /// model, which knows rate limits: see `model::consumer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Value>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
@@ -32,13 +46,24 @@ pub struct KeyAuthSpec {
     pub key_sha256: String,
 }
 
-/// A consumer, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A consumer, checked. Equal when its name and spec are.
+#[derive(Debug, Clone)]
 pub struct Consumer {
     pub name: Arc<str>,
     /// What the upstream gets in `X-Consumer-Name`.
     pub header: HeaderValue,
     pub key_sha256: Option<[u8; 32]>,
+    pub password: Option<Password>,
+    pub jwt: Option<JwtKey>,
+    /// Whether it has a limit of its own (kept beside the table).
+    pub rate_limited: bool,
+    spec: ConsumerSpec,
+}
+
+impl PartialEq for Consumer {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.spec == other.spec
+    }
 }
 
 /// SHA-256 of a secret, as consumers store it.
@@ -89,42 +114,88 @@ impl ConsumerSpec {
             header: HeaderValue::from_str(name)
                 .map_err(|_| FieldError::new(field(at, "name"), "not a header value"))?,
             key_sha256,
+            password: match &self.basic_auth {
+                Some(b) => Some(b.compile(&field(at, "basic_auth"))?),
+                None => None,
+            },
+            jwt: match &self.jwt {
+                Some(j) => Some(j.compile(&field(at, "jwt"))?),
+                None => None,
+            },
+            rate_limited: self.rate_limit.is_some(),
+            spec: self.clone(),
         })
     }
 }
 
-/// Two consumers with one key: the one holding it, and the other.
-pub type KeyClash = (Arc<str>, Arc<str>);
+/// Two consumers with one credential: what (`key`, `username`, `iss`),
+/// the one holding it, and the other.
+pub type Clash = (&'static str, Arc<str>, Arc<str>);
 
-/// Every consumer by key hash, as the request path reads it
+/// Every consumer by each credential, as the request path reads it
 /// (published whole; one lock-free load per authenticated request).
 #[derive(Debug, Default)]
 pub struct ConsumerTable {
     by_key: AHashMap<[u8; 32], Arc<Consumer>>,
+    by_username: AHashMap<Arc<str>, Arc<Consumer>>,
+    by_iss: AHashMap<Arc<str>, Arc<Consumer>>,
+}
+
+/// Files `c` under `k` unless another consumer holds it.
+fn hold<K: std::hash::Hash + Eq>(
+    map: &mut AHashMap<K, Arc<Consumer>>,
+    k: K,
+    c: &Arc<Consumer>,
+    what: &'static str,
+    clashes: &mut Vec<Clash>,
+) {
+    match map.get(&k) {
+        Some(held) => clashes.push((what, held.name.clone(), c.name.clone())),
+        None => {
+            map.insert(k, c.clone());
+        }
+    }
 }
 
 impl ConsumerTable {
-    /// Builds the table; two consumers with one key: the first by name
-    /// holds it (and the clash is returned, for a warning).
-    pub fn build<'a>(consumers: impl Iterator<Item = &'a Arc<Consumer>>) -> (Self, Vec<KeyClash>) {
-        let mut by_key: AHashMap<[u8; 32], Arc<Consumer>> = AHashMap::new();
+    /// Builds the table; two consumers with one credential: the first by
+    /// name holds it (and the clash is returned, for a warning).
+    pub fn build<'a>(consumers: impl Iterator<Item = &'a Arc<Consumer>>) -> (Self, Vec<Clash>) {
+        let mut t = Self::default();
         let mut clashes = Vec::new();
         for c in consumers {
             if let Some(k) = c.key_sha256 {
-                match by_key.get(&k) {
-                    Some(held) => clashes.push((held.name.clone(), c.name.clone())),
-                    None => {
-                        by_key.insert(k, c.clone());
-                    }
-                }
+                hold(&mut t.by_key, k, c, "key", &mut clashes);
+            }
+            if let Some(p) = &c.password {
+                hold(
+                    &mut t.by_username,
+                    p.username.clone(),
+                    c,
+                    "username",
+                    &mut clashes,
+                );
+            }
+            if let Some(j) = &c.jwt {
+                hold(&mut t.by_iss, j.iss.clone(), c, "iss", &mut clashes);
             }
         }
-        (Self { by_key }, clashes)
+        (t, clashes)
     }
 
     /// The consumer whose key is `presented`.
     pub fn by_key(&self, presented: &[u8]) -> Option<&Arc<Consumer>> {
         self.by_key.get(&sha256(presented))
+    }
+
+    /// The consumer with this basic-auth username.
+    pub fn by_username(&self, username: &str) -> Option<&Arc<Consumer>> {
+        self.by_username.get(username)
+    }
+
+    /// The consumer whose JWTs name this issuer.
+    pub fn by_iss(&self, iss: &str) -> Option<&Arc<Consumer>> {
+        self.by_iss.get(iss)
     }
 }
 
