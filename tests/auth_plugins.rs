@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::etcd_gw::{metric, start_gw, ROUTES};
+use common::etcd_gw::{metric, put_plugin_route, start_gw};
 use common::{assert_gateway_error, echo, send, start, upstream, READY};
 use testkit::{http_request, wait_for, Backend, Etcd, Mode};
 
@@ -110,15 +110,8 @@ fn a_password_changed_or_a_consumer_deleted_in_etcd_stops_the_old_password_at_on
     let b = Backend::start("b");
     let etcd = Etcd::start();
     let c = etcd.client();
-    c.put(
-        "/tollgate/upstreams/b",
-        &serde_json::json!({ "nodes": [b.url()] }).to_string(),
-    );
-    c.put(
-        &format!("{ROUTES}basic"),
-        &serde_json::json!({"paths": ["/basic"], "upstream": "b", "plugins": [{"basic-auth": {"cache_ttl_s": 600}}]})
-            .to_string(),
-    );
+    let plugins = serde_json::json!([{"basic-auth": {"cache_ttl_s": 600}}]);
+    put_plugin_route(&c, &b.url(), "basic", "/basic", plugins);
     let consumer = |pw: &str| {
         serde_json::json!({"basic_auth": {"username": "dave", "password_hash": password_hash(pw)}})
             .to_string()
@@ -344,4 +337,54 @@ fn a_consumers_own_limit_holds_on_every_route_and_a_route_can_limit_per_consumer
     assert_eq!(get("/per", "bob-key"), 200);
     assert_eq!(get("/per", "bob-key"), 429);
     assert_eq!(get("/per", "alice-key"), 429, "alice's own limit is spent");
+}
+
+#[test]
+fn a_flood_of_wrong_passwords_gets_503s_and_leaves_the_request_threads_free() {
+    let b = Backend::start("b");
+    let gw = start(&format!(
+        "consumers:\n\
+         - {{ name: alice, basic_auth: {{ username: alice, password_hash: \"{}\" }} }}\n\
+         routes:\n\
+         - {{ id: basic, paths: [\"/basic\"], upstream: b, plugins: [{{basic-auth: {{}}}}] }}\n\
+         - {{ id: plain, paths: [\"/plain\"], upstream: b }}\n\
+         upstreams:\n{}",
+        password_hash("right"),
+        upstream("b", &[&b])
+    ));
+    // 300 wrong passwords at once: each costs an argon2 check (tens of
+    // milliseconds), at most one per CPU at a time, so seconds of work
+    // queue up against a 1 s wait.
+    let url = gw.url("/basic");
+    let flood: Vec<_> = (0..300)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let auth = basic("alice", &format!("wrong-{i}"));
+                http_request("GET", &url, &[("authorization", &auth)], None)
+                    .map(|r| (r.status, r.header("retry-after").map(str::to_string)))
+                    .unwrap_or((0, None))
+            })
+        })
+        .collect();
+    // Meanwhile a route without auth is served at once.
+    assert_eq!(send(&gw, "GET", "/plain", &[]).status, 200);
+    let answers: Vec<(u16, Option<String>)> =
+        flood.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(
+        answers.iter().all(|(s, _)| *s == 401 || *s == 503),
+        "{answers:?}"
+    );
+    let busy: Vec<_> = answers.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(!busy.is_empty(), "some were turned away: {answers:?}");
+    assert!(busy.iter().all(|(_, ra)| ra.as_deref() == Some("1")));
+    assert_eq!(b.hits(), 1, "only the plain request reached the upstream");
+    // Afterwards the right password works.
+    let r = send(
+        &gw,
+        "GET",
+        "/basic",
+        &[("authorization", &basic("alice", "right"))],
+    );
+    assert_eq!(echo(&r)["headers"]["x-consumer-name"], "alice");
 }

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::etcd_gw::{metric, start_gw, ROUTES};
+use common::etcd_gw::{metric, put_plugin_route, start_gw, ROUTES};
 use common::{assert_gateway_error, echo, send, start, upstream, READY};
 use testkit::{http_request, wait_for, Backend, Etcd};
 
@@ -324,15 +324,8 @@ fn a_consumer_put_deleted_or_refused_in_etcd_applies_on_the_next_request() {
     let b = Backend::start("b");
     let etcd = Etcd::start();
     let c = etcd.client();
-    c.put(
-        "/tollgate/upstreams/b",
-        &serde_json::json!({ "nodes": [b.url()] }).to_string(),
-    );
-    c.put(
-        &format!("{ROUTES}api"),
-        &serde_json::json!({"paths": ["/api"], "upstream": "b", "plugins": [{"key-auth": {}}]})
-            .to_string(),
-    );
+    let plugins = serde_json::json!([{"key-auth": {}}]);
+    put_plugin_route(&c, &b.url(), "api", "/api", plugins);
     let gw = start_gw("consumers", &[etcd.endpoint()]);
     let status = |key: &str| {
         http_request("GET", &gw.url("/api"), &[("apikey", key)], None)

@@ -98,16 +98,25 @@ fn credentials(header: &[u8]) -> Option<(String, Vec<u8>)> {
     Some((user, raw[colon + 1..].to_vec()))
 }
 
-/// Runs argon2 off the request threads, one check per CPU at a time.
-/// `None`: no check could start within [`QUEUE_WAIT`].
-async fn check(password: Password, presented: Vec<u8>) -> Option<bool> {
+/// Runs argon2 off the request threads, one check per CPU at a time;
+/// `None` (an unknown username) is checked against [`DECOY`] and fails.
+/// `None` back: no check could start within [`QUEUE_WAIT`].
+async fn check(stored: Option<Password>, presented: Vec<u8>) -> Option<bool> {
     let permit = tokio::time::timeout(QUEUE_WAIT, CHECKS.acquire())
         .await
         .ok()?
         .ok()?;
-    let ok = tokio::task::spawn_blocking(move || password.verify(&presented))
-        .await
-        .unwrap_or(false);
+    let ok = tokio::task::spawn_blocking(move || match stored {
+        Some(p) => p.verify(&presented),
+        None => {
+            if let Some(decoy) = &*DECOY {
+                let _ = decoy.verify(&presented);
+            }
+            false
+        }
+    })
+    .await
+    .unwrap_or(false);
     drop(permit);
     Some(ok)
 }
@@ -136,11 +145,7 @@ impl Plugin for BasicAuth {
             _ => false,
         };
         if !remembered {
-            let Some(against) = stored.clone().or_else(|| DECOY.clone()) else {
-                return Flow::Respond(Reply::error(500, "no password check available"));
-            };
-            let phc = against.phc.clone();
-            match check(against, password).await {
+            match check(stored.clone(), password).await {
                 None => {
                     let mut r = Reply::error(503, "too many password checks at once");
                     r.headers.push((
@@ -149,12 +154,12 @@ impl Plugin for BasicAuth {
                     ));
                     return Flow::Respond(r);
                 }
-                Some(true) if stored.is_some() => {
-                    if let (Some(cache), Some(k)) = (&self.verified, cache_key) {
-                        cache.put(k, phc);
+                Some(true) => {
+                    if let (Some(cache), Some(k), Some(s)) = (&self.verified, cache_key, &stored) {
+                        cache.put(k, s.phc.clone());
                     }
                 }
-                Some(_) => {
+                Some(false) => {
                     return Flow::Respond(Reply::unauthorized("invalid credentials", CHALLENGE))
                 }
             }

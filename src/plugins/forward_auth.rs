@@ -313,7 +313,8 @@ impl ForwardAuth {
         let headers = resp
             .headers
             .iter()
-            .filter(|(n, _)| !HOP.contains(&n.as_str()))
+            // Framing and the request id are the gateway's.
+            .filter(|(n, _)| !HOP.contains(&n.as_str()) && n.as_str() != "x-request-id")
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
         Ok(Decision::Deny(Reply {

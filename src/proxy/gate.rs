@@ -370,7 +370,14 @@ impl Gate {
     ) {
         let id = ctx.request_id();
         error_response::respond_edited(session, status, body, id, |req, resp| {
+            // A plugin's header replaces the gateway's of that name
+            // (an auth service's Cache-Control); repeats are kept.
+            let mut replaced: Vec<&HeaderName> = Vec::new();
             for (name, value) in extra {
+                if !replaced.contains(&name) {
+                    resp.remove_header(name);
+                    replaced.push(name);
+                }
                 let _ = resp.append_header(name.clone(), value.clone());
             }
             ctx.plugin_responses(req, resp);

@@ -59,6 +59,19 @@ pub fn put_route(c: &EtcdClient, id: &str, paths: &[&str], upstream: &str) -> i6
     c.put(&format!("{ROUTES}{id}"), &route(paths, upstream))
 }
 
+/// Puts upstream `b` (one node, `node_url`) and route `id` on `path` to
+/// it with `plugins`: the etcd set-up of a plugin test.
+pub fn put_plugin_route(c: &EtcdClient, node_url: &str, id: &str, path: &str, plugins: Value) {
+    c.put(
+        "/tollgate/upstreams/b",
+        &serde_json::json!({ "nodes": [node_url] }).to_string(),
+    );
+    c.put(
+        &format!("{ROUTES}{id}"),
+        &serde_json::json!({"paths": [path], "upstream": "b", "plugins": plugins}).to_string(),
+    );
+}
+
 /// The lease a key is attached to (None if the key does not exist).
 pub fn lease_of(c: &EtcdClient, key: &str) -> Option<i64> {
     c.run(&format!("get {key}"), |mut cl| {
