@@ -111,7 +111,7 @@ fn a_password_changed_or_a_consumer_deleted_in_etcd_stops_the_old_password_at_on
     let etcd = Etcd::start();
     let c = etcd.client();
     let plugins = serde_json::json!([{"basic-auth": {"cache_ttl_s": 600}}]);
-    put_plugin_route(&c, &b.url(), "basic", "/basic", plugins);
+    put_plugin_route(c, &b.url(), "basic", "/basic", plugins);
     let consumer = |pw: &str| {
         serde_json::json!({"basic_auth": {"username": "dave", "password_hash": password_hash(pw)}})
             .to_string()

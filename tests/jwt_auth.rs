@@ -13,8 +13,9 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-use common::{assert_gateway_error, echo, send, start, upstream};
-use testkit::{Backend, Gateway};
+use common::etcd_gw::{put_plugin_route, start_gw};
+use common::{assert_gateway_error, echo, send, start, upstream, READY};
+use testkit::{http_request, wait_for, Backend, Etcd, Gateway};
 
 /// An RSA key pair from openssl (rcgen cannot make RSA keys): (private
 /// PKCS#8 PEM, public SPKI PEM).
@@ -431,4 +432,67 @@ fn a_token_just_under_the_size_cap_is_read_and_one_over_it_is_refused_unverified
         big.len()
     );
     assert_gateway_error(&bearer(&gw, "/jwt", &big), 401, "token too large");
+}
+
+#[test]
+fn a_remembered_token_stops_when_its_consumers_key_changes_or_it_expires() {
+    let b = Backend::start("b");
+    let etcd = Etcd::start();
+    let c = etcd.client();
+    put_plugin_route(
+        c,
+        &b.url(),
+        "jwt",
+        "/jwt",
+        json!([{"jwt-auth": {"leeway_s": 0}}]),
+    );
+    let pair = || rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let (old, new) = (pair(), pair());
+    let consumer = |k: &rcgen::KeyPair| {
+        json!({"jwt": {"iss": "es", "alg": "ES256", "public_key": k.public_key_pem()}}).to_string()
+    };
+    let token = |k: &rcgen::KeyPair, exp: u64| {
+        let key = EncodingKey::from_ec_pem(k.serialize_pem().as_bytes()).unwrap();
+        sign(
+            Algorithm::ES256,
+            &key,
+            &json!({"iss": "es", "exp": exp}),
+            None,
+        )
+    };
+    c.put("/tollgate/consumers/es", &consumer(&old));
+    let gw = start_gw("jwt-cache", &[etcd.endpoint()]);
+    let status = |t: &str| {
+        http_request(
+            "GET",
+            &gw.url("/jwt"),
+            &[("authorization", &format!("Bearer {t}"))],
+            None,
+        )
+        .map(|r| r.status)
+        .unwrap_or(0)
+    };
+    let by_old = token(&old, now() + 600);
+    wait_for("the old key's token", READY, || status(&by_old) == 200);
+    assert_eq!(status(&by_old), 200, "remembered now");
+    c.put("/tollgate/consumers/es", &consumer(&new));
+    let by_new = token(&new, now() + 2);
+    wait_for("the new key's token", READY, || status(&by_new) == 200);
+    assert_eq!(
+        status(&by_old),
+        401,
+        "the remembered token signed by the old key"
+    );
+    // Remembered, and still refused once its exp has passed.
+    wait_for("the remembered token to expire", READY, || {
+        status(&by_new) == 401
+    });
+    let r = http_request(
+        "GET",
+        &gw.url("/jwt"),
+        &[("authorization", &format!("Bearer {by_new}"))],
+        None,
+    )
+    .unwrap();
+    assert_gateway_error(&r, 401, "token expired");
 }

@@ -325,7 +325,7 @@ fn a_consumer_put_deleted_or_refused_in_etcd_applies_on_the_next_request() {
     let etcd = Etcd::start();
     let c = etcd.client();
     let plugins = serde_json::json!([{"key-auth": {}}]);
-    put_plugin_route(&c, &b.url(), "api", "/api", plugins);
+    put_plugin_route(c, &b.url(), "api", "/api", plugins);
     let gw = start_gw("consumers", &[etcd.endpoint()]);
     let status = |key: &str| {
         http_request("GET", &gw.url("/api"), &[("apikey", key)], None)

@@ -21,6 +21,7 @@ mod header_ops;
 pub mod https_redirect;
 mod ip_restriction;
 mod jwt_auth;
+pub mod jwt_crypto;
 mod key_auth;
 mod proxy_rewrite;
 mod redirect;

@@ -210,7 +210,7 @@ fn wide_nodes_and_leaves_route_and_prune_as_they_grow_and_shrink() {
         r.add(i as u32, &shape(i)).unwrap();
     }
     let hit = |r: &Router, i: usize| {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             look(r, "h", "GET", &format!("/s{i}/x"))
         } else {
             look(r, &format!("H{i}.example.com"), "GET", "/shared/a")

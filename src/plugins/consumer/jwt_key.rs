@@ -64,6 +64,7 @@ const MIN_SECRET: usize = 32;
 
 impl JwtSpec {
     pub fn compile(&self, at: &str) -> Result<JwtKey, FieldError> {
+        crate::plugins::jwt_crypto::install();
         if self.iss.is_empty() {
             return Err(FieldError::new(field(at, "iss"), "must not be empty"));
         }
