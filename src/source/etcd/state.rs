@@ -12,11 +12,10 @@ use super::keyspace::{Key, Keyspace};
 use super::leases::{Ending, LeaseBook};
 use super::preserve::{Decision, Preservation, Probed};
 use crate::metrics::METRICS;
-use crate::model::error::from_json;
 use crate::model::instance::{health_path, parse_instance};
 use crate::model::preservation::SelfPreservationSpec;
-use crate::model::settings::SettingsSpec;
-use crate::model::{RouteSpec, Timeouts, UpstreamSpec};
+use crate::model::Timeouts;
+use crate::source::document::{self, Document, Kind};
 use crate::store::{ApplyReport, Store};
 use crate::tls::KeyRing;
 
@@ -158,82 +157,11 @@ impl EtcdState {
         // What the last-known-good file keeps, when not the value as it came.
         let mut kept_as: Option<String> = None;
         let accepted = match class {
-            Key::Route(id) => match from_json::<RouteSpec>(value).and_then(|spec| {
-                if spec.id.as_deref().is_some_and(|x| x != id) {
-                    return Err(crate::model::FieldError::new(
-                        "id",
-                        format!("must be absent or equal the key's id {id:?}"),
-                    ));
-                }
-                spec.compile(id, "")
-            }) {
-                Ok(route) => {
-                    self.store.set_route(id, Some(route));
-                    true
-                }
-                Err(e) => {
-                    reject("route", key, &e, &self.store);
-                    false
-                }
-            },
-            Key::Upstream(name) => {
-                match from_json::<UpstreamSpec>(value).and_then(|s| s.compile("").map(|n| (s, n))) {
-                    Ok(policy) => {
-                        self.preserve.set_policy(
-                            name,
-                            policy.0.self_preservation.clone(),
-                            (policy.0.health_check.as_ref())
-                                .and_then(|h| h.active.as_ref())
-                                .map(|a| a.path.clone()),
-                        );
-                        self.store.set_upstream(name, Some(policy));
-                        true
-                    }
-                    Err(e) => {
-                        reject("upstream", key, &e, &self.store);
-                        false
-                    }
-                }
-            }
-            Key::Cert(id) => match crate::tls::cert::from_json(id, value, &self.key_ring) {
-                Ok((cert, kept)) => {
-                    self.store.set_cert(id, Some(Arc::new(cert)));
-                    kept_as = kept;
-                    true
-                }
-                Err(e) => {
-                    reject("cert", key, &e, &self.store);
-                    false
-                }
-            },
-            Key::Consumer(name) => match crate::model::consumer::from_json(name, value) {
-                Ok(c) => {
-                    self.store.set_consumer(name, Some(c));
-                    true
-                }
-                Err(e) => {
-                    reject("consumer", key, &e, &self.store);
-                    false
-                }
-            },
-            Key::Settings => match from_json::<SettingsSpec>(value)
-                .and_then(|s| s.validate("").map(|k| (s, k)))
-            {
-                Ok((s, valid)) => {
-                    let t = s
-                        .timeout
-                        .map_or(self.base_timeouts, |t| t.apply(self.base_timeouts));
-                    self.store.set_default_timeouts(t);
-                    self.store
-                        .set_default_limit(s.rate_limit.zip(valid.limit_key));
-                    self.store.set_global_plugins(valid.plugins);
-                    true
-                }
-                Err(e) => {
-                    reject("settings", key, &e, &self.store);
-                    false
-                }
-            },
+            Key::Route(id) => self.accept(Kind::Route, id, key, value, &mut kept_as),
+            Key::Upstream(name) => self.accept(Kind::Upstream, name, key, value, &mut kept_as),
+            Key::Cert(id) => self.accept(Kind::Cert, id, key, value, &mut kept_as),
+            Key::Consumer(name) => self.accept(Kind::Consumer, name, key, value, &mut kept_as),
+            Key::Settings => self.accept(Kind::Settings, "", key, value, &mut kept_as),
             Key::Instance { service, id } => {
                 if lease == 0 {
                     METRICS.unleased_instances.inc();
@@ -287,6 +215,54 @@ impl EtcdState {
             self.known.0.insert(key.into(), known);
             self.config_revision = self.config_revision.max(mod_revision);
         }
+    }
+
+    /// Checks a config value (one validator with the admin API) and hands
+    /// it to the store; a bad one is rejected, the key's last good value
+    /// stays. `kept_as`: what last-known-good keeps instead of the value.
+    fn accept(
+        &mut self,
+        kind: Kind,
+        id: &str,
+        key: &str,
+        value: &[u8],
+        kept_as: &mut Option<String>,
+    ) -> bool {
+        let doc = match document::check(kind, id, value, &self.key_ring) {
+            Ok(doc) => doc,
+            Err(e) => {
+                reject(kind.name(), key, &e, &self.store);
+                return false;
+            }
+        };
+        match doc {
+            Document::Route(route) => self.store.set_route(id, Some(route)),
+            Document::Upstream(spec, nodes) => {
+                self.preserve.set_policy(
+                    id,
+                    spec.self_preservation.clone(),
+                    (spec.health_check.as_ref())
+                        .and_then(|h| h.active.as_ref())
+                        .map(|a| a.path.clone()),
+                );
+                self.store.set_upstream(id, Some((spec, nodes)));
+            }
+            Document::Cert(cert, kept) => {
+                self.store.set_cert(id, Some(Arc::new(cert)));
+                *kept_as = kept;
+            }
+            Document::Consumer(c) => self.store.set_consumer(id, Some(c)),
+            Document::Settings(s, valid) => {
+                let t = s
+                    .timeout
+                    .map_or(self.base_timeouts, |t| t.apply(self.base_timeouts));
+                self.store.set_default_timeouts(t);
+                self.store
+                    .set_default_limit(s.rate_limit.zip(valid.limit_key));
+                self.store.set_global_plugins(valid.plugins);
+            }
+        }
+        true
     }
 
     /// Applies one delete.
