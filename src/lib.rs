@@ -5,6 +5,7 @@
 //! `proxy` (reads one snapshot per request). `admin` only reads.
 
 pub mod admin;
+pub mod admin_api;
 pub mod balance;
 pub mod cmd;
 pub mod config;

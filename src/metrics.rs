@@ -54,6 +54,8 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Requests by authenticated consumer.
     pub consumer_requests: IntCounterVec,
+    /// Admin API requests refused for a missing or unknown key.
+    pub admin_auth_failures: IntCounter,
     /// HTTP/2 connections closed by the gateway with GOAWAY, by reason.
     pub http2_goaway: IntCounterVec,
     /// Requests by protocol (http/1.1, h2, h2c) and scheme.
@@ -284,6 +286,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "tollgate_consumer_requests_total",
             "Requests by the consumer an auth plugin identified",
             &["consumer"],
+        ),
+        admin_auth_failures: counter(
+            &r,
+            "tollgate_admin_auth_failures_total",
+            "Admin API requests refused for a missing or unknown X-API-Key",
         ),
         http2_goaway: counter_vec(
             &r,

@@ -223,6 +223,21 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
     admin.add_tcp(&b.admin.listen);
     admin.threads = Some(1);
     server.add_service(admin);
+    if let (Some(api), Some(etcd)) = (&b.admin_api, &b.etcd) {
+        let app = crate::admin_api::AdminApi::new(
+            api,
+            etcd.endpoints.clone(),
+            crate::admin_api::Keyspace {
+                prefix: etcd.prefix.clone(),
+                registry: etcd.registry_prefix.clone(),
+            },
+            model.keys.clone(),
+        )?;
+        let mut service = Service::new("admin-api".into(), app);
+        service.add_tcp(&api.listen);
+        service.threads = Some(1);
+        server.add_service(service);
+    }
 
     server.add_boxed_service(source);
     server.add_service(background_service(

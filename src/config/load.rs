@@ -270,6 +270,15 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
     let default_cert = load_default_cert(&b, &keys)?;
     let certs = load_certs(&b, &keys)?;
     let consumers = load_consumers(&b)?;
+    if let Some(api) = &b.admin_api {
+        if b.etcd.is_none() {
+            return Err(FieldError::new(
+                "admin_api",
+                "the admin API writes to etcd: set `etcd:` (a standalone file is edited as a file)",
+            ));
+        }
+        crate::admin_api::auth::Keys::new(&api.keys, "admin_api.keys")?;
+    }
     let settings = b.settings.validate("settings")?;
     let default_limit = b.settings.rate_limit.clone().zip(settings.limit_key);
     let base = b.proxy.timeout.apply(Timeouts::default());

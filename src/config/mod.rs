@@ -29,6 +29,9 @@ pub struct Bootstrap {
     pub tls: TlsConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// The admin REST API (etcd mode only); off unless set.
+    #[serde(default)]
+    pub admin_api: Option<crate::admin_api::AdminApiConfig>,
     /// Proxy worker threads.
     #[serde(default = "default_threads")]
     pub threads: usize,
@@ -89,6 +92,11 @@ impl Bootstrap {
                 "admin.listen".to_string(),
                 self.admin.listen.as_str(),
             )))
+            .chain(
+                self.admin_api
+                    .iter()
+                    .map(|a| ("admin_api.listen".to_string(), a.listen.as_str())),
+            )
     }
 }
 
