@@ -56,8 +56,33 @@ enum Verb {
     /// Encrypt a PEM private key with the config's tls.key_encryption_keys
     /// (prints `enc:v1:…`, the value to store as a certificate's `key`).
     EncryptKey(tollgate::cmd::encrypt_key::EncryptKeyArgs),
-    /// Print what a consumer stores for an API key (`{"key_sha256": …}`).
+    /// Print what a consumer stores for an API key (`{"key_sha256": …}`),
+    /// or with --password for a password.
     HashSecret(tollgate::cmd::hash_secret::HashSecretArgs),
+    /// Check YAML documents, print the diff against etcd, write them.
+    Apply(tollgate::cmd::declarative::ApplyArgs),
+    /// Check YAML documents and print the diff against etcd; write nothing.
+    Diff(tollgate::cmd::declarative::ApplyArgs),
+    /// Print routes, upstreams, consumers, certs or settings from etcd.
+    Get(tollgate::cmd::declarative::GetArgs),
+    /// Print everything in etcd as documents `apply` accepts.
+    Export(tollgate::cmd::declarative::TargetArgs),
+    /// Print every live gateway's applied revision and lag (from etcd).
+    Status(tollgate::cmd::declarative::TargetArgs),
+}
+
+/// Prints `out` or the error, as exit code 0 or 1.
+fn print_or_fail(verb: &str, out: anyhow::Result<String>) -> i32 {
+    match out {
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("tollgate {verb}: {e:#}");
+            1
+        }
+    }
 }
 
 fn main() {
@@ -93,6 +118,34 @@ fn main() {
                 }
             }
         }
+        Verb::Apply(args) => match tollgate::cmd::declarative::apply(&args, &cli.config) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("tollgate apply: {e:#}");
+                1
+            }
+        },
+        Verb::Diff(mut args) => {
+            args.dry_run = true;
+            match tollgate::cmd::declarative::apply(&args, &cli.config) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("tollgate diff: {e:#}");
+                    1
+                }
+            }
+        }
+        Verb::Get(args) => {
+            print_or_fail("get", tollgate::cmd::declarative::get(&args, &cli.config))
+        }
+        Verb::Export(args) => print_or_fail(
+            "export",
+            tollgate::cmd::declarative::export(&args, &cli.config),
+        ),
+        Verb::Status(args) => print_or_fail(
+            "status",
+            tollgate::cmd::declarative::status(&args, &cli.config),
+        ),
         Verb::HashSecret(args) => match tollgate::cmd::hash_secret::hash_secret(&args) {
             Ok(line) => {
                 println!("{line}");

@@ -174,6 +174,31 @@ impl Etcd {
         Ok((deleted, r.header().map_or(0, |h| h.revision())))
     }
 
+    /// Writes `changes` (key, value or `None` to delete, the mod_revision
+    /// it must still have: 0 for "must not exist") in one transaction: all
+    /// or none. Returns the revision made.
+    pub async fn batch(
+        &self,
+        changes: &[(String, Option<Vec<u8>>, i64)],
+    ) -> Result<i64, EtcdError> {
+        let compares: Vec<Compare> = changes
+            .iter()
+            .map(|(k, _, rev)| Compare::mod_revision(k.as_str(), CompareOp::Equal, *rev))
+            .collect();
+        let ops: Vec<TxnOp> = changes
+            .iter()
+            .map(|(k, v, _)| match v {
+                Some(v) => TxnOp::put(k.as_str(), v.clone(), None),
+                None => TxnOp::delete(k.as_str(), None),
+            })
+            .collect();
+        let r = self.txn(Txn::new().when(compares).and_then(ops)).await?;
+        if !r.succeeded() {
+            return Err(EtcdError::Conflict);
+        }
+        Ok(r.header().map_or(0, |h| h.revision()))
+    }
+
     async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, EtcdError> {
         let mut c = self.client().await?;
         match tokio::time::timeout(CALL, c.txn(txn)).await {

@@ -5,7 +5,8 @@
 //! line per write, and the fleet's applied revisions.
 
 pub mod auth;
-mod etcd;
+pub mod etcd;
+pub mod fleet;
 mod openapi;
 mod resources;
 pub mod secrets;

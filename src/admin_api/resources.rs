@@ -322,41 +322,8 @@ pub async fn gateways(api: &AdminApi, call: &Call<'_>) -> Answer {
     if call.method != Method::GET {
         return Answer::error(405, "only GET");
     }
-    let config = format!("{}/", api.space.prefix);
-    let gateways = format!("{}/gateways/", api.space.prefix);
-    let (keys, _, revision) = match api.etcd.range(&config, &config, 0, true).await {
-        Ok(r) => r,
-        Err(e) => return etcd_failed(e),
-    };
-    // The newest config write still visible (a delete's revision is not:
-    // a node may be ahead of this, never behind it unseen).
-    let latest = keys
-        .iter()
-        .filter(|k| !k.key.starts_with(&gateways))
-        .map(|k| k.mod_revision)
-        .max()
-        .unwrap_or(0);
-    let (nodes, _, _) = match api.etcd.range(&gateways, &gateways, 0, false).await {
-        Ok(r) => r,
-        Err(e) => return etcd_failed(e),
-    };
-    let list: Vec<Value> = nodes
-        .iter()
-        .map(|n| {
-            let record: Value = serde_json::from_slice(&n.value).unwrap_or(Value::Null);
-            let applied = record["config_revision"].as_i64().unwrap_or(0);
-            json!({
-                "node_id": record["node_id"],
-                "version": record["version"],
-                "config_revision": applied,
-                "lag": (latest - applied).max(0),
-                "up_to_date": applied >= latest,
-                "started_unix_ms": record["started_unix_ms"],
-            })
-        })
-        .collect();
-    Answer::ok(
-        200,
-        json!({ "config_revision": latest, "etcd_revision": revision, "gateways": list }),
-    )
+    match super::fleet::view(&api.etcd, &api.space.prefix).await {
+        Ok(v) => Answer::ok(200, v),
+        Err(e) => etcd_failed(e),
+    }
 }

@@ -1,7 +1,9 @@
 //! The CLI verbs: `run` (the default), `check`, `register`, `encrypt-key`,
-//! `hash-secret`.
+//! `hash-secret`, and the declarative ones (`apply`, `diff`, `get`,
+//! `export`, `status`).
 
 pub mod check;
+pub mod declarative;
 pub mod encrypt_key;
 pub mod hash_secret;
 pub mod logging;

@@ -1,0 +1,309 @@
+//! The declarative CLI (GitOps): `tollgate apply -f`, `diff -f`, `get`,
+//! `export` and `status --etcd`. It talks to etcd directly, not to the
+//! admin API: it needs only etcd access (as the gateways do), runs where no
+//! gateway does (CI), and checks every document with the validator the
+//! gateways use before writing anything.
+//!
+//! Atomicity: the documents are written in transactions of at most
+//! [`BATCH`] changes (etcd refuses more than 128 operations in one), each
+//! all-or-nothing and each guarded by the mod_revisions read when the plan
+//! was made (a concurrent writer fails the apply with exit code 2, and
+//! later batches are not written). Gateways apply each transaction as it
+//! lands: during an apply of more than [`BATCH`] changes they serve a
+//! prefix of its batches (kinds in the order upstreams, consumers, certs,
+//! settings, routes, so a new route never arrives before its upstream),
+//! never half of one batch.
+
+pub mod docs;
+mod plan;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::admin_api::etcd::{Etcd, EtcdError};
+use crate::source::document::Kind;
+use crate::tls::KeyRing;
+use docs::Doc;
+use plan::Plan;
+
+/// Changes per etcd transaction.
+pub const BATCH: usize = 100;
+
+/// Where the config lives.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// etcd endpoints (default: the `-c` bootstrap file's `etcd.endpoints`).
+    #[arg(long, value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// The config prefix (default: the bootstrap file's, else /tollgate).
+    #[arg(long)]
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Files or directories of YAML documents.
+    #[arg(short = 'f', long = "file", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Delete what etcd has and the files do not.
+    #[arg(long)]
+    pub prune: bool,
+    /// Check and print the diff; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// After writing, wait up to this many seconds for every live gateway
+    /// to apply the write (exit 3 naming the laggards).
+    #[arg(long)]
+    pub wait: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// routes, upstreams, consumers, certs or settings.
+    pub kind: String,
+    pub id: Option<String>,
+    /// yaml (apply's documents) or json.
+    #[arg(short = 'o', long, default_value = "yaml")]
+    pub output: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TargetArgs {
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Endpoints, prefix, registry prefix and key ring, from the flags and the
+/// bootstrap file (`config`) when it can be read.
+struct Place {
+    etcd: Etcd,
+    prefix: String,
+    registry: String,
+    keys: Arc<KeyRing>,
+}
+
+fn place(target: &Target, config: &Path) -> anyhow::Result<Place> {
+    let model = crate::config::load_file(config).ok();
+    let etcd_cfg = model.as_ref().and_then(|m| m.bootstrap.etcd.clone());
+    let endpoints = if target.etcd.is_empty() {
+        etcd_cfg
+            .as_ref()
+            .map(|e| e.endpoints.clone())
+            .unwrap_or_default()
+    } else {
+        target.etcd.clone()
+    };
+    if endpoints.is_empty() {
+        bail!("no etcd: pass --etcd URLS or -c a bootstrap file with etcd.endpoints");
+    }
+    let prefix = target
+        .prefix
+        .clone()
+        .or_else(|| etcd_cfg.as_ref().map(|e| e.prefix.clone()))
+        .unwrap_or_else(|| "/tollgate".into());
+    let registry = etcd_cfg.map_or_else(|| "/services".into(), |e| e.registry_prefix);
+    let keys = model.map_or_else(|| Arc::new(KeyRing::empty()), |m| m.keys);
+    Ok(Place {
+        etcd: Etcd::new(endpoints),
+        prefix: prefix.trim_end_matches('/').to_string(),
+        registry: registry.trim_end_matches('/').to_string(),
+        keys,
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")
+}
+
+fn etcd_error(e: EtcdError) -> anyhow::Error {
+    match e {
+        EtcdError::Unavailable(why) => anyhow::anyhow!("etcd unavailable: {why}"),
+        EtcdError::Conflict => anyhow::anyhow!("conflict"),
+    }
+}
+
+/// What etcd has now: every resource with its mod_revision.
+async fn current(p: &Place) -> anyhow::Result<Vec<(Doc, i64)>> {
+    let mut out = Vec::new();
+    for kind in Kind::ALL {
+        if kind == Kind::Settings {
+            let key = format!("{}/settings", p.prefix);
+            if let Some(e) = p.etcd.get(&key).await.map_err(etcd_error)? {
+                let spec = serde_json::from_slice(&e.value).unwrap_or(Value::Null);
+                out.push((doc(kind, String::new(), spec, key), e.mod_revision));
+            }
+            continue;
+        }
+        let folder = format!("{}/{}/", p.prefix, kind.folder());
+        let (entries, _, _) = p
+            .etcd
+            .range(&folder, &folder, 0, false)
+            .await
+            .map_err(etcd_error)?;
+        for e in entries {
+            let id = e.key.strip_prefix(&folder).unwrap_or(&e.key).to_string();
+            let spec = serde_json::from_slice(&e.value).unwrap_or(Value::Null);
+            out.push((doc(kind, id, spec, e.key.clone()), e.mod_revision));
+        }
+    }
+    Ok(out)
+}
+
+fn doc(kind: Kind, id: String, spec: Value, origin: String) -> Doc {
+    Doc {
+        kind,
+        id,
+        spec,
+        origin,
+    }
+}
+
+/// `tollgate apply` (and `diff`: `dry_run`). Exit codes: 0 done (or
+/// nothing to do), 1 a bad document or no etcd, 2 a concurrent writer, 3
+/// a gateway that did not apply in time.
+pub fn apply(args: &ApplyArgs, config: &Path) -> anyhow::Result<i32> {
+    let mut desired = docs::read(&args.files)?;
+    let p = place(&args.target, config)?;
+    runtime()?.block_on(async {
+        for d in &mut desired {
+            crate::admin_api::secrets::harden(d.kind, &mut d.spec)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: {e}", d.origin))?;
+        }
+        let now = current(&p).await?;
+        let plan = Plan::make(&desired, &now, args.prune, &p.keys)?;
+        plan.check_references(&desired, &now, |service| {
+            let prefix = format!("{}/{service}/", p.registry);
+            let etcd = &p.etcd;
+            async move {
+                etcd.range(&prefix, &prefix, 1, true)
+                    .await
+                    .map(|(e, _, _)| !e.is_empty())
+                    .unwrap_or(false)
+            }
+        })
+        .await?;
+        print!("{}", plan.render());
+        if args.dry_run || plan.changes.is_empty() {
+            return Ok(0);
+        }
+        let mut revision = 0;
+        let writes = plan.writes(&p.prefix);
+        for (n, batch) in writes.chunks(BATCH).enumerate() {
+            match p.etcd.batch(batch).await {
+                Ok(r) => revision = r,
+                Err(EtcdError::Conflict) => {
+                    eprintln!(
+                        "tollgate apply: conflict: something else changed these resources since the plan; {n} of {} batches written (revision {revision}); run apply again",
+                        writes.len().div_ceil(BATCH)
+                    );
+                    return Ok(2);
+                }
+                Err(e) => return Err(etcd_error(e)),
+            }
+        }
+        println!("applied at revision {revision} ({} changes, {} transactions)", writes.len(), writes.len().div_ceil(BATCH));
+        match args.wait {
+            None => Ok(0),
+            Some(secs) => wait(&p, revision, Duration::from_secs(secs)).await,
+        }
+    })
+}
+
+/// Waits for every live gateway to report `revision` applied.
+async fn wait(p: &Place, revision: i64, timeout: Duration) -> anyhow::Result<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let view = crate::admin_api::fleet::view(&p.etcd, &p.prefix)
+            .await
+            .map_err(etcd_error)?;
+        let nodes = view["gateways"].as_array().cloned().unwrap_or_default();
+        let behind: Vec<String> = nodes
+            .iter()
+            .filter(|n| n["config_revision"].as_i64().unwrap_or(0) < revision)
+            .map(|n| n["node_id"].as_str().unwrap_or("?").to_string())
+            .collect();
+        if behind.is_empty() {
+            println!(
+                "every gateway ({}) applied revision {revision}",
+                nodes.len()
+            );
+            return Ok(0);
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "tollgate apply: gateways behind revision {revision}: {}",
+                behind.join(", ")
+            );
+            return Ok(3);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `tollgate get KIND [ID]`.
+pub fn get(args: &GetArgs, config: &Path) -> anyhow::Result<String> {
+    let kind = Kind::from_folder(&args.kind)
+        .or_else(|| Kind::ALL.into_iter().find(|k| k.name() == args.kind))
+        .with_context(|| {
+            format!(
+                "{:?}: routes, upstreams, consumers, certs or settings",
+                args.kind
+            )
+        })?;
+    let p = place(&args.target, config)?;
+    let mut found: Vec<Doc> = runtime()?
+        .block_on(current(&p))?
+        .into_iter()
+        .map(|(d, _)| d)
+        .filter(|d| d.kind == kind && args.id.as_ref().is_none_or(|id| *id == d.id))
+        .collect();
+    for d in &mut found {
+        crate::admin_api::secrets::redact(d.kind, &mut d.spec);
+    }
+    if args.id.is_some() && found.is_empty() {
+        bail!("no {} {:?}", kind.name(), args.id.as_deref().unwrap_or(""));
+    }
+    match args.output.as_str() {
+        "json" => {
+            let v: Vec<Value> = found
+                .iter()
+                .map(|d| serde_json::json!({ "kind": d.kind.name(), "id": d.id, "spec": d.spec }))
+                .collect();
+            Ok(serde_json::to_string_pretty(&v)? + "\n")
+        }
+        "yaml" => docs::write(&found),
+        other => bail!("-o {other:?}: yaml or json"),
+    }
+}
+
+/// `tollgate export`: everything, as documents `apply` accepts (secrets
+/// are exported as stored: hashes, encrypted keys).
+pub fn export(args: &TargetArgs, config: &Path) -> anyhow::Result<String> {
+    let p = place(&args.target, config)?;
+    let all: Vec<Doc> = runtime()?
+        .block_on(current(&p))?
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect();
+    docs::write(&all)
+}
+
+/// `tollgate status --etcd`: the fleet view.
+pub fn status(args: &TargetArgs, config: &Path) -> anyhow::Result<String> {
+    let p = place(&args.target, config)?;
+    let v = runtime()?
+        .block_on(crate::admin_api::fleet::view(&p.etcd, &p.prefix))
+        .map_err(etcd_error)?;
+    Ok(serde_json::to_string_pretty(&v)? + "\n")
+}
