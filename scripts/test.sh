@@ -93,6 +93,7 @@ step "bench smoke: observability" bench/observability.sh --quick
 step "bench smoke: registry" bench/registry.sh --quick
 step "bench smoke: soak" bench/soak.sh --quick
 step "bench smoke: tls" bench/tls.sh --quick
+step "bench smoke: plugins" bench/plugins.sh --quick
 
 summary
 if ((${#failed[@]} > 0)); then
