@@ -94,6 +94,7 @@ step "bench smoke: registry" bench/registry.sh --quick
 step "bench smoke: soak" bench/soak.sh --quick
 step "bench smoke: tls" bench/tls.sh --quick
 step "bench smoke: plugins" bench/plugins.sh --quick
+step "bench smoke: admin" bench/admin.sh --quick
 
 summary
 if ((${#failed[@]} > 0)); then
