@@ -164,3 +164,60 @@ fn one_bad_document_among_a_hundred_writes_nothing_and_is_named() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("ghost"), "{}", text(&out));
 }
+
+#[test]
+fn an_apply_killed_midway_leaves_whole_transactions_served_and_a_rerun_finishes_it() {
+    let b = Backend::start("b");
+    let etcd = Etcd::start();
+    let gw = start_gw("killed-apply", &[etcd.endpoint()]);
+    etcd.client().put(
+        "/tollgate/upstreams/u",
+        &serde_json::json!({ "nodes": [b.url()] }).to_string(),
+    );
+    let dir = common::etcd_gw::TempDir::new("killed-apply");
+    let docs: String = (0..3000)
+        .map(|i| {
+            format!("---\nkind: route\nid: r{i:04}\nspec: {{paths: [\"/r/{i}\"], upstream: u}}\n")
+        })
+        .collect();
+    write(dir.path(), "routes.yaml", &docs);
+    let file = dir.path().to_str().unwrap().to_string();
+    let mut apply = Command::new(bin())
+        .args([
+            "apply",
+            "-f",
+            &file,
+            "--etcd",
+            &etcd.endpoint(),
+            "-c",
+            "/nonexistent.yaml",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // SIGKILL as soon as the first transaction is visible (or it is done).
+    wait_for("the first routes in etcd", READY, || {
+        !etcd.client().get_prefix(ROUTES).is_empty() || apply.try_wait().ok().flatten().is_some()
+    });
+    let _ = apply.kill();
+    let _ = apply.wait();
+    let in_etcd = etcd.client().get_prefix(ROUTES).len();
+    eprintln!("apply killed with {in_etcd} of 3000 routes written");
+    assert_eq!(in_etcd % 100, 0, "etcd holds whole transactions: {in_etcd}");
+    let status = common::etcd_gw::wait_status(&gw, "the gateway at etcd's state", READY, |s| {
+        s["routes"].as_u64() == Some(in_etcd as u64)
+    });
+    assert_eq!(status["routes"].as_u64(), Some(in_etcd as u64));
+    // Run again: the rest is written, nothing twice.
+    let out = tollgate(&etcd, &["apply", "-f", &file]);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert_eq!(
+        t.matches("+ route").count(),
+        3000 - in_etcd,
+        "{}",
+        &t[..t.len().min(500)]
+    );
+    common::etcd_gw::wait_status(&gw, "all 3000 routes", READY, |s| s["routes"] == 3000);
+}
