@@ -34,14 +34,8 @@ if ((quick)); then
 fi
 require_positive writes:"$writes" routes:"$routes"
 
-need_tools etcd curl python3
-build_release -p tollgate -p testkit --bins
-ECHO_BACKEND=${ECHO_BACKEND_BIN:-$(release_bin echo-backend)}
-TOLLGATE=${TOLLGATE_BIN:-$(release_bin tollgate)}
-require_bin echo-backend "$ECHO_BACKEND"
-require_bin tollgate "$TOLLGATE"
-
-make_tmp tollgate-admin-bench
+need_tools etcd
+gateway_bench_setup admin
 read -r port_etcd peer_etcd port_backend gw1 admin1 api1 gw2 admin2 <<<"$(free_ports 8)"
 etcd_url=http://127.0.0.1:$port_etcd
 start_etcd etcd "$port_etcd" "$peer_etcd"

@@ -39,18 +39,25 @@ fn basic(user: &str, password: &str) -> String {
     format!("Basic {b64}")
 }
 
-#[test]
-fn basic_auth_names_the_consumer_and_refuses_missing_malformed_and_wrong_credentials() {
-    let b = Backend::start("b");
-    let gw = start(&format!(
+/// A gateway with consumer alice (basic-auth, `password`), route `/basic`
+/// behind basic-auth and route `/plain` without it, both to `b`.
+fn basic_gateway(b: &Backend, password: &str) -> testkit::Gateway {
+    start(&format!(
         "consumers:\n\
          - {{ name: alice, basic_auth: {{ username: alice, password_hash: \"{}\" }} }}\n\
          routes:\n\
          - {{ id: basic, paths: [\"/basic\"], upstream: b, plugins: [{{basic-auth: {{}}}}] }}\n\
+         - {{ id: plain, paths: [\"/plain\"], upstream: b }}\n\
          upstreams:\n{}",
-        password_hash("correct horse"),
-        upstream("b", &[&b])
-    ));
+        password_hash(password),
+        upstream("b", &[b])
+    ))
+}
+
+#[test]
+fn basic_auth_names_the_consumer_and_refuses_missing_malformed_and_wrong_credentials() {
+    let b = Backend::start("b");
+    let gw = basic_gateway(&b, "correct horse");
     let r = send(&gw, "GET", "/basic", &[]);
     assert_gateway_error(&r, 401, "missing credentials");
     assert!(
@@ -342,16 +349,7 @@ fn a_consumers_own_limit_holds_on_every_route_and_a_route_can_limit_per_consumer
 #[test]
 fn a_flood_of_wrong_passwords_gets_503s_and_leaves_the_request_threads_free() {
     let b = Backend::start("b");
-    let gw = start(&format!(
-        "consumers:\n\
-         - {{ name: alice, basic_auth: {{ username: alice, password_hash: \"{}\" }} }}\n\
-         routes:\n\
-         - {{ id: basic, paths: [\"/basic\"], upstream: b, plugins: [{{basic-auth: {{}}}}] }}\n\
-         - {{ id: plain, paths: [\"/plain\"], upstream: b }}\n\
-         upstreams:\n{}",
-        password_hash("right"),
-        upstream("b", &[&b])
-    ));
+    let gw = basic_gateway(&b, "right");
     // 300 wrong passwords at once: each costs an argon2 check (tens of
     // milliseconds), at most one per CPU at a time, so seconds of work
     // queue up against a 1 s wait.
