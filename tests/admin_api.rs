@@ -33,20 +33,31 @@ struct Api {
 }
 
 fn start(etcd: &Etcd, node: &str) -> Api {
+    start_with(etcd, node, "", false)
+}
+
+/// `extra`: more bootstrap lines; `tls`: the API on HTTPS.
+fn start_with(etcd: &Etcd, node: &str, extra: &str, tls: bool) -> Api {
     let port = free_port();
+    let listen = if tls {
+        format!("{{ addr: \"127.0.0.1:{port}\", tls: true }}")
+    } else {
+        format!("\"127.0.0.1:{port}\"")
+    };
     let gw = Gateway::start(
         bin(),
         &format!(
-            "{}admin_api:\n  listen: \"127.0.0.1:{port}\"\n  keys:\n  - {{ name: ops, sha256: \"{}\", role: admin }}\n  - {{ name: dash, sha256: \"{}\", role: viewer }}\n",
+            "{}{extra}admin_api:\n  listen: {listen}\n  keys:\n  - {{ name: ops, sha256: \"{}\", role: admin }}\n  - {{ name: dash, sha256: \"{}\", role: viewer }}\n",
             body(node, &[etcd.endpoint()]),
             sha256_hex(ADMIN_KEY),
             sha256_hex(VIEWER_KEY),
         ),
     );
     wait_connected(&gw, Duration::from_secs(15));
+    let scheme = if tls { "https" } else { "http" };
     Api {
         gw,
-        base: format!("http://127.0.0.1:{port}/admin/v1"),
+        base: format!("{scheme}://127.0.0.1:{port}/admin/v1"),
     }
 }
 
@@ -431,4 +442,41 @@ fn the_fleet_view_shows_each_node_catching_up_and_the_openapi_document_matches_t
             assert!(routed, "{m} {path}: {r:?}");
         }
     }
+}
+
+#[test]
+fn the_api_can_be_served_over_tls_with_the_gateways_certificates() {
+    let etcd = Etcd::start();
+    let dir = common::etcd_gw::TempDir::new("admin-tls");
+    let cert = common::tls::make_cert(dir.path(), "admin", &["admin.test"]);
+    let tls = format!(
+        "tls: {{ default_cert: {{ cert_file: {:?}, key_file: {:?} }} }}\n",
+        cert.cert_file, cert.key_file
+    );
+    let api = start_with(&etcd, "tls", &tls, true);
+    let addr: std::net::SocketAddr = api.base["https://".len()..]
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let r = common::tls::curl_https(
+        addr,
+        "admin.test",
+        &cert.cert_file,
+        "/admin/v1/routes",
+        &["-H", &format!("x-api-key: {ADMIN_KEY}")],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("\"items\""), "{r:?}");
+    let r = common::tls::curl_https(addr, "admin.test", &cert.cert_file, "/admin/v1/routes", &[]);
+    assert_eq!(r.status, 401, "{r:?}");
+    // Plain HTTP to the TLS port gets no API.
+    let plain = http_request(
+        "GET",
+        &format!("http://{addr}/admin/v1/routes"),
+        &[("x-api-key", ADMIN_KEY)],
+        None,
+    );
+    assert!(plain.map_or(true, |r| r.status != 200));
 }

@@ -30,7 +30,9 @@ use etcd::Etcd;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminApiConfig {
-    pub listen: String,
+    /// `"127.0.0.1:9181"`, or `{addr, tls: true}` for HTTPS with the
+    /// gateway's certificates (`tls:` and the certificate table).
+    pub listen: crate::config::Listener,
     pub keys: Vec<ApiKeySpec>,
 }
 

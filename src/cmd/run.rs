@@ -73,13 +73,26 @@ fn add_proxy<A: pingora::apps::ServerApp + Send + Sync + 'static>(
     server.add_service(proxy);
 }
 
+/// The admin API's service, on one thread.
+fn add_admin_api<A: pingora::apps::ServerApp + Send + Sync + 'static>(
+    server: &mut Server,
+    addr: &str,
+    app: A,
+) {
+    let mut service = Service::new("admin-api".into(), app);
+    service.add_tcp(addr);
+    service.threads = Some(1);
+    server.add_service(service);
+}
+
 /// The TLS acceptor, when some listener says `tls: true`.
 fn tls_acceptor(
     model: &ConfigModel,
     cell: &SnapshotCell,
 ) -> anyhow::Result<Option<Arc<TlsAcceptor>>> {
     let b = &model.bootstrap;
-    if !b.listen.iter().any(|l| l.tls) {
+    let admin_tls = b.admin_api.as_ref().is_some_and(|a| a.listen.tls);
+    if !b.listen.iter().any(|l| l.tls) && !admin_tls {
         return Ok(None);
     }
     match &model.default_cert {
@@ -153,7 +166,8 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
     let in_flight = Arc::new(InFlight::default());
     let draining = Arc::new(AtomicBool::new(false));
 
-    let kinds = Arc::new(ListenerKinds::new(&b.listen, tls_acceptor(&model, &cell)?));
+    let acceptor = tls_acceptor(&model, &cell)?;
+    let kinds = Arc::new(ListenerKinds::new(&b.listen, acceptor.clone()));
     let gate = Gate::new(
         cell.clone(),
         in_flight.clone(),
@@ -233,10 +247,22 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
             },
             model.keys.clone(),
         )?;
-        let mut service = Service::new("admin-api".into(), app);
-        service.add_tcp(&api.listen);
-        service.threads = Some(1);
-        server.add_service(service);
+        if api.listen.tls {
+            // Through the proxy's connection layer: its TLS acceptor
+            // (certificates by SNI), HTTP/2 by ALPN, idle timeouts.
+            let listen = std::slice::from_ref(&api.listen);
+            let app = Connections::new(
+                app,
+                Arc::new(InFlight::default()),
+                idle,
+                Arc::new(ConnLimits::new(1024, None, api.listen.port())),
+                Arc::new(ListenerKinds::new(listen, acceptor.clone())),
+                b.proxy.http2.max_resets_per_second,
+            );
+            add_admin_api(&mut server, &api.listen.addr, app);
+        } else {
+            add_admin_api(&mut server, &api.listen.addr, app);
+        }
     }
 
     server.add_boxed_service(source);

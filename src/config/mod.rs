@@ -95,7 +95,7 @@ impl Bootstrap {
             .chain(
                 self.admin_api
                     .iter()
-                    .map(|a| ("admin_api.listen".to_string(), a.listen.as_str())),
+                    .map(|a| ("admin_api.listen".to_string(), a.listen.addr.as_str())),
             )
     }
 }
