@@ -250,6 +250,26 @@ fn bad_bodies_ids_and_references_are_refused_and_nothing_is_written() {
         (400, vec!["nodez".to_string()]),
         "{r:?}"
     );
+    // Independent mistakes are named together.
+    let r = put(
+        "/routes/many",
+        r#"{"paths": ["/m"], "upstream": "u", "retriez": 1, "priority": "high", "timeout": {"read_ms": 0}}"#,
+        json_ct,
+    );
+    assert_eq!(
+        (r.status, error_fields(&r)),
+        (
+            400,
+            vec![
+                "priority".to_string(),
+                "retriez".to_string(),
+                "timeout.read_ms".to_string()
+            ]
+        ),
+        "{r:?}"
+    );
+    let r = put("/upstreams/u", "nodes: [unclosed", "application/yaml");
+    assert_eq!(r.status, 400, "invalid YAML: {r:?}");
     let big = format!(
         "{{\"nodes\": [\"http://127.0.0.1:1\"], \"x\": \"{}\"}}",
         "a".repeat(1_100_000)

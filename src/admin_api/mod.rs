@@ -108,14 +108,20 @@ impl Answer {
         Self::ok(status, json!({ "error": message.into(), "fields": [] }))
     }
 
-    /// A 400 naming the bad field.
-    pub fn invalid(e: &FieldError) -> Self {
+    /// A 400 naming every bad field found.
+    pub fn invalid(errors: &[FieldError]) -> Self {
+        let first = errors.first().map_or_else(String::new, |e| e.to_string());
+        let more = match errors.len() {
+            0 | 1 => String::new(),
+            n => format!(" (and {} more)", n - 1),
+        };
+        let fields: Vec<Value> = errors
+            .iter()
+            .map(|e| json!({ "path": e.path, "message": e.message }))
+            .collect();
         Self::ok(
             400,
-            json!({
-                "error": format!("invalid value: {e}"),
-                "fields": [{ "path": e.path, "message": e.message }],
-            }),
+            json!({ "error": format!("invalid value: {first}{more}"), "fields": fields }),
         )
     }
 

@@ -184,15 +184,15 @@ async fn write(
     expect: Option<i64>,
 ) -> Answer {
     if let Err(e) = secrets::harden(kind, &mut body).await {
-        return Answer::invalid(&e);
+        return Answer::invalid(std::slice::from_ref(&e));
     }
     let raw = match serde_json::to_vec(&body) {
         Ok(r) => r,
         Err(e) => return Answer::error(400, e.to_string()),
     };
-    let doc = match document::check(kind, id, &raw, &api.key_ring) {
+    let doc = match document::check_all(kind, id, &body, &api.key_ring) {
         Ok(d) => d,
-        Err(e) => return Answer::invalid(&e),
+        Err(errors) => return Answer::invalid(&errors),
     };
     let warnings = if call.flag("force") {
         Vec::new()

@@ -94,3 +94,126 @@ pub fn check(kind: Kind, id: &str, value: &[u8], keys: &KeyRing) -> Result<Docum
         }
     }
 }
+
+/// Most bad fields reported for one value.
+const MAX_ERRORS: usize = 20;
+
+/// [`check`], reporting every bad field it can find: after each error
+/// the offending object field is set aside and the value checked again,
+/// so independent mistakes are named together (a bad list element, or
+/// an error that leaves nothing to set aside, ends the search: its
+/// siblings' paths would no longer be the caller's).
+pub fn check_all(
+    kind: Kind,
+    id: &str,
+    value: &serde_json::Value,
+    keys: &KeyRing,
+) -> Result<Document, Vec<FieldError>> {
+    let mut errors: Vec<FieldError> = Vec::new();
+    let mut removed: Vec<String> = Vec::new();
+    let mut v = value.clone();
+    loop {
+        let raw = serde_json::to_vec(&v).unwrap_or_default();
+        let e = match check(kind, id, &raw, keys) {
+            Ok(doc) if errors.is_empty() => return Ok(doc),
+            Ok(_) => return Err(errors),
+            Err(e) => e,
+        };
+        // "missing field `x`" after `x` was set aside is our doing.
+        let missing = e
+            .message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+            .map(|name| crate::field_error::field(&e.path, name));
+        if missing.is_some_and(|m| removed.contains(&m)) {
+            return Err(errors);
+        }
+        let again = errors.iter().any(|x| x.path == e.path);
+        let path = e.path.clone();
+        if !again {
+            errors.push(without_position(e));
+        }
+        if again || errors.len() >= MAX_ERRORS || !remove(&mut v, &path) {
+            return Err(errors);
+        }
+        removed.push(path);
+    }
+}
+
+/// The error without serde's " at line L column C": the text checked is
+/// the value re-encoded, not what the caller sent.
+fn without_position(mut e: FieldError) -> FieldError {
+    if let Some(i) = e.message.rfind(" at line ") {
+        if e.message[i..].contains(" column ") {
+            e.message.truncate(i);
+        }
+    }
+    e
+}
+
+/// Removes the object field at `path` (`a.b.c`, `a[0].b`); `false` when
+/// the path ends in a list element or does not lead to a field.
+fn remove(v: &mut serde_json::Value, path: &str) -> bool {
+    if path.is_empty() || path.ends_with(']') {
+        return false;
+    }
+    let (parent, name) = match path.rsplit_once('.') {
+        Some((p, n)) => (p, n),
+        None => ("", path),
+    };
+    let mut at = v;
+    for part in parent.split('.').filter(|p| !p.is_empty()) {
+        let (key, indexes) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        let Some(next) = at.get_mut(key) else {
+            return false;
+        };
+        at = next;
+        for idx in indexes.split(['[', ']']).filter(|s| !s.is_empty()) {
+            let Some(next) = idx.parse::<usize>().ok().and_then(|i| at.get_mut(i)) else {
+                return false;
+            };
+            at = next;
+        }
+    }
+    at.as_object_mut().is_some_and(|o| o.remove(name).is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn independent_mistakes_are_named_together() {
+        let keys = KeyRing::empty();
+        let v = json!({"paths": ["/a"], "upstream": "u", "retriez": 1, "timeout": {"read_ms": 0}, "priority": "high"});
+        let errors = check_all(Kind::Route, "r", &v, &keys).err().unwrap();
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec!["priority", "retriez", "timeout.read_ms"],
+            "{errors:?}"
+        );
+        assert!(!errors[0].message.contains("line 1"), "{errors:?}");
+        // A required field that is bad is named once, not again as missing.
+        let errors = check_all(
+            Kind::Route,
+            "r",
+            &json!({"paths": "x", "upstream": "u"}),
+            &keys,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(check_all(
+            Kind::Route,
+            "r",
+            &json!({"paths": ["/a"], "upstream": "u"}),
+            &keys
+        )
+        .is_ok());
+    }
+}
