@@ -11,15 +11,12 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use tollgate::plugins::consumer::{sha256, ConsumerSpec, ConsumerTable};
+use tollgate::plugins::consumer::{sha256_hex, ConsumerSpec, ConsumerTable};
 
 fn table() -> ConsumerTable {
     let consumers: Vec<_> = (0..10_000)
         .map(|i| {
-            let hex: String = sha256(format!("key-{i:05}-0123456789abcdef0123456789").as_bytes())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let hex = sha256_hex(format!("key-{i:05}-0123456789abcdef0123456789").as_bytes());
             let spec: ConsumerSpec =
                 serde_json::from_str(&format!(r#"{{"key_auth": {{"key_sha256": "{hex}"}}}}"#))
                     .unwrap();

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::field_error::{field, index, FieldError};
-use crate::plugins::consumer::sha256;
+use crate::plugins::consumer::{sha256, unhex};
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -58,18 +58,6 @@ pub struct Keys {
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
 
-fn unhex(s: &str) -> Option<[u8; 32]> {
-    let s = s.as_bytes();
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in s.chunks(2).enumerate() {
-        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
-    Some(out)
-}
-
 impl Keys {
     /// Checks `admin_api.keys` (at `at`).
     pub fn new(specs: &[ApiKeySpec], at: &str) -> Result<Self, FieldError> {
@@ -85,7 +73,7 @@ impl Keys {
             if k.name.is_empty() {
                 return Err(FieldError::new(field(&at, "name"), "must not be empty"));
             }
-            let hash = unhex(&k.sha256.to_ascii_lowercase()).ok_or_else(|| {
+            let hash = unhex(&k.sha256).ok_or_else(|| {
                 FieldError::new(
                     field(&at, "sha256"),
                     "the key's SHA-256 in 64 hex digits (tollgate hash-secret prints it), not the key",
@@ -142,7 +130,7 @@ mod tests {
 
     #[test]
     fn keys_are_found_by_hash_and_failures_slow_down() {
-        let hex: String = sha256(b"k").iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::plugins::consumer::sha256_hex(b"k");
         let keys = Keys::new(
             &[ApiKeySpec {
                 name: "ops".into(),

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::field_error::FieldError;
-use crate::plugins::consumer::{hash_password, sha256};
+use crate::plugins::consumer::{hash_password, sha256_hex};
 use crate::source::document::Kind;
 
 /// What GET shows instead of a secret.
@@ -20,10 +20,7 @@ pub async fn harden(kind: Kind, v: &mut Value) -> Result<(), FieldError> {
     }
     if let Some(ka) = v.get_mut("key_auth").and_then(Value::as_object_mut) {
         if let Some(Value::String(key)) = ka.remove("key") {
-            let hex: String = sha256(key.as_bytes())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let hex = sha256_hex(key.as_bytes());
             ka.insert("key_sha256".into(), Value::String(hex));
         }
     }

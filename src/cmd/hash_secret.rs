@@ -35,9 +35,6 @@ pub fn hash_secret(args: &HashSecretArgs) -> anyhow::Result<String> {
             .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
         return Ok(format!("{{\"password_hash\": \"{phc}\"}}"));
     }
-    let hex: String = crate::plugins::consumer::sha256(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = crate::plugins::consumer::sha256_hex(secret.as_bytes());
     Ok(format!("{{\"key_sha256\": \"{hex}\"}}"))
 }

@@ -74,8 +74,14 @@ pub fn sha256(secret: &[u8]) -> [u8; 32] {
     out
 }
 
-fn unhex(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
+/// [`sha256`] in 64 lowercase hex digits, as configs hold it.
+pub fn sha256_hex(secret: &[u8]) -> String {
+    sha256(secret).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 64 hex digits (either case) as the 32 bytes of a SHA-256.
+pub fn unhex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -102,7 +108,7 @@ impl ConsumerSpec {
         }
         let key_sha256 = match &self.key_auth {
             None => None,
-            Some(k) => Some(unhex(&k.key_sha256.to_ascii_lowercase()).ok_or_else(|| {
+            Some(k) => Some(unhex(&k.key_sha256).ok_or_else(|| {
                 FieldError::new(
                     field(&field(at, "key_auth"), "key_sha256"),
                     "must be the key's SHA-256 in 64 hex digits (tollgate hash-secret prints it), not the key",
