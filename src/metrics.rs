@@ -22,6 +22,10 @@ pub struct Metrics {
     pub applied_revision: IntGauge,
     pub relists: IntCounterVec,
     pub rebuilds: IntCounter,
+    /// 1 while config changes wait for an apply's batch marker to go.
+    pub batch_held: IntGauge,
+    /// Holds for an apply's batch ended, by how (released, expired, timeout, overflow, relist).
+    pub batch_holds: IntCounterVec,
     /// Requests refused with 429, by route.
     pub ratelimit_rejected: IntCounterVec,
     /// Requests of new clients that found the per-route client table full.
@@ -126,6 +130,17 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "tollgate_config_rejected_total",
             "Config values rejected by validation; the key keeps its last good value",
             &["kind"],
+        ),
+        batch_held: gauge(
+            &r,
+            "tollgate_config_batch_held",
+            "1 while config changes are held until a multi-transaction apply finishes",
+        ),
+        batch_holds: counter_vec(
+            &r,
+            "tollgate_config_batch_holds_total",
+            "Holds for a multi-transaction apply, by how they ended (released, timeout, overflow, relist)",
+            &["end"],
         ),
         unleased_instances: counter(
             &r,

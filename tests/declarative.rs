@@ -2,16 +2,22 @@
 //! gateway: documents applied and served, a second apply with no changes,
 //! a field-by-field diff, --prune, one bad document among 100 refusing the
 //! whole apply (nothing written, the file and field named), an export that
-//! apply takes back unchanged, and --wait for the fleet.
+//! apply takes back unchanged, --wait for the fleet, and the batch hold:
+//! gateways publish a multi-transaction apply whole, never an instance
+//! death late, and serve what a dead apply wrote once its marker's lease
+//! ends.
 
 mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::etcd_gw::{start_gw, ROUTES};
+use common::etcd_gw::{metric, start_gw, wait_status, GATEWAYS, ROUTES, SERVICES};
 use common::{bin, READY};
 use testkit::{http_request, wait_for, Backend, Etcd};
+
+/// Holds ended by the markers going (the apply's end or its lease's).
+const RELEASED: &str = r#"tollgate_config_batch_holds_total{end="released"}"#;
 
 fn tollgate(etcd: &Etcd, args: &[&str]) -> Output {
     Command::new(bin())
@@ -205,7 +211,20 @@ fn an_apply_killed_midway_leaves_whole_transactions_served_and_a_rerun_finishes_
     let in_etcd = etcd.client().get_prefix(ROUTES).len();
     eprintln!("apply killed with {in_etcd} of 3000 routes written");
     assert_eq!(in_etcd % 100, 0, "etcd holds whole transactions: {in_etcd}");
-    let status = common::etcd_gw::wait_status(&gw, "the gateway at etcd's state", READY, |s| {
+    if in_etcd < 3000 {
+        // The dead apply's marker holds the gateway until its lease ends:
+        // meanwhile it serves none of the apply, not the part written.
+        let held = "tollgate_config_batch_held";
+        wait_for("the gateway holding for the apply", READY, || {
+            metric(&gw, held) == 1.0 || metric(&gw, RELEASED) >= 1.0
+        });
+        let before = metric(&gw, held);
+        let routes = wait_status(&gw, "status", READY, |_| true)["routes"].clone();
+        if before == 1.0 && metric(&gw, held) == 1.0 {
+            assert_eq!(routes, 0, "a held gateway serves none of the apply");
+        }
+    }
+    let status = wait_status(&gw, "the gateway at etcd's state", READY, |s| {
         s["routes"].as_u64() == Some(in_etcd as u64)
     });
     assert_eq!(status["routes"].as_u64(), Some(in_etcd as u64));
@@ -220,4 +239,129 @@ fn an_apply_killed_midway_leaves_whole_transactions_served_and_a_rerun_finishes_
         &t[..t.len().min(500)]
     );
     common::etcd_gw::wait_status(&gw, "all 3000 routes", READY, |s| s["routes"] == 3000);
+}
+
+#[test]
+fn an_apply_of_several_transactions_is_published_whole() {
+    let b = Backend::start("b");
+    let etcd = Etcd::start();
+    let gw = start_gw("whole-apply", &[etcd.endpoint()]);
+    let dir = common::etcd_gw::TempDir::new("whole-apply");
+    let mut docs = format!(
+        "kind: upstream\nid: u\nspec: {{nodes: [\"{}\"]}}\n",
+        b.url()
+    );
+    for i in 0..250 {
+        docs +=
+            &format!("---\nkind: route\nid: r{i:03}\nspec: {{paths: [\"/r/{i}\"], upstream: u}}\n");
+    }
+    write(dir.path(), "all.yaml", &docs);
+    let rebuilds = metric(&gw, "tollgate_router_rebuilds_total");
+    let out = tollgate(
+        &etcd,
+        &["apply", "-f", dir.path().to_str().unwrap(), "--wait", "10"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("251 changes, 3 transactions"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        metric(&gw, RELEASED),
+        1.0,
+        "held once, released by the apply's end"
+    );
+    assert_eq!(metric(&gw, "tollgate_config_batch_held"), 0.0);
+    assert_eq!(
+        metric(&gw, "tollgate_router_rebuilds_total") - rebuilds,
+        1.0,
+        "three transactions, one router rebuild"
+    );
+    for i in [0, 249] {
+        let r = gw.request("GET", &format!("/r/{i}"), &[], None).unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert!(
+        etcd.client().get_prefix("/tollgate/batches/").is_empty(),
+        "the apply removed its marker"
+    );
+}
+
+#[test]
+fn a_batch_marker_holds_config_but_not_instances_and_its_lease_frees_the_fleet() {
+    let b = Backend::start("b");
+    let etcd = Etcd::start();
+    let gw = start_gw("held", &[etcd.endpoint()]);
+    let c = etcd.client();
+    let up = serde_json::json!({ "nodes": [b.url()] }).to_string();
+    c.put("/tollgate/upstreams/u", &up);
+    common::etcd_gw::put_route(c, "old", &["/old"], "u");
+    common::etcd_gw::put_route(c, "reg", &["/reg"], "svc");
+    let svc = c.keep_alive(30);
+    c.put_with_lease(&format!("{SERVICES}svc/i1"), &b.url(), svc.id);
+    wait_status(&gw, "both routes and an instance", READY, |s| {
+        s["routes"] == 2 && s["instances"] == 2
+    });
+    // An apply begins (its marker on a lease), writes, and dies.
+    let mut marker = c.keep_alive(2);
+    c.put_with_lease("/tollgate/batches/t1", "{}", marker.id);
+    common::etcd_gw::put_route(c, "new", &["/new"], "u");
+    c.delete(&format!("{ROUTES}old"));
+    // Registry events are not held: an instance registered now is served.
+    c.put_with_lease(&format!("{SERVICES}svc/i2"), &b.url(), svc.id);
+    // A gateway key after the route writes on the same (config) watch: once
+    // the gateway counts it, it has seen the writes before it.
+    c.put(&format!("{GATEWAYS}other"), "{}");
+    wait_status(&gw, "the instance and the second gateway", READY, |s| {
+        s["instances"] == 3 && s["gateways"] == 2
+    });
+    assert_eq!(metric(&gw, "tollgate_config_batch_held"), 1.0);
+    assert_eq!(gw.request("GET", "/new", &[], None).unwrap().status, 404);
+    assert_eq!(gw.request("GET", "/old", &[], None).unwrap().status, 200);
+    // The fleet view says why this node is behind.
+    wait_for("the fleet view to show the node holding", READY, || {
+        let out = tollgate(&etcd, &["status"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["applies_under_way"] == 1
+            && v["gateways"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|n| n["node_id"] == "held" && n["state"] == "holding")
+    });
+    // The apply died: its lease ends and the gateway serves what it wrote.
+    marker.stop_keepalive();
+    wait_for("the held changes served", READY, || {
+        gw.request("GET", "/new", &[], None)
+            .is_ok_and(|r| r.status == 200)
+    });
+    assert_eq!(gw.request("GET", "/old", &[], None).unwrap().status, 404);
+    assert_eq!(metric(&gw, RELEASED), 1.0);
+    assert_eq!(metric(&gw, "tollgate_config_batch_held"), 0.0);
+    drop(svc);
+}
+
+#[test]
+fn the_fleet_view_names_a_stale_node() {
+    let etcd = Etcd::start();
+    let c = etcd.client();
+    c.put(&format!("{ROUTES}r"), r#"{"paths":["/r"],"upstream":"u"}"#);
+    let record = |stale: bool| {
+        serde_json::json!({"node_id": "n", "version": "x", "config_revision": 1, "stale": stale, "holding": false})
+            .to_string()
+    };
+    let state = || {
+        let out = tollgate(&etcd, &["status"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["gateways"][0]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    c.put(&format!("{GATEWAYS}n"), &record(true));
+    assert_eq!(state(), "stale");
+    c.put(&format!("{GATEWAYS}n"), &record(false));
+    assert_eq!(state(), "behind");
 }

@@ -34,6 +34,19 @@ pub struct Written {
     pub created: bool,
 }
 
+/// A lease this process keeps alive; dropping it stops the keep-alives
+/// (the lease then ends after its TTL).
+pub struct KeptLease {
+    pub id: i64,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for KeptLease {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}
+
 pub struct Etcd {
     endpoints: Vec<String>,
     client: Mutex<Option<Client>>,
@@ -197,6 +210,67 @@ impl Etcd {
             return Err(EtcdError::Conflict);
         }
         Ok(r.header().map_or(0, |h| h.revision()))
+    }
+
+    /// Grants a lease of `ttl` seconds, kept alive until the returned
+    /// handle is dropped or revoked.
+    pub async fn kept_lease(&self, ttl: i64) -> Result<KeptLease, EtcdError> {
+        let mut c = self.client().await?;
+        let id = match tokio::time::timeout(CALL, c.lease_grant(ttl, None)).await {
+            Ok(Ok(r)) => r.id(),
+            Ok(Err(e)) => return Err(self.failed(e).await),
+            Err(_) => return Err(self.failed("etcd did not answer in time").await),
+        };
+        let every = Duration::from_secs((ttl as u64 / 3).max(1));
+        let keeper = tokio::spawn(async move {
+            let Ok((mut keeper, mut acks)) = c.lease_keep_alive(id).await else {
+                return;
+            };
+            loop {
+                tokio::time::sleep(every).await;
+                if keeper.keep_alive().await.is_err() {
+                    return;
+                }
+                match acks.message().await {
+                    Ok(Some(ack)) if ack.ttl() > 0 => {}
+                    _ => {
+                        tracing::warn!(
+                            lease = id,
+                            "lost the lease: gateways stop waiting for this apply"
+                        );
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(KeptLease { id, keeper })
+    }
+
+    /// Puts `value` at `key` under `lease`; the revision made.
+    pub async fn put_leased(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<i64, EtcdError> {
+        let op = TxnOp::put(
+            key,
+            value,
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        );
+        let r = self.txn(Txn::new().and_then(vec![op])).await?;
+        Ok(r.header().map_or(0, |h| h.revision()))
+    }
+
+    /// Ends a lease: its keys go at once.
+    pub async fn revoke(&self, lease: KeptLease) -> Result<(), EtcdError> {
+        lease.keeper.abort();
+        let mut c = self.client().await?;
+        match tokio::time::timeout(CALL, c.lease_revoke(lease.id)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.failed(e).await),
+            Err(_) => Err(self.failed("etcd did not answer in time").await),
+        }
     }
 
     async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, EtcdError> {

@@ -74,7 +74,7 @@ pub fn document() -> Value {
     paths.insert(
         "/admin/v1/gateways".into(),
         json!({ "get": { "summary": "every live gateway node, its applied revision and lag",
-                         "responses": { "200": { "description": "{config_revision, gateways: [...]}" } } } }),
+                         "responses": { "200": { "description": "{config_revision, etcd_revision, applies_under_way, gateways: [{node_id, version, config_revision, lag, up_to_date, state: up_to_date|behind|holding|stale}]}" } } } }),
     );
     paths.insert(
         "/admin/v1/openapi.json".into(),

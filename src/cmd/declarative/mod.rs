@@ -8,11 +8,14 @@
 //! [`BATCH`] changes (etcd refuses more than 128 operations in one), each
 //! all-or-nothing and each guarded by the mod_revisions read when the plan
 //! was made (a concurrent writer fails the apply with exit code 2, and
-//! later batches are not written). Gateways apply each transaction as it
-//! lands: during an apply of more than [`BATCH`] changes they serve a
-//! prefix of its batches (kinds in the order upstreams, consumers, certs,
-//! settings, routes, so a new route never arrives before its upstream),
-//! never half of one batch.
+//! later batches are not written), kinds in the order upstreams, consumers,
+//! certs, settings, routes (a new route never lands before its upstream).
+//! An apply of more than one transaction first puts a batch marker
+//! (`<prefix>/batches/<apply>`, on a lease it keeps alive), and removes it
+//! when done: gateways hold config changes while a marker exists and
+//! publish the whole apply at once (see `source::etcd::batch_hold`). If the
+//! apply dies, the lease ends within [`MARKER_TTL_S`] seconds and gateways
+//! serve what was written: whole transactions, never half of one.
 
 pub mod docs;
 mod plan;
@@ -197,27 +200,104 @@ pub fn apply(args: &ApplyArgs, config: &Path) -> anyhow::Result<i32> {
         if args.dry_run || plan.changes.is_empty() {
             return Ok(0);
         }
-        let mut revision = 0;
         let writes = plan.writes(&p.prefix);
-        for (n, batch) in writes.chunks(BATCH).enumerate() {
-            match p.etcd.batch(batch).await {
-                Ok(r) => revision = r,
-                Err(EtcdError::Conflict) => {
-                    eprintln!(
-                        "tollgate apply: conflict: something else changed these resources since the plan; {n} of {} batches written (revision {revision}); run apply again",
-                        writes.len().div_ceil(BATCH)
-                    );
-                    return Ok(2);
-                }
-                Err(e) => return Err(etcd_error(e)),
+        let transactions = writes.len().div_ceil(BATCH);
+        let revision = match write_all(&p, &writes).await? {
+            Written::All(revision) => revision,
+            Written::Conflict { done, revision } => {
+                eprintln!(
+                    "tollgate apply: conflict: something else changed these resources since the plan; {done} of {transactions} batches written (revision {revision}); run apply again"
+                );
+                return Ok(2);
             }
-        }
-        println!("applied at revision {revision} ({} changes, {} transactions)", writes.len(), writes.len().div_ceil(BATCH));
+        };
+        println!("applied at revision {revision} ({} changes, {transactions} transactions)", writes.len());
         match args.wait {
             None => Ok(0),
             Some(secs) => wait(&p, revision, Duration::from_secs(secs)).await,
         }
     })
+}
+
+enum Written {
+    All(i64),
+    /// A concurrent writer: `done` transactions landed, up to `revision`.
+    Conflict {
+        done: usize,
+        revision: i64,
+    },
+}
+
+/// Writes `writes` in transactions of [`BATCH`]. More than one is written
+/// under a leased batch marker, for which the gateways hold their config
+/// changes: they publish the whole apply at once when the marker goes (at
+/// the end, or when this process dies and the lease expires).
+async fn write_all(
+    p: &Place,
+    writes: &[(String, Option<Vec<u8>>, i64)],
+) -> anyhow::Result<Written> {
+    let transactions = writes.len().div_ceil(BATCH);
+    let marker = if transactions > 1 {
+        Some(place_marker(p, writes.len(), transactions).await?)
+    } else {
+        None
+    };
+    let mut outcome = Ok(Written::All(0));
+    let mut revision = 0;
+    for (done, batch) in writes.chunks(BATCH).enumerate() {
+        match p.etcd.batch(batch).await {
+            Ok(r) => {
+                revision = r;
+                outcome = Ok(Written::All(r));
+            }
+            Err(EtcdError::Conflict) => {
+                outcome = Ok(Written::Conflict { done, revision });
+                break;
+            }
+            Err(e) => {
+                outcome = Err(etcd_error(e).context(format!(
+                    "{done} of {transactions} transactions written (revision {revision})"
+                )));
+                break;
+            }
+        }
+    }
+    if let Some(lease) = marker {
+        if let Err(e) = p.etcd.revoke(lease).await {
+            eprintln!(
+                "tollgate apply: could not remove the batch marker ({}); gateways publish when its lease expires ({MARKER_TTL_S} s)",
+                etcd_error(e)
+            );
+        }
+    }
+    outcome
+}
+
+/// Seconds a batch marker outlives a dead apply.
+const MARKER_TTL_S: i64 = 5;
+
+async fn place_marker(
+    p: &Place,
+    changes: usize,
+    transactions: usize,
+) -> anyhow::Result<crate::admin_api::etcd::KeptLease> {
+    let started_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let id = format!("{:x}-{:x}", started_unix_ms, rand::random::<u32>());
+    let key = crate::source::etcd::Keyspace::new(&p.prefix, &p.registry).batch_key(&id);
+    let value = serde_json::json!({
+        "started_unix_ms": started_unix_ms,
+        "changes": changes,
+        "transactions": transactions,
+        "pid": std::process::id(),
+    });
+    let lease = p.etcd.kept_lease(MARKER_TTL_S).await.map_err(etcd_error)?;
+    p.etcd
+        .put_leased(&key, value.to_string().into_bytes(), lease.id)
+        .await
+        .map_err(etcd_error)?;
+    Ok(lease)
 }
 
 /// Waits for every live gateway to report `revision` applied.

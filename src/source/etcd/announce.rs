@@ -1,8 +1,10 @@
 //! Each gateway registers itself under `<prefix>/gateways/<node-id>` with a
-//! lease, so an operator sees which nodes are alive and which config
-//! revision each has applied. The record is rewritten only when the config
-//! revision changes: its own writes are gateway keys, which do not move the
-//! config revision, so a node never wakes itself (rule 7).
+//! lease, so an operator sees which nodes are alive, which config revision
+//! each has applied, and whether it serves a stale config (its watch lost
+//! etcd while this record's connection still reaches it) or holds changes
+//! for an apply under way. The record is rewritten only when one of those
+//! changes: its own writes are gateway keys, which change none of them, so
+//! a node never wakes itself (rule 7).
 
 use etcd_client::{Client, ConnectOptions, PutOptions};
 use std::time::{Duration, Instant};
@@ -16,12 +18,24 @@ pub const LEASE_TTL_SECS: i64 = 10;
 /// Least time between two writes of the record.
 const RECORD_EVERY: Duration = Duration::from_millis(500);
 
+/// What the node has applied, as its record tells it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub config_revision: i64,
+    /// Serving the last config it had while its watch cannot reach etcd.
+    pub stale: bool,
+    /// Holding config changes until an apply finishes.
+    pub holding: bool,
+}
+
 /// What the gateway's record says.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Record<'a> {
     node_id: &'a str,
     version: &'a str,
     config_revision: i64,
+    stale: bool,
+    holding: bool,
     started_unix_ms: u64,
 }
 
@@ -31,7 +45,7 @@ pub async fn run(
     endpoints: Vec<String>,
     key: String,
     node_id: String,
-    mut config_revision: watch::Receiver<i64>,
+    mut applied: watch::Receiver<Applied>,
 ) {
     let started_unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -44,7 +58,7 @@ pub async fn run(
             &key,
             &node_id,
             started_unix_ms,
-            &mut config_revision,
+            &mut applied,
             &mut backoff,
         )
         .await;
@@ -59,7 +73,7 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep(backoff.next_delay()) => {}
             // Shutting down while not registered: nothing to withdraw.
-            Err(_) = config_revision.changed() => return,
+            Err(_) = applied.changed() => return,
         }
     }
 }
@@ -69,7 +83,7 @@ async fn session(
     key: &str,
     node_id: &str,
     started_unix_ms: u64,
-    config_revision: &mut watch::Receiver<i64>,
+    applied: &mut watch::Receiver<Applied>,
     backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
     let opts = ConnectOptions::new()
@@ -78,11 +92,13 @@ async fn session(
     let mut client = Client::connect([endpoint], Some(opts)).await?;
     let lease = client.lease_grant(LEASE_TTL_SECS, None).await?.id();
     let (mut keeper, mut acks) = client.lease_keep_alive(lease).await?;
-    let put = |rev: i64| {
+    let put = |now: Applied| {
         let value = serde_json::to_string(&Record {
             node_id,
             version: env!("CARGO_PKG_VERSION"),
-            config_revision: rev,
+            config_revision: now.config_revision,
+            stale: now.stale,
+            holding: now.holding,
             started_unix_ms,
         })
         .unwrap_or_default();
@@ -93,8 +109,8 @@ async fn session(
                 .await
         }
     };
-    let rev = *config_revision.borrow_and_update();
-    put(rev).await?;
+    let now = *applied.borrow_and_update();
+    put(now).await?;
     backoff.reset();
     let mut last_put = Some(Instant::now());
     let mut tick = tokio::time::interval(Duration::from_secs((LEASE_TTL_SECS / 3) as u64));
@@ -107,7 +123,7 @@ async fn session(
                     _ => anyhow::bail!("lease {lease} expired"),
                 }
             }
-            changed = config_revision.changed() => {
+            changed = applied.changed() => {
                 if changed.is_err() {
                     // The gateway is shutting down: withdraw at once.
                     let _ = client.lease_revoke(lease).await;
@@ -120,8 +136,8 @@ async fn session(
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
                 }
-                let rev = *config_revision.borrow_and_update();
-                put(rev).await?;
+                let now = *applied.borrow_and_update();
+                put(now).await?;
                 last_put = Some(Instant::now());
             }
         }

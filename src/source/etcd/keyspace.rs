@@ -1,6 +1,7 @@
 //! Which etcd key means what: `<prefix>/routes/<id>`,
 //! `<prefix>/upstreams/<name>`, `<prefix>/certs/<id>`, `<prefix>/settings`,
-//! `<prefix>/gateways/<node>` and `<registry>/<service>/<instance>`.
+//! `<prefix>/gateways/<node>`, `<prefix>/batches/<apply>` and
+//! `<registry>/<service>/<instance>`.
 
 /// A key, classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,12 +12,25 @@ pub enum Key<'a> {
     Consumer(&'a str),
     Settings,
     Gateway(&'a str),
+    /// A multi-transaction apply under way (`tollgate apply`): config
+    /// changes are held until it goes.
+    Batch(&'a str),
     Instance {
         service: &'a str,
         id: &'a str,
     },
     /// Under a watched prefix but not ours to interpret (logged, skipped).
     Unknown,
+}
+
+impl Key<'_> {
+    /// Config the gateway serves (what an apply writes).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Key::Route(_) | Key::Upstream(_) | Key::Cert(_) | Key::Consumer(_) | Key::Settings
+        )
+    }
 }
 
 /// The two prefixes we watch, normalised without a trailing slash.
@@ -48,6 +62,11 @@ impl Keyspace {
         format!("{}/gateways/{node}", self.prefix)
     }
 
+    /// The marker an apply of several transactions keeps while it writes.
+    pub fn batch_key(&self, apply: &str) -> String {
+        format!("{}/batches/{apply}", self.prefix)
+    }
+
     pub fn classify<'a>(&self, key: &'a str) -> Key<'a> {
         let non_empty = |s: &'a str| (!s.is_empty() && !s.contains('/')).then_some(s);
         if let Some(rest) = key
@@ -77,6 +96,7 @@ impl Keyspace {
             ("certs", Some(id)) => Key::Cert(id),
             ("consumers", Some(n)) => Key::Consumer(n),
             ("gateways", Some(n)) => Key::Gateway(n),
+            ("batches", Some(n)) => Key::Batch(n),
             _ => Key::Unknown,
         }
     }
@@ -96,6 +116,7 @@ mod tests {
         );
         assert_eq!(k.classify("/tollgate/settings"), Key::Settings);
         assert_eq!(k.classify("/tollgate/gateways/n1"), Key::Gateway("n1"));
+        assert_eq!(k.classify(&k.batch_key("a-1")), Key::Batch("a-1"));
         assert_eq!(
             k.classify("/services/users/i-1"),
             Key::Instance {

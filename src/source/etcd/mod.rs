@@ -5,6 +5,7 @@
 
 mod announce;
 pub mod backoff;
+mod batch_hold;
 pub mod endpoints;
 mod keyspace;
 mod leases;
@@ -239,10 +240,21 @@ struct Persister {
     saving: Arc<AtomicBool>,
     /// How long the last save took, in µs.
     last_save_us: Arc<AtomicU64>,
-    announce: tokio::sync::watch::Sender<i64>,
+    announce: tokio::sync::watch::Sender<announce::Applied>,
 }
 
 impl Persister {
+    /// Tells the announcer what this node now serves (a no-op when unchanged).
+    fn announce(&self, state: &EtcdState) {
+        let now = announce::Applied {
+            config_revision: state.announced_revision(),
+            stale: state.store.cell().status.view().stale,
+            holding: state.holding(),
+        };
+        self.announce
+            .send_if_modified(|r| std::mem::replace(r, now) != now);
+    }
+
     fn flush(&mut self, state: &EtcdState) {
         let Some(revision) = self.pending else {
             return;
@@ -301,11 +313,7 @@ impl OnApplied for Persister {
     }
 
     fn applied(&mut self, state: &EtcdState, revision: i64) {
-        self.announce.send_if_modified(|r| {
-            let changed = *r != state.config_revision();
-            *r = state.config_revision();
-            changed
-        });
+        self.announce(state);
         if state.config_revision() == self.saved_config_revision && self.last_write.is_some() {
             return;
         }
@@ -322,7 +330,7 @@ impl BackgroundService for EtcdSource {
         let Some(mut state) = self.state.lock().ok().and_then(|mut s| s.take()) else {
             return;
         };
-        let (announce_tx, announce_rx) = tokio::sync::watch::channel(0);
+        let (announce_tx, announce_rx) = tokio::sync::watch::channel(Default::default());
         let announcer = tokio::spawn(announce::run(
             self.cfg.endpoints.clone(),
             self.keys.gateway_key(&self.node_id),
@@ -366,6 +374,7 @@ impl BackgroundService for EtcdSource {
                 if !synced_once && !status.view().ready {
                     self.load_last_known_good(&mut state);
                 }
+                persist.announce(&state);
                 persist.flush(&state);
                 let delay = backoff.next_delay();
                 let endpoint = rotation.current().to_string();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use imbl::OrdMap;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
+use super::batch_hold::{BatchHold, Held};
 use super::keyspace::{Key, Keyspace};
 use super::leases::{Ending, LeaseBook};
 use super::preserve::{Decision, Preservation, Probed};
@@ -68,6 +69,8 @@ pub struct EtcdState {
     pub after_outage: bool,
     /// Decrypts stored private keys (`tls.key_encryption_keys`).
     key_ring: Arc<KeyRing>,
+    /// Config changes held while a multi-transaction apply writes.
+    hold: BatchHold,
 }
 
 /// Counts a refused value or route under `kind`, in the metric and in
@@ -92,6 +95,7 @@ impl EtcdState {
     ) -> Self {
         Self {
             key_ring,
+            hold: BatchHold::default(),
             leases: LeaseBook::default(),
             preserve: Preservation::new(preservation),
             after_outage: false,
@@ -134,6 +138,18 @@ impl EtcdState {
             return;
         };
         let class = self.keys.classify(key);
+        if self.hold.holding() && class.is_config() {
+            let held = Held::Put {
+                key: key.to_string(),
+                value: value.to_vec(),
+                lease,
+                rev: mod_revision,
+            };
+            if let Some(replay) = self.hold.push(held) {
+                self.replay(replay);
+            }
+            return;
+        }
         let is_instance = matches!(class, Key::Instance { .. });
         let unleased = lease == 0 && is_instance;
         let lease = if is_instance { lease } else { 0 };
@@ -199,6 +215,10 @@ impl EtcdState {
             }
             Key::Gateway(node) => {
                 self.gateways.insert(node.to_string());
+                return;
+            }
+            Key::Batch(apply) => {
+                self.hold.marker_put(apply, mod_revision, self.listing);
                 return;
             }
             Key::Unknown => {
@@ -274,9 +294,20 @@ impl EtcdState {
     /// (`relisted`: it went while this gateway was not watching, so how
     /// cannot be told, and an instance of it is never preserved).
     fn remove(&mut self, key: &str, revision: i64, relisted: bool) {
+        let class = self.keys.classify(key);
+        if self.hold.holding() && class.is_config() && !relisted {
+            let held = Held::Delete {
+                key: key.to_string(),
+                rev: revision,
+            };
+            if let Some(replay) = self.hold.push(held) {
+                self.replay(replay);
+            }
+            return;
+        }
         let gone = self.known.0.remove(key);
         let was_known = gone.is_some();
-        match self.keys.classify(key) {
+        match class {
             Key::Route(id) => self.store.set_route(id, None),
             Key::Upstream(name) => {
                 self.preserve.set_policy(name, None, None);
@@ -299,10 +330,55 @@ impl EtcdState {
                 self.gateways.remove(node);
                 return;
             }
+            Key::Batch(apply) => {
+                if let Some(replay) = self.hold.marker_gone(apply) {
+                    self.replay(replay);
+                }
+                return;
+            }
             Key::Unknown => return,
         }
         if was_known {
             self.config_revision = self.config_revision.max(revision);
+        }
+    }
+
+    /// Applies config events held for an apply, in the order they came.
+    fn replay(&mut self, events: Vec<Held>) {
+        for e in events {
+            match e {
+                Held::Put {
+                    key,
+                    value,
+                    lease,
+                    rev,
+                } => self.put(&key, &value, lease, rev),
+                Held::Delete { key, rev } => self.delete(&key, rev),
+            }
+        }
+    }
+
+    /// The config revision to tell the fleet: while holding for an apply,
+    /// none past its start (registry events may move the real one on, and
+    /// `apply --wait` must not take that for the apply being served).
+    pub fn announced_revision(&self) -> i64 {
+        self.hold.applied(self.config_revision)
+    }
+
+    /// Whether config changes are held for an apply under way.
+    pub fn holding(&self) -> bool {
+        self.hold.holding()
+    }
+
+    /// When held config changes must be published whatever the apply does.
+    pub fn hold_deadline(&self) -> Option<std::time::Instant> {
+        self.hold.deadline()
+    }
+
+    /// Ends a hold past its deadline (the changes are then published).
+    pub fn release_overdue(&mut self) {
+        if let Some(replay) = self.hold.overdue(std::time::Instant::now()) {
+            self.replay(replay);
         }
     }
 
@@ -357,6 +433,7 @@ impl EtcdState {
         self.generation = self.generation.wrapping_add(1);
         self.listing = true;
         self.gateways.clear();
+        self.hold.relist_begins();
     }
 
     /// Ends a re-list at `revision`: keys gone from etcd are deleted.
@@ -370,10 +447,12 @@ impl EtcdState {
             self.remove(&k, revision, true);
         }
         self.listing = false;
+        self.hold.relist_ends(revision);
     }
 
     /// Publishes the applied state at `revision`.
     pub fn publish(&mut self, revision: i64) -> ApplyReport {
+        let revision = self.hold.applied(revision);
         self.store.set_revision(revision);
         for (service, id) in self.preserve.sweep(std::time::Instant::now()) {
             self.store.set_instance(&service, &id, None);

@@ -161,6 +161,10 @@ pub async fn follow(
                     continue;
                 }
             }
+            _ = sleep_until(state.hold_deadline()) => {
+                // An apply held config changes too long: serve them now.
+                state.release_overdue();
+            }
             _ = sleep_until(on_applied.due()) => {
                 on_applied.run_due(state);
                 continue;
