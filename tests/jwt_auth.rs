@@ -119,6 +119,7 @@ fn gateway(k: &Keys, b: &Backend) -> Gateway {
          - {{ id: jwt, paths: [\"/jwt\"], upstream: b, plugins: [{{jwt-auth: {{}}}}] }}\n\
          - {{ id: aud, paths: [\"/aud\"], upstream: b, plugins: [{{jwt-auth: {{audiences: [api], leeway_s: 0}}}}] }}\n\
          - {{ id: jwks, paths: [\"/jwks\"], upstream: b, plugins: [{{jwt-auth: {{jwks: {jwk}, algorithms: [ES256], hide_credentials: true}}}}] }}\n\
+         - {{ id: qc, paths: [\"/qc\"], upstream: b, plugins: [{{jwt-auth: {{query: jwt, cookie: jwt, hide_credentials: true}}}}] }}\n\
          upstreams:\n{}",
         yaml_str(&k.es_public),
         yaml_str(&k.rsa_public),
@@ -191,6 +192,15 @@ fn each_algorithm_passes_with_its_consumers_key_and_names_the_consumer() {
     let j = echo(&bearer(&gw, "/jwks", &t));
     assert_eq!(j["headers"]["x-consumer-name"], "es-client", "{j}");
     assert!(j["headers"].get("authorization").is_none(), "{j}");
+    // In the query: found, and taken out of the target upstream.
+    let j = echo(&send(&gw, "GET", &format!("/qc?a=1&jwt={t}&b=2"), &[]));
+    assert_eq!(j["headers"]["x-consumer-name"], "es-client", "{j}");
+    assert_eq!(j["path"], "/qc?a=1&b=2", "{j}");
+    // In a cookie, on a target with no query string at all.
+    let cookie = format!("x=1; jwt={t}");
+    let j = echo(&send(&gw, "GET", "/qc", &[("cookie", &cookie)]));
+    assert_eq!(j["headers"]["x-consumer-name"], "es-client", "{j}");
+    assert_eq!(send(&gw, "GET", "/qc?jwt=", &[]).status, 401);
     // Audience required and matched.
     let t = sign(
         Algorithm::ES256,

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::consumer::{jwt_algorithm, Consumer};
+use super::query_param::{param, without};
 use super::ttl_cache::TtlCache;
 use super::{config, header_name, Flow, Plugin, PluginRequest, Reply};
 use crate::field_error::{field, index, FieldError};
@@ -235,16 +236,9 @@ impl JwtAuth {
             };
             return Some((t, Source::Header));
         }
-        if let Some(q) = &self.query {
-            let query = h.uri.query()?;
-            for pair in query.split('&') {
-                if let Some(t) = pair
-                    .strip_prefix(q.as_str())
-                    .and_then(|r| r.strip_prefix('='))
-                {
-                    return Some((t, Source::Query));
-                }
-            }
+        let in_query = (self.query.as_deref()).and_then(|q| param(h.uri.query()?, q));
+        if let Some((t, span)) = in_query {
+            return Some((t, Source::Query(span)));
         }
         if let Some(c) = &self.cookie {
             for line in h.headers.get_all(COOKIE) {
@@ -419,7 +413,8 @@ enum Checker<'k> {
 
 enum Source {
     Header,
-    Query,
+    /// Where in the query string.
+    Query(std::ops::Range<usize>),
     Cookie,
 }
 
@@ -437,9 +432,14 @@ impl Plugin for JwtAuth {
                 Source::Header => {
                     req.header.remove_header(&self.header);
                 }
-                // A query or cookie token stays: taking it out of the
-                // target or the cookie line is left to proxy-rewrite.
-                Source::Query | Source::Cookie => {}
+                Source::Query(span) => {
+                    if let Some(uri) = without(&req.header.uri, span) {
+                        req.header.set_uri(uri);
+                    }
+                }
+                // A cookie token stays: taking it out of the cookie line
+                // is left to proxy-rewrite.
+                Source::Cookie => {}
             }
         }
         *req.consumer = consumer;

@@ -6,11 +6,12 @@
 //! comparison is of hashes the guesser cannot steer). By default the key
 //! is removed before the upstream sees the request.
 
-use http::{HeaderName, Uri};
+use http::HeaderName;
 use serde::Deserialize;
 use serde_json::Value;
 use std::sync::Arc;
 
+use super::query_param::{param, without};
 use super::{config, header_name, Flow, Plugin, PluginRequest, Reply};
 use crate::field_error::{field, FieldError};
 
@@ -55,34 +56,6 @@ pub fn compile(v: &Value, at: &str) -> Result<Arc<dyn Plugin>, FieldError> {
     }))
 }
 
-/// The value of query parameter `name` in `query`, and its span.
-fn param<'q>(query: &'q str, name: &str) -> Option<(&'q str, std::ops::Range<usize>)> {
-    let mut start = 0;
-    for pair in query.split('&') {
-        let end = start + pair.len();
-        if let Some(v) = pair.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
-            return Some((v, start..end));
-        }
-        start = end + 1;
-    }
-    None
-}
-
-/// `uri` without the query parameter at `span`.
-fn without(uri: &Uri, span: std::ops::Range<usize>) -> Option<Uri> {
-    let q = uri.query()?;
-    let mut rest = String::with_capacity(q.len());
-    rest.push_str(&q[..span.start]);
-    rest.push_str(&q[span.end..]);
-    let rest = rest.trim_matches('&').replace("&&", "&");
-    let target = if rest.is_empty() {
-        uri.path().to_string()
-    } else {
-        format!("{}?{rest}", uri.path())
-    };
-    target.parse().ok()
-}
-
 impl Plugin for KeyAuth {
     fn request(&self, req: &mut PluginRequest<'_>) -> Flow {
         let h = &*req.header;
@@ -108,25 +81,5 @@ impl Plugin for KeyAuth {
         }
         *req.consumer = Some(consumer);
         Flow::Continue
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_query_key_is_found_and_taken_out() {
-        let q = "a=1&apikey=k3y&b=2";
-        let (v, span) = param(q, "apikey").unwrap();
-        assert_eq!(v, "k3y");
-        let uri: Uri = format!("/x?{q}").parse().unwrap();
-        assert_eq!(without(&uri, span).unwrap(), "/x?a=1&b=2");
-        assert!(param("xapikey=1", "apikey").is_none());
-        let uri: Uri = "/x?apikey=1".parse().unwrap();
-        assert_eq!(
-            without(&uri, param("apikey=1", "apikey").unwrap().1).unwrap(),
-            "/x"
-        );
     }
 }

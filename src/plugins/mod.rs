@@ -24,6 +24,7 @@ mod jwt_auth;
 pub mod jwt_crypto;
 mod key_auth;
 mod proxy_rewrite;
+mod query_param;
 mod redirect;
 pub mod request_size;
 mod response_rewrite;
