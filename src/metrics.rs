@@ -22,6 +22,16 @@ pub struct Metrics {
     pub applied_revision: IntGauge,
     pub relists: IntCounterVec,
     pub rebuilds: IntCounter,
+    /// Cached routes' requests by how the cache answered (hit, miss, stale, bypass).
+    pub cache_requests: IntCounterVec,
+    /// Entries pushed out of the cache by newer ones.
+    pub cache_evictions: IntCounter,
+    pub cache_bytes: IntGauge,
+    pub cache_entries: IntGauge,
+    /// Misses answered by another request's fill (coalesced).
+    pub cache_coalesced: IntCounter,
+    /// Purges applied, and whole-cache flushes.
+    pub cache_purges: IntCounterVec,
     /// 1 while config changes wait for an apply's batch marker to go.
     pub batch_held: IntGauge,
     /// Holds for an apply's batch ended, by how (released, expired, timeout, overflow, relist).
@@ -129,6 +139,30 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "tollgate_config_rejected_total",
             "Config values rejected by validation; the key keeps its last good value",
+            &["kind"],
+        ),
+        cache_requests: counter_vec(
+            &r,
+            "tollgate_cache_requests_total",
+            "Requests to cached routes by how the cache answered: hit, miss, stale, bypass",
+            &["result"],
+        ),
+        cache_evictions: counter(
+            &r,
+            "tollgate_cache_evictions_total",
+            "Cache entries pushed out by newer ones (cache.max_bytes)",
+        ),
+        cache_bytes: gauge(&r, "tollgate_cache_bytes", "Bytes held by the response cache"),
+        cache_entries: gauge(&r, "tollgate_cache_entries", "Entries in the response cache"),
+        cache_coalesced: counter(
+            &r,
+            "tollgate_cache_coalesced_total",
+            "Cache misses answered by another request's upstream fetch of the same key",
+        ),
+        cache_purges: counter_vec(
+            &r,
+            "tollgate_cache_purges_total",
+            "Purges applied from etcd (purge), and whole-cache flushes after missing some (flush)",
             &["kind"],
         ),
         batch_held: gauge(

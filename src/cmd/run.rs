@@ -126,6 +126,7 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
 
     crate::metrics::init();
     let cell = SnapshotCell::new();
+    cell.set_cache_max_bytes(b.cache.max_bytes);
     crate::metrics::register(Box::new(InstanceStates::new(cell.services.clone())));
     let mut store = Store::new(cell.clone(), model.timeouts);
     let node_id = node_id(&model);

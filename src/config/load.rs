@@ -136,6 +136,12 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
         }
     }
     crate::model::route::check_body_limit("proxy.max_body_bytes", b.proxy.max_body_bytes)?;
+    if !((1 << 20)..=(1 << 40)).contains(&b.cache.max_bytes) {
+        return Err(FieldError::new(
+            "cache.max_bytes",
+            "must be between 1048576 (1 MiB) and 1099511627776 (1 TiB)",
+        ));
+    }
     if !(1..=10_000_000).contains(&b.proxy.max_connections) {
         return Err(FieldError::new(
             "proxy.max_connections",

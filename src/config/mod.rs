@@ -56,6 +56,9 @@ pub struct Bootstrap {
     pub reload: ReloadConfig,
     #[serde(default)]
     pub access_log: AccessLogConfig,
+    /// The response cache's bound (routes opt in with `cache`).
+    #[serde(default)]
+    pub cache: CacheConfig,
     /// Per-request metrics (counters and histograms by route); `/metrics`
     /// still serves the sync and process families when off.
     #[serde(default = "default_true")]
@@ -98,6 +101,27 @@ impl Bootstrap {
                     .map(|a| ("admin_api.listen".to_string(), a.listen.addr.as_str())),
             )
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Bytes of cached answers this node keeps at most (bodies, headers
+    /// and bookkeeping), 1 MiB to 1 TiB.
+    #[serde(default = "default_cache_max_bytes")]
+    pub max_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_cache_max_bytes(),
+        }
+    }
+}
+
+fn default_cache_max_bytes() -> u64 {
+    crate::cache::DEFAULT_MAX_BYTES
 }
 
 #[derive(Debug, Clone, Deserialize)]

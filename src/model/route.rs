@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::cache::{CachePolicy, CacheSpec};
 use super::error::{field, index, FieldError};
 use super::pattern::PathPattern;
 use super::policy::CanarySpec;
@@ -55,6 +56,9 @@ pub struct RouteSpec {
     /// An ordered list of one-key objects, `{"cors": {...}}` (see `plugins`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<serde_json::Value>,
+    /// Cache the upstream's answers on each node (see `model::cache`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
 }
 
 pub use crate::plugins::request_size::{check_body_limit, MAX_BODY_LIMIT};
@@ -90,6 +94,7 @@ pub struct Route {
     pub limit_key: Option<LimitKey>,
     /// The route's own plugins, compiled.
     pub plugins: PluginList,
+    pub cache: Option<std::sync::Arc<CachePolicy>>,
 }
 
 impl Route {
@@ -211,7 +216,11 @@ impl RouteSpec {
             .map(|l| l.validate(&field(path, "rate_limit")))
             .transpose()?;
         let plugins = PluginList::compile(&self.plugins, &field(path, "plugins"))?;
+        let cache = (self.cache.as_ref())
+            .map(|c| c.compile(&field(path, "cache")).map(std::sync::Arc::new))
+            .transpose()?;
         Ok(Route {
+            cache,
             id: id.to_string(),
             spec: self,
             patterns,

@@ -93,6 +93,8 @@ pub struct RequestCtx {
     pub plugins_entered: usize,
     /// Who the caller is, when an auth plugin found out.
     pub consumer: Option<Arc<Consumer>>,
+    /// On a route with `cache`: how the cache answered, and the fill.
+    pub cache: Option<Box<super::caching::CacheCtx>>,
 }
 
 impl RequestCtx {
@@ -114,6 +116,7 @@ impl RequestCtx {
             protocol: Protocol::default(),
             plugins_entered: 0,
             consumer: None,
+            cache: None,
         }
     }
 

@@ -354,6 +354,9 @@ impl Gate {
             }
         }
         ctx.leaf = Some(route.upstream_for(&session.req_header().headers).clone());
+        if route.cache.is_some() && self.cache_lookup(session, ctx, self.cell.cache()).await {
+            return true;
+        }
         error_response::continue_if_expected(session).await;
         false
     }
@@ -509,6 +512,7 @@ impl Gate {
                 h.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining));
             }
         });
+        self.mark_cache(ctx, resp);
         // The onion's way out.
         ctx.plugin_responses(req, resp);
     }
@@ -527,6 +531,10 @@ impl Gate {
         ctx.ensure_request_id(&self.ids);
         // Neither engine reuses a connection after a failure: say so.
         session.set_keepalive(None);
+        if self.answer_stale(session, ctx).await {
+            tracing::debug!(request_id = ctx.request_id(), error = %e, "upstream failed; answered from the stale cache entry");
+            return error_response::final_response(session).map_or(0, |r| r.status.as_u16());
+        }
         if code > 0 && error_response::final_response(session).is_none() {
             self.answer(session, ctx, code, Body::Error(message), &[])
                 .await;

@@ -8,6 +8,7 @@
 //! moving of bytes differs.
 
 pub mod access_log;
+mod caching;
 mod conn_limit;
 mod connections;
 mod ctx;

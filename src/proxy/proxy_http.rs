@@ -127,7 +127,30 @@ impl ProxyHttp for Gateway {
                 ));
             }
         }
+        if self.gate.stale_for_status(ctx, status) {
+            // Answered from the stale cache entry by `fail_to_proxy`.
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(status),
+                "upstream error",
+            ));
+        }
+        self.gate
+            .cache_response_header(session.req_header(), upstream_response, ctx);
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<std::time::Duration>> {
+        if ctx.cache.is_some() {
+            let data = body.clone().unwrap_or_default();
+            self.gate.cache_response_body(ctx, &data, end_of_stream);
+        }
+        Ok(None)
     }
 
     async fn response_filter(

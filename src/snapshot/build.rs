@@ -55,6 +55,7 @@ pub fn entry_for(
         metrics: RouteMetrics::new(&route.id),
         failure_log: Default::default(),
         plugins: Chain::join(global_plugins, &route.plugins),
+        cache: route.cache.clone(),
     })
 }
 

@@ -158,12 +158,32 @@ pub struct SnapshotCell {
     pub consumers: ArcSwap<ConsumerTable>,
     /// The limiters of consumers with a limit of their own, by name.
     pub consumer_limits: ArcSwap<ConsumerLimits>,
+    /// The response cache, made on first use (most gateways cache nothing).
+    cache: std::sync::OnceLock<&'static crate::cache::ResponseCache>,
+    cache_max_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// Each rate-limited consumer's limiter.
 pub type ConsumerLimits = ahash::AHashMap<Arc<str>, Arc<crate::limiter::RouteLimiter>>;
 
 impl SnapshotCell {
+    /// The response cache (`cache.max_bytes`, set before first use).
+    pub fn cache(&self) -> &'static crate::cache::ResponseCache {
+        self.cache.get_or_init(|| {
+            crate::cache::ResponseCache::leak(self.cache_max_bytes.load(Ordering::Relaxed))
+        })
+    }
+
+    /// The cache's bound, before the first request uses it.
+    pub fn set_cache_max_bytes(&self, max: u64) {
+        self.cache_max_bytes.store(max, Ordering::Relaxed);
+    }
+
+    /// The response cache if any route has used it yet.
+    pub fn cache_if_used(&self) -> Option<&'static crate::cache::ResponseCache> {
+        self.cache.get().copied()
+    }
+
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             current: ArcSwap::default(),
@@ -174,6 +194,8 @@ impl SnapshotCell {
             certs: Arc::default(),
             consumers: ArcSwap::default(),
             consumer_limits: ArcSwap::default(),
+            cache: Default::default(),
+            cache_max_bytes: std::sync::atomic::AtomicU64::new(crate::cache::DEFAULT_MAX_BYTES),
         })
     }
 

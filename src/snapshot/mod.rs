@@ -48,6 +48,8 @@ pub struct RouteEntry {
     /// The settings' plugins around the route's own; `None` when neither
     /// has any.
     pub plugins: Option<Arc<Chain>>,
+    /// How this route's answers are cached, if they are.
+    pub cache: Option<Arc<crate::model::cache::CachePolicy>>,
 }
 
 /// A share of a route's traffic sent to another upstream.

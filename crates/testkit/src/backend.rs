@@ -410,7 +410,21 @@ async fn handle_conn(stream: TcpStream, shared: Arc<Shared>) -> io::Result<()> {
 }
 
 fn response(shared: &Shared, head: &Head, body_len: u64, status: u16, keep_alive: bool) -> Vec<u8> {
-    let (ctype, body) = if shared.fixed_body {
+    // Test-chosen answers: `x-reply-header: name: value` adds a response
+    // header, `x-reply-size: N` makes the body N bytes of 'x'.
+    let mut extra = String::new();
+    let mut size = None;
+    for (k, v) in &head.headers {
+        if k == "x-reply-header" {
+            extra.push_str(v);
+            extra.push_str("\r\n");
+        } else if k == "x-reply-size" {
+            size = v.parse::<usize>().ok();
+        }
+    }
+    let (ctype, body) = if let Some(n) = size {
+        ("application/octet-stream", vec![b'x'; n])
+    } else if shared.fixed_body {
         ("text/plain", b"ok\n".to_vec())
     } else {
         let mut hdrs = serde_json::Map::new();
@@ -452,7 +466,7 @@ fn response(shared: &Shared, head: &Head, body_len: u64, status: u16, keep_alive
     let mut out = Vec::with_capacity(160 + body.len());
     out.extend_from_slice(
         format!(
-            "HTTP/1.1 {status} {}\r\n{framing}x-backend: {}\r\n{connection}\r\n",
+            "HTTP/1.1 {status} {}\r\n{framing}x-backend: {}\r\n{extra}{connection}\r\n",
             reason(status),
             shared.name,
         )

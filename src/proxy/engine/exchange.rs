@@ -239,6 +239,9 @@ impl CoreEngine {
             HttpTask::Failed(e) => return Err(Exchange::Failed(e.into_up())),
         };
         let data = data.unwrap_or_default();
+        if !st.upgraded {
+            self.gate.cache_response_body(ctx, &data, end);
+        }
         if !data.is_empty() || end {
             session
                 .write_response_body(data, end)
@@ -298,6 +301,12 @@ impl CoreEngine {
                 return Err(Exchange::Retry);
             }
         }
+        if self.gate.stale_for_status(ctx, status) {
+            let e = Error::explain(ErrorType::HTTPStatus(status), "upstream error");
+            return Err(Exchange::Failed(e.into_up()));
+        }
+        self.gate
+            .cache_response_header(session.req_header(), &header, ctx);
         let no_body =
             session.req_header().method == http::Method::HEAD || matches!(status, 204 | 304);
         // An HTTP/1.0-style body that ends when the upstream closes goes to
@@ -323,6 +332,7 @@ impl CoreEngine {
             st.req_done = false;
         }
         if end {
+            self.gate.cache_response_body(ctx, &Bytes::new(), true);
             session
                 .finish_body()
                 .await

@@ -1,0 +1,274 @@
+//! The response cache: each node keeps upstream answers of routes with a
+//! `cache` in memory, within `cache.max_bytes` (weighted by size, CLOCK-PRO
+//! admission so one-hit wonders do not push out what is reused), and drops
+//! them on purges that every node reads from etcd.
+//!
+//! - `key.rs`: what tells entries apart (hashed to 128 bits, never built).
+//! - `freshness.rs`: whether an answer may be stored, and for how long
+//!   (RFC 9111 through pingora-cache's Cache-Control rules).
+//! - `fill.rs`: one answer on its way into the cache while it streams to
+//!   the client; concurrent misses wait for it (coalescing).
+//! - `purge.rs`: purge records (`<prefix>/purges/<id>`) and their matching.
+//!
+//! A purge or a flush moves the generation: an answer whose upstream
+//! request began before it is served to its client but never stored, so a
+//! fill racing a purge cannot put back what the purge removed.
+
+mod fill;
+mod freshness;
+mod key;
+pub mod purge;
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use quick_cache::sync::Cache;
+use quick_cache::{Lifecycle, Weighter};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use fill::{Fill, Refresh};
+pub use freshness::{storable, Uncacheable};
+pub use key::KeyParts;
+use purge::Purge;
+
+use crate::metrics::METRICS;
+
+/// An entry's key: two independent 64-bit hashes of what tells it apart.
+pub type Key = u128;
+
+/// The default `cache.max_bytes`.
+pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
+
+/// What the cache holds under a key.
+#[derive(Clone)]
+pub enum Slot {
+    Stored(Arc<Stored>),
+    /// The last answer could not be stored: requests go straight upstream
+    /// (no waiting on each other) until then.
+    Pass(Instant),
+}
+
+/// A stored answer.
+pub struct Stored {
+    /// Status and headers as the upstream sent them, less hop-by-hop,
+    /// `Set-Cookie`, `Age` and the framing headers.
+    pub header: ResponseHeader,
+    pub body: Bytes,
+    pub stored: Instant,
+    /// The upstream's `Age` when stored, in seconds.
+    pub initial_age: u64,
+    pub fresh_until: Instant,
+    pub stale_while_revalidate_until: Instant,
+    pub stale_if_error_until: Instant,
+    /// What purges match: the route, the target (path and query), tags.
+    pub route: Arc<str>,
+    pub target: Box<str>,
+    pub tags: Box<[Box<str>]>,
+    /// One request is refreshing this entry (the others are served it stale).
+    refreshing: AtomicBool,
+}
+
+impl Stored {
+    /// `Age`, in seconds.
+    pub fn age(&self, now: Instant) -> u64 {
+        self.initial_age + now.saturating_duration_since(self.stored).as_secs()
+    }
+
+    fn weight(&self) -> u64 {
+        let headers: usize = (self.header.headers.iter())
+            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+            .sum();
+        (self.body.len() + headers + self.target.len() + 256) as u64
+    }
+}
+
+#[derive(Clone)]
+struct Weigh;
+
+impl Weighter<Key, Slot> for Weigh {
+    fn weight(&self, _: &Key, slot: &Slot) -> u64 {
+        match slot {
+            Slot::Stored(s) => s.weight(),
+            Slot::Pass(_) => 64,
+        }
+    }
+}
+
+/// Counts evictions (entries pushed out by newer ones).
+#[derive(Clone, Default)]
+struct CountEvictions;
+
+impl Lifecycle<Key, Slot> for CountEvictions {
+    type RequestState = ();
+
+    fn on_evict(&self, _: &mut (), _: Key, _: Slot) {
+        METRICS.cache_evictions.inc();
+    }
+}
+
+type Store = Cache<Key, Slot, Weigh, ahash::RandomState, CountEvictions>;
+type Guard = quick_cache::sync::PlaceholderGuard<
+    'static,
+    Key,
+    Slot,
+    Weigh,
+    ahash::RandomState,
+    CountEvictions,
+>;
+
+/// What a lookup found.
+pub enum Lookup {
+    /// Fresh: serve it.
+    Fresh(Arc<Stored>),
+    /// Stale within `stale_while_revalidate`, and another request is
+    /// refreshing it: serve it stale.
+    Stale(Arc<Stored>),
+    /// This request goes upstream and stores the answer; the entry it
+    /// replaces (stale) answers instead if the upstream fails within
+    /// `stale_if_error`.
+    Fill(Box<Fill>),
+    /// Go upstream, store nothing (the key passes, or waiting for another
+    /// request's fill took too long); a stale entry may still answer an error.
+    Upstream(Option<Arc<Stored>>),
+}
+
+impl std::fmt::Debug for ResponseCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseCache")
+            .field("entries", &self.store.len())
+            .field("bytes", &self.store.weight())
+            .finish()
+    }
+}
+
+pub struct ResponseCache {
+    store: Store,
+    hashers: (ahash::RandomState, ahash::RandomState),
+    /// Moves on every purge and flush (see the module doc).
+    generation: AtomicU64,
+}
+
+impl ResponseCache {
+    /// A cache of at most `max_bytes`, for the life of the process (fills
+    /// hold guards into it across awaits).
+    pub fn leak(max_bytes: u64) -> &'static Self {
+        let estimated_items = (max_bytes / 4096).clamp(1024, 1 << 22) as usize;
+        let store = Cache::with(
+            estimated_items,
+            max_bytes,
+            Weigh,
+            ahash::RandomState::new(),
+            CountEvictions,
+        );
+        Box::leak(Box::new(Self {
+            store,
+            hashers: (ahash::RandomState::new(), ahash::RandomState::new()),
+            generation: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn key(&self, parts: &KeyParts<'_>) -> Key {
+        parts.hash(&self.hashers)
+    }
+
+    /// Finds `key`; on a miss, waits up to `wait` for another request's
+    /// fill of the same key, or becomes the one filling it.
+    pub async fn lookup(&'static self, key: Key, wait: Duration) -> Lookup {
+        let now = Instant::now();
+        let mut stale = None;
+        match self.store.get(&key) {
+            Some(Slot::Stored(s)) => {
+                if now < s.fresh_until {
+                    return Lookup::Fresh(s);
+                }
+                let usable = now < s.stale_while_revalidate_until || now < s.stale_if_error_until;
+                if usable {
+                    if !s.refreshing.swap(true, Ordering::AcqRel) {
+                        return Lookup::Fill(Box::new(Fill::refresh(self, key, s)));
+                    }
+                    if now < s.stale_while_revalidate_until {
+                        return Lookup::Stale(s);
+                    }
+                    return Lookup::Upstream(Some(s));
+                }
+                stale = Some(s);
+            }
+            Some(Slot::Pass(until)) if now < until => return Lookup::Upstream(None),
+            Some(Slot::Pass(_)) => {}
+            None => {}
+        }
+        if let Some(old) = stale {
+            // Past every window: gone.
+            self.store.remove_if(
+                &key,
+                |v| matches!(v, Slot::Stored(s) if Arc::ptr_eq(s, &old)),
+            );
+        }
+        let generation = self.generation();
+        match tokio::time::timeout(wait, self.store.get_value_or_guard_async(&key)).await {
+            Ok(Ok(Slot::Stored(s))) if Instant::now() < s.fresh_until => {
+                METRICS.cache_coalesced.inc();
+                Lookup::Fresh(s)
+            }
+            Ok(Ok(_)) => Lookup::Upstream(None),
+            Ok(Err(guard)) => Lookup::Fill(Box::new(Fill::new(self, key, guard, generation))),
+            Err(_) => Lookup::Upstream(None),
+        }
+    }
+
+    /// A lookup that never waits and never fills (`HEAD` misses).
+    pub fn peek(&self, key: Key) -> Option<Arc<Stored>> {
+        match self.store.get(&key) {
+            Some(Slot::Stored(s)) if Instant::now() < s.fresh_until => Some(s),
+            _ => None,
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn stored(&self, key: Key, slot: Slot, guard: Option<Guard>) {
+        match guard {
+            Some(g) => {
+                let _ = g.insert(slot);
+            }
+            None => self.store.insert(key, slot),
+        }
+        self.report();
+    }
+
+    /// Drops the entries a purge matches; how many.
+    pub fn purge(&self, p: &Purge) -> usize {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let before = self.store.len();
+        self.store
+            .retain(|_, slot| !matches!(slot, Slot::Stored(s) if p.matches(s)));
+        let dropped = before.saturating_sub(self.store.len());
+        METRICS.cache_purges.with_label_values(&["purge"]).inc();
+        self.report();
+        dropped
+    }
+
+    /// Drops everything (this node cannot tell which purges it missed).
+    pub fn flush(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.store.clear();
+        METRICS.cache_purges.with_label_values(&["flush"]).inc();
+        self.report();
+    }
+
+    pub fn len(&self) -> usize {
+        self.store.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.store.is_empty()
+    }
+
+    fn report(&self) {
+        METRICS.cache_bytes.set(self.store.weight() as i64);
+        METRICS.cache_entries.set(self.store.len() as i64);
+    }
+}

@@ -1,0 +1,276 @@
+//! The response cache on the request path, shared by both engines: the
+//! lookup after routing, limits and auth (a hit is answered there), the
+//! fill as the upstream's answer streams to the client, `X-Cache` and
+//! `Age` on what the client sees, and stale answers for upstream errors.
+//!
+//! Keyed parts are the route's `cache.key` and `vary_headers`. Headers an
+//! upstream may reflect into its answer without their being keyed
+//! ([`UNKEYED`]) are removed from requests on cached routes, so no client
+//! can poison an entry others are served (X-Forwarded-Host in a link, an
+//! X-Original-URL routing override).
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::ServerSession;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::ctx::RequestCtx;
+use super::forwarding::host_of;
+use super::gate::Gate;
+use crate::cache::{Fill, KeyParts, Lookup, ResponseCache, Stored};
+use crate::metrics::METRICS;
+use crate::model::cache::CachePolicy;
+
+static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// Request headers removed on cached routes: unkeyed, and known to be
+/// reflected or obeyed by upstream frameworks.
+pub const UNKEYED: [&str; 11] = [
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-host",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Removed from a fill's upstream request: the fill must get the whole
+/// answer, not a 304 or a range.
+const CONDITIONAL: [HeaderName; 6] = [
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::RANGE,
+];
+
+/// How the cache answered, as `X-Cache` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+    Stale,
+    Bypass,
+}
+
+impl CacheResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "HIT",
+            CacheResult::Miss => "MISS",
+            CacheResult::Stale => "STALE",
+            CacheResult::Bypass => "BYPASS",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+            CacheResult::Stale => "stale",
+            CacheResult::Bypass => "bypass",
+        }
+    }
+}
+
+/// A cached route's request.
+pub struct CacheCtx {
+    policy: Arc<CachePolicy>,
+    pub result: CacheResult,
+    fill: Option<Box<Fill>>,
+    /// What answers instead of an upstream error (`stale_if_error`).
+    stale: Option<Arc<Stored>>,
+    /// The request carried `Authorization`.
+    authorized: bool,
+}
+
+impl Gate {
+    /// Looks the request up in the cache (routes with `cache` only): `true`
+    /// when it was answered from there.
+    pub(super) async fn cache_lookup(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        cache: &'static ResponseCache,
+    ) -> bool {
+        let Some(route) = ctx.route.clone() else {
+            return false;
+        };
+        let Some(policy) = route.cache.clone() else {
+            return false;
+        };
+        let req = session.req_header_mut();
+        for h in UNKEYED {
+            req.remove_header(h);
+        }
+        let req = session.req_header();
+        let method = &req.method;
+        let cacheable_method = (*method == http::Method::GET && policy.get)
+            || (*method == http::Method::HEAD && policy.head);
+        let shares_consumer = ctx.consumer.is_some() && !policy.key_consumer;
+        let authorized = req.headers.contains_key(header::AUTHORIZATION);
+        let mut c = CacheCtx {
+            policy: policy.clone(),
+            result: CacheResult::Bypass,
+            fill: None,
+            stale: None,
+            authorized,
+        };
+        if !cacheable_method || shares_consumer || req.headers.contains_key(header::RANGE) {
+            ctx.cache = Some(Box::new(c));
+            return false;
+        }
+        let key = cache.key(&KeyParts {
+            route: &route.id,
+            policy: &policy,
+            req,
+            host: host_of(req),
+            consumer: ctx.consumer.as_deref().map(|c| &*c.name),
+        });
+        let found = if *method == http::Method::HEAD {
+            // A HEAD miss goes upstream as a HEAD and fills nothing.
+            match cache.peek(key) {
+                Some(s) => Lookup::Fresh(s),
+                None => Lookup::Upstream(None),
+            }
+        } else {
+            cache.lookup(key, policy.lock_timeout).await
+        };
+        c.result = CacheResult::Miss;
+        match found {
+            Lookup::Fresh(s) => {
+                c.result = CacheResult::Hit;
+                ctx.cache = Some(Box::new(c));
+                self.serve_stored(session, ctx, &s).await;
+                return true;
+            }
+            Lookup::Stale(s) => {
+                c.result = CacheResult::Stale;
+                ctx.cache = Some(Box::new(c));
+                self.serve_stored(session, ctx, &s).await;
+                return true;
+            }
+            Lookup::Fill(fill) => {
+                c.stale = fill.stale().cloned();
+                c.fill = Some(fill);
+                let req = session.req_header_mut();
+                for h in &CONDITIONAL {
+                    req.remove_header(h);
+                }
+            }
+            Lookup::Upstream(stale) => c.stale = stale,
+        }
+        ctx.cache = Some(Box::new(c));
+        false
+    }
+
+    /// Answers from a stored entry (`X-Cache` from the context).
+    async fn serve_stored(&self, session: &mut ServerSession, ctx: &mut RequestCtx, s: &Stored) {
+        let mut header = s.header.clone();
+        let _ = header.insert_header(header::CONTENT_LENGTH, s.body.len());
+        let _ = header.insert_header(header::AGE, s.age(Instant::now()));
+        self.edit_response(session.req_header(), &mut header, ctx, false);
+        if self.draining() {
+            session.set_keepalive(None);
+        }
+        let head = session.req_header().method == http::Method::HEAD;
+        let written = async {
+            session.write_response_header(Box::new(header)).await?;
+            if !head && !s.body.is_empty() {
+                session.write_response_body(s.body.clone(), true).await?;
+            }
+            session.finish_body().await
+        };
+        if let Err(e) = written.await {
+            tracing::debug!(error = %e, "client went away while served from the cache");
+            session.set_keepalive(None);
+        }
+    }
+
+    /// `X-Cache` on an answer to a cached route, and the count.
+    pub(super) fn mark_cache(&self, ctx: &RequestCtx, resp: &mut ResponseHeader) {
+        if let Some(c) = &ctx.cache {
+            let _ =
+                resp.insert_header(X_CACHE.clone(), HeaderValue::from_static(c.result.as_str()));
+            METRICS
+                .cache_requests
+                .with_label_values(&[c.result.label()])
+                .inc();
+        }
+    }
+
+    /// The upstream's answer header: whether its fill goes on.
+    pub fn cache_response_header(
+        &self,
+        req: &RequestHeader,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) {
+        let (Some(route), Some(c)) = (ctx.route.as_ref(), ctx.cache.as_mut()) else {
+            return;
+        };
+        let Some(fill) = c.fill.as_mut() else { return };
+        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        if fill
+            .header(&c.policy, c.authorized, resp, &route.id, target)
+            .is_err()
+        {
+            c.fill = None;
+        }
+    }
+
+    /// A piece of the upstream's answer body (`end`: the last).
+    pub fn cache_response_body(&self, ctx: &mut RequestCtx, data: &Bytes, end: bool) {
+        let Some(c) = ctx.cache.as_mut() else { return };
+        let Some(fill) = c.fill.as_mut() else { return };
+        if !fill.body(data, &c.policy) {
+            c.fill = None;
+            return;
+        }
+        if end {
+            if let Some(fill) = c.fill.take() {
+                fill.finish();
+            }
+        }
+    }
+
+    /// Whether an upstream answer of `status` is replaced by the stale
+    /// entry (`stale_if_error`): a 5xx while one is in its window.
+    pub fn stale_for_status(&self, ctx: &RequestCtx, status: u16) -> bool {
+        status >= 500 && self.usable_stale(ctx).is_some()
+    }
+
+    fn usable_stale(&self, ctx: &RequestCtx) -> Option<Arc<Stored>> {
+        let s = ctx.cache.as_ref()?.stale.as_ref()?;
+        (Instant::now() < s.stale_if_error_until).then(|| s.clone())
+    }
+
+    /// Answers a failed request from the stale entry, if there is one in
+    /// its `stale_if_error` window and nothing was sent yet.
+    pub(super) async fn answer_stale(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+    ) -> bool {
+        if super::error_response::final_response(session).is_some() {
+            return false;
+        }
+        let Some(stale) = self.usable_stale(ctx) else {
+            return false;
+        };
+        if let Some(c) = ctx.cache.as_mut() {
+            c.result = CacheResult::Stale;
+            c.fill = None;
+        }
+        self.serve_stored(session, ctx, &stale).await;
+        true
+    }
+}
