@@ -69,6 +69,8 @@ enum Verb {
     Export(tollgate::cmd::declarative::TargetArgs),
     /// Print every live gateway's applied revision and lag (from etcd).
     Status(tollgate::cmd::declarative::TargetArgs),
+    /// Purge a route's cached answers on every gateway (through etcd).
+    Purge(tollgate::cmd::declarative::PurgeArgs),
 }
 
 /// Prints `out` or the error, as exit code 0 or 1.
@@ -135,6 +137,13 @@ fn main() {
                 }
             }
         }
+        Verb::Purge(args) => match tollgate::cmd::declarative::purge(&args, &cli.config) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("tollgate purge: {e:#}");
+                1
+            }
+        },
         Verb::Get(args) => {
             print_or_fail("get", tollgate::cmd::declarative::get(&args, &cli.config))
         }

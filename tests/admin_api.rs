@@ -500,3 +500,77 @@ fn the_api_can_be_served_over_tls_with_the_gateways_certificates() {
     );
     assert!(plain.map_or(true, |r| r.status != 200));
 }
+
+#[test]
+fn purges_are_checked_and_written_with_their_revision() {
+    let etcd = Etcd::start();
+    let api = start(&etcd, "purge-api");
+    let c = etcd.client();
+    c.put(
+        "/tollgate/upstreams/u",
+        r#"{"nodes":["http://127.0.0.1:9"]}"#,
+    );
+    c.put(
+        "/tollgate/routes/cached",
+        r#"{"paths":["/c"],"upstream":"u","cache":{}}"#,
+    );
+    c.put(
+        "/tollgate/routes/plain",
+        r#"{"paths":["/p"],"upstream":"u"}"#,
+    );
+    for (body, why) in [
+        (json!({"route": "ghost", "key": "/c"}), "no route"),
+        (json!({"route": "plain", "key": "/p"}), "caches nothing"),
+        (json!({"route": "cached", "tag": "a b"}), "tag"),
+        (
+            json!({"route": "cached", "key": "/c", "tag": "t"}),
+            "exactly one",
+        ),
+        (json!({"route": "cached", "prefix": "static/"}), "prefix"),
+        (
+            json!({"route": "cached", "tag": "t", "extra": 1}),
+            "unknown field",
+        ),
+    ] {
+        let r = api.admin("POST", "/purge", Some(body.clone()));
+        assert_eq!(r.status, 400, "{body}: {r:?}");
+        assert!(
+            r.json()["error"].as_str().unwrap().contains(why),
+            "{body}: {r:?}"
+        );
+    }
+    assert!(
+        c.get_prefix("/tollgate/purges/").is_empty(),
+        "nothing written"
+    );
+    let r = api.call(
+        Some(VIEWER_KEY),
+        "POST",
+        "/purge",
+        Some(r#"{"route":"cached","tag":"t"}"#),
+        &[],
+    );
+    assert_eq!(r.status, 403);
+    let r = api.admin(
+        "POST",
+        "/purge",
+        Some(json!({"route": "cached", "tag": "user-42"})),
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    let revision = r.json()["revision"].as_i64().unwrap();
+    assert_eq!(
+        r.header("x-etcd-revision"),
+        Some(revision.to_string().as_str())
+    );
+    let stored = c.get_prefix("/tollgate/purges/");
+    assert_eq!(stored.len(), 1);
+    assert!(
+        common::etcd_gw::lease_of(c, &stored[0].0).is_some_and(|l| l != 0),
+        "leased"
+    );
+    // The node applies it: its announced revision reaches the purge's.
+    wait_for("the node to apply the purge", READY, || {
+        let v = api.admin("GET", "/gateways", None).json();
+        v["gateways"][0]["config_revision"].as_i64() >= Some(revision)
+    });
+}

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::etcd_gw::{metric, start_gw, wait_status, GATEWAYS, ROUTES, SERVICES};
-use common::{bin, READY};
+use common::{bin, output_text as text, READY};
 use testkit::{http_request, wait_for, Backend, Etcd};
 
 /// Holds ended by the markers going (the apply's end or its lease's).
@@ -26,14 +26,6 @@ fn tollgate(etcd: &Etcd, args: &[&str]) -> Output {
         .args(["-c", "/nonexistent.yaml"])
         .output()
         .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn write(dir: &Path, name: &str, body: &str) {

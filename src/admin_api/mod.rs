@@ -8,6 +8,7 @@ pub mod auth;
 pub mod etcd;
 pub mod fleet;
 mod openapi;
+pub mod purge;
 mod resources;
 pub mod secrets;
 
@@ -64,6 +65,8 @@ pub struct AdminApi {
     etcd: Etcd,
     space: Keyspace,
     key_ring: Arc<KeyRing>,
+    /// How long purge records live (`cache.purge_record_ttl_s`).
+    purge_ttl_s: i64,
 }
 
 impl AdminApi {
@@ -83,7 +86,14 @@ impl AdminApi {
                 registry: space.registry.trim_end_matches('/').to_string(),
             },
             key_ring,
+            purge_ttl_s: crate::cache::purge::RECORD_TTL_SECS,
         })
+    }
+
+    /// How long purge records live (`cache.purge_record_ttl_s`).
+    pub fn with_purge_ttl(mut self, secs: u64) -> Self {
+        self.purge_ttl_s = i64::try_from(secs).unwrap_or(crate::cache::purge::RECORD_TTL_SECS);
+        self
     }
 }
 
@@ -256,7 +266,10 @@ impl AdminApi {
                 .ok_or(())
         });
         let query = query_pairs(req.uri.query());
-        let body = if matches!(method, http::Method::PUT | http::Method::PATCH) {
+        let body = if matches!(
+            method,
+            http::Method::PUT | http::Method::PATCH | http::Method::POST
+        ) {
             match read_body(session).await {
                 Ok(b) => b,
                 Err(a) => return a,
@@ -279,6 +292,7 @@ impl AdminApi {
         match segments.as_slice() {
             ["openapi.json"] => Answer::ok(200, openapi::document()),
             ["gateways"] => resources::gateways(self, &call).await,
+            ["purge"] => purge::post(self, &call).await,
             ["settings"] => resources::one(self, &call, Kind::Settings, "").await,
             [folder] => match Kind::from_folder(folder) {
                 Some(kind) if kind != Kind::Settings => resources::list(self, &call, kind).await,

@@ -77,6 +77,12 @@ pub fn document() -> Value {
                          "responses": { "200": { "description": "{config_revision, etcd_revision, applies_under_way, gateways: [{node_id, version, config_revision, lag, up_to_date, state: up_to_date|behind|holding|stale}]}" } } } }),
     );
     paths.insert(
+        "/admin/v1/purge".into(),
+        json!({ "post": { "summary": "purge cached answers on every node: {route, key | prefix | tag}",
+                          "responses": { "202": { "description": "{id, revision, purge}: written; nodes apply it from their watch" },
+                                         "400": { "description": "malformed, unknown route, or a route that caches nothing" } } } }),
+    );
+    paths.insert(
         "/admin/v1/openapi.json".into(),
         json!({ "get": { "summary": "this document", "responses": { "200": { "description": "OpenAPI 3" } } } }),
     );

@@ -30,7 +30,7 @@ fn check_id(id: &str) -> Result<(), Answer> {
     }
 }
 
-fn etcd_failed(e: EtcdError) -> Answer {
+pub(super) fn etcd_failed(e: EtcdError) -> Answer {
     match e {
         EtcdError::Unavailable(why) => {
             Answer::error(503, format!("etcd unavailable, nothing written: {why}"))

@@ -126,7 +126,7 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
 
     crate::metrics::init();
     let cell = SnapshotCell::new();
-    cell.set_cache_max_bytes(b.cache.max_bytes);
+    cell.set_cache_config(b.cache.max_bytes, b.cache.purge_record_ttl_s);
     crate::metrics::register(Box::new(InstanceStates::new(cell.services.clone())));
     let mut store = Store::new(cell.clone(), model.timeouts);
     let node_id = node_id(&model);
@@ -247,7 +247,8 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
                 registry: etcd.registry_prefix.clone(),
             },
             model.keys.clone(),
-        )?;
+        )?
+        .with_purge_ttl(b.cache.purge_record_ttl_s);
         if api.listen.tls {
             // Through the proxy's connection layer: its TLS acceptor
             // (certificates by SNI), HTTP/2 by ALPN, idle timeouts.

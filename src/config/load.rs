@@ -136,6 +136,12 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
         }
     }
     crate::model::route::check_body_limit("proxy.max_body_bytes", b.proxy.max_body_bytes)?;
+    if !(5..=86_400).contains(&b.cache.purge_record_ttl_s) {
+        return Err(FieldError::new(
+            "cache.purge_record_ttl_s",
+            "must be between 5 and 86400 seconds",
+        ));
+    }
     if !((1 << 20)..=(1 << 40)).contains(&b.cache.max_bytes) {
         return Err(FieldError::new(
             "cache.max_bytes",

@@ -110,14 +110,24 @@ pub struct CacheConfig {
     /// and bookkeeping), 1 MiB to 1 TiB.
     #[serde(default = "default_cache_max_bytes")]
     pub max_bytes: u64,
+    /// How long a purge record lives in etcd (`POST /admin/v1/purge`,
+    /// `tollgate purge`); a node out of touch with etcd for longer drops
+    /// its whole cache. The same on every node and for the CLI.
+    #[serde(default = "default_purge_record_ttl")]
+    pub purge_record_ttl_s: u64,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             max_bytes: default_cache_max_bytes(),
+            purge_record_ttl_s: default_purge_record_ttl(),
         }
     }
+}
+
+fn default_purge_record_ttl() -> u64 {
+    crate::cache::purge::RECORD_TTL_SECS as u64
 }
 
 fn default_cache_max_bytes() -> u64 {

@@ -161,6 +161,7 @@ pub struct SnapshotCell {
     /// The response cache, made on first use (most gateways cache nothing).
     cache: std::sync::OnceLock<&'static crate::cache::ResponseCache>,
     cache_max_bytes: std::sync::atomic::AtomicU64,
+    purge_record_ttl_s: std::sync::atomic::AtomicU64,
 }
 
 /// Each rate-limited consumer's limiter.
@@ -174,9 +175,16 @@ impl SnapshotCell {
         })
     }
 
-    /// The cache's bound, before the first request uses it.
-    pub fn set_cache_max_bytes(&self, max: u64) {
-        self.cache_max_bytes.store(max, Ordering::Relaxed);
+    /// The cache's bound (before the first request uses it) and how long
+    /// purge records live (`cache` in the bootstrap file).
+    pub fn set_cache_config(&self, max_bytes: u64, purge_record_ttl_s: u64) {
+        self.cache_max_bytes.store(max_bytes, Ordering::Relaxed);
+        self.purge_record_ttl_s
+            .store(purge_record_ttl_s, Ordering::Relaxed);
+    }
+
+    pub fn purge_record_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.purge_record_ttl_s.load(Ordering::Relaxed))
     }
 
     /// The response cache if any route has used it yet.
@@ -196,6 +204,9 @@ impl SnapshotCell {
             consumer_limits: ArcSwap::default(),
             cache: Default::default(),
             cache_max_bytes: std::sync::atomic::AtomicU64::new(crate::cache::DEFAULT_MAX_BYTES),
+            purge_record_ttl_s: std::sync::atomic::AtomicU64::new(
+                crate::cache::purge::RECORD_TTL_SECS as u64,
+            ),
         })
     }
 

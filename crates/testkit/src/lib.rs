@@ -12,6 +12,7 @@ pub mod etcd;
 pub mod gateway;
 pub mod http_client;
 pub mod process;
+pub mod relay;
 pub mod rt;
 pub mod wait;
 
@@ -20,6 +21,7 @@ pub use etcd::{Etcd, EtcdClient, EtcdCluster, KeptLease};
 pub use gateway::Gateway;
 pub use http_client::{http_get, http_request, raw_request, status_code, Resp};
 pub use process::run_cmd;
+pub use relay::Relay;
 pub use wait::{free_port, wait_for};
 
 /// Signal numbers for [`Gateway::signal`], so tests need no libc dependency.

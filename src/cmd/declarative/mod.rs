@@ -77,6 +77,28 @@ pub struct GetArgs {
     pub output: String,
 }
 
+/// `tollgate purge`: one of --key, --prefix, --tag.
+#[derive(Debug, clap::Args)]
+pub struct PurgeArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The route whose cached answers go.
+    #[arg(long)]
+    pub route: String,
+    /// An exact request target (path and query), e.g. /a?b=1.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Every target starting with this (`--prefix` names the config prefix).
+    #[arg(long = "path-prefix")]
+    pub path_prefix: Option<String>,
+    /// Every answer that carried this tag (Cache-Tag, Surrogate-Key).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Wait up to this many seconds for every live gateway to apply it.
+    #[arg(long)]
+    pub wait: Option<u64>,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct TargetArgs {
     #[command(flatten)]
@@ -90,10 +112,17 @@ struct Place {
     prefix: String,
     registry: String,
     keys: Arc<KeyRing>,
+    /// `cache.purge_record_ttl_s`.
+    purge_ttl_s: u64,
 }
 
 fn place(target: &Target, config: &Path) -> anyhow::Result<Place> {
     let model = crate::config::load_file(config).ok();
+    let purge_ttl_s = model
+        .as_ref()
+        .map_or(crate::cache::purge::RECORD_TTL_SECS as u64, |m| {
+            m.bootstrap.cache.purge_record_ttl_s
+        });
     let etcd_cfg = model.as_ref().and_then(|m| m.bootstrap.etcd.clone());
     let endpoints = if target.etcd.is_empty() {
         etcd_cfg
@@ -118,6 +147,7 @@ fn place(target: &Target, config: &Path) -> anyhow::Result<Place> {
         prefix: prefix.trim_end_matches('/').to_string(),
         registry: registry.trim_end_matches('/').to_string(),
         keys,
+        purge_ttl_s,
     })
 }
 
@@ -377,6 +407,33 @@ pub fn export(args: &TargetArgs, config: &Path) -> anyhow::Result<String> {
         .map(|(d, _)| d)
         .collect();
     docs::write(&all)
+}
+
+/// `tollgate purge`: writes a purge record (checked as the admin API
+/// checks it); exit 0 written (and applied everywhere with --wait), 1 bad
+/// or no etcd, 3 a gateway that did not apply it in time.
+pub fn purge(args: &PurgeArgs, config: &Path) -> anyhow::Result<i32> {
+    let p = place(&args.target, config)?;
+    let spec = serde_json::json!({
+        "route": args.route, "key": args.key, "prefix": args.path_prefix, "tag": args.tag,
+    });
+    let spec = Value::Object(
+        (spec.as_object().into_iter().flatten())
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    );
+    runtime()?.block_on(async {
+        let ttl = i64::try_from(p.purge_ttl_s).unwrap_or(crate::cache::purge::RECORD_TTL_SECS);
+        let (id, revision) = crate::admin_api::purge::write(&p.etcd, &p.prefix, spec, ttl)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("purge {id} written at revision {revision}");
+        match args.wait {
+            None => Ok(0),
+            Some(secs) => wait(&p, revision, Duration::from_secs(secs)).await,
+        }
+    })
 }
 
 /// `tollgate status --etcd`: the fleet view.

@@ -15,6 +15,8 @@ pub enum Key<'a> {
     /// A multi-transaction apply under way (`tollgate apply`): config
     /// changes are held until it goes.
     Batch(&'a str),
+    /// A cache purge record (`POST /admin/v1/purge`, `tollgate purge`).
+    Purge(&'a str),
     Instance {
         service: &'a str,
         id: &'a str,
@@ -62,6 +64,11 @@ impl Keyspace {
         format!("{}/gateways/{node}", self.prefix)
     }
 
+    /// A cache purge record.
+    pub fn purge_key(&self, id: &str) -> String {
+        format!("{}/purges/{id}", self.prefix)
+    }
+
     /// The marker an apply of several transactions keeps while it writes.
     pub fn batch_key(&self, apply: &str) -> String {
         format!("{}/batches/{apply}", self.prefix)
@@ -97,6 +104,7 @@ impl Keyspace {
             ("consumers", Some(n)) => Key::Consumer(n),
             ("gateways", Some(n)) => Key::Gateway(n),
             ("batches", Some(n)) => Key::Batch(n),
+            ("purges", Some(n)) => Key::Purge(n),
             _ => Key::Unknown,
         }
     }
@@ -117,6 +125,7 @@ mod tests {
         assert_eq!(k.classify("/tollgate/settings"), Key::Settings);
         assert_eq!(k.classify("/tollgate/gateways/n1"), Key::Gateway("n1"));
         assert_eq!(k.classify(&k.batch_key("a-1")), Key::Batch("a-1"));
+        assert_eq!(k.classify(&k.purge_key("p")), Key::Purge("p"));
         assert_eq!(
             k.classify("/services/users/i-1"),
             Key::Instance {

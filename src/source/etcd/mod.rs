@@ -13,6 +13,7 @@ mod list;
 mod preserve;
 mod preserve_probe;
 mod progress;
+mod purges;
 mod state;
 mod watch;
 

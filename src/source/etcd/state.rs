@@ -12,6 +12,7 @@ use super::batch_hold::{BatchHold, Held};
 use super::keyspace::{Key, Keyspace};
 use super::leases::{Ending, LeaseBook};
 use super::preserve::{Decision, Preservation, Probed};
+use super::purges::Purges;
 use crate::metrics::METRICS;
 use crate::model::instance::{health_path, parse_instance};
 use crate::model::preservation::SelfPreservationSpec;
@@ -71,6 +72,8 @@ pub struct EtcdState {
     key_ring: Arc<KeyRing>,
     /// Config changes held while a multi-transaction apply writes.
     hold: BatchHold,
+    /// Cache purge records applied.
+    pub purges: Purges,
 }
 
 /// Counts a refused value or route under `kind`, in the metric and in
@@ -96,6 +99,7 @@ impl EtcdState {
         Self {
             key_ring,
             hold: BatchHold::default(),
+            purges: Purges::default(),
             leases: LeaseBook::default(),
             preserve: Preservation::new(preservation),
             after_outage: false,
@@ -221,6 +225,14 @@ impl EtcdState {
                 self.hold.marker_put(apply, mod_revision, self.listing);
                 return;
             }
+            Key::Purge(id) => {
+                match self.purges.put(id, value, self.store.cell()) {
+                    // Applied: `apply --wait` and the fleet view see it.
+                    Ok(()) => self.config_revision = self.config_revision.max(mod_revision),
+                    Err(e) => reject("purge", key, &e, &self.store),
+                }
+                return;
+            }
             Key::Unknown => {
                 tracing::debug!(key, "ignoring unknown key");
                 return;
@@ -336,6 +348,10 @@ impl EtcdState {
                 }
                 return;
             }
+            Key::Purge(id) => {
+                self.purges.delete(id);
+                return;
+            }
             Key::Unknown => return,
         }
         if was_known {
@@ -434,6 +450,7 @@ impl EtcdState {
         self.listing = true;
         self.gateways.clear();
         self.hold.relist_begins();
+        self.purges.relist_begins();
     }
 
     /// Ends a re-list at `revision`: keys gone from etcd are deleted.
@@ -448,6 +465,7 @@ impl EtcdState {
         }
         self.listing = false;
         self.hold.relist_ends(revision);
+        self.purges.relist_ends(self.store.cell());
     }
 
     /// Publishes the applied state at `revision`.

@@ -247,6 +247,7 @@ fn handle(
         anyhow::bail!("{} watch stream closed", s.name);
     };
     s.last_message = Instant::now();
+    state.purges.heard();
     if resp.canceled() {
         if resp.compact_revision() > 0 {
             return Ok(Some(Relist::Compacted(resp.compact_revision())));
