@@ -226,3 +226,36 @@ fn many_distinct_keys_stay_within_max_bytes() {
     assert!(bytes > 0.0 && bytes <= 1_048_576.0, "{bytes}");
     assert!(metric(&gw, "tollgate_cache_evictions_total") > 0.0);
 }
+
+#[test]
+fn stale_while_revalidate_answers_stale_at_once_and_refreshes_behind_it() {
+    let b = Backend::start("b");
+    let gw = start(&format!(
+        "routes:\n\
+         - {{ id: swr, paths: [\"/swr/*rest\"], upstream: b, cache: {{ttl_s: 1, stale_while_revalidate_s: 300}} }}\n\
+         upstreams:\n{}",
+        upstream("b", &[&b])
+    ));
+    let first = send(&gw, "GET", "/swr/x", &[]);
+    assert_eq!(x_cache(&first), "MISS");
+    let core = std::env::var("TOLLGATE_PROXY_ENGINE").map_or(true, |e| e != "pingora");
+    if core {
+        // The core engine answers stale at once, even from a slow upstream,
+        // and refreshes in the background.
+        b.set_mode(Mode::Stall(Duration::from_millis(500)));
+        wait_for("the entry to go stale", READY, || {
+            let r = send(&gw, "GET", "/swr/x", &[]);
+            assert_eq!(
+                r.body, first.body,
+                "stale or fresh, the stored answer: {r:?}"
+            );
+            x_cache(&r) == "STALE"
+        });
+    }
+    // Then a new answer (the echo body carries each request's id).
+    wait_for("the entry refreshed", READY, || {
+        let r = send(&gw, "GET", "/swr/x", &[]);
+        assert_eq!(r.status, 200, "{r:?}");
+        x_cache(&r) == "HIT" && r.body != first.body
+    });
+}

@@ -37,9 +37,6 @@ pub struct Fill {
     target: Box<str>,
 }
 
-/// The stale entry a refresh replaces (what answers if it fails).
-pub type Refresh = Arc<Stored>;
-
 impl Fill {
     pub(super) fn new(
         cache: &'static ResponseCache,
@@ -71,7 +68,7 @@ impl Fill {
     }
 
     /// The stale entry this fill replaces, if it is a refresh.
-    pub fn stale(&self) -> Option<&Refresh> {
+    pub fn stale(&self) -> Option<&Arc<Stored>> {
         match &self.how {
             How::Refresh(s) => Some(s),
             How::New(_) => None,

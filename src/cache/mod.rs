@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use fill::{Fill, Refresh};
+pub use fill::Fill;
 pub use freshness::{storable, Uncacheable};
 pub use key::KeyParts;
 use purge::Purge;

@@ -90,6 +90,39 @@ pub struct CacheCtx {
     stale: Option<Arc<Stored>>,
     /// The request carried `Authorization`.
     authorized: bool,
+    /// Answered stale: the fill is for a refresh off the request.
+    refresh_after: bool,
+}
+
+/// A stale entry's refresh, run by the engine after the client has its
+/// answer: the fill and what it needs to judge the upstream's answer.
+pub struct Refresh {
+    fill: Box<Fill>,
+    policy: Arc<CachePolicy>,
+    authorized: bool,
+    route: Arc<str>,
+    target: String,
+}
+
+impl Refresh {
+    /// The upstream answer's header: whether to read its body for the cache.
+    pub fn header(&mut self, resp: &ResponseHeader) -> bool {
+        let policy = self.policy.clone();
+        (self.fill)
+            .header(&policy, self.authorized, resp, &self.route, &self.target)
+            .is_ok()
+    }
+
+    /// A piece of its body; `false` once the fill gave up.
+    pub fn body(&mut self, data: &Bytes) -> bool {
+        let policy = self.policy.clone();
+        self.fill.body(data, &policy)
+    }
+
+    /// The body ended whole: store it.
+    pub fn finish(self) {
+        self.fill.finish();
+    }
 }
 
 impl Gate {
@@ -123,6 +156,7 @@ impl Gate {
             fill: None,
             stale: None,
             authorized,
+            refresh_after: false,
         };
         if !cacheable_method || shares_consumer || req.headers.contains_key(header::RANGE) {
             ctx.cache = Some(Box::new(c));
@@ -164,6 +198,17 @@ impl Gate {
                 let req = session.req_header_mut();
                 for h in &CONDITIONAL {
                     req.remove_header(h);
+                }
+                let revalidating = (c.stale.as_ref())
+                    .filter(|s| Instant::now() < s.stale_while_revalidate_until)
+                    .cloned();
+                if let Some(stale) = revalidating.filter(|_| self.background_refresh) {
+                    // Answered stale now; the engine refreshes it after.
+                    c.result = CacheResult::Stale;
+                    c.refresh_after = true;
+                    ctx.cache = Some(Box::new(c));
+                    self.serve_stored(session, ctx, &stale).await;
+                    return true;
                 }
             }
             Lookup::Upstream(stale) => c.stale = stale,
@@ -240,6 +285,24 @@ impl Gate {
                 fill.finish();
             }
         }
+    }
+
+    /// The refresh to run once the client has its stale answer, if any.
+    pub fn take_refresh(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Option<Refresh> {
+        let route = ctx.route.as_ref()?.id.clone();
+        let c = ctx.cache.as_mut().filter(|c| c.refresh_after)?;
+        c.refresh_after = false;
+        Some(Refresh {
+            fill: c.fill.take()?,
+            policy: c.policy.clone(),
+            authorized: c.authorized,
+            route,
+            target: req
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+        })
     }
 
     /// Whether an upstream answer of `status` is replaced by the stale

@@ -65,6 +65,9 @@ pub struct Gate {
     /// Set when a shutdown or upgrade signal arrives.
     draining: Arc<AtomicBool>,
     client: ClientLimits,
+    /// The engine refreshes stale cache entries off the request (the core
+    /// engine); otherwise the request that finds one stale refreshes it.
+    pub(super) background_refresh: bool,
 }
 
 /// How long the gateway waits for a client (`proxy.client_*`), and how
@@ -116,6 +119,7 @@ impl Gate {
             request_metrics,
             draining,
             client,
+            background_refresh: false,
         }
     }
 

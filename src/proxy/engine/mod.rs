@@ -14,10 +14,12 @@
 //! - `exchange.rs`: one attempt on HTTP/1.1, full duplex (body up while the
 //!   response comes down, `101` upgrades relayed both ways).
 //! - `exchange_h2.rs`: one attempt on an HTTP/2 upstream (gRPC), trailers.
+//! - `refresh.rs`: a stale cache entry refreshed after its stale answer.
 
 mod attempts;
 mod exchange;
 mod exchange_h2;
+mod refresh;
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
@@ -54,7 +56,8 @@ pub struct CoreEngine {
 }
 
 impl CoreEngine {
-    pub fn new(gate: Gate, conf: &ServerConf) -> Self {
+    pub fn new(mut gate: Gate, conf: &ServerConf) -> Self {
+        gate.background_refresh = true;
         Self {
             gate,
             connector: Connector::new(Some(ConnectorOptions::from_server_conf(conf))),
@@ -149,6 +152,7 @@ impl HttpServerApp for CoreEngine {
                 false
             }
         };
+        self.refresh_after(&mut session, &mut ctx);
         self.gate.log_request(&session, &ctx);
         if !reuse {
             return None;
