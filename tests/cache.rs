@@ -259,3 +259,46 @@ fn stale_while_revalidate_answers_stale_at_once_and_refreshes_behind_it() {
         x_cache(&r) == "HIT" && r.body != first.body
     });
 }
+
+fn key_hash(secret: &str) -> String {
+    let out = std::process::Command::new(common::bin())
+        .args(["hash-secret", secret])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["key_sha256"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn one_consumers_answer_is_never_served_to_another() {
+    let b = Backend::start("b");
+    let gw = start(&format!(
+        "consumers:\n\
+         - {{ name: alice, key_auth: {{ key_sha256: \"{}\" }} }}\n\
+         - {{ name: bob, key_auth: {{ key_sha256: \"{}\" }} }}\n\
+         routes:\n\
+         - {{ id: shared, paths: [\"/shared/*rest\"], upstream: b, plugins: [{{key-auth: {{}}}}], cache: {{}} }}\n\
+         - {{ id: per, paths: [\"/per/*rest\"], upstream: b, plugins: [{{key-auth: {{}}}}], cache: {{key: [path, consumer]}} }}\n\
+         upstreams:\n{}",
+        key_hash("alice-key"),
+        key_hash("bob-key"),
+        upstream("b", &[&b])
+    ));
+    let alice = [("apikey", "alice-key")];
+    let bob = [("apikey", "bob-key")];
+    // Not keyed on the consumer: an identified caller is never cached.
+    assert_eq!(x_cache(&send(&gw, "GET", "/shared/x", &alice)), "BYPASS");
+    assert_eq!(x_cache(&send(&gw, "GET", "/shared/x", &alice)), "BYPASS");
+    // Keyed on the consumer: each has an entry of their own.
+    let a1 = send(&gw, "GET", "/per/x", &alice);
+    assert_eq!(x_cache(&a1), "MISS");
+    assert_eq!(a1.json()["headers"]["x-consumer-name"], "alice");
+    let b1 = send(&gw, "GET", "/per/x", &bob);
+    assert_eq!(x_cache(&b1), "MISS", "not alice's entry");
+    assert_eq!(b1.json()["headers"]["x-consumer-name"], "bob");
+    let a2 = send(&gw, "GET", "/per/x", &alice);
+    assert_eq!(x_cache(&a2), "HIT");
+    assert_eq!(a2.json()["headers"]["x-consumer-name"], "alice");
+    // No key: refused before the cache (401, never a cached answer).
+    assert_eq!(send(&gw, "GET", "/per/x", &[]).status, 401);
+}

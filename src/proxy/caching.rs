@@ -149,7 +149,10 @@ impl Gate {
         let cacheable_method = (*method == http::Method::GET && policy.get)
             || (*method == http::Method::HEAD && policy.head);
         let shares_consumer = ctx.consumer.is_some() && !policy.key_consumer;
-        let authorized = req.headers.contains_key(header::AUTHORIZATION);
+        // `Authorization` limits what a shared cache may keep, unless the
+        // entry is the authenticated consumer's own.
+        let own_entry = policy.key_consumer && ctx.consumer.is_some();
+        let authorized = req.headers.contains_key(header::AUTHORIZATION) && !own_entry;
         let mut c = CacheCtx {
             policy: policy.clone(),
             result: CacheResult::Bypass,
