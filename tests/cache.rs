@@ -118,6 +118,22 @@ fn what_must_not_be_shared_is_not_stored() {
         assert_ne!(x_cache(&again), "HIT", "{why}: {again:?}");
     }
     assert_eq!(x_cache(&send(&gw, "POST", "/c/post", &[])), "BYPASS");
+    // A request with Authorization is served a stored answer, and its own
+    // answer never makes the key skip the cache for others.
+    assert_eq!(x_cache(&send(&gw, "GET", "/c/shared", &[])), "MISS");
+    let authed = [("authorization", "Bearer x")];
+    assert_eq!(x_cache(&send(&gw, "GET", "/c/shared", &authed)), "HIT");
+    assert_eq!(x_cache(&send(&gw, "GET", "/c/authfirst", &authed)), "MISS");
+    assert_eq!(
+        x_cache(&send(&gw, "GET", "/c/authfirst", &[])),
+        "MISS",
+        "not stored"
+    );
+    assert_eq!(
+        x_cache(&send(&gw, "GET", "/c/authfirst", &[])),
+        "HIT",
+        "no pass left behind"
+    );
 }
 
 #[test]

@@ -31,7 +31,8 @@ pub enum Uncacheable {
     /// `Vary: *`, or on a header the route does not key on.
     Vary,
     SetCookie,
-    /// The request carried `Authorization` and the answer did not allow it.
+    /// The request carried `Authorization` and the answer did not allow it
+    /// (only for a consumer's own entries: other such requests never fill).
     Authorization,
     /// Bigger than the route's `max_body_bytes`.
     TooBig,

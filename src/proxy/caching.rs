@@ -172,8 +172,11 @@ impl Gate {
             host: host_of(req),
             consumer: ctx.consumer.as_deref().map(|c| &*c.name),
         });
-        let found = if *method == http::Method::HEAD {
-            // A HEAD miss goes upstream as a HEAD and fills nothing.
+        // A HEAD miss goes upstream as a HEAD and fills nothing. Nor does a
+        // request with `Authorization` (not the consumer's own entry): its
+        // answer says nothing about everyone's, and one that may not be
+        // stored must not make the key pass upstream for everyone.
+        let found = if *method == http::Method::HEAD || authorized {
             match cache.peek(key) {
                 Some(s) => Lookup::Fresh(s),
                 None => Lookup::Upstream(None),
