@@ -272,3 +272,82 @@ impl ResponseCache {
         METRICS.cache_entries.set(self.store.len() as i64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::cache::{CachePolicy, CacheSpec};
+
+    fn policy() -> CachePolicy {
+        serde_json::from_str::<CacheSpec>("{}")
+            .unwrap()
+            .compile("")
+            .unwrap()
+    }
+
+    async fn fill(cache: &'static ResponseCache, key: Key) -> Box<Fill> {
+        match cache.lookup(key, Duration::from_millis(10)).await {
+            Lookup::Fill(f) => f,
+            _ => panic!("expected a miss to fill"),
+        }
+    }
+
+    fn store(mut f: Box<Fill>, target: &str, status: u16) {
+        let p = policy();
+        let resp = ResponseHeader::build(status, None).unwrap();
+        if f.header(&p, false, &resp, &Arc::from("r"), target).is_ok() {
+            f.body(&Bytes::from_static(b"body"), &p);
+            f.finish();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fill_begun_before_a_purge_or_flush_is_not_stored() {
+        let cache = ResponseCache::leak(1 << 20);
+        let f = fill(cache, 1).await;
+        cache.purge(&Purge::Prefix {
+            route: "r".into(),
+            prefix: "/".into(),
+        });
+        store(f, "/a", 200);
+        let f = fill(cache, 1).await;
+        cache.flush();
+        store(f, "/a", 200);
+        let f = fill(cache, 1).await;
+        store(f, "/a", 200);
+        assert!(matches!(
+            cache.lookup(1, Duration::ZERO).await,
+            Lookup::Fresh(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn purges_drop_only_what_they_match_and_errors_pass_briefly() {
+        let cache = ResponseCache::leak(1 << 20);
+        for (key, target) in [(1, "/a?x=1"), (2, "/static/a"), (3, "/b")] {
+            let f = fill(cache, key).await;
+            store(f, target, 200);
+        }
+        let dropped = cache.purge(&Purge::Key {
+            route: "r".into(),
+            target: "/a?x=1".into(),
+        });
+        assert_eq!(dropped, 1);
+        let other_route = Purge::Prefix {
+            route: "other".into(),
+            prefix: "/".into(),
+        };
+        assert_eq!(cache.purge(&other_route), 0);
+        assert!(matches!(
+            cache.lookup(3, Duration::ZERO).await,
+            Lookup::Fresh(_)
+        ));
+        // An error answer: the key passes upstream (no waiting) for a moment.
+        let f = fill(cache, 4).await;
+        store(f, "/err", 502);
+        assert!(matches!(
+            cache.lookup(4, Duration::ZERO).await,
+            Lookup::Upstream(None)
+        ));
+    }
+}
