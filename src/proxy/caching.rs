@@ -13,7 +13,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::ServerSession;
-use std::sync::Arc;
+use prometheus::IntCounter;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use super::ctx::RequestCtx;
@@ -71,13 +72,14 @@ impl CacheResult {
         }
     }
 
-    fn label(self) -> &'static str {
-        match self {
-            CacheResult::Hit => "hit",
-            CacheResult::Miss => "miss",
-            CacheResult::Stale => "stale",
-            CacheResult::Bypass => "bypass",
-        }
+    /// Its counter, looked up once (a labelled lookup per hit costs a
+    /// lock and a hash).
+    fn counter(self) -> &'static IntCounter {
+        static COUNTERS: LazyLock<[IntCounter; 4]> = LazyLock::new(|| {
+            ["hit", "miss", "stale", "bypass"]
+                .map(|l| METRICS.cache_requests.with_label_values(&[l]))
+        });
+        &COUNTERS[self as usize]
     }
 }
 
@@ -251,10 +253,7 @@ impl Gate {
         if let Some(c) = &ctx.cache {
             let _ =
                 resp.insert_header(X_CACHE.clone(), HeaderValue::from_static(c.result.as_str()));
-            METRICS
-                .cache_requests
-                .with_label_values(&[c.result.label()])
-                .inc();
+            c.result.counter().inc();
         }
     }
 
