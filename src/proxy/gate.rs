@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::access_log::{self, AccessLog};
+use super::access_log::AccessLog;
 use super::ctx::{Attempt, InFlight, RequestCtx};
 use super::error_response::{self, Body};
 use super::forwarding::{client_ip, cookie, host_of};
@@ -29,7 +29,6 @@ use super::retry;
 use crate::balance::stable_hash;
 use crate::limiter::{self, Client, Decision};
 use crate::log_gate::FailureLog;
-use crate::metrics::{method_index, Observation, UNROUTED};
 use crate::model::path_policy::PathPolicy;
 
 /// Failure lines of requests no route took (an engine-level failure).
@@ -56,12 +55,12 @@ pub struct Gate {
     pub(super) ids: RequestIds,
     in_flight: Arc<InFlight>,
     trusted_proxies: Vec<IpNet>,
-    access_log: Option<AccessLog>,
+    pub(super) access_log: Option<AccessLog>,
     /// Test-only: a request carrying this header panics while it is routed
     /// (from `TOLLGATE_TEST_PANIC_HEADER`, read only by builds with the
     /// `test-hooks` feature; never in a release build).
     panic_header: Option<HeaderName>,
-    request_metrics: bool,
+    pub(super) request_metrics: bool,
     /// Set when a shutdown or upgrade signal arrives.
     draining: Arc<AtomicBool>,
     client: ClientLimits,
@@ -555,62 +554,6 @@ impl Gate {
             );
         }
         code
-    }
-
-    /// The request is over: per-route metrics and the access log line.
-    pub fn log_request(&self, session: &ServerSession, ctx: &RequestCtx) {
-        let total = ctx.started.elapsed();
-        let status = error_response::final_response(session).map_or(0, |r| r.status.as_u16());
-        if self.request_metrics {
-            let obs = Observation {
-                method: method_index(&session.req_header().method),
-                status,
-                total,
-                upstream: ctx.upstream_took,
-                bytes_in: session.body_bytes_read(),
-                bytes_out: session.body_bytes_sent(),
-            };
-            match ctx.route() {
-                Some(r) => r.metrics.observe(&obs),
-                None => UNROUTED.observe(&obs),
-            }
-            if let Some(c) = &ctx.consumer {
-                crate::metrics::METRICS
-                    .consumer_requests
-                    .with_label_values(&[&c.name])
-                    .inc();
-            }
-        }
-        self.log_access(session, ctx, status, total);
-    }
-
-    fn log_access(&self, session: &ServerSession, ctx: &RequestCtx, status: u16, total: Duration) {
-        let Some(log) = &self.access_log else { return };
-        if !log.wants() {
-            return;
-        }
-        let req = session.req_header();
-        log.send(&access_log::Line {
-            time: std::time::SystemTime::now() - total,
-            request_id: ctx.request_id(),
-            client_ip: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
-            method: req.method.as_str(),
-            protocol: ctx.protocol.as_str(),
-            scheme: ctx.protocol.scheme(),
-            host: host_of(req),
-            path: req.uri.path(),
-            route: ctx.route().map_or("", |r| &r.id),
-            consumer: ctx.consumer.as_ref().map_or("", |c| &c.name),
-            upstream: ctx.attempt.as_ref().map(|a| a.node().addr),
-            status,
-            bytes_in: session.body_bytes_read(),
-            bytes_out: session.body_bytes_sent(),
-            duration: total,
-            upstream_duration: ctx.upstream_took,
-        });
     }
 
     /// A panic while handling one request: one bad request must not take

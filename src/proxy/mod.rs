@@ -28,6 +28,7 @@ mod properties;
 mod protocol;
 mod proxy_http;
 mod request_id;
+mod request_log;
 mod retry;
 mod shutdown;
 mod timer_tick;
