@@ -164,6 +164,7 @@ impl Fill {
             target: std::mem::take(&mut self.target),
             tags: meta.tags.into_boxed_slice(),
             refreshing: Default::default(),
+            checked: self.generation.into(),
         });
         let guard = match &mut self.how {
             How::New(g) => g.take(),

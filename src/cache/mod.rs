@@ -10,9 +10,15 @@
 //!   the client; concurrent misses wait for it (coalescing).
 //! - `purge.rs`: purge records (`<prefix>/purges/<id>`) and their matching.
 //!
-//! A purge or a flush moves the generation: an answer whose upstream
-//! request began before it is served to its client but never stored, so a
-//! fill racing a purge cannot put back what the purge removed.
+//! A purge costs the same whatever the cache holds: it is kept as a ban
+//! (Varnish's idea), and an entry found by a lookup is checked against the
+//! bans newer than it once (each entry remembers the generation it was
+//! last checked at), then dropped if one matches. Every [`MAX_BANS`]
+//! purges one walk of the cache applies them all and the list starts
+//! again. A flush empties the cache at once. A purge or a flush moves the
+//! generation: an answer whose upstream request began before it is served
+//! to its client but never stored, so a fill racing a purge cannot put
+//! back what the purge removed.
 
 mod fill;
 mod freshness;
@@ -27,6 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 pub use fill::Fill;
 pub use freshness::{storable, Uncacheable};
 pub use key::KeyParts;
@@ -36,6 +43,16 @@ use crate::metrics::METRICS;
 
 /// An entry's key: two independent 64-bit hashes of what tells it apart.
 pub type Key = u128;
+
+/// Purges kept as bans before one walk of the cache applies them all.
+pub const MAX_BANS: usize = 1024;
+
+/// A purge not yet applied to every entry, and the generation it made.
+#[derive(Clone)]
+struct Ban {
+    generation: u64,
+    purge: Purge,
+}
 
 /// The default `cache.max_bytes`.
 pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
@@ -67,6 +84,8 @@ pub struct Stored {
     pub tags: Box<[Box<str>]>,
     /// One request is refreshing this entry (the others are served it stale).
     refreshing: AtomicBool,
+    /// The generation whose bans this entry has been checked against.
+    checked: AtomicU64,
 }
 
 impl Stored {
@@ -147,6 +166,8 @@ pub struct ResponseCache {
     hashers: (ahash::RandomState, ahash::RandomState),
     /// Moves on every purge and flush (see the module doc).
     generation: AtomicU64,
+    /// Purges since the last walk, oldest first.
+    bans: ArcSwap<Vec<Ban>>,
 }
 
 impl ResponseCache {
@@ -165,6 +186,7 @@ impl ResponseCache {
             store,
             hashers: (ahash::RandomState::new(), ahash::RandomState::new()),
             generation: AtomicU64::new(0),
+            bans: ArcSwap::default(),
         }))
     }
 
@@ -177,7 +199,7 @@ impl ResponseCache {
     pub async fn lookup(&'static self, key: Key, wait: Duration) -> Lookup {
         let now = Instant::now();
         let mut stale = None;
-        match self.store.get(&key) {
+        match self.get(key) {
             Some(Slot::Stored(s)) => {
                 if now < s.fresh_until {
                     return Lookup::Fresh(s);
@@ -217,9 +239,36 @@ impl ResponseCache {
         }
     }
 
+    /// The slot under `key`, unless a ban drops it. The bans are read
+    /// before the store: a walk that applied and cleared them has then
+    /// removed what they matched.
+    fn get(&self, key: Key) -> Option<Slot> {
+        let bans = self.bans.load();
+        let slot = self.store.get(&key)?;
+        let Slot::Stored(s) = &slot else {
+            return Some(slot);
+        };
+        let generation = self.generation();
+        let checked = s.checked.load(Ordering::Acquire);
+        if checked >= generation {
+            return Some(slot);
+        }
+        let banned = (bans.iter().rev())
+            .take_while(|b| b.generation > checked)
+            .any(|b| b.purge.matches(s));
+        if banned {
+            self.store
+                .remove_if(&key, |v| matches!(v, Slot::Stored(x) if Arc::ptr_eq(x, s)));
+            self.report();
+            return None;
+        }
+        s.checked.fetch_max(generation, Ordering::AcqRel);
+        Some(slot)
+    }
+
     /// A lookup that never waits and never fills (`HEAD` misses).
     pub fn peek(&self, key: Key) -> Option<Arc<Stored>> {
-        match self.store.get(&key) {
+        match self.get(key) {
             Some(Slot::Stored(s)) if Instant::now() < s.fresh_until => Some(s),
             _ => None,
         }
@@ -239,13 +288,33 @@ impl ResponseCache {
         self.report();
     }
 
-    /// Drops the entries a purge matches; how many.
+    /// Bans what a purge matches: no lookup finds it from now on. Returns
+    /// how many entries a walk dropped (0 when the purge is only banned).
     pub fn purge(&self, p: &Purge) -> usize {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        let before = self.store.len();
-        self.store
-            .retain(|_, slot| !matches!(slot, Slot::Stored(s) if p.matches(s)));
-        let dropped = before.saturating_sub(self.store.len());
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut bans = Vec::clone(&self.bans.load());
+        bans.push(Ban {
+            generation,
+            purge: p.clone(),
+        });
+        let mut dropped = 0;
+        if bans.len() >= MAX_BANS {
+            // The walk runs while the bans are still published, then
+            // clears them (see `get`).
+            let before = self.store.len();
+            self.store.retain(|_, slot| match slot {
+                Slot::Stored(s) => {
+                    let checked = s.checked.load(Ordering::Acquire);
+                    !bans
+                        .iter()
+                        .any(|b| b.generation > checked && b.purge.matches(s))
+                }
+                Slot::Pass(_) => true,
+            });
+            dropped = before.saturating_sub(self.store.len());
+            bans.clear();
+        }
+        self.bans.store(Arc::new(bans));
         METRICS.cache_purges.with_label_values(&["purge"]).inc();
         self.report();
         dropped
@@ -255,6 +324,7 @@ impl ResponseCache {
     pub fn flush(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.store.clear();
+        self.bans.store(Arc::default());
         METRICS.cache_purges.with_label_values(&["flush"]).inc();
         self.report();
     }
@@ -328,20 +398,30 @@ mod tests {
             let f = fill(cache, key).await;
             store(f, target, 200);
         }
-        let dropped = cache.purge(&Purge::Key {
+        cache.purge(&Purge::Key {
             route: "r".into(),
             target: "/a?x=1".into(),
         });
-        assert_eq!(dropped, 1);
-        let other_route = Purge::Prefix {
+        cache.purge(&Purge::Prefix {
             route: "other".into(),
             prefix: "/".into(),
+        });
+        assert!(cache.peek(1).is_none(), "banned");
+        assert!(cache.peek(2).is_some() && cache.peek(3).is_some());
+        assert_eq!(cache.len(), 2, "the banned entry was dropped when found");
+        // Enough purges and one walk applies them all and starts again.
+        cache.purge(&Purge::Prefix {
+            route: "r".into(),
+            prefix: "/static/".into(),
+        });
+        let none = Purge::Tag {
+            route: "r".into(),
+            tag: "none".into(),
         };
-        assert_eq!(cache.purge(&other_route), 0);
-        assert!(matches!(
-            cache.lookup(3, Duration::ZERO).await,
-            Lookup::Fresh(_)
-        ));
+        let dropped: usize = (0..MAX_BANS).map(|_| cache.purge(&none)).sum();
+        assert_eq!(dropped, 1, "the /static/ entry, dropped by the walk");
+        assert!(cache.bans.load().len() < MAX_BANS, "the list started again");
+        assert!(cache.peek(3).is_some());
         // An error answer: the key passes upstream (no waiting) for a moment.
         let f = fill(cache, 4).await;
         store(f, "/err", 502);

@@ -352,7 +352,7 @@ async fn wait(p: &Place, revision: i64, timeout: Duration) -> anyhow::Result<i32
         }
         if Instant::now() >= deadline {
             eprintln!(
-                "tollgate apply: gateways behind revision {revision}: {}",
+                "tollgate: gateways behind revision {revision}: {}",
                 behind.join(", ")
             );
             return Ok(3);
