@@ -118,6 +118,12 @@ fn what_must_not_be_shared_is_not_stored() {
         assert_ne!(x_cache(&again), "HIT", "{why}: {again:?}");
     }
     assert_eq!(x_cache(&send(&gw, "POST", "/c/post", &[])), "BYPASS");
+    // A WebSocket handshake goes to the upstream, never to a stored 200.
+    assert_eq!(x_cache(&send(&gw, "GET", "/c/ws", &[])), "MISS");
+    let ws = [("connection", "upgrade"), ("upgrade", "websocket")];
+    let r = send(&gw, "GET", "/c/ws", &ws);
+    assert_eq!(x_cache(&r), "BYPASS", "{r:?}");
+    assert_eq!(r.json()["headers"]["upgrade"], "websocket");
     // A request with Authorization is served a stored answer, and its own
     // answer never makes the key skip the cache for others.
     assert_eq!(x_cache(&send(&gw, "GET", "/c/shared", &[])), "MISS");

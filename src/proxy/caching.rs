@@ -163,7 +163,13 @@ impl Gate {
             authorized,
             refresh_after: false,
         };
-        if !cacheable_method || shares_consumer || req.headers.contains_key(header::RANGE) {
+        // A WebSocket handshake must reach the upstream, never a stored 200.
+        let upgrade = session.is_upgrade_req();
+        if !cacheable_method
+            || shares_consumer
+            || upgrade
+            || req.headers.contains_key(header::RANGE)
+        {
             ctx.cache = Some(Box::new(c));
             return false;
         }
