@@ -38,6 +38,7 @@ PACKAGES=(
     "python3:check_python3"                   # scripts: free ports
     "systemd:check_systemd_analyze"           # tests/ops_systemd.rs: verify the units
     "prometheus:check_prometheus"             # tests/ops_prometheus.rs (and promtool)
+    "pebble:check_pebble"                     # tests/acme_order.rs, cluster_acme*.rs: a real ACME CA
 )
 
 log() { printf 'deps.sh: %s\n' "$*" >&2; }
@@ -122,6 +123,13 @@ why_systemd_analyze="systemd-analyze --version failed (tests/ops_systemd.rs veri
 
 check_prometheus() { prometheus --version >/dev/null 2>&1 && promtool --version >/dev/null 2>&1; }
 why_prometheus="prometheus/promtool --version failed (tests/ops_prometheus.rs scrapes the gateway)"
+
+# Both binaries at the paths testkit::Pebble runs, taking the flags it passes.
+check_pebble() {
+    grep -q -- '-dnsserver' <<<"$(/usr/bin/pebble -h 2>&1)" &&
+        grep -q -- '-dns01' <<<"$(/usr/bin/pebble-challtestsrv -h 2>&1)"
+}
+why_pebble="/usr/bin/pebble or /usr/bin/pebble-challtestsrv cannot run (tests/acme_order.rs and tests/cluster_acme*.rs order certificates from a real ACME test CA)"
 
 # failing: the entries whose check fails now.
 failing() {

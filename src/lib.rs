@@ -8,6 +8,7 @@ pub mod admin;
 pub mod admin_api;
 pub mod balance;
 pub mod cache;
+pub mod cluster;
 pub mod cmd;
 pub mod config;
 pub mod field_error;

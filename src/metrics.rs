@@ -56,6 +56,15 @@ pub struct Metrics {
     pub ejections: IntCounterVec,
     /// Active health check verdict changes, by upstream and result.
     pub health_transitions: IntCounterVec,
+    /// Roles this node holds in the fleet (value: how much of it, e.g.
+    /// instances probed), by role.
+    pub cluster_roles: IntGaugeVec,
+    /// Shared health verdicts written to etcd, by verdict.
+    pub health_verdict_writes: IntCounterVec,
+    /// Managed (ACME) certificates: failed attempts in a row, by cert.
+    pub acme_failures: IntGaugeVec,
+    /// ACME orders this node ran, by result.
+    pub acme_orders: IntCounterVec,
     /// Instances kept through a mass lease expiry, by service.
     pub preserved_instances: IntGaugeVec,
     /// Preserved instances let go, by service and why.
@@ -272,6 +281,30 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "tollgate_health_check_transitions_total",
             "Active health check verdict changes, by upstream and new state",
             &["upstream", "state"],
+        ),
+        cluster_roles: gauge_vec(
+            &r,
+            "tollgate_cluster_roles",
+            "Roles this node holds in the fleet, by role (health-prober: instances it probes for the fleet; health-prober-local: instances it probes alone, cut off from etcd; acme/<cert>: ordering that certificate)",
+            &["role"],
+        ),
+        health_verdict_writes: counter_vec(
+            &r,
+            "tollgate_health_verdict_writes_total",
+            "Shared health verdicts this node wrote to etcd, by verdict (unhealthy, healthy: withdrawn)",
+            &["verdict"],
+        ),
+        acme_failures: gauge_vec(
+            &r,
+            "tollgate_acme_failures",
+            "Managed certificates: failed ACME attempts in a row (0 after a success), by cert; alert on > 0",
+            &["cert"],
+        ),
+        acme_orders: counter_vec(
+            &r,
+            "tollgate_acme_orders_total",
+            "ACME orders this node ran, by result (issued, failed)",
+            &["result"],
         ),
         preserved_instances: gauge_vec(
             &r,

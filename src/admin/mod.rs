@@ -56,6 +56,17 @@ impl AdminApp {
                 "draining".into(),
                 self.draining.load(Ordering::Relaxed).into(),
             );
+            o.insert("roles".into(), serde_json::json!(crate::cluster::roles()));
+            let verdicts = if crate::balance::health::shared_verdicts() {
+                "shared"
+            } else {
+                "local"
+            };
+            o.insert("health_verdicts".into(), verdicts.into());
+            o.insert(
+                "managed_certs".into(),
+                crate::cluster::acme_status(&self.cell.acme.load()),
+            );
         }
         v
     }

@@ -2,14 +2,22 @@
 //! is probed at the policy's interval. The checker walks the current
 //! instance sets on every tick, so it follows instances as they register
 //! and leave and stops probing the ones that went.
+//!
+//! In a fleet ([`Sharing`]) each node probes only the instances it owns
+//! (rendezvous hashing over the live gateways) and hands its unhealthy
+//! verdicts to the cluster's writer, which keeps them in etcd; every node
+//! then serves by the fleet's verdicts. Cut off from etcd, a node probes
+//! every instance itself and serves by its own.
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::health::set_shared_verdicts;
+use super::sharing::{owner, InstanceKey, Sharing};
 use crate::metrics::METRICS;
 use crate::snapshot::CheckedLeaves;
 
@@ -21,11 +29,21 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 
 pub struct ActiveChecker {
     leaves: CheckedLeaves,
+    sharing: Option<Sharing>,
 }
 
 impl ActiveChecker {
     pub fn new(leaves: CheckedLeaves) -> Self {
-        Self { leaves }
+        Self {
+            leaves,
+            sharing: None,
+        }
+    }
+
+    /// Shares probes with the fleet (etcd mode).
+    pub fn sharing(mut self, sharing: Sharing) -> Self {
+        self.sharing = Some(sharing);
+        self
     }
 }
 
@@ -43,16 +61,34 @@ impl BackgroundService for ActiveChecker {
             let leaves = self.leaves.load();
             next_tick = if leaves.is_empty() { IDLE_TICK } else { TICK };
             let now = Instant::now();
+            let shared = self.sharing.as_ref().is_some_and(Sharing::is_shared);
+            set_shared_verdicts(shared);
+            let members = self.sharing.as_ref().map(|s| s.members.load_full());
+            let me = self.sharing.as_ref().map(|s| &s.node_id);
             let mut seen = std::collections::HashSet::new();
+            let mut down: BTreeSet<InstanceKey> = BTreeSet::new();
             for leaf in leaves.iter() {
                 let set = leaf.instances();
                 let Some(spec) = set.active.clone() else {
                     continue;
                 };
                 for (node, health) in set.nodes.iter().zip(&set.health) {
+                    if shared {
+                        let members = members.as_deref().map_or(&[][..], Vec::as_slice);
+                        if owner(members, &leaf.name, &node.id) != me {
+                            continue;
+                        }
+                        if !health.local_ok() {
+                            down.insert((leaf.name.clone(), Arc::from(node.id.as_str())));
+                        }
+                    }
                     let key = (leaf.name.clone(), node.id.clone(), node.addr);
                     seen.insert(key.clone());
-                    let next = due.entry(key).or_insert(now);
+                    let next = due.entry(key).or_insert_with(|| {
+                        // Taking over: from the verdict in force.
+                        health.adopt(!health.fleet_down());
+                        now
+                    });
                     if *next > now {
                         continue;
                     }
@@ -79,8 +115,30 @@ impl BackgroundService for ActiveChecker {
                     });
                 }
             }
-            // Instances that left are forgotten.
+            // Instances that left (or another node probes now) are forgotten.
             due.retain(|k, _| seen.contains(k));
+            let (shared_n, local_n) = if shared {
+                (due.len(), 0)
+            } else {
+                (0, due.len())
+            };
+            METRICS
+                .cluster_roles
+                .with_label_values(&["health-prober"])
+                .set(shared_n as i64);
+            METRICS
+                .cluster_roles
+                .with_label_values(&["health-prober-local"])
+                .set(local_n as i64);
+            if let Some(s) = &self.sharing {
+                s.verdicts.send_if_modified(|v| {
+                    let changed = *v != down;
+                    if changed {
+                        *v = std::mem::take(&mut down);
+                    }
+                    changed
+                });
+            }
         }
     }
 }

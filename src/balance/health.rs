@@ -1,8 +1,26 @@
 //! Per-instance health, shared by every instance-set version that contains
 //! the instance (carried over by id, so churn elsewhere never resets it):
 //! requests in flight, passive ejection, and the active check's verdict.
+//!
+//! The active verdict comes from one of two places. Alone (standalone, or
+//! cut off from etcd) a node probes every instance itself. In a fleet whose
+//! nodes share probes (`cluster::health`), the verdict is the fleet's: the
+//! one node that probes an instance writes it to etcd, every node applies
+//! it, and this node's own probe result counts only through that.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+/// Whether verdicts are the fleet's (set by the active checker only).
+static SHARED_VERDICTS: AtomicBool = AtomicBool::new(false);
+
+/// Switches between the fleet's verdicts and this node's own probes.
+pub fn set_shared_verdicts(on: bool) {
+    SHARED_VERDICTS.store(on, Ordering::Relaxed);
+}
+
+pub fn shared_verdicts() -> bool {
+    SHARED_VERDICTS.load(Ordering::Relaxed)
+}
 
 use crate::model::policy::PassiveCheckSpec;
 
@@ -13,9 +31,12 @@ pub struct NodeHealth {
     /// Monotonic ns until which the node is ejected (0: not ejected).
     ejected_until: AtomicU64,
     ejections: AtomicU32,
-    /// The active check's verdict (true until a check says otherwise).
+    /// This node's own active check verdict (true until a check says
+    /// otherwise).
     active_ok: AtomicBool,
     active_streak: AtomicU32,
+    /// The fleet's verdict from etcd: unhealthy.
+    fleet_down: AtomicBool,
 }
 
 impl Default for NodeHealth {
@@ -27,6 +48,7 @@ impl Default for NodeHealth {
             ejections: AtomicU32::new(0),
             active_ok: AtomicBool::new(true),
             active_streak: AtomicU32::new(0),
+            fleet_down: AtomicBool::new(false),
         }
     }
 }
@@ -50,8 +72,35 @@ impl NodeHealth {
         until != 0 && until > now_ns()
     }
 
+    /// The verdict that decides traffic: the fleet's when probes are
+    /// shared, else this node's own.
     pub fn active_ok(&self) -> bool {
+        if shared_verdicts() {
+            !self.fleet_down.load(Ordering::Relaxed)
+        } else {
+            self.local_ok()
+        }
+    }
+
+    /// This node's own probe verdict.
+    pub fn local_ok(&self) -> bool {
         self.active_ok.load(Ordering::Relaxed)
+    }
+
+    /// The fleet's verdict (from etcd): whether it says unhealthy.
+    pub fn fleet_down(&self) -> bool {
+        self.fleet_down.load(Ordering::Relaxed)
+    }
+
+    pub fn set_fleet_down(&self, down: bool) {
+        self.fleet_down.store(down, Ordering::Relaxed);
+    }
+
+    /// Starts this node's own verdict from `ok` (when it takes over
+    /// probing an instance: from the verdict in force, not from scratch).
+    pub fn adopt(&self, ok: bool) {
+        self.active_ok.store(ok, Ordering::Relaxed);
+        self.active_streak.store(0, Ordering::Relaxed);
     }
 
     /// Whether the node should take new requests. `now_ns` is called only
@@ -90,7 +139,7 @@ impl NodeHealth {
 
     /// Feeds one active check result; returns the new verdict if it flipped.
     pub fn record_check(&self, ok: bool, healthy: u32, unhealthy: u32) -> Option<bool> {
-        let current = self.active_ok();
+        let current = self.local_ok();
         if ok == current {
             self.active_streak.store(0, Ordering::Relaxed);
             return None;

@@ -8,6 +8,7 @@ pub mod active;
 pub mod health;
 mod ring;
 mod schedule;
+pub mod sharing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

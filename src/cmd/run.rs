@@ -130,18 +130,42 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
     crate::metrics::register(Box::new(InstanceStates::new(cell.services.clone())));
     let mut store = Store::new(cell.clone(), model.timeouts);
     let node_id = node_id(&model);
+    // The active checker's fleet side (etcd mode): who probes what, and the
+    // verdicts it hands the cluster's writer.
+    let mut sharing = None;
+    let mut cluster = None;
     let source: Box<dyn pingora::services::ServiceWithDependents> = match &b.etcd {
         Some(etcd) => {
             cell.status.set_source(SourceState::Disconnected);
+            let (applied_tx, applied_rx) = tokio::sync::watch::channel(Default::default());
+            let (verdicts_tx, verdicts_rx) = tokio::sync::watch::channel(Default::default());
+            let (live_tx, live_rx) = tokio::sync::watch::channel(false);
+            sharing = Some(crate::balance::sharing::Sharing {
+                node_id: node_id.as_str().into(),
+                members: cell.members.clone(),
+                session_live: live_rx,
+                verdicts: verdicts_tx,
+            });
+            cluster = Some(crate::cluster::ClusterService::new(
+                etcd.endpoints.clone(),
+                crate::source::etcd::Keyspace::new(&etcd.prefix, &etcd.registry_prefix),
+                node_id.clone(),
+                cell.clone(),
+                model.keys.clone(),
+                b.acme.clone(),
+                applied_rx,
+                verdicts_rx,
+                live_tx,
+            ));
             Box::new(background_service(
                 "etcd-sync",
                 EtcdSource::new(
                     etcd.clone(),
                     b.state_dir.clone(),
-                    node_id.clone(),
                     store,
                     model.timeouts,
                     model.keys.clone(),
+                    applied_tx,
                 ),
             ))
         }
@@ -272,10 +296,14 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
         "limiter-sweeper",
         crate::limiter::Sweeper,
     ));
-    server.add_service(background_service(
-        "health-checks",
-        crate::balance::active::ActiveChecker::new(cell.checked.clone()),
-    ));
+    let mut checker = crate::balance::active::ActiveChecker::new(cell.checked.clone());
+    if let Some(sharing) = sharing {
+        checker = checker.sharing(sharing);
+    }
+    server.add_service(background_service("health-checks", checker));
+    if let Some(cluster) = cluster {
+        server.add_service(background_service("cluster", cluster));
+    }
 
     // systemd Type=notify: READY=1 once a snapshot is applied and the
     // listeners are up (in --upgrade mode, after the hand-over above).

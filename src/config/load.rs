@@ -136,6 +136,22 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
         }
     }
     crate::model::route::check_body_limit("proxy.max_body_bytes", b.proxy.max_body_bytes)?;
+    if b.acme.directory.is_some() || b.acme.email.is_some() {
+        let spec = crate::model::acme::AcmeSpec {
+            directory: b.acme.directory.clone(),
+            email: b.acme.email.clone(),
+            challenge: None,
+        };
+        spec.check("acme", &[])?;
+    }
+    if let Some(roots) = &b.acme.tls_roots {
+        if !roots.is_file() {
+            return Err(FieldError::new(
+                "acme.tls_roots",
+                format!("{}: not a readable file", roots.display()),
+            ));
+        }
+    }
     if !(5..=86_400).contains(&b.cache.purge_record_ttl_s) {
         return Err(FieldError::new(
             "cache.purge_record_ttl_s",

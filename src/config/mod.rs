@@ -59,6 +59,9 @@ pub struct Bootstrap {
     /// The response cache's bound (routes opt in with `cache`).
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Defaults for managed certificates (`acme` in `<prefix>/certs/<id>`).
+    #[serde(default)]
+    pub acme: AcmeConfig,
     /// Per-request metrics (counters and histograms by route); `/metrics`
     /// still serves the sync and process families when off.
     #[serde(default = "default_true")]
@@ -101,6 +104,24 @@ impl Bootstrap {
                     .map(|a| ("admin_api.listen".to_string(), a.listen.addr.as_str())),
             )
     }
+}
+
+/// Managed certificates' defaults: a cert entry's `acme` block may leave
+/// these out.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The CA's directory URL (e.g. Let's Encrypt's
+    /// `https://acme-v02.api.letsencrypt.org/directory`).
+    #[serde(default)]
+    pub directory: Option<String>,
+    /// The account's contact address.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// A PEM file of roots to trust for the directory's HTTPS (a private
+    /// CA); unset: the system's roots.
+    #[serde(default)]
+    pub tls_roots: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -17,9 +17,16 @@ pub struct CertSpec {
     pub id: Option<String>,
     /// Names served: `api.example.com` or `*.example.com` (one label).
     pub snis: Vec<String>,
-    /// PEM chain, leaf first.
+    /// PEM chain, leaf first (empty for a managed certificate not issued
+    /// yet).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cert: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
+    /// A managed certificate: the fleet orders it (and renews it) from an
+    /// ACME CA and writes `cert` and `key` here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<super::acme::AcmeSpec>,
 }
 
 impl fmt::Debug for CertSpec {
@@ -29,6 +36,7 @@ impl fmt::Debug for CertSpec {
             .field("snis", &self.snis)
             .field("cert", &format_args!("<{} bytes of PEM>", self.cert.len()))
             .field("key", &"<redacted>")
+            .field("acme", &self.acme)
             .finish()
     }
 }
@@ -108,6 +116,7 @@ mod tests {
             snis: snis.iter().map(|s| s.to_string()).collect(),
             cert: String::new(),
             key: "secret".into(),
+            acme: None,
         }
     }
 

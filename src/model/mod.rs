@@ -2,6 +2,7 @@
 //! instances, with validation that names the bad field. Nothing here knows
 //! where a value came from (file or etcd) or how it is served.
 
+pub mod acme;
 pub mod cache;
 pub mod cert;
 pub mod consumer;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::access_log::AccessLog;
+use super::acme_challenge;
 use super::ctx::{Attempt, InFlight, RequestCtx};
 use super::error_response::{self, Body};
 use super::forwarding::{client_ip, cookie, host_of};
@@ -252,6 +253,13 @@ impl Gate {
             error_response::respond(session, 400, message, ctx.request_id()).await;
             return true;
         }
+        if path.starts_with(acme_challenge::PREFIX)
+            && acme_challenge::respond(&self.cell, session, ctx.request_id()).await
+        {
+            return true;
+        }
+        let req = session.req_header();
+        let path = req.uri.path();
         let Some(route) = self.cell.route_for(host_of(req), req.method.as_str(), path) else {
             // Before the first config is applied, "no route" would be a lie.
             let (status, message) = if self.cell.status.is_ready() {

@@ -8,6 +8,7 @@
 //! moving of bytes differs.
 
 pub mod access_log;
+mod acme_challenge;
 mod caching;
 mod conn_limit;
 mod connections;

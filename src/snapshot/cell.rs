@@ -158,6 +158,10 @@ pub struct SnapshotCell {
     pub consumers: ArcSwap<ConsumerTable>,
     /// The limiters of consumers with a limit of their own, by name.
     pub consumer_limits: ArcSwap<ConsumerLimits>,
+    /// The live gateway nodes by id, sorted: who shares health probes.
+    pub members: Arc<ArcSwap<Vec<Arc<str>>>>,
+    /// Managed certificates, HTTP-01 tokens, ordering attempts.
+    pub acme: ArcSwap<super::acme::AcmeView>,
     /// The response cache, made on first use (most gateways cache nothing).
     cache: std::sync::OnceLock<&'static crate::cache::ResponseCache>,
     cache_max_bytes: std::sync::atomic::AtomicU64,
@@ -202,6 +206,8 @@ impl SnapshotCell {
             certs: Arc::default(),
             consumers: ArcSwap::default(),
             consumer_limits: ArcSwap::default(),
+            members: Arc::default(),
+            acme: ArcSwap::default(),
             cache: Default::default(),
             cache_max_bytes: std::sync::atomic::AtomicU64::new(crate::cache::DEFAULT_MAX_BYTES),
             purge_record_ttl_s: std::sync::atomic::AtomicU64::new(

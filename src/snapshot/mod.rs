@@ -3,6 +3,7 @@
 //! function of the validated model ([`build`]); publishing is one swap
 //! ([`SnapshotCell`]).
 
+pub mod acme;
 mod build;
 mod cell;
 mod instance_states;

@@ -320,6 +320,9 @@ pub struct UpstreamTable {
     /// [`UpstreamTable::counts`], kept as sets change: `/status` reads it
     /// after every applied change, and 10,000 leaves are too many to walk.
     totals: (usize, usize),
+    /// The fleet's unhealthy verdicts: service → instance ids. Kept apart
+    /// from the leaves: a verdict may come before its instance registers.
+    fleet_down: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 /// What one instance set adds to [`UpstreamTable::counts`].
@@ -364,6 +367,29 @@ impl UpstreamTable {
             checked,
             services,
             totals: (0, 0),
+            fleet_down: BTreeMap::new(),
+        }
+    }
+
+    /// Applies the fleet's verdict on one instance (`down`: unhealthy) to
+    /// its current health at once; sets built later carry it too.
+    pub fn set_fleet_verdict(&mut self, service: &str, id: &str, down: bool) {
+        let ids = self.fleet_down.entry(service.to_string()).or_default();
+        if down {
+            ids.insert(id.to_string());
+        } else {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.fleet_down.remove(service);
+            }
+        }
+        if let Some((leaf, _)) = self.leaves.get(service) {
+            let set = leaf.instances();
+            for (node, health) in set.nodes.iter().zip(&set.health) {
+                if node.id == id {
+                    health.set_fleet_down(down);
+                }
+            }
         }
     }
 
@@ -446,6 +472,7 @@ impl UpstreamTable {
 
     fn publish(&mut self, name: &str) {
         let defaults = self.defaults;
+        let down = self.fleet_down.get(name).cloned();
         let (leaf, inputs) = self.entry(name);
         let policy = inputs.policy.as_ref().map(|(s, _)| s);
         let mut nodes: Vec<Node> = inputs
@@ -460,6 +487,9 @@ impl UpstreamTable {
         let defined = inputs.policy.is_some() || !inputs.registered.is_empty();
         let tls = inputs.tls.clone();
         let set = InstanceSet::new(nodes, &leaf.set.load(), policy, tls, timeouts, defined);
+        for (node, health) in set.nodes.iter().zip(&set.health) {
+            health.set_fleet_down(down.as_ref().is_some_and(|ids| ids.contains(&node.id)));
+        }
         let (old, new) = (counted(&leaf.set.load()), counted(&set));
         leaf.set.store(Arc::new(set));
         let leaf = leaf.clone();

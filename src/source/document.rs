@@ -7,7 +7,8 @@ use crate::field_error::from_json;
 use crate::model::consumer::ConsumerEntry;
 use crate::model::settings::{SettingsSpec, ValidSettings};
 use crate::model::{FieldError, Node, Route, RouteSpec, UpstreamSpec};
-use crate::tls::{KeyRing, LoadedCert};
+use crate::tls::cert::CertDoc;
+use crate::tls::KeyRing;
 
 /// The kinds of value under the config prefix, by their keyspace folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +63,7 @@ pub enum Document {
     Consumer(ConsumerEntry),
     /// With the value to keep as last-known-good when not the one given
     /// (a key stored in clear, kept encrypted).
-    Cert(LoadedCert, Option<String>),
+    Cert(CertDoc, Option<String>),
     Settings(SettingsSpec, ValidSettings),
 }
 

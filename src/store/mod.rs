@@ -145,6 +145,19 @@ impl Store {
         }
     }
 
+    /// The fleet's health verdict on one instance (`down`: unhealthy);
+    /// takes effect at once, without a publish.
+    pub fn set_fleet_verdict(&mut self, service: &str, id: &str, down: bool) {
+        self.table.set_fleet_verdict(service, id, down);
+    }
+
+    /// Edits what the node knows of managed certificates (published at once).
+    pub fn edit_acme(&mut self, edit: impl FnOnce(&mut crate::snapshot::acme::AcmeView)) {
+        let mut view = (**self.cell.acme.load()).clone();
+        edit(&mut view);
+        self.cell.acme.store(Arc::new(view));
+    }
+
     /// Sets or removes one TLS certificate (already loaded and checked).
     pub fn set_cert(&mut self, id: &str, cert: Option<Arc<LoadedCert>>) {
         self.certs.set(id, cert);

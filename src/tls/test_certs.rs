@@ -13,6 +13,7 @@ pub fn spec(snis: &[&str]) -> CertSpec {
         snis: names,
         cert: c.cert.pem(),
         key: c.key_pair.serialize_pem(),
+        acme: None,
     }
 }
 

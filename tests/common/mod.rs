@@ -2,6 +2,7 @@
 //! snippets, and assertions on the echo backend's and the gateway's JSON.
 #![allow(dead_code)]
 
+pub mod acme;
 pub mod etcd_gw;
 pub mod h2_frames;
 pub mod keepalive;

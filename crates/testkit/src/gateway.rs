@@ -72,6 +72,17 @@ impl Gateway {
             .unwrap_or_else(|e| panic!("gateway failed to start:\n{e}"))
     }
 
+    /// [`Gateway::start_with_listeners`] and [`Gateway::start_with_env`] at once.
+    pub fn start_with_env_and_listeners(
+        bin: &Path,
+        body: &str,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Gateway {
+        Self::launch(bin, body, None, env, extra)
+            .unwrap_or_else(|e| panic!("gateway failed to start:\n{e}"))
+    }
+
     /// Like [`Gateway::start`] but with a caller-owned state dir, so that a
     /// later gateway can start from what this one persisted.
     pub fn start_with_state_dir(bin: &Path, body: &str, state_dir: &Path) -> Gateway {

@@ -56,6 +56,24 @@ fn differences(a: &Value, b: &Value, at: &str, out: &mut Vec<String>) {
     }
 }
 
+/// A managed certificate in the files (`acme`, no `cert`): the `cert` and
+/// `key` the fleet issued into etcd are the fleet's, kept through an
+/// apply (else every apply would drop the served certificate and order a
+/// new one, into the CA's rate limits).
+fn keep_issued(desired: &Doc, now: &Doc) -> Doc {
+    let mut d = desired.clone();
+    let managed =
+        d.kind == Kind::Cert && d.spec.get("acme").is_some() && d.spec.get("cert").is_none();
+    if let (true, Some(spec)) = (managed, d.spec.as_object_mut()) {
+        for field in ["cert", "key"] {
+            if let Some(v) = now.spec.get(field) {
+                spec.insert(field.to_string(), v.clone());
+            }
+        }
+    }
+    d
+}
+
 /// The order writes go in: what others name first.
 fn rank(kind: Kind) -> u8 {
     match kind {
@@ -87,10 +105,11 @@ impl Plan {
             match now.iter().find(|(n, _)| n.kind == d.kind && n.id == d.id) {
                 None => changes.push(Change::Add(d.clone())),
                 Some((n, rev)) => {
+                    let d = keep_issued(d, n);
                     let mut fields = Vec::new();
                     differences(&n.spec, &d.spec, "", &mut fields);
                     if !fields.is_empty() {
-                        changes.push(Change::Update(d.clone(), fields, *rev));
+                        changes.push(Change::Update(d, fields, *rev));
                     }
                 }
             }
@@ -209,5 +228,33 @@ mod tests {
             &mut out,
         );
         assert_eq!(out, vec!["paths[0]", "timeout.read_ms", "x", "y"]);
+    }
+
+    #[test]
+    fn an_apply_keeps_the_certificate_the_fleet_issued() {
+        let doc = |spec: Value| Doc {
+            kind: Kind::Cert,
+            id: "api".into(),
+            spec,
+            origin: "f.yaml[0]".into(),
+        };
+        let issued = doc(json!({"snis": ["a.example"], "acme": {}, "cert": "C", "key": "K"}));
+        // Unchanged in the files: nothing to write.
+        let same = keep_issued(&doc(json!({"snis": ["a.example"], "acme": {}})), &issued);
+        let mut out = Vec::new();
+        differences(&issued.spec, &same.spec, "", &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // Edited: the edit lands with the issued pair kept.
+        let edited = keep_issued(
+            &doc(json!({"snis": ["a.example", "b.example"], "acme": {}})),
+            &issued,
+        );
+        assert_eq!(edited.spec["cert"], "C");
+        // Not managed, or given its own pair: the files win.
+        let plain = keep_issued(
+            &doc(json!({"snis": ["a.example"], "cert": "X", "key": "Y"})),
+            &issued,
+        );
+        assert_eq!(plain.spec["cert"], "X");
     }
 }

@@ -3,9 +3,9 @@
 //! file, and this node's own registration. The rules it follows are in
 //! design.md ("Syncing with etcd").
 
-mod announce;
 pub mod backoff;
 mod batch_hold;
+mod coordination;
 pub mod endpoints;
 mod keyspace;
 mod leases;
@@ -61,23 +61,36 @@ fn persist_gap(last_save: Duration) -> Duration {
     (last_save * PERSIST_BUDGET).clamp(PERSIST_EVERY, PERSIST_AT_MOST_EVERY)
 }
 
+/// What the node has applied, as its gateway record tells it
+/// (`cluster::membership` writes it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub config_revision: i64,
+    /// Serving the last config it had while its watch cannot reach etcd.
+    pub stale: bool,
+    /// Holding config changes until an apply finishes.
+    pub holding: bool,
+}
+
 /// The etcd source, run as a Pingora background service.
 pub struct EtcdSource {
     cfg: EtcdConfig,
     keys: Keyspace,
     state_dir: PathBuf,
-    node_id: String,
     state: Mutex<Option<EtcdState>>,
+    /// Tells the node's gateway record what it serves; dropped when the
+    /// source stops.
+    applied: Mutex<Option<tokio::sync::watch::Sender<Applied>>>,
 }
 
 impl EtcdSource {
     pub fn new(
         cfg: EtcdConfig,
         state_dir: PathBuf,
-        node_id: String,
         store: Store,
         base: Timeouts,
         key_ring: Arc<KeyRing>,
+        applied: tokio::sync::watch::Sender<Applied>,
     ) -> Self {
         let keys = Keyspace::new(&cfg.prefix, &cfg.registry_prefix);
         Self {
@@ -91,7 +104,7 @@ impl EtcdSource {
             cfg,
             keys,
             state_dir,
-            node_id,
+            applied: Mutex::new(Some(applied)),
         }
     }
 
@@ -241,13 +254,13 @@ struct Persister {
     saving: Arc<AtomicBool>,
     /// How long the last save took, in µs.
     last_save_us: Arc<AtomicU64>,
-    announce: tokio::sync::watch::Sender<announce::Applied>,
+    announce: tokio::sync::watch::Sender<Applied>,
 }
 
 impl Persister {
     /// Tells the announcer what this node now serves (a no-op when unchanged).
     fn announce(&self, state: &EtcdState) {
-        let now = announce::Applied {
+        let now = Applied {
             config_revision: state.announced_revision(),
             stale: state.store.cell().status.view().stale,
             holding: state.holding(),
@@ -331,13 +344,9 @@ impl BackgroundService for EtcdSource {
         let Some(mut state) = self.state.lock().ok().and_then(|mut s| s.take()) else {
             return;
         };
-        let (announce_tx, announce_rx) = tokio::sync::watch::channel(Default::default());
-        let announcer = tokio::spawn(announce::run(
-            self.cfg.endpoints.clone(),
-            self.keys.gateway_key(&self.node_id),
-            self.node_id.clone(),
-            announce_rx,
-        ));
+        let Some(announce_tx) = self.applied.lock().ok().and_then(|mut a| a.take()) else {
+            return;
+        };
         let mut persist = Persister {
             state_dir: self.state_dir.clone(),
             cluster_id: 0,
@@ -388,16 +397,9 @@ impl BackgroundService for EtcdSource {
             }
         }
         persist.flush(&state);
-        // Dropping the sender tells the announcer to revoke its lease, so
-        // the node's record goes at once instead of after the lease TTL.
+        // Dropping the sender tells the node's record writer the source
+        // stopped (the cluster session revokes the lease on shutdown).
         drop(persist);
-        let mut announcer = announcer;
-        if tokio::time::timeout(Duration::from_secs(1), &mut announcer)
-            .await
-            .is_err()
-        {
-            announcer.abort();
-        }
     }
 }
 

@@ -9,6 +9,7 @@ use imbl::OrdMap;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::batch_hold::{BatchHold, Held};
+use super::coordination::Coordination;
 use super::keyspace::{Key, Keyspace};
 use super::leases::{Ending, LeaseBook};
 use super::preserve::{Decision, Preservation, Probed};
@@ -74,6 +75,8 @@ pub struct EtcdState {
     hold: BatchHold,
     /// Cache purge records applied.
     pub purges: Purges,
+    /// Shared health verdicts and ACME state seen.
+    coordination: Coordination,
 }
 
 /// Counts a refused value or route under `kind`, in the metric and in
@@ -100,6 +103,7 @@ impl EtcdState {
             key_ring,
             hold: BatchHold::default(),
             purges: Purges::default(),
+            coordination: Coordination::default(),
             leases: LeaseBook::default(),
             preserve: Preservation::new(preservation),
             after_outage: false,
@@ -221,6 +225,15 @@ impl EtcdState {
                 self.gateways.insert(node.to_string());
                 return;
             }
+            Key::Health { .. }
+            | Key::AcmeChallenge(_)
+            | Key::AcmeAttempt(_)
+            | Key::AcmeRenew(_) => {
+                self.coordination
+                    .put(&class, key, text, self.generation, &mut self.store);
+                return;
+            }
+            Key::Coordination => return,
             Key::Batch(apply) => {
                 self.hold.marker_put(apply, mod_revision, self.listing);
                 return;
@@ -279,8 +292,16 @@ impl EtcdState {
                 );
                 self.store.set_upstream(id, Some((spec, nodes)));
             }
-            Document::Cert(cert, kept) => {
-                self.store.set_cert(id, Some(Arc::new(cert)));
+            Document::Cert(doc, kept) => {
+                self.store.set_cert(id, doc.loaded.map(Arc::new));
+                self.store.edit_acme(|a| match doc.managed {
+                    Some(m) => {
+                        a.managed.insert(id.to_string(), m);
+                    }
+                    None => {
+                        a.managed.remove(id);
+                    }
+                });
                 *kept_as = kept;
             }
             Document::Consumer(c) => self.store.set_consumer(id, Some(c)),
@@ -325,7 +346,12 @@ impl EtcdState {
                 self.preserve.set_policy(name, None, None);
                 self.store.set_upstream(name, None)
             }
-            Key::Cert(id) => self.store.set_cert(id, None),
+            Key::Cert(id) => {
+                self.store.set_cert(id, None);
+                self.store.edit_acme(|a| {
+                    a.managed.remove(id);
+                });
+            }
             Key::Consumer(name) => self.store.set_consumer(name, None),
             Key::Settings => {
                 self.store.set_default_timeouts(self.base_timeouts);
@@ -342,6 +368,14 @@ impl EtcdState {
                 self.gateways.remove(node);
                 return;
             }
+            Key::Health { .. }
+            | Key::AcmeChallenge(_)
+            | Key::AcmeAttempt(_)
+            | Key::AcmeRenew(_) => {
+                self.coordination.remove(&class, key, &mut self.store);
+                return;
+            }
+            Key::Coordination => return,
             Key::Batch(apply) => {
                 if let Some(replay) = self.hold.marker_gone(apply) {
                     self.replay(replay);
@@ -463,6 +497,9 @@ impl EtcdState {
         for k in gone {
             self.remove(&k, revision, true);
         }
+        for k in self.coordination.unlisted(generation) {
+            self.remove(&k, revision, true);
+        }
         self.listing = false;
         self.hold.relist_ends(revision);
         self.purges.relist_ends(self.store.cell());
@@ -478,6 +515,19 @@ impl EtcdState {
         self.preserve.flush();
         let cell = self.store.cell();
         cell.status.set_gateways(self.gateways.len());
+        let members = cell.members.load();
+        if !members
+            .iter()
+            .map(|m| &**m)
+            .eq(self.gateways.iter().map(String::as_str))
+        {
+            let now: Vec<Arc<str>> = self
+                .gateways
+                .iter()
+                .map(|g| Arc::from(g.as_str()))
+                .collect();
+            cell.members.store(Arc::new(now));
+        }
         let (preserved, services) = self.preserve.counts();
         cell.status.set_preserved(preserved, services);
         // Cluster-scoped limits divide by the live gateways (at least us).
