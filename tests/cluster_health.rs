@@ -290,3 +290,21 @@ fn a_prober_cut_off_from_etcd_leaves_nothing_marked_down_and_probes_alone() {
     wait_shared(&[&cut, &other], 2);
     assert!(etcd.get_prefix(HEALTH).is_empty());
 }
+
+#[test]
+fn a_node_that_does_not_share_probes_is_given_no_instances() {
+    // A rolling upgrade: a node of an older version writes its record
+    // without `shares_health` and probes for itself only. Were it given a
+    // share, those instances would go unprobed for the fleet.
+    let etcd = Etcd::start();
+    let (backends, _lease) = instances(&etcd, 6);
+    let old = etcd.keep_alive(30);
+    let record = serde_json::json!({"node_id": "old", "version": "0.0.9", "config_revision": 0});
+    etcd.put_with_lease("/tollgate/gateways/old", &record.to_string(), old.id);
+    let gw = start_gw("new", &[etcd.endpoint()]);
+    wait_status(&gw, "both gateways seen, probes shared", APPLY, |s| {
+        s["gateways"] == 2 && s["health_verdicts"] == "shared" && s["roles"]["health-prober"] == 6
+    });
+    let rate = probe_rate(&backends, 120);
+    assert!((0.7..1.4).contains(&rate), "{rate:.2}");
+}

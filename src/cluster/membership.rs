@@ -26,6 +26,9 @@ struct Record<'a> {
     stale: bool,
     holding: bool,
     started_unix_ms: u64,
+    /// This node probes its share of instances for the fleet (nodes of
+    /// older versions do not say so, and are given none).
+    shares_health: bool,
 }
 
 /// Keeps this node's record written on each live session; returns when the
@@ -52,6 +55,7 @@ pub async fn run(
                 stale: now.stale,
                 holding: now.holding,
                 started_unix_ms,
+                shares_health: true,
             })
             .unwrap_or_default();
             let key = key.clone();

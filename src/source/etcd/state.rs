@@ -58,6 +58,10 @@ pub struct EtcdState {
     /// A re-list has begun and not finished: `known` is part old, part new.
     listing: bool,
     gateways: BTreeSet<String>,
+    /// The gateways that share health probes (their record says so; a node
+    /// of an older version in a rolling upgrade does not, and must not be
+    /// given instances to probe for the others).
+    probers: BTreeSet<String>,
     /// Bootstrap file defaults, under `/settings` overrides.
     base_timeouts: Timeouts,
     /// Revision of the last applied change to routes, upstreams, settings
@@ -91,6 +95,11 @@ fn reject(kind: &'static str, key: &str, reason: &dyn std::fmt::Display, store: 
     tracing::warn!(key, kind, reason = %reason, "rejected config value; the key keeps its last good value");
 }
 
+/// Whether a gateway record says its node shares health probes.
+fn shares_health(record: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(record).is_ok_and(|v| v["shares_health"] == true)
+}
+
 impl EtcdState {
     pub fn new(
         store: Store,
@@ -113,6 +122,7 @@ impl EtcdState {
             generation: 0,
             listing: false,
             gateways: BTreeSet::new(),
+            probers: BTreeSet::new(),
             base_timeouts,
             config_revision: 0,
         }
@@ -223,6 +233,11 @@ impl EtcdState {
             }
             Key::Gateway(node) => {
                 self.gateways.insert(node.to_string());
+                if shares_health(text) {
+                    self.probers.insert(node.to_string());
+                } else {
+                    self.probers.remove(node);
+                }
                 return;
             }
             Key::Health { .. }
@@ -366,6 +381,7 @@ impl EtcdState {
             }
             Key::Gateway(node) => {
                 self.gateways.remove(node);
+                self.probers.remove(node);
                 return;
             }
             Key::Health { .. }
@@ -483,6 +499,7 @@ impl EtcdState {
         self.generation = self.generation.wrapping_add(1);
         self.listing = true;
         self.gateways.clear();
+        self.probers.clear();
         self.hold.relist_begins();
         self.purges.relist_begins();
     }
@@ -519,13 +536,9 @@ impl EtcdState {
         if !members
             .iter()
             .map(|m| &**m)
-            .eq(self.gateways.iter().map(String::as_str))
+            .eq(self.probers.iter().map(String::as_str))
         {
-            let now: Vec<Arc<str>> = self
-                .gateways
-                .iter()
-                .map(|g| Arc::from(g.as_str()))
-                .collect();
+            let now: Vec<Arc<str>> = self.probers.iter().map(|g| Arc::from(g.as_str())).collect();
             cell.members.store(Arc::new(now));
         }
         let (preserved, services) = self.preserve.counts();
