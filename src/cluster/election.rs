@@ -156,12 +156,3 @@ impl Drop for Leadership {
         let _ = METRICS.cluster_roles.remove_label_values(&[&self.role]);
     }
 }
-
-/// The current leader's value of `name`, if any (for the fleet view).
-pub async fn leader(live: &Live, name: &str) -> Option<String> {
-    let mut c = live.client.clone();
-    let resp = c.leader(name).await.ok()?;
-    resp.kv()
-        .and_then(|kv| kv.value_str().ok())
-        .map(str::to_string)
-}

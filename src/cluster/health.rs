@@ -43,7 +43,12 @@ pub async fn run(
         let mut published: BTreeSet<InstanceKey> = BTreeSet::new();
         loop {
             let want = wanted.borrow_and_update().clone();
-            let synced = sync(&live, &keys, &node_id, &want, &mut published).await;
+            let synced = tokio::time::timeout(
+                session::WRITE_TIMEOUT,
+                sync(&live, &keys, &node_id, &want, &mut published),
+            )
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("etcd did not answer in time")));
             let retry = async {
                 match synced {
                     Ok(()) => std::future::pending().await,
@@ -68,7 +73,7 @@ async fn sync(
     node_id: &str,
     want: &BTreeSet<InstanceKey>,
     published: &mut BTreeSet<InstanceKey>,
-) -> Result<(), etcd_client::Error> {
+) -> anyhow::Result<()> {
     let mut client = live.client.clone();
     for gone in published.difference(want).cloned().collect::<Vec<_>>() {
         let key = keys.health_key(&gone.0, &gone.1);

@@ -61,7 +61,7 @@ pub async fn run(
             let key = key.clone();
             let mut c = client.clone();
             async move {
-                c.put(key, value, Some(PutOptions::new().with_lease(live.lease)))
+                session::bounded(c.put(key, value, Some(PutOptions::new().with_lease(live.lease))))
                     .await
             }
         };

@@ -131,9 +131,11 @@ async fn live_session(
     tx: &watch::Sender<Option<Live>>,
     backoff: &mut Backoff,
 ) -> anyhow::Result<std::convert::Infallible> {
+    // No per-request timeout: a campaign waits as long as the election
+    // takes (its callers bound it); writes bound themselves ([`bounded`]).
+    // A dead connection is found by gRPC keep-alive pings within ~4 s.
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(5))
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
         .with_keep_alive_while_idle(true);
     let mut client = Client::connect([endpoint], Some(opts)).await?;
@@ -174,6 +176,19 @@ async fn live_session(
 /// renewed it was sent, less the margin.
 fn deadline_after(sent: Instant, ttl_secs: i64) -> Instant {
     sent + Duration::from_secs(ttl_secs.max(0) as u64).saturating_sub(SAFETY_MARGIN)
+}
+
+/// How long one write on the session may take before it counts as failed.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `call` bounded by [`WRITE_TIMEOUT`].
+pub async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(WRITE_TIMEOUT, call).await {
+        Ok(r) => Ok(r?),
+        Err(_) => anyhow::bail!("etcd did not answer within {WRITE_TIMEOUT:?}"),
+    }
 }
 
 /// Waits until the session is live and returns it.
