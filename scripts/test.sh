@@ -96,6 +96,7 @@ step "bench smoke: tls" bench/tls.sh --quick
 step "bench smoke: plugins" bench/plugins.sh --quick
 step "bench smoke: admin" bench/admin.sh --quick
 step "bench smoke: cache" bench/cache.sh --quick
+step "bench smoke: cluster" bench/cluster.sh --quick
 
 summary
 if ((${#failed[@]} > 0)); then

@@ -74,7 +74,7 @@ pub fn document() -> Value {
     paths.insert(
         "/admin/v1/gateways".into(),
         json!({ "get": { "summary": "every live gateway node, its applied revision and lag",
-                         "responses": { "200": { "description": "{config_revision, etcd_revision, applies_under_way, gateways: [{node_id, version, config_revision, lag, up_to_date, state: up_to_date|behind|holding|stale}]}" } } } }),
+                         "responses": { "200": { "description": "{config_revision, etcd_revision, applies_under_way, gateways: [{node_id, version, config_revision, lag, up_to_date, state: up_to_date|behind|holding|stale}], held_by: {<lock or election>: <node>}}" } } } }),
     );
     paths.insert(
         "/admin/v1/purge".into(),
