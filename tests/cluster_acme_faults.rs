@@ -162,14 +162,15 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
         "/tollgate/routes/all",
         r#"{"paths": ["/*rest"], "upstream": "app"}"#,
     );
-    let challenge = |token: &str| {
+    let challenge_on = |host: &str, token: &str| {
         gw.request(
             "GET",
             &format!("/.well-known/acme-challenge/{token}"),
-            &[],
+            &[("host", host)],
             None,
         )
     };
+    let challenge = |token: &str| challenge_on(NAME, token);
     // No managed certificate: the path is the application's (its own ACME
     // client behind the gateway keeps working).
     wait_ok("routed to the app", Duration::from_secs(10), || {
@@ -235,13 +236,27 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
         assert!(!r.body.contains(token), "{token} echoed");
     }
     let r = gw
-        .request("POST", "/.well-known/acme-challenge/nope", &[], Some(b"x"))
+        .request(
+            "POST",
+            "/.well-known/acme-challenge/nope",
+            &[("host", NAME)],
+            Some(b"x"),
+        )
         .unwrap();
     assert_eq!(r.status, 405);
-    // A token someone put in etcd is answered (as the orderer does).
+    // A name the fleet does not manage keeps its own challenge path (an
+    // application behind the gateway that gets its own certificates).
+    let r = challenge_on("app.example", "app-token").unwrap();
+    assert_eq!(
+        (r.status, r.header("x-backend")),
+        (200, Some("app")),
+        "{r:?}"
+    );
+    // A token someone put in etcd is answered (as the orderer does), for
+    // whatever host the CA's request names.
     etcd.put("/tollgate/acme/challenges/tok_1-A", "tok_1-A.thumbprint");
     wait_ok("the token answered", Duration::from_secs(10), || {
-        let r = challenge("tok_1-A").map_err(|e| e.to_string())?;
+        let r = challenge_on("other.example", "tok_1-A").map_err(|e| e.to_string())?;
         (r.status == 200 && r.body == "tok_1-A.thumbprint")
             .then_some(())
             .ok_or(format!("{r:?}"))

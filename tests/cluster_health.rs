@@ -308,3 +308,84 @@ fn a_node_that_does_not_share_probes_is_given_no_instances() {
     let rate = probe_rate(&backends, 120);
     assert!((0.7..1.4).contains(&rate), "{rate:.2}");
 }
+
+#[test]
+fn a_static_nodes_verdict_takes_it_out_on_every_node() {
+    // A static node's id is its URL (with `/` in it): its verdict key is
+    // `<prefix>/health/<upstream>/http://…`.
+    let etcd = Etcd::start();
+    let (ok, sick) = (Backend::start("ok"), Backend::start("sick"));
+    let policy = serde_json::json!({
+        "nodes": [ok.url(), sick.url()],
+        "health_check": { "active": { "path": "/healthz", "interval_ms": INTERVAL_MS, "unhealthy": 2, "healthy": 2 } }
+    });
+    etcd.put("/tollgate/upstreams/svc", &policy.to_string());
+    put_route(etcd.client(), "svc", &["/svc/*rest"], "svc");
+    let gws: Vec<Gateway> = (1..=2)
+        .map(|i| start_gw(&format!("st-{i}"), &[etcd.endpoint()]))
+        .collect();
+    wait_shared(&gws.iter().collect::<Vec<_>>(), 2);
+    sick.set_mode(Mode::Status(503));
+    let key = format!("{HEALTH}{}", sick.url());
+    wait_ok("the static node's verdict", APPLY, || {
+        etcd.get(&key).ok_or("none".to_string())
+    });
+    for gw in &gws {
+        wait_ok("only the healthy node serves", APPLY, || {
+            let seen = answers(gw, 8)?;
+            (seen.keys().collect::<Vec<_>>() == ["ok"])
+                .then_some(())
+                .ok_or(format!("{seen:?}"))
+        });
+    }
+}
+
+#[test]
+fn a_dead_probers_verdict_is_carried_over_by_the_next() {
+    // Probes every 2 s, two failures to flip: a new prober starting from
+    // scratch would need 2 s or more to mark the instance down again.
+    let etcd = Etcd::start();
+    let ids = [owned_by(&["a", "b"], "a")];
+    let backends: Vec<Backend> = ids.iter().map(|n| Backend::start(n)).collect();
+    let _lease = etcd.keep_alive(30);
+    etcd.put_with_lease(
+        &format!("{SERVICES}svc/{}", ids[0]),
+        &backends[0].url(),
+        _lease.id,
+    );
+    let policy = serde_json::json!({
+        "health_check": { "active": { "path": "/healthz", "interval_ms": 2000, "unhealthy": 2, "healthy": 2 } }
+    });
+    etcd.put("/tollgate/upstreams/svc", &policy.to_string());
+    put_route(etcd.client(), "svc", &["/svc/*rest"], "svc");
+    let mut a = start_gw("a", &[etcd.endpoint()]);
+    let b = start_gw("b", &[etcd.endpoint()]);
+    wait_shared(&[&a, &b], 2);
+    backends[0].set_mode(Mode::Status(503));
+    let key = format!("{HEALTH}{}", ids[0]);
+    let v = wait_ok("a's verdict", Duration::from_secs(20), || {
+        etcd.get(&key).ok_or("none".to_string())
+    });
+    assert!(v.contains("\"node\":\"a\""), "{v}");
+    a.signal(testkit::SIGKILL);
+    let _ = a.wait_exit(Duration::from_secs(5));
+    // a's lease ends (10 s): its verdict goes, and b writes its own at once.
+    wait_ok(
+        "a's verdict gone with its lease",
+        Duration::from_secs(20),
+        || match etcd.get(&key) {
+            Some(v) if v.contains("\"node\":\"a\"") => Err("still a's".to_string()),
+            _ => Ok(()),
+        },
+    );
+    let gone = Instant::now();
+    let v = wait_ok("b's verdict", Duration::from_secs(10), || {
+        etcd.get(&key).ok_or("none".to_string())
+    });
+    assert!(v.contains("\"node\":\"b\""), "{v}");
+    assert!(
+        gone.elapsed() < Duration::from_millis(1500),
+        "b took {:?}: it started from scratch",
+        gone.elapsed()
+    );
+}

@@ -12,12 +12,12 @@
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::health::set_shared_verdicts;
-use super::sharing::{owner, InstanceKey, Sharing};
+use super::sharing::{owner, Sharing, Verdicts};
 use crate::metrics::METRICS;
 use crate::snapshot::CheckedLeaves;
 
@@ -53,9 +53,13 @@ impl BackgroundService for ActiveChecker {
         // (upstream, instance id, address) → when it is next due.
         let mut due: HashMap<(Arc<str>, String, std::net::SocketAddr), Instant> = HashMap::new();
         let mut next_tick = TICK;
+        // A probe whose verdict flipped wakes the loop at once, so a shared
+        // verdict goes to etcd now rather than at the next tick.
+        let flipped = Arc::new(tokio::sync::Notify::new());
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(next_tick) => {}
+                _ = flipped.notified() => {}
                 _ = shutdown.changed() => return,
             }
             let leaves = self.leaves.load();
@@ -66,7 +70,7 @@ impl BackgroundService for ActiveChecker {
             let members = self.sharing.as_ref().map(|s| s.members.load_full());
             let me = self.sharing.as_ref().map(|s| &s.node_id);
             let mut seen = std::collections::HashSet::new();
-            let mut down: BTreeSet<InstanceKey> = BTreeSet::new();
+            let mut verdicts = Verdicts::default();
             for leaf in leaves.iter() {
                 let set = leaf.instances();
                 let Some(spec) = set.active.clone() else {
@@ -78,23 +82,41 @@ impl BackgroundService for ActiveChecker {
                         if owner(members, &leaf.name, &node.id) != me {
                             continue;
                         }
-                        if !health.local_ok() {
-                            down.insert((leaf.name.clone(), Arc::from(node.id.as_str())));
-                        }
                     }
                     let key = (leaf.name.clone(), node.id.clone(), node.addr);
                     seen.insert(key.clone());
                     let next = due.entry(key).or_insert_with(|| {
-                        // Taking over: from the verdict in force.
-                        health.adopt(!health.fleet_down());
+                        // Taking over: from the verdict in force (or one
+                        // that just went with its prober).
+                        health.adopt(health.verdict_to_adopt(crate::limiter::now_ns()));
                         now
                     });
+                    if shared {
+                        let id = (leaf.name.clone(), Arc::from(node.id.as_str()));
+                        match (health.local_ok(), health.fleet_down()) {
+                            (false, fleet_down) => {
+                                if !fleet_down {
+                                    verdicts.missing.insert(id.clone());
+                                }
+                                verdicts.down.insert(id);
+                            }
+                            (true, true) => {
+                                verdicts.clear.insert(id);
+                            }
+                            (true, false) => {}
+                        }
+                    }
                     if *next > now {
                         continue;
                     }
                     *next = now + Duration::from_millis(spec.interval_ms);
-                    let (health, spec, leaf, node) =
-                        (health.clone(), spec.clone(), leaf.clone(), node.clone());
+                    let (health, spec, leaf, node, flipped) = (
+                        health.clone(),
+                        spec.clone(),
+                        leaf.clone(),
+                        node.clone(),
+                        flipped.clone(),
+                    );
                     tokio::spawn(async move {
                         let timeout = Duration::from_millis(spec.timeout_ms);
                         let ok = crate::http_probe::get_ok(
@@ -105,6 +127,7 @@ impl BackgroundService for ActiveChecker {
                         )
                         .await;
                         if let Some(up) = health.record_check(ok, spec.healthy, spec.unhealthy) {
+                            flipped.notify_one();
                             let state = if up { "healthy" } else { "unhealthy" };
                             METRICS
                                 .health_transitions
@@ -132,9 +155,9 @@ impl BackgroundService for ActiveChecker {
                 .set(local_n as i64);
             if let Some(s) = &self.sharing {
                 s.verdicts.send_if_modified(|v| {
-                    let changed = *v != down;
+                    let changed = *v != verdicts;
                     if changed {
-                        *v = std::mem::take(&mut down);
+                        *v = std::mem::take(&mut verdicts);
                     }
                     changed
                 });

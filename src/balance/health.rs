@@ -37,7 +37,15 @@ pub struct NodeHealth {
     active_streak: AtomicU32,
     /// The fleet's verdict from etcd: unhealthy.
     fleet_down: AtomicBool,
+    /// When (limiter clock, ns) the fleet's unhealthy verdict last went:
+    /// withdrawn, or gone with its prober's lease.
+    fleet_cleared_ns: AtomicU64,
 }
+
+/// How long a verdict that went still counts for a node taking the
+/// instance over: a verdict goes with its prober's lease when the prober
+/// dies, and the instance is no healthier for it.
+const CLEARED_GRACE_NS: u64 = 30_000_000_000;
 
 impl Default for NodeHealth {
     fn default() -> Self {
@@ -49,6 +57,7 @@ impl Default for NodeHealth {
             active_ok: AtomicBool::new(true),
             active_streak: AtomicU32::new(0),
             fleet_down: AtomicBool::new(false),
+            fleet_cleared_ns: AtomicU64::new(0),
         }
     }
 }
@@ -93,7 +102,20 @@ impl NodeHealth {
     }
 
     pub fn set_fleet_down(&self, down: bool) {
-        self.fleet_down.store(down, Ordering::Relaxed);
+        if self.fleet_down.swap(down, Ordering::Relaxed) && !down {
+            self.fleet_cleared_ns
+                .store(crate::limiter::now_ns(), Ordering::Relaxed);
+        }
+    }
+
+    /// The verdict a node taking this instance over starts from: the
+    /// fleet's, counting one that went in the last 30 s as still in force
+    /// (the new prober's probes bring it back within `healthy` intervals
+    /// if it is well).
+    pub fn verdict_to_adopt(&self, now_ns: u64) -> bool {
+        let cleared = self.fleet_cleared_ns.load(Ordering::Relaxed);
+        let recently = cleared != 0 && now_ns.saturating_sub(cleared) < CLEARED_GRACE_NS;
+        !(self.fleet_down() || recently)
     }
 
     /// Starts this node's own verdict from `ok` (when it takes over
@@ -208,6 +230,21 @@ mod tests {
             assert_eq!(g.record_failure(&spec, 0, false), Passive::Nothing);
         }
         assert!(g.available(|| 0));
+    }
+
+    #[test]
+    fn a_verdict_that_just_went_is_still_adopted() {
+        let h = NodeHealth::default();
+        let now = crate::limiter::now_ns();
+        assert!(h.verdict_to_adopt(now), "never down: healthy");
+        h.set_fleet_down(true);
+        assert!(!h.verdict_to_adopt(now));
+        h.set_fleet_down(false);
+        assert!(
+            !h.verdict_to_adopt(crate::limiter::now_ns()),
+            "gone a moment ago"
+        );
+        assert!(h.verdict_to_adopt(crate::limiter::now_ns() + CLEARED_GRACE_NS));
     }
 
     #[test]

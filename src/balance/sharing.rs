@@ -24,16 +24,34 @@ pub struct Sharing {
     pub members: Arc<ArcSwap<Vec<Arc<str>>>>,
     /// Whether this node's etcd session (its lease) is alive.
     pub session_live: watch::Receiver<bool>,
-    /// The instances this node probes and finds unhealthy: the verdicts it
-    /// must have in etcd (the cluster's verdict writer keeps them there).
-    pub verdicts: watch::Sender<BTreeSet<InstanceKey>>,
+    /// Whether this node's watch is in sync with etcd (else the members
+    /// and verdicts it holds may be frozen in the past).
+    pub in_sync: Box<dyn Fn() -> bool + Send + Sync>,
+    /// What this node's probes say the fleet's verdicts must be (the
+    /// cluster's verdict writer makes etcd say so).
+    pub verdicts: watch::Sender<Verdicts>,
+}
+
+/// The verdicts on the instances this node probes for the fleet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdicts {
+    /// Found unhealthy: must be in etcd, on this node's lease.
+    pub down: BTreeSet<InstanceKey>,
+    /// Of `down`, those the fleet does not (yet) say are unhealthy: a
+    /// verdict lost (or not applied yet) is written again.
+    pub missing: BTreeSet<InstanceKey>,
+    /// Found healthy while the fleet says unhealthy (a verdict from the
+    /// node that probed it before): to be deleted, whoever wrote it.
+    pub clear: BTreeSet<InstanceKey>,
 }
 
 impl Sharing {
-    /// Whether verdicts can be the fleet's now: the session is alive and
-    /// this node sees itself among the members (so its watch works too).
+    /// Whether verdicts can be the fleet's now: the session is alive, the
+    /// watch is in sync, and this node sees itself among the members.
     pub fn is_shared(&self) -> bool {
-        *self.session_live.borrow() && self.members.load().contains(&self.node_id)
+        *self.session_live.borrow()
+            && (self.in_sync)()
+            && self.members.load().contains(&self.node_id)
     }
 }
 

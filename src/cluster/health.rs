@@ -4,9 +4,12 @@
 //! change. A verdict lives exactly as long as its prober: when the node
 //! dies or is cut off, its lease expires, its verdicts vanish and the
 //! instances go to other nodes (whose ownership follows the same gateway
-//! records, on the same lease). A verdict is withdrawn only if it is still
-//! this node's (compared by lease), so a node that took an instance over
-//! and rewrote its verdict keeps it.
+//! records, on the same lease), which start from the verdict that just
+//! went. A verdict this node stops wanting is withdrawn only if it is
+//! still its own (compared by lease), so a node that took an instance over
+//! and rewrote it keeps it; one the owner finds healthy is deleted
+//! whoever wrote it; one the owner wants that the fleet lost is written
+//! again.
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use std::collections::BTreeSet;
@@ -14,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::session::{self, Live, SessionWatch};
-use crate::balance::sharing::InstanceKey;
+use crate::balance::sharing::{InstanceKey, Verdicts};
 use crate::metrics::METRICS;
 use crate::source::etcd::Keyspace;
 
@@ -33,7 +36,7 @@ pub async fn run(
     mut sessions: SessionWatch,
     keys: Keyspace,
     node_id: String,
-    mut wanted: watch::Receiver<BTreeSet<InstanceKey>>,
+    mut wanted: watch::Receiver<Verdicts>,
 ) {
     loop {
         let Some(live) = session::wait_live(&mut sessions).await else {
@@ -71,11 +74,24 @@ async fn sync(
     live: &Live,
     keys: &Keyspace,
     node_id: &str,
-    want: &BTreeSet<InstanceKey>,
+    want: &Verdicts,
     published: &mut BTreeSet<InstanceKey>,
 ) -> anyhow::Result<()> {
     let mut client = live.client.clone();
-    for gone in published.difference(want).cloned().collect::<Vec<_>>() {
+    for healthy in &want.clear {
+        // The owner found it healthy: the verdict goes, whoever wrote it.
+        client
+            .delete(keys.health_key(&healthy.0, &healthy.1), None)
+            .await?;
+        published.remove(healthy);
+        METRICS
+            .health_verdict_writes
+            .with_label_values(&["healthy"])
+            .inc();
+        tracing::info!(service = %healthy.0, instance = %healthy.1, "shared health verdict cleared");
+    }
+    let want_down = &want.down;
+    for gone in published.difference(want_down).cloned().collect::<Vec<_>>() {
         let key = keys.health_key(&gone.0, &gone.1);
         // Only if still ours: another node may have taken the instance over.
         let txn = Txn::new()
@@ -89,7 +105,11 @@ async fn sync(
             .inc();
         tracing::info!(service = %gone.0, instance = %gone.1, "shared health verdict withdrawn");
     }
-    for new in want.difference(published).cloned().collect::<Vec<_>>() {
+    let to_write: Vec<InstanceKey> = (want_down.iter())
+        .filter(|k| !published.contains(*k) || want.missing.contains(*k))
+        .cloned()
+        .collect();
+    for new in to_write {
         let value = serde_json::to_string(&Verdict {
             healthy: false,
             node: node_id,

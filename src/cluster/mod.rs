@@ -15,12 +15,11 @@ pub mod session;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
-use crate::balance::sharing::InstanceKey;
+use crate::balance::sharing::Verdicts;
 use crate::snapshot::SnapshotCell;
 use crate::source::etcd::{Applied, Keyspace};
 use crate::tls::KeyRing;
@@ -28,7 +27,7 @@ use crate::tls::KeyRing;
 /// The receiving ends the cluster tasks take over at start.
 struct Inputs {
     applied: watch::Receiver<Applied>,
-    verdicts: watch::Receiver<BTreeSet<InstanceKey>>,
+    verdicts: watch::Receiver<Verdicts>,
     session_live: watch::Sender<bool>,
 }
 
@@ -53,7 +52,7 @@ impl ClusterService {
         key_ring: Arc<KeyRing>,
         acme: acme::Defaults,
         applied: watch::Receiver<Applied>,
-        verdicts: watch::Receiver<BTreeSet<InstanceKey>>,
+        verdicts: watch::Receiver<Verdicts>,
         session_live: watch::Sender<bool>,
     ) -> Self {
         Self {

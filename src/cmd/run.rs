@@ -140,10 +140,14 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
             let (applied_tx, applied_rx) = tokio::sync::watch::channel(Default::default());
             let (verdicts_tx, verdicts_rx) = tokio::sync::watch::channel(Default::default());
             let (live_tx, live_rx) = tokio::sync::watch::channel(false);
+            let watched = cell.clone();
             sharing = Some(crate::balance::sharing::Sharing {
                 node_id: node_id.as_str().into(),
                 members: cell.members.clone(),
                 session_live: live_rx,
+                in_sync: Box::new(move || {
+                    watched.status.source() == SourceState::Connected && !watched.status.is_stale()
+                }),
                 verdicts: verdicts_tx,
             });
             cluster = Some(crate::cluster::ClusterService::new(

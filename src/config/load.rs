@@ -136,6 +136,21 @@ fn validate(b: Bootstrap) -> Result<ConfigModel, FieldError> {
         }
     }
     crate::model::route::check_body_limit("proxy.max_body_bytes", b.proxy.max_body_bytes)?;
+    if let Some(id) = &b.node_id {
+        // The node's name is a key segment (`<prefix>/gateways/<id>`): one
+        // with `/` would never be read back as this node's record.
+        let ok = !id.is_empty()
+            && id.len() <= 128
+            && id
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(&c));
+        if !ok {
+            return Err(FieldError::new(
+                "node_id",
+                format!("{id:?}: 1 to 128 letters, digits, '-', '_', '.' or ':'"),
+            ));
+        }
+    }
     if b.acme.directory.is_some() || b.acme.email.is_some() {
         let spec = crate::model::acme::AcmeSpec {
             directory: b.acme.directory.clone(),

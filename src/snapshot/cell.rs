@@ -86,6 +86,11 @@ impl SyncStatus {
         }
     }
 
+    /// Whether the served config may be behind its source.
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+
     /// Marks the served config as possibly behind its source (or not).
     pub fn set_stale(&self, stale: bool) {
         self.stale.store(stale, Ordering::Relaxed);

@@ -32,8 +32,9 @@ use crate::tls::KeyRing;
 
 /// How often due certificates are looked for.
 const TICK: Duration = Duration::from_secs(1);
-/// How long a node waits in line for a lock before looking again.
-const WAIT_FOR_LOCK: Duration = Duration::from_secs(60);
+/// After a turn with the lock that found nothing to do (the entry changed
+/// or another node did it), this long before this node looks again.
+const NOTHING_TO_DO_COOLDOWN: Duration = Duration::from_secs(30);
 /// One order's bound (validation, finalization, download).
 const ORDER_DEADLINE: Duration = Duration::from_secs(120);
 const BACKOFF_BASE_MS: u64 = 5_000;
@@ -79,9 +80,13 @@ fn clock_offset_ms() -> i64 {
 /// renewal is due; a node whose clock runs ahead would otherwise renew at
 /// once after every issuance, forever. With this it renews early at most
 /// once per tenth of a lifetime (or per restart).
-fn settled(first_seen: Instant, found_at_start: bool, issued: (i64, i64)) -> bool {
-    let tenth = Duration::from_secs(((issued.1 - issued.0).max(0) / 10) as u64);
-    found_at_start || first_seen.elapsed() >= tenth
+/// A certificate in its last tenth of life (by this node's clock) is
+/// renewed whatever: a certificate converted to a managed one, or pasted in
+/// days before it expires, must not wait.
+fn settled(first_seen: Instant, found_at_start: bool, issued: (i64, i64), now_s: i64) -> bool {
+    let tenth_s = (issued.1 - issued.0).max(0) / 10;
+    let tenth = Duration::from_secs(tenth_s as u64);
+    found_at_start || first_seen.elapsed() >= tenth || now_s >= issued.1 - tenth_s
 }
 
 /// The back-off after `failures` failed attempts in a row.
@@ -138,7 +143,7 @@ pub async fn run(m: Manager) {
             }
             // (A certificate that lacks a name is due whatever the clocks.)
             if let (Some(issued), true) = (cert.issued, cert.covers_snis) {
-                if !renew && !settled(first.1, first.2, issued) {
+                if !renew && !settled(first.1, first.2, issued, (now / 1000) as i64) {
                     continue;
                 }
             }
@@ -179,11 +184,14 @@ impl Manager {
     async fn order_under_lock(&self, id: &str, seen_issued: Option<(i64, i64)>) {
         let lock = self.keys.lock_key(&format!("acme/{id}"));
         let role = format!("acme/{id}");
-        let lead = tokio::select! {
-            l = election::campaign(&self.sessions, &lock, &self.node_id, &role) => l,
-            _ = tokio::time::sleep(WAIT_FOR_LOCK) => None,
+        // Not cancelled on a timer: a campaign given up server-side could
+        // delete the candidate key a next campaign on the same lease took
+        // over. It ends when won (then the entry is read afresh) or when
+        // the session goes.
+        let Some(lead) = election::campaign(&self.sessions, &lock, &self.node_id, &role).await
+        else {
+            return;
         };
-        let Some(lead) = lead else { return };
         let outcome = tokio::select! {
             r = self.attempt(&lead, id, seen_issued) => r,
             _ = lead.lost() => {
@@ -191,8 +199,9 @@ impl Manager {
                 return;
             }
         };
+        let mut idle = false;
         match outcome {
-            Ok(false) => {}
+            Ok(false) => idle = true,
             Ok(true) => {
                 METRICS.acme_orders.with_label_values(&["issued"]).inc();
             }
@@ -210,12 +219,19 @@ impl Manager {
                 };
                 let value = serde_json::to_string(&record).unwrap_or_default();
                 let put = TxnOp::put(self.keys.acme_attempt_key(id), value, None);
-                if let Err(e) = lead.txn(vec![], vec![put]).await {
+                // Not for a certificate deleted meanwhile.
+                let exists = Compare::version(self.keys.cert_key(id), CompareOp::Greater, 0);
+                if let Err(e) = lead.txn(vec![exists], vec![put]).await {
                     tracing::warn!(cert = id, error = %e, "cannot record the failed attempt");
                 }
             }
         }
         lead.resign().await;
+        if idle {
+            // This node's view and etcd disagree (its watch lags, or the
+            // entry changed): not every second.
+            tokio::time::sleep(NOTHING_TO_DO_COOLDOWN).await;
+        }
     }
 
     /// One attempt while holding the lock: Ok(true) issued, Ok(false)
@@ -514,10 +530,17 @@ mod tests {
     #[test]
     fn a_renewal_waits_a_tenth_of_the_lifetime_after_the_last_change() {
         let lifetime = (0, 1000);
-        assert!(settled(Instant::now(), true, lifetime), "found at start-up");
-        assert!(!settled(Instant::now(), false, lifetime));
+        assert!(
+            settled(Instant::now(), true, lifetime, 500),
+            "found at start-up"
+        );
+        assert!(!settled(Instant::now(), false, lifetime, 700));
         let long_ago = Instant::now() - Duration::from_secs(100);
-        assert!(settled(long_ago, false, lifetime));
+        assert!(settled(long_ago, false, lifetime, 700));
+        assert!(
+            settled(Instant::now(), false, lifetime, 900),
+            "in its last tenth"
+        );
     }
 
     #[test]

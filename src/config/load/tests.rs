@@ -310,3 +310,16 @@ fn tls_and_http2_settings_are_bounded() {
         assert_eq!(err(&format!("{GOOD}{extra}")).path, path, "{extra}");
     }
 }
+
+#[test]
+fn node_ids_and_acme_defaults_are_checked() {
+    for bad in ["\"\"", "\"a/b\"", "\"a b\""] {
+        let e = err(&format!("node_id: {bad}\n"));
+        assert_eq!(e.path, "node_id", "{bad}: {e}");
+    }
+    assert!(parse("node_id: edge-1.example:2\n").is_ok());
+    let e = err("acme: { directory: \"http://ca.example/dir\" }\n");
+    assert_eq!(e.path, "acme.directory", "{e}");
+    let e = err("acme: { tls_roots: /nonexistent/roots.pem }\n");
+    assert_eq!(e.path, "acme.tls_roots", "{e}");
+}

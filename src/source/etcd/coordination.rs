@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 
 use super::keyspace::Key;
-use crate::model::acme::AcmeAttempt;
+use crate::metrics::METRICS;
+use crate::model::acme::{AcmeAttempt, ManagedCert};
 use crate::store::Store;
 
 /// The coordination keys seen, with the listing that last saw each.
@@ -36,10 +37,14 @@ impl Coordination {
             }),
             Key::AcmeAttempt(cert) => match serde_json::from_str::<AcmeAttempt>(text) {
                 Ok(attempt) => {
-                    crate::metrics::METRICS
-                        .acme_failures
-                        .with_label_values(&[cert])
-                        .set(i64::from(attempt.failures));
+                    // Only for a certificate the fleet manages (a record
+                    // left by a deleted one must not hold an alert up).
+                    if store.cell().acme.load().managed.contains_key(cert) {
+                        METRICS
+                            .acme_failures
+                            .with_label_values(&[cert])
+                            .set(i64::from(attempt.failures));
+                    }
                     store.edit_acme(|a| {
                         a.attempts.insert(cert.to_string(), attempt);
                     })
@@ -88,4 +93,23 @@ impl Coordination {
             .map(|(k, _)| k.clone())
             .collect()
     }
+}
+
+/// Sets or clears what the fleet orders for certificate `id`.
+pub fn set_managed(store: &mut Store, id: &str, managed: Option<ManagedCert>) {
+    store.edit_acme(|a| match managed {
+        Some(m) => {
+            a.managed.insert(id.to_string(), m);
+            // Its attempt record may have been listed first.
+            if let Some(attempt) = a.attempts.get(id) {
+                (METRICS.acme_failures.with_label_values(&[id])).set(i64::from(attempt.failures));
+            }
+        }
+        None => {
+            if a.managed.remove(id).is_some() {
+                // An alert on a certificate nobody manages would never clear.
+                let _ = METRICS.acme_failures.remove_label_values(&[id]);
+            }
+        }
+    });
 }

@@ -156,12 +156,13 @@ impl Keyspace {
         let (kind, name) = rest.split_once('/').unwrap_or((rest, ""));
         match kind {
             "health" => {
+                // An instance id may hold `/` (a static node's id is its URL).
                 return match name.split_once('/') {
-                    Some((service, id)) if !service.is_empty() && non_empty(id).is_some() => {
+                    Some((service, id)) if !service.is_empty() && !id.is_empty() => {
                         Key::Health { service, id }
                     }
                     _ => Key::Unknown,
-                }
+                };
             }
             "acme" => {
                 return match name.split_once('/') {
@@ -238,7 +239,7 @@ mod tests {
             "/tollgate/routes/a/b",
             "/tollgate/x/y",
             "/tollgate/health/users",
-            "/tollgate/health/users/a/b",
+            "/tollgate/health/users/",
             "/tollgate/acme/challenges/",
             "/services/users",
             "/other",

@@ -7,6 +7,7 @@ pub mod backoff;
 mod batch_hold;
 mod coordination;
 pub mod endpoints;
+mod fleet;
 mod keyspace;
 mod leases;
 mod list;

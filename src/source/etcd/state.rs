@@ -2,14 +2,14 @@
 //! value is logged with its key and reason, counted, and the key keeps its
 //! last good value; nothing else is held back.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use imbl::OrdMap;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::batch_hold::{BatchHold, Held};
-use super::coordination::Coordination;
+use super::coordination::{self, Coordination};
+use super::fleet::Fleet;
 use super::keyspace::{Key, Keyspace};
 use super::leases::{Ending, LeaseBook};
 use super::preserve::{Decision, Preservation, Probed};
@@ -57,11 +57,8 @@ pub struct EtcdState {
     generation: u32,
     /// A re-list has begun and not finished: `known` is part old, part new.
     listing: bool,
-    gateways: BTreeSet<String>,
-    /// The gateways that share health probes (their record says so; a node
-    /// of an older version in a rolling upgrade does not, and must not be
-    /// given instances to probe for the others).
-    probers: BTreeSet<String>,
+    /// The live gateways, and which of them share health probes.
+    fleet: Fleet,
     /// Bootstrap file defaults, under `/settings` overrides.
     base_timeouts: Timeouts,
     /// Revision of the last applied change to routes, upstreams, settings
@@ -95,11 +92,6 @@ fn reject(kind: &'static str, key: &str, reason: &dyn std::fmt::Display, store: 
     tracing::warn!(key, kind, reason = %reason, "rejected config value; the key keeps its last good value");
 }
 
-/// Whether a gateway record says its node shares health probes.
-fn shares_health(record: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(record).is_ok_and(|v| v["shares_health"] == true)
-}
-
 impl EtcdState {
     pub fn new(
         store: Store,
@@ -121,8 +113,7 @@ impl EtcdState {
             known: KnownValues::default(),
             generation: 0,
             listing: false,
-            gateways: BTreeSet::new(),
-            probers: BTreeSet::new(),
+            fleet: Fleet::default(),
             base_timeouts,
             config_revision: 0,
         }
@@ -232,12 +223,7 @@ impl EtcdState {
                 }
             }
             Key::Gateway(node) => {
-                self.gateways.insert(node.to_string());
-                if shares_health(text) {
-                    self.probers.insert(node.to_string());
-                } else {
-                    self.probers.remove(node);
-                }
+                self.fleet.put(node, text);
                 return;
             }
             Key::Health { .. }
@@ -309,14 +295,7 @@ impl EtcdState {
             }
             Document::Cert(doc, kept) => {
                 self.store.set_cert(id, doc.loaded.map(Arc::new));
-                self.store.edit_acme(|a| match doc.managed {
-                    Some(m) => {
-                        a.managed.insert(id.to_string(), m);
-                    }
-                    None => {
-                        a.managed.remove(id);
-                    }
-                });
+                coordination::set_managed(&mut self.store, id, doc.managed);
                 *kept_as = kept;
             }
             Document::Consumer(c) => self.store.set_consumer(id, Some(c)),
@@ -363,9 +342,7 @@ impl EtcdState {
             }
             Key::Cert(id) => {
                 self.store.set_cert(id, None);
-                self.store.edit_acme(|a| {
-                    a.managed.remove(id);
-                });
+                coordination::set_managed(&mut self.store, id, None);
             }
             Key::Consumer(name) => self.store.set_consumer(name, None),
             Key::Settings => {
@@ -380,8 +357,7 @@ impl EtcdState {
                 }
             }
             Key::Gateway(node) => {
-                self.gateways.remove(node);
-                self.probers.remove(node);
+                self.fleet.remove(node);
                 return;
             }
             Key::Health { .. }
@@ -498,8 +474,7 @@ impl EtcdState {
     pub fn begin_relist(&mut self) {
         self.generation = self.generation.wrapping_add(1);
         self.listing = true;
-        self.gateways.clear();
-        self.probers.clear();
+        self.fleet.clear();
         self.hold.relist_begins();
         self.purges.relist_begins();
     }
@@ -531,23 +506,9 @@ impl EtcdState {
         }
         self.preserve.flush();
         let cell = self.store.cell();
-        cell.status.set_gateways(self.gateways.len());
-        let members = cell.members.load();
-        if !members
-            .iter()
-            .map(|m| &**m)
-            .eq(self.probers.iter().map(String::as_str))
-        {
-            let now: Vec<Arc<str>> = self.probers.iter().map(|g| Arc::from(g.as_str())).collect();
-            cell.members.store(Arc::new(now));
-        }
+        self.fleet.publish(cell);
         let (preserved, services) = self.preserve.counts();
         cell.status.set_preserved(preserved, services);
-        // Cluster-scoped limits divide by the live gateways (at least us).
-        cell.fleet.store(
-            self.gateways.len().max(1),
-            std::sync::atomic::Ordering::Relaxed,
-        );
         let report = self.store.publish();
         METRICS.applied_revision.set(revision);
         for r in &report.rejected {
