@@ -266,6 +266,18 @@ fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
         s["managed_certs"]["api"]["failures"].as_u64() >= Some(1)
     });
     assert_eq!(gw.status()["certs"], 0);
+    // Deleted: its failure record goes from etcd, its alert from /metrics.
+    etcd.delete(CERT);
+    wait_ok(
+        "the attempt record deleted",
+        Duration::from_secs(10),
+        || {
+            (etcd.get("/tollgate/acme/attempts/api").is_none())
+                .then_some(())
+                .ok_or("still there".to_string())
+        },
+    );
+    assert!(!common::etcd_gw::metrics(&gw).contains("tollgate_acme_failures{cert=\"api\"}"));
 
     // Without etcd, managed certificates are refused at start-up, by field.
     let standalone =

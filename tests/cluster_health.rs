@@ -307,6 +307,11 @@ fn a_node_that_does_not_share_probes_is_given_no_instances() {
     });
     let rate = probe_rate(&backends, 120);
     assert!((0.7..1.4).contains(&rate), "{rate:.2}");
+    // A record deleted by hand is written again (within its 5 s check).
+    etcd.delete("/tollgate/gateways/new");
+    wait_ok("the record back", Duration::from_secs(15), || {
+        etcd.get("/tollgate/gateways/new").ok_or("gone".to_string())
+    });
 }
 
 #[test]

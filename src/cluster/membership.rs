@@ -16,6 +16,8 @@ pub use crate::source::etcd::Applied;
 
 /// Least time between two writes of the record.
 const RECORD_EVERY: Duration = Duration::from_millis(500);
+/// How often the node checks its record is still there and its own.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// What the gateway's record says.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -86,16 +88,34 @@ pub async fn run(
                     }
                 }
             }
+            // Written: looked at every few seconds, and written again if it
+            // went (deleted by hand) or is another node's (a duplicate
+            // node_id: said loudly, since the fleet then sees one node).
             let retry = async {
                 if written {
-                    std::future::pending::<()>().await
+                    tokio::time::sleep(CHECK_EVERY).await;
+                    match session::bounded(client.clone().get(key.as_str(), None)).await {
+                        Ok(r) => match r.kvs().first() {
+                            None => {
+                                tracing::warn!(key, "gateway record gone; writing it again");
+                                false
+                            }
+                            Some(kv) if kv.lease() != live.lease => {
+                                tracing::error!(key, node_id, "another process writes this node's gateway record: node_id must be unique in the fleet");
+                                false
+                            }
+                            Some(_) => true,
+                        },
+                        Err(_) => true,
+                    }
                 } else {
-                    tokio::time::sleep(Duration::from_millis(500)).await
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    false
                 }
             };
             tokio::select! {
                 _ = session::lost(&mut sessions, live.epoch) => break,
-                _ = retry => {}
+                still = retry => written = still,
                 changed = applied.changed() => {
                     if changed.is_err() {
                         return;

@@ -116,6 +116,8 @@ pub async fn run(m: Manager) {
     // Whether the entries found at start-up (the first scan once a config
     // is applied) have been taken.
     let mut baseline_taken = false;
+    // Certificates whose leftover attempt and renewal records were deleted.
+    let mut cleaned: std::collections::HashSet<String> = Default::default();
     let mut tick = tokio::time::interval(TICK);
     loop {
         tick.tick().await;
@@ -125,6 +127,7 @@ pub async fn run(m: Manager) {
             continue;
         }
         seen.retain(|id, _| view.managed.contains_key(id));
+        m.forget_deleted(&view, &mut cleaned);
         let now = now_ms();
         for (id, cert) in &view.managed {
             let at_start = !baseline_taken;
@@ -179,6 +182,33 @@ impl From<AcmeError> for Failed {
 }
 
 impl Manager {
+    /// Deletes the attempt and renewal records of certificates that are no
+    /// longer managed (every node may; deletes are idempotent), so a
+    /// certificate made again under the same id starts afresh.
+    fn forget_deleted(&self, view: &AcmeView, cleaned: &mut std::collections::HashSet<String>) {
+        cleaned.retain(|id| !view.managed.contains_key(id));
+        let leftover: Vec<String> = (view.attempts.keys().chain(view.renew.iter()))
+            .filter(|id| !view.managed.contains_key(*id) && !cleaned.contains(*id))
+            .cloned()
+            .collect();
+        let Some(live) = self.sessions.borrow().clone() else {
+            return;
+        };
+        for id in leftover {
+            cleaned.insert(id.clone());
+            let keys = [
+                self.keys.acme_attempt_key(&id),
+                self.keys.acme_renew_key(&id),
+            ];
+            let mut client = live.client.clone();
+            tokio::spawn(async move {
+                for key in keys {
+                    let _ = crate::cluster::session::bounded(client.delete(key, None)).await;
+                }
+            });
+        }
+    }
+
     /// Orders `id` under its lock, if what this node decided on (the
     /// certificate it saw, `seen_issued`) is still so once it holds it.
     async fn order_under_lock(&self, id: &str, seen_issued: Option<(i64, i64)>) {
