@@ -117,11 +117,16 @@ impl ServeHttp for AdminApp {
                 json(code, &body)
             }
             "/status" => json(200, &self.status_json()),
-            "/metrics" => respond(
-                200,
-                "text/plain; version=0.0.4",
-                crate::metrics::render(self.cell.status.view().applied_unix_ms),
-            ),
+            "/metrics" => {
+                if let Some(cache) = self.cell.cache_if_used() {
+                    cache.report();
+                }
+                respond(
+                    200,
+                    "text/plain; version=0.0.4",
+                    crate::metrics::render(self.cell.status.view().applied_unix_ms),
+                )
+            }
             p if self.profiling && profile::Format::for_path(p).is_some() => {
                 let format = profile::Format::for_path(p).unwrap_or(profile::Format::Svg);
                 let query = session.req_header().uri.query().map(str::to_string);

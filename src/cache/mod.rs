@@ -265,7 +265,6 @@ impl ResponseCache {
         if banned {
             self.store
                 .remove_if(&key, |v| matches!(v, Slot::Stored(x) if Arc::ptr_eq(x, s)));
-            self.report();
             return None;
         }
         s.checked.fetch_max(generation, Ordering::AcqRel);
@@ -291,7 +290,6 @@ impl ResponseCache {
             }
             None => self.store.insert(key, slot),
         }
-        self.report();
     }
 
     /// Bans what a purge matches: no lookup finds it from now on. Returns
@@ -322,7 +320,6 @@ impl ResponseCache {
         }
         self.bans.store(Arc::new(bans));
         METRICS.cache_purges.with_label_values(&["purge"]).inc();
-        self.report();
         dropped
     }
 
@@ -332,7 +329,6 @@ impl ResponseCache {
         self.store.clear();
         self.bans.store(Arc::default());
         METRICS.cache_purges.with_label_values(&["flush"]).inc();
-        self.report();
     }
 
     pub fn len(&self) -> usize {
@@ -343,7 +339,10 @@ impl ResponseCache {
         self.store.is_empty()
     }
 
-    fn report(&self) {
+    /// Sets `tollgate_cache_bytes` and `_entries`: at scrape time, since
+    /// counting walks every shard (too much for each insert on the miss
+    /// path).
+    pub fn report(&self) {
         METRICS.cache_bytes.set(self.store.weight() as i64);
         METRICS.cache_entries.set(self.store.len() as i64);
     }

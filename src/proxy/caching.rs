@@ -109,16 +109,20 @@ pub struct Refresh {
 impl Refresh {
     /// The upstream answer's header: whether to read its body for the cache.
     pub fn header(&mut self, resp: &ResponseHeader) -> bool {
-        let policy = self.policy.clone();
-        (self.fill)
-            .header(&policy, self.authorized, resp, &self.route, &self.target)
+        let Refresh {
+            fill,
+            policy,
+            authorized,
+            route,
+            target,
+        } = self;
+        fill.header(policy, *authorized, resp, route, target)
             .is_ok()
     }
 
     /// A piece of its body; `false` once the fill gave up.
     pub fn body(&mut self, data: &Bytes) -> bool {
-        let policy = self.policy.clone();
-        self.fill.body(data, &policy)
+        self.fill.body(data, &self.policy)
     }
 
     /// The body ended whole: store it.
