@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Proxy overhead benchmark: wrk against the same echo backend
-#   (a) directly, (b) through nginx, (c) through a bare Pingora passthrough,
-#   (d) through the same passthrough with tollgate's default upstream
+#   (a) directly, (b) through nginx, (b') through HAProxy (haproxy: nbthread 1,
+#   http-reuse always), (c) through a bare Pingora passthrough, (d) through the same passthrough with tollgate's default upstream
 #   timeouts (pass-timeouts: what Pingora's per-read and pooled-connection
 #   timers cost), (e) through the same passthrough and timeouts on a
 #   straight pingora-core loop instead of pingora-proxy's ProxyHttp
@@ -9,12 +9,20 @@
 #   routing: one bench route + decoy routes, on its default engine, core),
 #   (g) through the same tollgate config on the fallback engine, pingora-proxy's
 #   ProxyHttp (tollgate-pingora: `proxy: { engine: pingora }`),
-# in one interleaved run: rounds of a -> b -> c -> d -> e -> f -> g, repeated, median
-# per target. Prints a table (req/s, p50, p99, req/s ratios vs passthrough
-# and vs nginx) and writes it to bench/results/.
+# in one interleaved run: rounds of a -> b -> b' -> c -> d -> e -> f -> g, repeated,
+# median per target. Prints a table (req/s, p50, p99, req/s ratios vs
+# passthrough and vs nginx, user and system CPU per request of the server
+# under test) and writes it to bench/results/.
 #
-# Every server is single-threaded (nginx: 1 worker; passthrough and tollgate:
-# threads 1) and, with two or more CPUs, runs alone on one of them while wrk
+# CPU per request: utime and stime of /proc/PID/stat (clock ticks, all
+# threads) of the server under test, plus those of its child processes
+# (nginx: master + worker; the others are one process), read just before and
+# just after each measured wrk run, converted to µs and divided by the
+# requests wrk completed in that run; median over the rounds. For direct it
+# is the echo backend's.
+#
+# Every server is single-threaded (nginx: 1 worker; haproxy: nbthread 1;
+# passthrough and tollgate: threads 1) and, with two or more CPUs, runs alone on one of them while wrk
 # and the backend share the rest (--pin), so the numbers compare per-core
 # cost, not scheduling luck. The direct target then has wrk and the backend
 # on their CPU(s) only.
@@ -34,8 +42,8 @@
 #                        Accept, Accept-Encoding, Accept-Language, Cookie,
 #                        Referer, Sec-Fetch-Mode, X-Client-Version)
 #   --targets LIST       comma-separated subset of
-#                        direct,nginx,passthrough,pass-timeouts,core-loop,tollgate,
-#                        tollgate-pingora
+#                        direct,nginx,haproxy,passthrough,pass-timeouts,core-loop,
+#                        tollgate,tollgate-pingora
 #   --pin auto|off       auto (default): each server under test runs alone on
 #                        the first allowed CPU, wrk and the backend on the
 #                        others, so a ratio compares CPU cost per request and
@@ -58,7 +66,7 @@ source "$(dirname "$0")/lib.sh"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-ALL_TARGETS=(direct nginx passthrough pass-timeouts core-loop tollgate tollgate-pingora)
+ALL_TARGETS=(direct nginx haproxy passthrough pass-timeouts core-loop tollgate tollgate-pingora)
 
 decoys=300 work_stealing="" targets_arg="" pin=auto request=minimal
 wrk_options
@@ -97,8 +105,10 @@ want() { [[ " ${targets[*]} " == *" $1 "* ]]; }
 
 need=(wrk curl python3)
 want nginx && need+=(nginx)
+want haproxy && need+=(haproxy)
 need_tools "${need[@]}"
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 build_release -p tollgate -p passthrough -p testkit --bins
 
@@ -122,12 +132,13 @@ make_tmp tollgate-bench
 
 # Ask the OS for free ports (bound together so they are distinct).
 read -r port_backend port_nginx port_pass port_pass_to port_core port_toll port_admin \
-    port_toll_pingora port_admin_pingora < <(free_ports 9)
+    port_toll_pingora port_admin_pingora port_haproxy < <(free_ports 10)
 
 BENCH_PATH=/bench/echo
 declare -A url=(
     [direct]="http://127.0.0.1:$port_backend$BENCH_PATH"
     [nginx]="http://127.0.0.1:$port_nginx$BENCH_PATH"
+    [haproxy]="http://127.0.0.1:$port_haproxy$BENCH_PATH"
     [passthrough]="http://127.0.0.1:$port_pass$BENCH_PATH"
     [pass-timeouts]="http://127.0.0.1:$port_pass_to$BENCH_PATH"
     [core-loop]="http://127.0.0.1:$port_core$BENCH_PATH"
@@ -137,13 +148,45 @@ declare -A url=(
 
 # ---------------------------------------------------------------- the servers
 
+# The process whose CPU time (with its children's) is each target's.
+declare -A server_pid=()
+
 start_echo echo-backend backend "$port_backend" "$BENCH_PATH"
+server_pid[direct]=$started_pid
 
 if want nginx; then
     ngx=$tmp/nginx
     nginx_proxy_conf "$ngx" "$port_nginx" "$port_backend"
     start nginx "${server_prefix[@]}" "$NGINX" -p "$ngx" -c "$ngx/nginx.conf" -e "$ngx/error.log"
+    server_pid[nginx]=$started_pid
     wait_http nginx "$started_pid" "${url[nginx]}"
+fi
+
+if want haproxy; then
+    # One process (-db: foreground, no master), one thread; kept-alive and
+    # shared server connections (http-reuse always), no logging, like the
+    # nginx above.
+    cat >"$tmp/haproxy.cfg" <<EOF
+# generated by bench/proxy.sh
+global
+    nbthread 1
+    maxconn 9000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    http-reuse always
+frontend bench
+    bind 127.0.0.1:$port_haproxy
+    default_backend origin
+backend origin
+    server s1 127.0.0.1:$port_backend
+EOF
+    "$HAPROXY" -c -q -f "$tmp/haproxy.cfg" || die "haproxy: generated config rejected ($tmp/haproxy.cfg)"
+    start haproxy "${server_prefix[@]}" "$HAPROXY" -db -f "$tmp/haproxy.cfg"
+    server_pid[haproxy]=$started_pid
+    wait_http haproxy "$started_pid" "${url[haproxy]}"
 fi
 
 ws_args=()
@@ -152,18 +195,21 @@ ws_args=()
 if want passthrough; then
     start passthrough "${server_prefix[@]}" "$PASSTHROUGH" --listen "127.0.0.1:$port_pass" \
         --upstream "127.0.0.1:$port_backend" --threads 1 "${ws_args[@]}"
+    server_pid[passthrough]=$started_pid
     wait_http passthrough "$started_pid" "${url[passthrough]}"
 fi
 
 if want pass-timeouts; then
     start pass-timeouts "${server_prefix[@]}" "$PASSTHROUGH" --listen "127.0.0.1:$port_pass_to" \
         --upstream "127.0.0.1:$port_backend" --threads 1 "${ws_args[@]}" --timeouts true
+    server_pid[pass-timeouts]=$started_pid
     wait_http pass-timeouts "$started_pid" "${url[pass-timeouts]}"
 fi
 
 if want core-loop; then
     start core-loop "${server_prefix[@]}" "$PASSTHROUGH" --listen "127.0.0.1:$port_core" \
         --upstream "127.0.0.1:$port_backend" --threads 1 "${ws_args[@]}" --timeouts true --engine core
+    server_pid[core-loop]=$started_pid
     wait_http core-loop "$started_pid" "${url[core-loop]}"
 fi
 
@@ -215,12 +261,14 @@ if want tollgate; then
     tollgate_conf "$tmp/tollgate.yaml" "$port_toll" "$port_admin" core
     # The environment override would win over the file; the bench means the file.
     start tollgate "${server_prefix[@]}" env -u TOLLGATE_PROXY_ENGINE "$TOLLGATE" run -c "$tmp/tollgate.yaml"
+    server_pid[tollgate]=$started_pid
     wait_http tollgate "$started_pid" "${url[tollgate]}"
 fi
 
 if want tollgate-pingora; then
     tollgate_conf "$tmp/tollgate-pingora.yaml" "$port_toll_pingora" "$port_admin_pingora" pingora
     start tollgate-pingora "${server_prefix[@]}" env -u TOLLGATE_PROXY_ENGINE "$TOLLGATE" run -c "$tmp/tollgate-pingora.yaml"
+    server_pid[tollgate-pingora]=$started_pid
     wait_http tollgate-pingora "$started_pid" "${url[tollgate-pingora]}"
 fi
 
@@ -241,13 +289,52 @@ wrk.headers["X-Client-Version"] = "4.2.1"
 EOF
     fi
 } >"$tmp/report.lua"
+# shellcheck disable=SC2317  # run_wrk_cpu runs through run_rounds
+# cpu_ticks PID: "utime stime" (clock ticks, all threads) of PID plus its
+# child processes (nginx's worker).
+cpu_ticks() {
+    local p stat u=0 s=0
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
+        read -r stat <"/proc/$p/stat" 2>/dev/null || continue
+        stat=${stat##*) }
+        # shellcheck disable=SC2086
+        set -- $stat
+        u=$((u + ${12})) s=$((s + ${13}))
+    done
+    echo "$u $s"
+}
+HZ=$(getconf CLK_TCK)
+
+# shellcheck disable=SC2317
+# run_wrk_cpu TARGET SECONDS TAG: run_wrk, and for a measured run the server's
+# user and system CPU per request (µs) into $tmp/cpu.tsv.
+run_wrk_cpu() {
+    local target=$1 tag=$3 u0 s0 u1 s1 requests
+    read -r u0 s0 < <(cpu_ticks "${server_pid[$target]}")
+    run_wrk "$@" || return 1
+    [[ "$tag" == warmup ]] && return 0
+    read -r u1 s1 < <(cpu_ticks "${server_pid[$target]}")
+    requests=$(awk -F'\t' -v t="$target" -v g="$tag" '$1 == t && $2 == g { r = $6 } END { print r + 0 }' \
+        "$tmp/results.tsv")
+    awk -v t="$target" -v g="$tag" -v du=$((u1 - u0)) -v ds=$((s1 - s0)) -v hz="$HZ" -v n="$requests" \
+        'BEGIN { if (n > 0) printf "%s\t%s\t%.3f\t%.3f\n", t, g, du * 1e6 / hz / n, ds * 1e6 / hz / n }' \
+        >>"$tmp/cpu.tsv"
+}
+
 wrk_name_width=13
+: >"$tmp/cpu.tsv"
 log "targets: ${targets[*]}; wrk -t$wrk_threads -c$conns -d${duration}s x $rounds round(s)"
-run_rounds run_wrk fixed "${targets[@]}"
+run_rounds run_wrk_cpu fixed "${targets[@]}"
 
 # ---------------------------------------------------------------- the table
 
 summarize "${targets[@]}"
+
+# cpu_median COLUMN TARGET: median over the rounds of a cpu.tsv column.
+cpu_median() {
+    awk -F'\t' -v c="$1" -v t="$2" '$1 == t { print $c }' "$tmp/cpu.tsv" | sort -g |
+        awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) printf "%.2f", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
 
 ratio() { # ratio TARGET BASELINE
     if [[ -n "${m_rps[$2]:-}" ]]; then
@@ -264,13 +351,17 @@ report=$tmp/report.txt
         "tollgate: 1 bench route + $decoys decoys; path $BENCH_PATH; request: $request"
     echo "# cpus: $pin_layout"
     [[ " ${targets[*]} " == *" tollgate "* ]] || echo "# tollgate: not measured"
-    printf '%-16s %12s %10s %10s %14s %9s %8s\n' target req/s p50 p99 vs-passthrough vs-nginx errors
+    printf '%-16s %12s %10s %10s %14s %9s %13s %13s %8s\n' target req/s p50 p99 vs-passthrough vs-nginx \
+        'user µs/req' 'sys µs/req' errors
     for t in "${targets[@]}"; do
-        printf '%-16s %12.0f %8.3fms %8.3fms %14s %9s %8s\n' "$t" "${m_rps[$t]}" \
+        printf '%-16s %12.0f %8.3fms %8.3fms %14s %9s %12s %12s %8s\n' "$t" "${m_rps[$t]}" \
             "$(us_to_ms "${m_p50[$t]}")" "$(us_to_ms "${m_p99[$t]}")" \
-            "$(ratio "$t" passthrough)" "$(ratio "$t" nginx)" "${errs[$t]}"
+            "$(ratio "$t" passthrough)" "$(ratio "$t" nginx)" \
+            "$(cpu_median 3 "$t")" "$(cpu_median 4 "$t")" "${errs[$t]}"
     done
     echo "# ratios: median req/s relative to the baseline (higher is better); errors: all rounds"
+    echo "# user/sys µs/req: the server's CPU time (/proc/PID/stat utime, stime; nginx: master + worker;" \
+        "direct: the echo backend) over each measured wrk run / the requests it completed, median"
     if [[ -n "${m_rps[pass-timeouts]:-}" && -n "${m_rps[tollgate]:-}" ]]; then
         echo "# tollgate vs pass-timeouts (the passthrough with tollgate's default timeouts):" \
             "$(ratio tollgate pass-timeouts) req/s"
