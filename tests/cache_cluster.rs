@@ -10,7 +10,7 @@ mod common;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::etcd_gw::{body, metric, start_gw, wait_connected, wait_status};
+use common::etcd_gw::{body, etcd_relay, metric, start_gw, wait_connected, wait_status};
 use common::{bin, output_text as text, READY};
 use testkit::{wait_for, Backend, Etcd, Gateway, Relay};
 
@@ -116,12 +116,7 @@ fn behind_relay(node: &str, extra: &str) -> (Backend, Etcd, Relay, Gateway) {
     let b = Backend::start("b");
     let etcd = Etcd::start();
     setup(&etcd, &b);
-    let target = etcd
-        .endpoint()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let relay = Relay::start(target);
+    let relay = etcd_relay(&etcd);
     let gw = Gateway::start(bin(), &format!("{}{extra}", body(node, &[relay.url()])));
     wait_connected(&gw, Duration::from_secs(15));
     (b, etcd, relay, gw)

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::acme::*;
-use common::etcd_gw::{metric, wait_ok, wait_status};
+use common::etcd_gw::{etcd_relay, metric, wait_ok, wait_status};
 use testkit::{free_port, Etcd, Gateway, Pebble, PebbleOptions, Relay};
 
 #[test]
@@ -141,12 +141,7 @@ fn a_holder_cut_off_from_etcd_gives_the_lock_up_before_another_node_takes_it() {
     // the certificate is asked for, so it takes the lock; validation hangs
     // so it is mid-order. Then node 2 joins and waits for the lock.
     let etcd = Etcd::start();
-    let target: SocketAddr = etcd
-        .endpoint()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let cut = Relay::start(target);
+    let cut = etcd_relay(&etcd);
     let port = free_port();
     let pebble = Pebble::start(port);
     let root = common::TempFile::new(&pebble.issuer_roots_pem());

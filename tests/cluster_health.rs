@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use common::bin;
 use common::etcd_gw::{
-    answer, body, metric, put_route, start_gw, wait_connected, wait_ok, wait_status, SERVICES,
+    answer, body, etcd_relay, metric, put_route, start_gw, wait_connected, wait_ok, wait_status,
+    SERVICES,
 };
-use testkit::{Backend, Etcd, Gateway, KeptLease, Mode, Relay};
+use testkit::{Backend, Etcd, Gateway, KeptLease, Mode};
 
 const APPLY: Duration = Duration::from_secs(15);
 const INTERVAL_MS: u64 = 200;
@@ -222,12 +223,7 @@ fn a_prober_cut_off_from_etcd_leaves_nothing_marked_down_and_probes_alone() {
     // One instance, which the node that will be cut off probes.
     let (backends, _lease) = named_instances(&etcd, &[owned_by(&["cut", "other"], "cut")]);
     let sick = &backends[0];
-    let target = etcd
-        .endpoint()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let relay = Relay::start(target);
+    let relay = etcd_relay(&etcd);
     let cut = Gateway::start(bin(), &body("cut", &[relay.url()]));
     wait_connected(&cut, APPLY);
     let other = start_gw("other", &[etcd.endpoint()]);

@@ -49,6 +49,17 @@ pub fn start_gw_in(node_id: &str, endpoints: &[String], state_dir: &Path) -> Gat
     Gateway::start_with_state_dir(bin(), &body(node_id, endpoints), state_dir)
 }
 
+/// A relay in front of `etcd` the test can cut: a partition of the one
+/// client given its URL.
+pub fn etcd_relay(etcd: &testkit::Etcd) -> testkit::Relay {
+    let target = etcd
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    testkit::Relay::start(target)
+}
+
 /// A route value: `{"paths": [...], "upstream": "..."}`.
 pub fn route(paths: &[&str], upstream: &str) -> String {
     serde_json::json!({ "paths": paths, "upstream": upstream }).to_string()
