@@ -17,7 +17,8 @@ use crate::config::{load_file, ConfigModel, Listener, ProxyEngine};
 use crate::proxy::access_log::AccessLog;
 use crate::proxy::engine::CoreEngine;
 use crate::proxy::{
-    http2_settings, ClientLimits, ConnLimits, Connections, Gate, Gateway, InFlight, ListenerKinds,
+    http2_settings, ClientLimits, ConnLimits, Connections, Gate, Gateway, Http1Loop, InFlight,
+    ListenerKinds,
 };
 use crate::snapshot::{InstanceStates, SnapshotCell, SourceState};
 use crate::source::etcd::EtcdSource;
@@ -325,3 +326,8 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
     });
     Ok(())
 }
+
+// pingora-core's HTTP/1 loop for the `ProxyHttp` engine and the admin API;
+// the core engine has its own (`proxy/engine/mod.rs`).
+impl Http1Loop for pingora::proxy::HttpProxy<Gateway> {}
+impl Http1Loop for crate::admin_api::AdminApi {}

@@ -198,7 +198,8 @@ pub struct ProxyConfig {
     /// Default upstream timeouts; upstreams and routes override per field.
     #[serde(default)]
     pub timeout: TimeoutSpec,
-    /// Idle upstream connections kept per process.
+    /// Idle upstream connections kept per process (the core engine shares
+    /// them out between its threads).
     #[serde(default = "default_keepalive_pool")]
     pub keepalive_pool: usize,
     /// On SIGTERM, how long in-flight requests may take to finish.

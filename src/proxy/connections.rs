@@ -77,8 +77,24 @@ impl<A> Connections<A> {
     }
 }
 
+/// An engine's loop over the requests of one HTTP/1.x connection.
+pub trait Http1Loop: HttpServerApp + Sized + Send + Sync + 'static {
+    /// Serves `stream`'s requests until it closes. By default pingora-core's
+    /// loop, which boxes every request's future (`HttpServerApp` is an
+    /// `async_trait`); an engine can keep them inline instead.
+    fn serve_http1<'a>(
+        self: &'a Arc<Self>,
+        stream: Stream,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl std::future::Future<Output = ()> + Send + 'a {
+        async move {
+            ServerApp::process_new(self, stream, shutdown).await;
+        }
+    }
+}
+
 #[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
+impl<A: Http1Loop> ServerApp for Connections<A> {
     async fn process_new(
         self: &Arc<Self>,
         mut stream: Stream,
@@ -156,7 +172,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
             super::http2::serve(&self.engine, stream, shutdown, self.resets_per_second).await;
             return None;
         }
-        self.engine.process_new(stream, shutdown).await
+        self.engine.serve_http1(stream, shutdown).await;
+        None
     }
 
     async fn cleanup(&self) {

@@ -34,10 +34,11 @@ mod retry;
 mod shutdown;
 mod timer_tick;
 mod upstream_peer;
+mod upstream_pool;
 mod upstream_request;
 
 pub use conn_limit::ConnLimits;
-pub use connections::Connections;
+pub use connections::{Connections, Http1Loop};
 pub use ctx::{InFlight, RequestCtx};
 pub use gate::{ClientLimits, Gate};
 pub use listeners::{http2_settings, ListenerKinds};

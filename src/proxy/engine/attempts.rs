@@ -29,7 +29,7 @@ impl CoreEngine {
                 Ok(peer) => peer,
                 Err(e) => break e,
             };
-            let (mut up, reused) = match self.connector.get_http_session(&peer).await {
+            let (mut up, reused) = match self.connect(&peer).await {
                 Ok(connected) => connected,
                 Err(mut e) => {
                     e.as_up();
@@ -60,9 +60,7 @@ impl CoreEngine {
                     downstream_reusable,
                 } => {
                     if upstream_reusable {
-                        self.connector
-                            .release_http_session(up, &peer, peer.options.idle_timeout)
-                            .await;
+                        self.release(up, &peer).await;
                     }
                     return downstream_reusable;
                 }

@@ -26,18 +26,22 @@ use futures_util::FutureExt;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
+use pingora::protocols::http::client::HttpSession;
 use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
+use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorType};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use super::connections::Http1Loop;
 use super::ctx::RequestCtx;
 use super::gate::{panic_message, Gate};
 use super::shutdown::Shutdown;
-use super::timer_tick;
+use super::{timer_tick, upstream_pool};
 
 /// The core engine: a pingora-core `HttpServerApp` for the proxy listeners.
 pub struct CoreEngine {
@@ -58,6 +62,7 @@ pub struct CoreEngine {
 impl CoreEngine {
     pub fn new(mut gate: Gate, conf: &ServerConf) -> Self {
         gate.background_refresh = true;
+        upstream_pool::configure(conf.upstream_keepalive_pool_size, conf.threads);
         Self {
             gate,
             connector: Connector::new(Some(ConnectorOptions::from_server_conf(conf))),
@@ -73,6 +78,40 @@ impl CoreEngine {
         self.server_options = options;
         self.h2 = Some(h2);
         self
+    }
+
+    /// A connection to `peer`: an idle one of this thread's if it has one
+    /// (`true`: reused), else pingora-core's connector (a new connection,
+    /// or HTTP/2's shared one).
+    async fn connect(&self, peer: &HttpPeer) -> pingora::Result<(HttpSession, bool)> {
+        if h1_only(peer) {
+            if let Some(stream) = upstream_pool::take(peer.reuse_hash()) {
+                let h1 = pingora::protocols::http::v1::client::HttpSession::new_with_options(
+                    stream, peer,
+                );
+                return Ok((HttpSession::H1(h1), true));
+            }
+        }
+        // Boxed: connecting (TCP, TLS, ALPN) is a ~9 KiB future, and inline
+        // it would size (and be copied with) every request's.
+        Box::pin(self.connector.get_http_session(peer)).await
+    }
+
+    /// Gives back a connection whose exchange ended cleanly, for reuse.
+    async fn release(&self, up: HttpSession, peer: &HttpPeer) {
+        match up {
+            HttpSession::H1(mut h1) if h1_only(peer) => {
+                h1.respect_keepalive();
+                if let Some(stream) = h1.reuse().await {
+                    upstream_pool::put(peer.reuse_hash(), stream, peer.options.idle_timeout);
+                }
+            }
+            up => {
+                self.connector
+                    .release_http_session(up, peer, peer.options.idle_timeout)
+                    .await
+            }
+        }
     }
 
     /// After the request header is read: route, then proxy. `true` when the
@@ -102,13 +141,16 @@ impl CoreEngine {
     }
 }
 
-#[async_trait]
-impl HttpServerApp for CoreEngine {
-    async fn process_new_http(
-        self: &Arc<Self>,
-        mut session: ServerSession,
-        _shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
+/// A peer only ever spoken to in HTTP/1.1 (what pingora-core's connector
+/// decides the same way): its idle connections are this engine's to keep.
+fn h1_only(peer: &HttpPeer) -> bool {
+    peer.options.alpn.get_max_http_version() == 1
+}
+
+impl CoreEngine {
+    /// One request of a connection: `Some` with the connection when it can
+    /// carry another.
+    async fn serve_one(self: &Arc<Self>, mut session: ServerSession) -> Option<ReusedHttpStream> {
         timer_tick::ensure_started();
         // Biased: a request already buffered is served, not dropped, when
         // shutdown and the request arrive together.
@@ -166,6 +208,38 @@ impl HttpServerApp for CoreEngine {
                 None
             }
         }
+    }
+}
+
+impl Http1Loop for CoreEngine {
+    /// pingora-core's HTTP/1 loop (`apps/mod.rs`), with each request's
+    /// future inline in the connection's: boxed per request (as
+    /// `process_new_http` is), its ~10 KiB state was allocated and copied
+    /// for every request.
+    async fn serve_http1(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+        let mut session = ServerSession::new_http1(stream);
+        // Pingora's default, which the gate replaces with
+        // `proxy.client_keepalive_secs` once a request is routed.
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        session.set_keepalive_reuses_remaining(self.server_options.keepalive_request_limit);
+        while let Some(reused) = self.serve_one(session).await {
+            let (stream, settings) = reused.consume();
+            session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for CoreEngine {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        self.serve_one(session).await
     }
 
     async fn http_cleanup(&self) {

@@ -56,7 +56,7 @@ impl CoreEngine {
         req: Box<RequestHeader>,
         mut refresh: Refresh,
     ) -> Result<()> {
-        let (mut up, _) = self.connector.get_http_session(peer).await?;
+        let (mut up, _) = self.connect(peer).await?;
         let HttpSession::H1(h1) = &mut up else {
             // HTTP/2 upstreams are refreshed by the next request instead.
             return Ok(());
@@ -87,9 +87,7 @@ impl CoreEngine {
         }
         if h1.is_body_done() {
             refresh.finish();
-            self.connector
-                .release_http_session(up, peer, peer.options.idle_timeout)
-                .await;
+            self.release(up, peer).await;
         }
         Ok(())
     }
