@@ -267,9 +267,13 @@ fn an_upstream_answering_early_during_a_big_upload_is_relayed() {
         .unwrap();
         // Part of the 50 MiB, then wait for the answer: a proxy that must
         // send the whole body before it reads the response never answers.
+        // 4 MiB, more than the sockets buffer: a gateway that closes without
+        // reading the rest (no lingering close) resets the connection while
+        // the client still writes, and the answer is lost.
         let chunk = vec![b'x'; 16 * 1024];
-        for _ in 0..16 {
-            c.write_all(&chunk).unwrap();
+        for _ in 0..256 {
+            c.write_all(&chunk)
+                .unwrap_or_else(|e| panic!("{engine} (drains: {drains}): writing the body: {e}"));
         }
         let mut buf = Vec::new();
         let (status, head, body) = read_response(&mut c, &mut buf);
@@ -704,4 +708,80 @@ fn a_client_that_goes_away_frees_its_upstream_connection_at_once() {
         );
         backend.join().expect("backend");
     }
+}
+
+#[test]
+fn idle_upstream_connections_are_kept_up_to_keepalive_pool_and_reused() {
+    for engine in ENGINES {
+        let backend = Backend::start("b");
+        // Slow enough that five requests at once need five connections.
+        backend.set_mode(Mode::Stall(Duration::from_millis(300)));
+        let gw = gateway_full(
+            engine,
+            &[backend.url()],
+            "",
+            "proxy: { keepalive_pool: 2 }\n",
+        );
+        let gw_ref = &gw;
+        std::thread::scope(|s| {
+            let answers: Vec<_> = (0..5)
+                .map(|i| s.spawn(move || gw_get(gw_ref, &format!("/r{i}"))))
+                .collect();
+            for a in answers {
+                assert_eq!(a.join().unwrap(), 200, "{engine}");
+            }
+        });
+        assert_eq!(backend.hits(), 5, "{engine}");
+        // Two are kept for reuse; the three over the bound are closed.
+        testkit::wait_for(
+            &format!("{engine}: the gateway to keep 2 idle upstream connections"),
+            Duration::from_secs(5),
+            || backend.open_connections() == 2,
+        );
+        // The next requests go over a kept one: no new connection.
+        backend.set_mode(Mode::Normal);
+        for i in 0..3 {
+            assert_eq!(gw_get(&gw, &format!("/again{i}")), 200, "{engine}");
+        }
+        assert_eq!(backend.open_connections(), 2, "{engine}");
+        assert_eq!(backend.hits(), 8, "{engine}");
+    }
+}
+
+#[test]
+fn an_idle_upstream_connection_the_upstream_closed_is_not_used() {
+    for engine in ENGINES {
+        let backend = Backend::start("b");
+        let gw = gateway_full(engine, &[backend.url()], ", retry: { attempts: 0 }", "");
+        assert_eq!(post(&gw, "/first"), 200, "{engine}");
+        assert_eq!(backend.open_connections(), 1, "{engine}");
+        // The upstream drops its connections (as one restarting does). A
+        // POST is not retried once sent (and no retry is allowed): only a
+        // gateway that saw the kept connection closed answers it 200.
+        backend.set_mode(Mode::Refuse);
+        testkit::wait_for(
+            &format!("{engine}: the backend to drop its connections"),
+            Duration::from_secs(5),
+            || backend.open_connections() == 0,
+        );
+        backend.set_mode(Mode::Normal);
+        for i in 0..3 {
+            assert_eq!(post(&gw, &format!("/after{i}")), 200, "{engine}");
+        }
+        assert_eq!(backend.hits(), 4, "{engine}");
+    }
+}
+
+/// The status of a small `POST path` through `gw`.
+fn post(gw: &Gateway, path: &str) -> u16 {
+    gw.request("POST", path, &[], Some(b"x=1"))
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+        .status
+}
+
+/// The status of `GET path` through `gw`.
+fn gw_get(gw: &Gateway, path: &str) -> u16 {
+    gw.request("GET", path, &[], None)
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        .status
 }

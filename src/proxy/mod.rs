@@ -22,6 +22,7 @@ mod grpc;
 mod header_edit;
 mod hop_by_hop;
 mod http2;
+mod linger;
 mod listeners;
 mod path_norm;
 #[cfg(test)]

@@ -173,6 +173,8 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
         self.gate.log_request(session, ctx);
+        // The last phase before pingora-proxy closes or reuses the connection.
+        super::linger::before_close(session).await;
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _error: &Error) -> bool {

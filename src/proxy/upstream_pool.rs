@@ -8,9 +8,11 @@
 //! Here each proxy thread keeps its own idle connections in a plain map: a
 //! release is a push, a take is a pop and a read that does not block (no
 //! syscall unless the socket has news), which tells a connection the
-//! upstream closed or wrote to from a clean one. The thread's one-second
-//! tick ([`super::timer_tick`]) closes those idle past their `idle`
-//! timeout or closed by the upstream.
+//! upstream closed or wrote to from a clean one. Those idle past their
+//! `idle` timeout or closed by the upstream are closed within a second: by
+//! the thread's one-second tick ([`super::timer_tick`]), and by the next
+//! release on the thread a second after the last sweep (with work stealing
+//! on, a tick task may not run on every thread).
 //!
 //! Bounded like nginx's `keepalive` (per worker): `proxy.keepalive_pool`
 //! idle connections per process, shared out evenly between the proxy
@@ -24,6 +26,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
+/// How often a thread's idle connections are looked over.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Idle connections one thread keeps (all upstreams together).
 static PER_THREAD: AtomicUsize = AtomicUsize::new(128);
 
@@ -31,6 +36,7 @@ thread_local! {
     static IDLE: RefCell<Idle> = RefCell::new(Idle {
         by_peer: AHashMap::default(),
         count: 0,
+        swept: Instant::now(),
         // Read once per thread: `configure` runs before the proxy threads start.
         cap: PER_THREAD.load(Ordering::Relaxed),
     });
@@ -65,10 +71,14 @@ pub fn put(key: u64, stream: Stream, idle: Option<Duration>) {
     if idle.is_zero() {
         return;
     }
-    let until = Instant::now() + idle;
+    let now = Instant::now();
+    let until = now + idle;
     IDLE.with_borrow_mut(|pool| {
         if pool.cap == 0 {
             return;
+        }
+        if now >= pool.swept + SWEEP_EVERY {
+            pool.sweep(now);
         }
         if pool.count >= pool.cap {
             pool.close_oldest();
@@ -85,15 +95,7 @@ pub fn put(key: u64, stream: Stream, idle: Option<Duration>) {
 /// written to) by the upstream. Run by the thread's tick every second.
 pub fn sweep() {
     let now = Instant::now();
-    IDLE.with_borrow_mut(|pool| {
-        let mut count = 0;
-        pool.by_peer.retain(|_, conns| {
-            conns.retain_mut(|c| c.until > now && still_clean(&mut c.stream));
-            count += conns.len();
-            !conns.is_empty()
-        });
-        pool.count = count;
-    });
+    IDLE.with_borrow_mut(|pool| pool.sweep(now));
 }
 
 /// Idle connections this thread holds.
@@ -111,6 +113,8 @@ fn set_cap(cap: usize) {
 struct Idle {
     by_peer: AHashMap<u64, Vec<IdleConn>>,
     count: usize,
+    /// When they were last looked over.
+    swept: Instant,
     /// At most this many held.
     cap: usize,
 }
@@ -121,6 +125,17 @@ struct IdleConn {
 }
 
 impl Idle {
+    fn sweep(&mut self, now: Instant) {
+        let mut count = 0;
+        self.by_peer.retain(|_, conns| {
+            conns.retain_mut(|c| c.until > now && still_clean(&mut c.stream));
+            count += conns.len();
+            !conns.is_empty()
+        });
+        self.count = count;
+        self.swept = now;
+    }
+
     /// Closes the connection with the earliest deadline (the pool is full).
     fn close_oldest(&mut self) {
         let oldest = self
@@ -236,6 +251,15 @@ mod tests {
                 sweep();
                 assert_eq!(held(), 1, "d is past its idle timeout");
                 assert!(take(2).is_some());
+                // A release a second after the last sweep sweeps first.
+                let (f, _pf) = pair().await;
+                put(5, f, Some(Duration::from_millis(1)));
+                settle().await;
+                IDLE.with_borrow_mut(|pool| pool.swept -= SWEEP_EVERY);
+                let (g, _pg) = pair().await;
+                put(6, g, None);
+                assert_eq!(held(), 1, "f, past its timeout, went at g's release");
+                assert!(take(6).is_some());
                 // No idle timeout of zero: such a connection is not kept.
                 let (e, _pe) = pair().await;
                 put(4, e, Some(Duration::ZERO));

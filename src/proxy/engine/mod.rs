@@ -41,7 +41,7 @@ use super::connections::Http1Loop;
 use super::ctx::RequestCtx;
 use super::gate::{panic_message, Gate};
 use super::shutdown::Shutdown;
-use super::{timer_tick, upstream_pool};
+use super::{linger, timer_tick, upstream_pool};
 
 /// The core engine: a pingora-core `HttpServerApp` for the proxy listeners.
 pub struct CoreEngine {
@@ -197,6 +197,7 @@ impl CoreEngine {
         self.refresh_after(&mut session, &mut ctx);
         self.gate.log_request(&session, &ctx);
         if !reuse {
+            linger::before_close(&mut session).await;
             return None;
         }
         let settings = HttpPersistentSettings::for_session(&session);

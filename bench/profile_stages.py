@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Instructions per request by stage, from `callgrind_annotate --inclusive=yes`.
+
+profile_stages.py TARGET REQUESTS ANNOTATE_FILE  -> TSV lines: target, stage, Ir/request
+profile_stages.py --table TSV                     -> the report table
+
+A stage is the inclusive count of the functions listed for it (callgrind
+lists a function again for each source file of its inlined code, and
+the largest is the whole). Nested stages are not double counted: each function below is the
+outermost call of its stage on the core engine's path. Functions inlined away
+count toward "event loop and the rest", the total less the stages.
+"""
+import re
+import sys
+from collections import OrderedDict
+
+CORE = "pingora_core::protocols::http"
+STAGES = OrderedDict([
+    ("read + parse request", [f"{CORE}::server::Session::read_request::{{{{closure}}}}"]),
+    ("route (match, limit, plugins)", ["tollgate::proxy::gate::Gate::route_request::{{closure}}"]),
+    ("upstream connection (pool)", [
+        "tollgate::proxy::engine::CoreEngine::connect::{{closure}}",
+        "tollgate::proxy::engine::CoreEngine::release::{{closure}}",
+        "pingora_core::connectors::http::Connector<C>::get_http_session::{{closure}}",
+        "pingora_core::connectors::http::Connector<C>::release_http_session::{{closure}}",
+    ]),
+    ("request header rewrite", [
+        "tollgate::proxy::engine::exchange::<impl tollgate::proxy::engine::CoreEngine>::upstream_request",
+    ]),
+    ("upstream write", [
+        f"{CORE}::v1::client::HttpSession::write_request_header::{{{{closure}}}}",
+        f"{CORE}::v1::client::HttpSession::finish_body::{{{{closure}}}}",
+    ]),
+    ("response read + parse", [f"{CORE}::v1::client::HttpSession::read_response_task::{{{{closure}}}}"]),
+    ("response header edit", ["tollgate::proxy::gate::Gate::edit_response"]),
+    ("response write", [
+        f"{CORE}::server::Session::write_response_header::{{{{closure}}}}",
+        f"{CORE}::server::Session::write_response_body::{{{{closure}}}}",
+        f"{CORE}::server::Session::finish_body::{{{{closure}}}}",
+    ]),
+    ("request end (keep-alive)", [f"{CORE}::server::Session::finish::{{{{closure}}}}"]),
+    ("access log + metrics", ["tollgate::proxy::request_log::<impl tollgate::proxy::gate::Gate>::log_request"]),
+])
+LINE = re.compile(r"^\s*([\d,]+) \([\s\d.]+%\)\s+(?:\S+?:)?(.+?)(?: \[[^\]]*\])?\s*$")
+
+
+def parse(path):
+    total, by_fn = None, {}
+    for line in open(path, errors="replace"):
+        m = LINE.match(line)
+        if not m:
+            continue
+        ir = int(m.group(1).replace(",", ""))
+        name = m.group(2).strip()
+        if name == "PROGRAM TOTALS":
+            total = ir
+            continue
+        by_fn[name] = max(by_fn.get(name, 0), ir)
+    return total, by_fn
+
+
+def split(target, requests, path):
+    total, by_fn = parse(path)
+    if not total:
+        sys.exit(f"{path}: no PROGRAM TOTALS")
+    rows = []
+    if target.startswith("tollgate"):
+        staged = 0
+        for stage, fns in STAGES.items():
+            ir = sum(by_fn.get(f, 0) for f in fns)
+            staged += ir
+            rows.append((stage, ir))
+        rows.append(("event loop and the rest", total - staged))
+    rows.append(("total", total))
+    for stage, ir in rows:
+        print(f"{target}\t{stage}\t{ir / requests:.0f}")
+
+
+def table(path):
+    data = OrderedDict()
+    for line in open(path):
+        t, stage, ir = line.rstrip("\n").split("\t")
+        data.setdefault(stage, {})[t] = int(ir)
+    targets = []
+    for stage in data.values():
+        for t in stage:
+            if t not in targets:
+                targets.append(t)
+    print(f"{'stage':32}" + "".join(f"{t:>15}" for t in targets))
+    for stage, vals in data.items():
+        print(f"{stage:32}" + "".join(f"{vals[t]:>15,}" if t in vals else f"{'':>15}" for t in targets))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--table":
+        table(sys.argv[2])
+    else:
+        split(sys.argv[1], int(sys.argv[2]), sys.argv[3])
