@@ -128,7 +128,8 @@ for t in "${targets[@]}"; do
     stop "$pid"
     dump=$(find "$tmp" -name "callgrind.$t.*.1" | head -1)
     [[ -n "$dump" ]] || die "$t: no callgrind dump"
-    callgrind_annotate --inclusive=yes --threshold=100 "$dump" >"$tmp/annotate.$t.txt"
+    # (It warns about objects without line tables, such as haproxy's.)
+    callgrind_annotate --inclusive=yes --threshold=100 "$dump" >"$tmp/annotate.$t.txt" 2>/dev/null
     python3 bench/profile_stages.py "$t" "$requests" "$tmp/annotate.$t.txt" >>"$tmp/ir.tsv"
     # System calls: the same load under strace -c.
     log "$t: $requests requests under strace"

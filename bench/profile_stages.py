@@ -81,6 +81,8 @@ def table(path):
     for line in open(path):
         t, stage, ir = line.rstrip("\n").split("\t")
         data.setdefault(stage, {})[t] = int(ir)
+    # The stages in order, the total last.
+    data.move_to_end("total")
     targets = []
     for stage in data.values():
         for t in stage:
