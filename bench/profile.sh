@@ -52,7 +52,17 @@ for w in "${wanted[@]}"; do
 done
 want() { [[ " ${targets[*]} " == *" $1 "* ]]; }
 
-need_tools valgrind strace h2load curl python3
+# valgrind and strace are this script's alone (not in scripts/deps.sh, which
+# every set-up runs): installed here when missing.
+for tool in valgrind strace; do
+    command -v "$tool" >/dev/null 2>&1 && continue
+    log "$tool missing; installing it (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q "$tool" >/dev/null 2>&1 ||
+        { apt-get update -q >/dev/null && apt-get install -y -q "$tool" >/dev/null; } ||
+        die "could not install $tool"
+done
+need_tools h2load curl python3
 want nginx && need_tools nginx
 want haproxy && need_tools haproxy
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)

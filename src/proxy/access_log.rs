@@ -43,9 +43,10 @@ impl Line<'_> {
     /// microsecond precision (`duration_ms`, `upstream_ms`).
     pub fn to_json(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(320);
+        // serde_json escapes whatever a client put in a path or host.
         let text = |b: &mut Vec<u8>, name: &str, v: &str| {
             key(b, name);
-            push_json_str(b, v);
+            let _ = serde_json::to_writer(&mut *b, v);
         };
         b.extend_from_slice(b"{\"time\":\"");
         push_rfc3339(&mut b, self.time);
@@ -86,21 +87,6 @@ impl Line<'_> {
         }
         b.extend_from_slice(b"}\n");
         b
-    }
-}
-
-/// `v` as a JSON string. What needs no escape (nearly every path and host)
-/// is copied as it is; anything else goes through serde_json, which
-/// escapes whatever a client put in a path or host. The two agree: JSON
-/// escapes only `"`, `\` and control characters below 0x20.
-fn push_json_str(b: &mut Vec<u8>, v: &str) {
-    if v.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\') {
-        b.reserve(v.len() + 2);
-        b.push(b'"');
-        b.extend_from_slice(v.as_bytes());
-        b.push(b'"');
-    } else {
-        let _ = serde_json::to_writer(&mut *b, v);
     }
 }
 
@@ -245,24 +231,6 @@ mod tests {
         let mut b = Vec::new();
         push_rfc3339(&mut b, t);
         String::from_utf8(b).unwrap()
-    }
-
-    #[test]
-    fn strings_are_written_as_serde_json_writes_them() {
-        for v in [
-            "/plain/path?q=1",
-            "",
-            "é/ü",
-            "a\"b",
-            "back\\slash",
-            "tab\there",
-            "\u{1}\u{1f}",
-            "del\u{7f}",
-        ] {
-            let mut ours = Vec::new();
-            push_json_str(&mut ours, v);
-            assert_eq!(ours, serde_json::to_vec(v).unwrap(), "{v:?}");
-        }
     }
 
     #[test]
