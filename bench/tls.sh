@@ -101,22 +101,8 @@ http {
 EOF
 start nginx "${server_prefix[@]}" nginx -c "$tmp/nginx.conf"
 
-cat >"$tmp/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 9000
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-    http-reuse always
-frontend tls
-    bind 127.0.0.1:$port_haproxy ssl crt $tmp/server.pem alpn h2,http/1.1 ssl-min-ver TLSv1.2
-    default_backend echo
-backend echo
-    server s1 127.0.0.1:$port_backend
-EOF
+haproxy_proxy_conf "$tmp/haproxy.cfg" "$port_haproxy" "$port_backend" \
+    "ssl crt $tmp/server.pem alpn h2,http/1.1 ssl-min-ver TLSv1.2"
 start haproxy "${server_prefix[@]}" haproxy -db -f "$tmp/haproxy.cfg"
 
 cat >"$tmp/tollgate.yaml" <<EOF
