@@ -16,7 +16,7 @@
 //!
 //! Bounded like nginx's `keepalive` (per worker): `proxy.keepalive_pool`
 //! idle connections per process, shared out evenly between the proxy
-//! threads; past it, the one idle longest is closed.
+//! threads; past it, the one whose idle timeout ends first is closed.
 
 use ahash::AHashMap;
 use futures_util::FutureExt;
