@@ -15,6 +15,8 @@ import sys
 from collections import OrderedDict
 
 CORE = "pingora_core::protocols::http"
+# The core engine's own upstream HTTP/1.1 client (src/proxy/upstream_h1).
+OWN_H1 = "tollgate::proxy::upstream_h1"
 STAGES = OrderedDict([
     ("read + parse request", [f"{CORE}::server::Session::read_request::{{{{closure}}}}"]),
     ("route (match, limit, plugins)", ["tollgate::proxy::gate::Gate::route_request::{{closure}}"]),
@@ -30,8 +32,14 @@ STAGES = OrderedDict([
     ("upstream write", [
         f"{CORE}::v1::client::HttpSession::write_request_header::{{{{closure}}}}",
         f"{CORE}::v1::client::HttpSession::finish_body::{{{{closure}}}}",
+        f"{OWN_H1}::UpstreamH1::write_request_header::{{{{closure}}}}",
+        f"{OWN_H1}::UpstreamH1::finish_body::{{{{closure}}}}",
     ]),
-    ("response read + parse", [f"{CORE}::v1::client::HttpSession::read_response_task::{{{{closure}}}}"]),
+    ("response read + parse", [
+        f"{CORE}::v1::client::HttpSession::read_response_task::{{{{closure}}}}",
+        f"{OWN_H1}::UpstreamH1::fill::{{{{closure}}}}",
+        f"{OWN_H1}::head::parse",
+    ]),
     ("response header edit", ["tollgate::proxy::gate::Gate::edit_response"]),
     ("response write", [
         f"{CORE}::server::Session::write_response_header::{{{{closure}}}}",

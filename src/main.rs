@@ -16,10 +16,11 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// keeping at least 64 objects per size class removes most of that, for
 /// some memory the cache keeps (a few MiB per thread at worst; 0.8 MiB
 /// more RSS at 10,000 routes + 10,000 instances). Pingora's HTTP/1 client
-/// allocates a 64 KiB buffer for every response body, past jemalloc's
-/// default thread-cache limit (32 KiB): each took the arena's large-extent
-/// path, ~2,600 instructions of a ~50,000-instruction request (callgrind).
-/// Caching sizes up to 128 KiB per thread keeps them there.
+/// (the `pingora` engine's) allocates a 64 KiB buffer for every response
+/// body, and the core engine's reads room for 64 KiB of a big one; past
+/// jemalloc's default thread-cache limit (32 KiB), each took the arena's
+/// large-extent path, ~2,600 instructions of a ~50,000-instruction request
+/// (callgrind). Caching sizes up to 128 KiB per thread keeps them there.
 #[cfg(not(target_env = "msvc"))]
 #[export_name = "_rjem_malloc_conf"]
 static MALLOC_CONF: MallocConf = MallocConf(

@@ -39,21 +39,7 @@ fn gateway_with(engine: &str, nodes: &[String], upstream_extra: &str) -> Gateway
 
 /// [`gateway_with`] with top-level settings before the routes (`proxy: {...}\n`).
 fn gateway_full(engine: &str, nodes: &[String], upstream_extra: &str, top: &str) -> Gateway {
-    let nodes: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
-    let body = format!(
-        "{top}routes:\n  - {{ id: all, paths: [\"/*rest\"], upstream: up }}\n\
-         upstreams:\n  up: {{ nodes: [{}]{upstream_extra} }}\n",
-        nodes.join(", ")
-    );
-    let gw = Gateway::start_with_env(bin(), &body, &[("TOLLGATE_PROXY_ENGINE", engine)]);
-    gw.wait_ready(READY);
-    let logs = gw.logs();
-    assert!(
-        logs.contains(&format!("engine=\"{engine}\""))
-            || logs.contains(&format!("engine={engine}")),
-        "the gateway does not run the {engine} engine:\n{logs}"
-    );
-    gw
+    common::engine_gateway(engine, nodes, upstream_extra, top)
 }
 
 #[test]

@@ -34,6 +34,7 @@ mod request_log;
 mod retry;
 mod shutdown;
 mod timer_tick;
+mod upstream_h1;
 mod upstream_peer;
 mod upstream_pool;
 mod upstream_request;

@@ -32,6 +32,28 @@ pub fn start(body: &str) -> Gateway {
     gw
 }
 
+/// A gateway on `engine` (`core` or `pingora`, through the environment
+/// override) with `top` settings and one route `/*rest` to `nodes` (with
+/// `upstream_extra` settings, `, retry: {...}`); checks the engine is the
+/// one running.
+pub fn engine_gateway(engine: &str, nodes: &[String], upstream_extra: &str, top: &str) -> Gateway {
+    let nodes: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
+    let body = format!(
+        "{top}routes:\n  - {{ id: all, paths: [\"/*rest\"], upstream: up }}\n\
+         upstreams:\n  up: {{ nodes: [{}]{upstream_extra} }}\n",
+        nodes.join(", ")
+    );
+    let gw = Gateway::start_with_env(bin(), &body, &[("TOLLGATE_PROXY_ENGINE", engine)]);
+    gw.wait_ready(READY);
+    let logs = gw.logs();
+    assert!(
+        logs.contains(&format!("engine=\"{engine}\""))
+            || logs.contains(&format!("engine={engine}")),
+        "the gateway does not run the {engine} engine:\n{logs}"
+    );
+    gw
+}
+
 /// `name: { nodes: ["http://…", …] }`, one line of an `upstreams:` map.
 pub fn upstream(name: &str, nodes: &[&Backend]) -> String {
     let nodes: Vec<String> = nodes.iter().map(|b| format!("\"{}\"", b.url())).collect();

@@ -282,6 +282,33 @@ pub fn scripted_backend() -> (String, Arc<AtomicUsize>) {
                             return;
                         }
                         (_, "/nocontent") => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+                        // What an upstream must not get away with, or must
+                        // not be misread for (tests/upstream_responses.rs).
+                        (_, "/overlong") => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n\
+                            helloHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\npoisoned"
+                            .to_vec(),
+                        (_, "/conflict") => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\
+                            Content-Length: 6\r\n\r\nhello!"
+                            .to_vec(),
+                        (_, "/trailers") => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                            4;name=v\r\nwiki\r\n5\r\npedia\r\n0\r\nX-Trailer: t\r\n\r\n"
+                            .to_vec(),
+                        (_, "/badchunk") => {
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
+                                .to_vec()
+                        }
+                        (_, "/folded") => b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\n\
+                            Content-Length: 2\r\n\r\nok"
+                            .to_vec(),
+                        (_, "/hugehead") => format!(
+                            "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
+                            "a".repeat(70 * 1024)
+                        )
+                        .into_bytes(),
+                        (_, "/shortidle") => {
+                            b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1\r\nContent-Length: 2\r\n\r\nok"
+                                .to_vec()
+                        }
                         (_, "/notmod") => {
                             b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n".to_vec()
                         }

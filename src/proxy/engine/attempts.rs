@@ -4,12 +4,12 @@
 //! as `ProxyHttp`'s `upstream_peer`, `fail_to_connect`, `error_while_proxy`
 //! and `fail_to_proxy` in `proxy_http.rs`.
 
-use pingora::protocols::http::client::HttpSession;
 use pingora::protocols::http::ServerSession;
+use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorType};
 
 use super::exchange::Exchange;
-use super::CoreEngine;
+use super::{CoreEngine, Upstream};
 use crate::model::policy::RetryOn;
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::retry;
@@ -29,7 +29,8 @@ impl CoreEngine {
                 Ok(peer) => peer,
                 Err(e) => break e,
             };
-            let (mut up, reused) = match self.connect(&peer).await {
+            let key = peer.reuse_hash();
+            let (mut up, reused) = match self.connect(&peer, key).await {
                 Ok(connected) => connected,
                 Err(mut e) => {
                     e.as_up();
@@ -43,16 +44,8 @@ impl CoreEngine {
                 }
             };
             let exchanged = match &mut up {
-                HttpSession::H1(h1) => {
-                    h1.read_timeout = peer.options.read_timeout;
-                    h1.write_timeout = peer.options.write_timeout;
-                    self.exchange(session, h1, ctx).await
-                }
-                HttpSession::H2(h2) => self.exchange_h2(session, h2, ctx, &peer).await,
-                HttpSession::Custom(()) => Exchange::Failed(Error::explain(
-                    ErrorType::InternalError,
-                    "custom upstream protocol",
-                )),
+                Upstream::H1(h1) => self.exchange(session, h1, ctx).await,
+                Upstream::H2(h2) => self.exchange_h2(session, h2, ctx, &peer).await,
             };
             match exchanged {
                 Exchange::Complete {
@@ -60,7 +53,7 @@ impl CoreEngine {
                     downstream_reusable,
                 } => {
                     if upstream_reusable {
-                        self.release(up, &peer).await;
+                        self.release(up, &peer, key).await;
                     }
                     return downstream_reusable;
                 }

@@ -17,12 +17,12 @@
 
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::http::v1::client::HttpSession as Upstream;
 use pingora::protocols::http::{HttpTask, ServerSession};
 use pingora::{Error, ErrorType, Result};
 
 use super::CoreEngine;
 use crate::proxy::ctx::RequestCtx;
+use crate::proxy::upstream_h1::UpstreamH1 as Upstream;
 use crate::proxy::upstream_request::{Sanitize, UpstreamEdits};
 use crate::proxy::{error_response, header_edit, hop_by_hop, retry};
 use crate::snapshot::Outcome;
@@ -63,7 +63,7 @@ impl CoreEngine {
         &self,
         session: &mut ServerSession,
         ctx: &mut RequestCtx,
-    ) -> Result<Box<RequestHeader>> {
+    ) -> Result<RequestHeader> {
         let has_body = !session.is_body_empty();
         let down = session.req_header();
         let had_host = down.headers.contains_key(http::header::HOST);
@@ -77,7 +77,7 @@ impl CoreEngine {
                 edits.apply(parts)
             });
         edited?;
-        let mut req = Box::new(req);
+        let mut req = req;
         hop_by_hop::finalize(&mut req, had_host, has_body).map_err(|e| e.into_in())?;
         Ok(req)
     }
@@ -92,7 +92,7 @@ impl CoreEngine {
             Ok(req) => req,
             Err(e) => return Exchange::Failed(e),
         };
-        if let Err(e) = up.write_request_header(req).await {
+        if let Err(e) = up.write_request_header(&req).await {
             return Exchange::Failed(e.into_up());
         }
         // A response that starts before the request body is read whole
@@ -204,16 +204,7 @@ impl CoreEngine {
         if st.upgraded {
             up.maybe_upgrade_body_writer();
         }
-        // The last chunk is written without the session's write timeout.
-        let finished = match up.write_timeout {
-            Some(t) => tokio::time::timeout(t, up.finish_body())
-                .await
-                .unwrap_or_else(|_| {
-                    Error::e_explain(ErrorType::WriteTimedout, "ending the request body")
-                }),
-            None => up.finish_body().await,
-        };
-        if let Err(e) = finished {
+        if let Err(e) = up.finish_body().await {
             st.send_error = Some(e.into_up());
         }
         Ok(())

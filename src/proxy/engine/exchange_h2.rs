@@ -84,7 +84,7 @@ impl CoreEngine {
         let mut req_done = session.is_body_done() && resent.is_none();
         up.read_timeout = peer.options.read_timeout;
         up.write_timeout = peer.options.write_timeout;
-        if let Err(e) = up.write_request_header(req, req_done) {
+        if let Err(e) = up.write_request_header(Box::new(req), req_done) {
             return Exchange::Failed(e.into_up());
         }
         if let Some(sent) = resent {

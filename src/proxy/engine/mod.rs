@@ -27,20 +27,23 @@ use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, Re
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::v2::client::Http2Session;
 use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
-use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::connections::Http1Loop;
 use super::ctx::RequestCtx;
 use super::gate::{panic_message, Gate};
 use super::shutdown::Shutdown;
+use super::upstream_h1::UpstreamH1;
 use super::{linger, timer_tick, upstream_pool};
 
 /// The core engine: a pingora-core `HttpServerApp` for the proxy listeners.
@@ -82,33 +85,55 @@ impl CoreEngine {
 
     /// A connection to `peer`: an idle one of this thread's if it has one
     /// (`true`: reused), else pingora-core's connector (a new connection,
-    /// or HTTP/2's shared one).
-    async fn connect(&self, peer: &HttpPeer) -> pingora::Result<(HttpSession, bool)> {
-        if h1_only(peer) {
-            if let Some(stream) = upstream_pool::take(peer.reuse_hash()) {
-                let h1 = pingora::protocols::http::v1::client::HttpSession::new_with_options(
-                    stream, peer,
-                );
-                return Ok((HttpSession::H1(h1), true));
+    /// or HTTP/2's shared one). HTTP/1.1 is spoken by [`UpstreamH1`], with
+    /// the peer's timeouts.
+    async fn connect(&self, peer: &HttpPeer, key: u64) -> pingora::Result<(Upstream, bool)> {
+        let (up, reused) = match h1_only(peer).then(|| upstream_pool::take(key)).flatten() {
+            Some(stream) => (Upstream::H1(UpstreamH1::new(stream)), true),
+            // Boxed: connecting (TCP, TLS, ALPN) is a ~9 KiB future, and
+            // inline it would size (and be copied with) every request's.
+            None => match Box::pin(self.connector.get_http_session(peer)).await? {
+                (HttpSession::H1(h1), reused) => {
+                    (Upstream::H1(UpstreamH1::new(h1.into_inner())), reused)
+                }
+                (HttpSession::H2(h2), reused) => (Upstream::H2(Box::new(h2)), reused),
+                (HttpSession::Custom(()), _) => {
+                    return Err(Error::explain(
+                        ErrorType::InternalError,
+                        "custom upstream protocol",
+                    ))
+                }
+            },
+        };
+        Ok(match up {
+            Upstream::H1(mut h1) => {
+                h1.read_timeout = peer.options.read_timeout;
+                h1.write_timeout = peer.options.write_timeout;
+                (Upstream::H1(h1), reused)
             }
-        }
-        // Boxed: connecting (TCP, TLS, ALPN) is a ~9 KiB future, and inline
-        // it would size (and be copied with) every request's.
-        Box::pin(self.connector.get_http_session(peer)).await
+            h2 => (h2, reused),
+        })
     }
 
     /// Gives back a connection whose exchange ended cleanly, for reuse.
-    async fn release(&self, up: HttpSession, peer: &HttpPeer) {
+    async fn release(&self, up: Upstream, peer: &HttpPeer, key: u64) {
         match up {
-            HttpSession::H1(mut h1) if h1_only(peer) => {
-                h1.respect_keepalive();
-                if let Some(stream) = h1.reuse().await {
-                    upstream_pool::put(peer.reuse_hash(), stream, peer.options.idle_timeout);
+            Upstream::H1(h1) => {
+                if let Some((stream, idle)) = h1.into_reusable() {
+                    // Short of the upstream's own idle timeout, when it says
+                    // one: it would close the connection under the next
+                    // request. (A second early: its clock is not ours.)
+                    let idle = idle.map(|t| t.saturating_sub(Duration::from_secs(1)));
+                    let idle = match (peer.options.idle_timeout, idle) {
+                        (Some(ours), Some(theirs)) => Some(ours.min(theirs)),
+                        (ours, theirs) => ours.or(theirs),
+                    };
+                    upstream_pool::put(key, stream, idle);
                 }
             }
-            up => {
+            Upstream::H2(h2) => {
                 self.connector
-                    .release_http_session(up, peer, peer.options.idle_timeout)
+                    .release_http_session(HttpSession::H2(*h2), peer, peer.options.idle_timeout)
                     .await
             }
         }
@@ -139,6 +164,14 @@ impl CoreEngine {
         }
         session.shutdown().await;
     }
+}
+
+/// A connection to an upstream.
+pub(super) enum Upstream {
+    H1(UpstreamH1),
+    /// Multiplexed, shared through pingora-core's connector (boxed: it is
+    /// the rare one, and large).
+    H2(Box<Http2Session>),
 }
 
 /// A peer only ever spoken to in HTTP/1.1 (what pingora-core's connector

@@ -5,13 +5,12 @@
 //! a failed or uncacheable one leaves the stale entry for the next try.
 
 use pingora::http::RequestHeader;
-use pingora::protocols::http::client::HttpSession;
-use pingora::protocols::http::ServerSession;
-use pingora::upstreams::peer::HttpPeer;
+use pingora::protocols::http::{HttpTask, ServerSession};
+use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::Result;
 use std::sync::Arc;
 
-use super::CoreEngine;
+use super::{CoreEngine, Upstream};
 use crate::proxy::caching::Refresh;
 use crate::proxy::ctx::RequestCtx;
 
@@ -50,45 +49,40 @@ impl CoreEngine {
         });
     }
 
-    async fn fetch(
-        &self,
-        peer: &HttpPeer,
-        req: Box<RequestHeader>,
-        mut refresh: Refresh,
-    ) -> Result<()> {
-        let (mut up, _) = self.connect(peer).await?;
-        let HttpSession::H1(h1) = &mut up else {
+    async fn fetch(&self, peer: &HttpPeer, req: RequestHeader, mut refresh: Refresh) -> Result<()> {
+        let key = peer.reuse_hash();
+        let (mut up, _) = self.connect(peer, key).await?;
+        let Upstream::H1(h1) = &mut up else {
             // HTTP/2 upstreams are refreshed by the next request instead.
             return Ok(());
         };
-        h1.read_timeout = peer.options.read_timeout;
-        h1.write_timeout = peer.options.write_timeout;
-        h1.write_request_header(req).await?;
+        h1.write_request_header(&req).await?;
         h1.finish_body().await?;
         loop {
-            h1.read_response().await?;
-            if !h1
-                .resp_header()
-                .is_some_and(|h| h.status.is_informational())
-            {
+            let (data, end) = match h1.read_response_task().await? {
+                HttpTask::Header(header, end) => {
+                    if header.status.is_informational() {
+                        continue;
+                    }
+                    if !refresh.header(&header) {
+                        return Ok(());
+                    }
+                    (None, end)
+                }
+                HttpTask::Body(data, end) => (data, end),
+                _ => (None, true),
+            };
+            if let Some(data) = data {
+                if !refresh.body(&data) {
+                    return Ok(());
+                }
+            }
+            if end {
                 break;
             }
         }
-        let Some(header) = h1.resp_header() else {
-            return Ok(());
-        };
-        if !refresh.header(header) {
-            return Ok(());
-        }
-        while let Some(data) = h1.read_body_bytes().await? {
-            if !refresh.body(&data) {
-                return Ok(());
-            }
-        }
-        if h1.is_body_done() {
-            refresh.finish();
-            self.release(up, peer).await;
-        }
+        refresh.finish();
+        self.release(up, peer, key).await;
         Ok(())
     }
 }

@@ -1,0 +1,414 @@
+//! An upstream's response head, parsed once into the header the client
+//! session writes, with its framing and keep-alive settled on the way
+//! (RFC 9112 §6.3, §9.3): no second header map, no copy of the values
+//! (they are slices of the read buffer).
+//!
+//! Strict where a lenient reading would let one response run into the
+//! next on a pooled connection: conflicting or malformed `Content-Length`
+//! is an error; `Transfer-Encoding` wins over `Content-Length` (which is
+//! dropped, RFC 9112 §6.3); a coding other than a final `chunked` is read
+//! until the upstream closes. An obsolete line folding is replaced by
+//! spaces (RFC 9112 §5.2), not forwarded.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
+use pingora::http::ResponseHeader;
+use pingora::{Error, ErrorType::InvalidHTTPHeader, OrErr, Result};
+use std::mem::MaybeUninit;
+use std::time::Duration;
+
+/// Most header lines in a response (as Pingora).
+const MAX_HEADERS: usize = 256;
+/// The largest response head (Envoy's default is 60 KiB); a bigger one is
+/// an error (a 502), as nginx answers one past its `proxy_buffer_size`.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// How the body after a final response head is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// None (`HEAD`, `204`, `304`, `Content-Length: 0`).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes (no length, a coding other than a final
+    /// `chunked`, or a `101` upgrade's byte stream).
+    UntilClose,
+}
+
+/// What the request said that decides how its response is read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Asked {
+    pub head: bool,
+    /// An HTTP/1.1 request with `Upgrade`.
+    pub upgrade: bool,
+    /// `Connection: close` was sent.
+    pub close: bool,
+}
+
+/// A parsed response head.
+pub struct Head {
+    pub header: Box<ResponseHeader>,
+    pub framing: Framing,
+    /// A `101` to an upgrade request: both ways are byte streams now.
+    pub upgraded: bool,
+    /// The upstream lets the connection carry another request.
+    pub keepalive: bool,
+    /// How long it keeps an idle connection (`Keep-Alive: timeout=N`).
+    pub idle: Option<Duration>,
+}
+
+impl Head {
+    /// A `1xx` other than `101`: another head follows.
+    pub fn interim(&self) -> bool {
+        self.header.status.is_informational() && !self.upgraded && self.header.status != 101
+    }
+}
+
+/// The head at the front of `buf`, split off it (`None`: not all there
+/// yet, `buf` untouched); `Err` when it is malformed or too big.
+pub fn parse(buf: &mut BytesMut, asked: Asked) -> Result<Option<Head>> {
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let mut config = httparse::ParserConfig::default();
+    config.allow_spaces_after_header_name_in_responses(true);
+    config.allow_obsolete_multiline_headers_in_responses(true);
+    let len = match config.parse_response_with_uninit_headers(&mut resp, buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Ok(None),
+        Ok(_) => {
+            return Error::e_explain(
+                InvalidHTTPHeader,
+                format!("response header larger than {MAX_HEAD} bytes"),
+            )
+        }
+        Err(e) => {
+            return Err(Error::because(
+                InvalidHTTPHeader,
+                "malformed response header",
+                e,
+            ))
+        }
+    };
+    let status = resp
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or_else(|| Error::explain(InvalidHTTPHeader, "invalid response status"))?;
+    let version = match resp.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    let reason = resp
+        .reason
+        .filter(|r| Some(*r) != status.canonical_reason())
+        .map(|r| r.to_string());
+    // Names and where each value is; the values become slices of the
+    // head once it is split off the buffer.
+    let mut fields = Vec::with_capacity(resp.headers.len());
+    let mut te_chunked: Option<bool> = None;
+    let mut length: Option<u64> = None;
+    let mut lengths_ok = true;
+    let mut conn = ConnectionTokens::default();
+    let mut idle = None;
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .or_err(InvalidHTTPHeader, "invalid response header name")?;
+        if name == header::CONTENT_LENGTH {
+            lengths_ok &= merge_length(&mut length, h.value);
+        } else if name == header::TRANSFER_ENCODING {
+            // The last one names the final coding.
+            te_chunked = Some(last_token(h.value).eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            conn.add(h.value);
+        } else if name == KEEP_ALIVE {
+            idle = keep_alive_timeout(h.value).or(idle);
+        }
+        fields.push((name, span(h.value)));
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = http::HeaderMap::with_capacity(fields.len() + 4);
+    for (name, (start, n)) in fields {
+        headers.append(name, value_of(head.slice(start..start + n))?);
+    }
+
+    let upgraded = status == 101 && asked.upgrade && version == Version::HTTP_11;
+    let framing = if upgraded {
+        Framing::UntilClose
+    } else if status.is_informational() || asked.head || matches!(status.as_u16(), 204 | 304) {
+        Framing::Empty
+    } else if let Some(chunked) = te_chunked {
+        headers.remove(header::CONTENT_LENGTH);
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else if !lengths_ok {
+        return Error::e_explain(InvalidHTTPHeader, "invalid or conflicting Content-Length");
+    } else {
+        match length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    };
+    let keepalive = !upgraded
+        && framing != Framing::UntilClose
+        && !asked.close
+        && (version != Version::HTTP_10 || te_chunked.is_none())
+        && !conn.close
+        && (conn.keep_alive || version == Version::HTTP_11);
+    let mut parts = http::Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    let mut header = Box::new(ResponseHeader::from(parts));
+    if reason.is_some() {
+        header.set_reason_phrase(reason.as_deref())?;
+    }
+    Ok(Some(Head {
+        header,
+        framing,
+        upgraded,
+        keepalive,
+        idle,
+    }))
+}
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// A header value, a slice of the head (no copy); a folded value
+/// (obs-fold) has its line breaks replaced by spaces.
+fn value_of(v: Bytes) -> Result<HeaderValue> {
+    let value = if v.iter().any(|&b| b == b'\r' || b == b'\n') {
+        let unfolded: Vec<u8> = v
+            .iter()
+            .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b })
+            .collect();
+        HeaderValue::from_bytes(&unfolded)
+    } else {
+        HeaderValue::from_maybe_shared(v)
+    };
+    value.or_err(InvalidHTTPHeader, "invalid response header value")
+}
+
+/// Folds one `Content-Length` line into `length`: `false` when it is not
+/// digits, or disagrees with the others (identical repeats, on several
+/// lines or comma-separated, are one length, RFC 9110 §8.6).
+fn merge_length(length: &mut Option<u64>, v: &[u8]) -> bool {
+    for item in v.split(|&b| b == b',') {
+        let item = item.trim_ascii();
+        if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+            return false;
+        }
+        let n = item.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        match *length {
+            Some(l) if l != n => return false,
+            _ => *length = Some(n),
+        }
+    }
+    true
+}
+
+/// The last comma-separated token of a list.
+fn last_token(v: &[u8]) -> &[u8] {
+    v.rsplit(|&b| b == b',').next().unwrap_or(v).trim_ascii()
+}
+
+/// `close` and `keep-alive` in the `Connection` header lines.
+#[derive(Default)]
+struct ConnectionTokens {
+    close: bool,
+    keep_alive: bool,
+}
+
+impl ConnectionTokens {
+    fn add(&mut self, v: &[u8]) {
+        for t in v.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            self.close |= t.eq_ignore_ascii_case(b"close");
+            self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+}
+
+/// `timeout=N` of a `Keep-Alive` header.
+fn keep_alive_timeout(v: &[u8]) -> Option<Duration> {
+    v.split(|&b| b == b',').find_map(|param| {
+        let (k, n) = std::str::from_utf8(param).ok()?.split_once('=')?;
+        (k.trim().eq_ignore_ascii_case("timeout"))
+            .then(|| n.trim().parse().ok().map(Duration::from_secs))?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(wire: &str, asked: Asked) -> Result<Option<Head>> {
+        parse(&mut BytesMut::from(wire.as_bytes()), asked)
+    }
+
+    fn ok(wire: &str) -> Head {
+        head(wire, Asked::default()).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_plain_response_keeps_status_reason_headers_and_length() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 201 Made\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello"[..],
+        );
+        let h = parse(&mut buf, Asked::default()).unwrap().unwrap();
+        assert_eq!(&buf[..], b"hello", "the head is split off, the body stays");
+        assert_eq!(h.header.status, 201);
+        assert_eq!(h.header.get_reason_phrase(), Some("Made"));
+        assert_eq!(h.framing, Framing::Length(5));
+        let xa: Vec<_> = h.header.headers.get_all("x-a").iter().collect();
+        assert_eq!(xa, ["1", "2"]);
+        assert!(h.keepalive);
+        let wire = b"HTTP/1.1 200 OK\r\nContent-Le";
+        let mut partial = BytesMut::from(&wire[..]);
+        assert!(parse(&mut partial, Asked::default()).unwrap().is_none());
+        assert_eq!(&partial[..], wire, "a partial head stays in the buffer");
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let f = |wire: &str, asked| head(wire, asked).unwrap().unwrap().framing;
+        let get = Asked::default();
+        let head_req = Asked { head: true, ..get };
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", head_req),
+            Framing::Empty
+        );
+        assert_eq!(f("HTTP/1.1 204 No\r\n\r\n", get), Framing::Empty);
+        assert_eq!(
+            f("HTTP/1.1 304 NM\r\nContent-Length: 9\r\n\r\n", get),
+            Framing::Empty
+        );
+        assert_eq!(f("HTTP/1.1 200 OK\r\n\r\n", get), Framing::UntilClose);
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", get),
+            Framing::Empty
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\ncontent-length: 7\r\n\r\n",
+                get
+            ),
+            Framing::Length(7)
+        );
+        // Transfer-Encoding wins, and Content-Length is not forwarded.
+        let h = ok("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(!h.header.headers.contains_key("content-length"));
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                get
+            ),
+            Framing::UntilClose
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+                get
+            ),
+            Framing::Chunked
+        );
+    }
+
+    #[test]
+    fn a_response_that_could_desync_the_connection_is_an_error() {
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nBad Name: 1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nX: a\0b\r\n\r\n",
+            "HTTP/1.1 200 OK\nContent-Length: 1\r\n\rX\r\n\r\n",
+        ] {
+            assert!(head(bad, Asked::default()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_head_is_bounded_whether_it_came_whole_or_not() {
+        let big = format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert!(head(&big, Asked::default()).is_err(), "complete");
+        assert!(
+            head(&big[..MAX_HEAD + 10], Asked::default()).is_err(),
+            "partial"
+        );
+        let fits = format!(
+            "HTTP/1.1 200 OK\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD - 100)
+        );
+        assert!(head(&fits, Asked::default()).unwrap().is_some());
+    }
+
+    #[test]
+    fn keep_alive_follows_version_connection_and_framing() {
+        let ka = |wire: &str, asked| head(wire, asked).unwrap().unwrap().keepalive;
+        let get = Asked::default();
+        assert!(ka("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n", get));
+        assert!(!ka(
+            "HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 1\r\n\r\n",
+            get
+        ));
+        assert!(!ka(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 1\r\n\r\n",
+            get
+        ));
+        assert!(!ka("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", get));
+        assert!(ka(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n",
+            get
+        ));
+        assert!(!ka(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+            get
+        ));
+        assert!(!ka("HTTP/1.1 200 OK\r\n\r\n", get), "close-delimited");
+        let close = Asked { close: true, ..get };
+        assert!(!ka("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n", close));
+        let h =
+            ok("HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5, max=100\r\nContent-Length: 1\r\n\r\n");
+        assert_eq!(h.idle, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn upgrades_and_interim_answers() {
+        let up = Asked {
+            upgrade: true,
+            ..Asked::default()
+        };
+        let h = head(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            up,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(h.upgraded && !h.keepalive && !h.interim());
+        assert_eq!(h.framing, Framing::UntilClose);
+        // A 101 to a request that asked for none is no upgrade.
+        let h = ok("HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        assert!(!h.upgraded && !h.interim());
+        let h = ok("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n");
+        assert!(h.interim());
+        assert_eq!(h.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn a_folded_value_is_unfolded_and_values_are_not_copied() {
+        let h = ok("HTTP/1.1 200 OK\r\nX-F: a\r\n b\r\nContent-Length: 0\r\n\r\n");
+        let v = h.header.headers["x-f"].as_bytes();
+        assert!(!v.contains(&b'\r') && !v.contains(&b'\n'), "{v:?}");
+        assert!(v.starts_with(b"a") && v.ends_with(b"b"));
+    }
+}

@@ -1,0 +1,140 @@
+//! What an upstream's response cannot do to the gateway, on both engines:
+//! bytes past a response's end never reach another request (a poisoned
+//! pooled connection), conflicting lengths are a 502, a malformed chunked
+//! body ends the response unfinished rather than misread, chunk
+//! extensions and trailers are not body. And what only the core engine's
+//! own upstream client does: a folded header is unfolded, an oversized
+//! response head is a 502, and the upstream's `Keep-Alive: timeout` is
+//! respected by the pool.
+
+mod common;
+
+use std::io::Write;
+use std::sync::atomic::Ordering;
+
+use common::engine_gateway;
+use common::raw_http::{connect, read_framed, scripted_backend, IO};
+
+const ENGINES: [&str; 2] = ["pingora", "core"];
+
+/// `GET path` on `c`: status, head, body.
+fn get(c: &mut std::net::TcpStream, buf: &mut Vec<u8>, path: &str) -> (u16, String, Vec<u8>) {
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    read_framed(c, buf, false)
+}
+
+#[test]
+fn bytes_past_a_response_end_never_reach_another_request() {
+    for engine in ENGINES {
+        let (url, _) = scripted_backend();
+        let gw = engine_gateway(engine, &[url], "", "");
+        let mut c = connect(gw.proxy_addr());
+        let mut buf = Vec::new();
+        for round in 0..3 {
+            let (s, h, b) = get(&mut c, &mut buf, "/overlong");
+            assert_eq!((s, b.as_slice()), (200, &b"hello"[..]), "{engine}: {h}");
+            // The next requests, on this client connection and a new one,
+            // get their own answers, never the upstream's extra response.
+            let (s, h, b) = get(&mut c, &mut buf, "/next");
+            assert_eq!(
+                (s, b.as_slice()),
+                (200, &b"0:"[..]),
+                "{engine} {round}: {h}"
+            );
+            let mut other = connect(gw.proxy_addr());
+            let (s, h, b) = get(&mut other, &mut Vec::new(), "/other");
+            assert_eq!(
+                (s, b.as_slice()),
+                (200, &b"0:"[..]),
+                "{engine} {round}: {h}"
+            );
+        }
+    }
+}
+
+#[test]
+fn conflicting_content_lengths_from_an_upstream_are_a_502() {
+    for engine in ENGINES {
+        let (url, _) = scripted_backend();
+        let gw = engine_gateway(engine, &[url], "", "");
+        let mut c = connect(gw.proxy_addr());
+        let (s, h, b) = get(&mut c, &mut Vec::new(), "/conflict");
+        assert_eq!(s, 502, "{engine}: {h}");
+        assert!(!String::from_utf8_lossy(&b).contains("hello"), "{engine}");
+    }
+}
+
+#[test]
+fn chunk_extensions_and_trailers_are_not_body() {
+    for engine in ENGINES {
+        let (url, conns) = scripted_backend();
+        let gw = engine_gateway(engine, &[url], "", "");
+        let mut c = connect(gw.proxy_addr());
+        let mut buf = Vec::new();
+        let (s, h, b) = get(&mut c, &mut buf, "/trailers");
+        assert_eq!((s, b.as_slice()), (200, &b"wikipedia"[..]), "{engine}: {h}");
+        // Read to its end, the upstream connection is reused.
+        let (s, _, b) = get(&mut c, &mut buf, "/next");
+        assert_eq!((s, b.as_slice()), (200, &b"0:"[..]), "{engine}");
+        assert_eq!(conns.load(Ordering::SeqCst), 1, "{engine}");
+    }
+}
+
+#[test]
+fn a_malformed_chunked_body_ends_the_response_unfinished() {
+    for engine in ENGINES {
+        let (url, _) = scripted_backend();
+        let gw = engine_gateway(engine, &[url], "", "");
+        let mut c = connect(gw.proxy_addr());
+        c.write_all(b"GET /badchunk HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        // The header (and the good chunk) may have gone out; the response
+        // must then end without its last chunk, the connection closed.
+        c.set_read_timeout(Some(IO)).unwrap();
+        let mut got = Vec::new();
+        let read = std::io::Read::read_to_end(&mut c, &mut got);
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            read.is_ok(),
+            "{engine}: the connection is closed: {read:?} {text}"
+        );
+        assert!(
+            text.starts_with("HTTP/1.1 502")
+                || (text.starts_with("HTTP/1.1 200") && !text.contains("\r\n0\r\n\r\n")),
+            "{engine}: a malformed body must not look complete: {text}"
+        );
+    }
+}
+
+#[test]
+fn the_core_engine_unfolds_folded_headers_and_bounds_response_heads() {
+    let (url, _) = scripted_backend();
+    let gw = engine_gateway("core", &[url], "", "");
+    let mut c = connect(gw.proxy_addr());
+    let mut buf = Vec::new();
+    let (s, h, b) = get(&mut c, &mut buf, "/folded");
+    assert_eq!((s, b.as_slice()), (200, &b"ok"[..]), "{h}");
+    let folded = h
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("x-folded:"))
+        .unwrap_or_else(|| panic!("no x-folded header: {h}"));
+    assert!(folded.trim_end().ends_with('b'), "one line, unfolded: {h}");
+    let (s, h, _) = get(&mut connect(gw.proxy_addr()), &mut Vec::new(), "/hugehead");
+    assert_eq!(s, 502, "a 70 KiB response head: {h}");
+}
+
+#[test]
+fn the_core_engine_pools_a_connection_no_longer_than_the_upstream_keeps_it() {
+    let (url, conns) = scripted_backend();
+    let gw = engine_gateway("core", &[url], "", "");
+    let mut c = connect(gw.proxy_addr());
+    let mut buf = Vec::new();
+    // `Keep-Alive: timeout=1`: a second is too close to call, so the
+    // connection is not pooled; each request opens its own.
+    for n in 1..=3 {
+        let (s, _, b) = get(&mut c, &mut buf, "/shortidle");
+        assert_eq!((s, b.as_slice()), (200, &b"ok"[..]));
+        assert_eq!(conns.load(Ordering::SeqCst), n);
+    }
+}
