@@ -28,11 +28,14 @@ STAGES = OrderedDict([
     ]),
     ("request header rewrite", [
         "tollgate::proxy::engine::exchange::<impl tollgate::proxy::engine::CoreEngine>::upstream_request",
+        "tollgate::proxy::upstream_request::<impl tollgate::proxy::gate::Gate>::upstream_edits",
+        "tollgate::proxy::upstream_request::UpstreamEdits::direct_head",
     ]),
     ("upstream write", [
         f"{CORE}::v1::client::HttpSession::write_request_header::{{{{closure}}}}",
         f"{CORE}::v1::client::HttpSession::finish_body::{{{{closure}}}}",
         f"{OWN_H1}::UpstreamH1::write_request_header::{{{{closure}}}}",
+        f"{OWN_H1}::UpstreamH1::send::{{{{closure}}}}",
         f"{OWN_H1}::UpstreamH1::finish_body::{{{{closure}}}}",
     ]),
     ("response read + parse", [

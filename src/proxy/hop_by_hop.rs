@@ -110,6 +110,13 @@ fn nominated(
     Ok((names, len))
 }
 
+/// Whether `headers` carry any hop-by-hop header. Most requests carry none
+/// (no `Connection` either, so nothing is nominated): one pass over the
+/// names, no lookups; [`sanitize`] then has nothing to do.
+pub fn any(headers: &HeaderMap) -> bool {
+    headers.keys().any(is_hop_by_hop)
+}
+
 /// Refuses, before any upstream is chosen or connected, a request whose
 /// `Connection` header [`sanitize`] would refuse: a bad request must not
 /// cost an upstream connection.
@@ -124,9 +131,7 @@ pub fn check(headers: &HeaderMap) -> Result<()> {
 /// upgrade from an HTTP/1.1 client keeps exactly `Connection: Upgrade` and
 /// `Upgrade: websocket`; any other upgrade is not forwarded.
 pub fn sanitize(headers: &mut HeaderMap, downstream_is_http11: bool) -> Result<()> {
-    // Most requests carry none of them (no `Connection` either, so nothing
-    // is nominated): one pass over the names, no lookups.
-    if !headers.keys().any(is_hop_by_hop) {
+    if !any(headers) {
         return Ok(());
     }
     let (names, len) = nominated(headers)?;

@@ -15,6 +15,7 @@ use super::gate::{Gate, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
 use super::header_edit;
 
 /// What [`Gate::upstream_edits`] decided for one attempt.
+#[derive(Clone)]
 pub struct UpstreamEdits {
     sanitize: Sanitize,
     uri: Option<http::Uri>,
@@ -61,6 +62,92 @@ impl UpstreamEdits {
             h.insert(http::header::HOST, host);
         }
         Ok(())
+    }
+}
+
+/// The head [`UpstreamEdits::direct_head`] writes: its bytes, and the
+/// body that follows (`Content-Length`, 0 for none).
+pub struct DirectHead {
+    pub wire: Vec<u8>,
+    pub body_len: u64,
+}
+
+impl UpstreamEdits {
+    /// The upstream request head written straight from the client's header
+    /// in one pass: the request [`UpstreamEdits::apply`] and
+    /// `hop_by_hop::finalize` would build, without building a second header
+    /// map and then serializing it (~4,500 instructions a request). Only for
+    /// the plain case, where stripping and framing have nothing to do: an
+    /// origin-form target, no hop-by-hop header, a body only with
+    /// `Content-Length`; `None` otherwise, and the caller builds the header.
+    /// Header names keep the client's case; ours are written as the built
+    /// header writes them.
+    pub fn direct_head(&self, down: &RequestHeader, has_body: bool) -> Option<Result<DirectHead>> {
+        let origin_form = down.uri.scheme().is_none() && down.raw_path().first() == Some(&b'/');
+        let body_len = super::framing::declared_length(down);
+        if !origin_form
+            || !down.has_case()
+            || !matches!(self.sanitize, Sanitize::HopByHop { .. })
+            || (has_body && body_len.is_none())
+            || super::hop_by_hop::any(&down.headers)
+        {
+            return None;
+        }
+        let target = match &self.uri {
+            Some(uri) => uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes(),
+            None => down.raw_path(),
+        };
+        if target
+            .iter()
+            .any(|&b| matches!(b, b'\0' | b'\r' | b'\n' | b' '))
+        {
+            return Some(Error::e_explain(
+                ErrorType::InvalidHTTPHeader,
+                "request target with a forbidden byte",
+            ));
+        }
+        let xff = self
+            .client
+            .map(|ip| forwarded_for(down.headers.get_all(&X_FORWARDED_FOR), ip));
+        let mut wire = Vec::with_capacity(256);
+        wire.extend_from_slice(down.method.as_str().as_bytes());
+        wire.push(b' ');
+        wire.extend_from_slice(target);
+        wire.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut line = |name: &[u8], value: &[u8]| {
+            wire.extend_from_slice(name);
+            wire.extend_from_slice(b": ");
+            wire.extend_from_slice(value);
+            wire.extend_from_slice(b"\r\n");
+        };
+        for ((name, value), (case, _)) in down.headers.iter().zip(down.case_header_iter()) {
+            let ours = *name == X_FORWARDED_PROTO
+                || *name == http::header::EXPECT
+                || (xff.is_some() && *name == X_FORWARDED_FOR)
+                || (self.id.is_some() && *name == X_REQUEST_ID)
+                || (self.host.is_some() && *name == http::header::HOST);
+            if !ours {
+                line(case.as_slice(), value.as_bytes());
+            }
+        }
+        if let Some(host) = &self.host {
+            line(b"Host", host.as_bytes());
+        }
+        if let Some(xff) = &xff {
+            line(X_FORWARDED_FOR.as_str().as_bytes(), xff.as_bytes());
+        }
+        line(
+            X_FORWARDED_PROTO.as_str().as_bytes(),
+            self.scheme.as_bytes(),
+        );
+        if let Some(id) = &self.id {
+            line(X_REQUEST_ID.as_str().as_bytes(), id.as_bytes());
+        }
+        wire.extend_from_slice(b"\r\n");
+        Some(Ok(DirectHead {
+            wire,
+            body_len: if has_body { body_len.unwrap_or(0) } else { 0 },
+        }))
     }
 }
 
@@ -144,5 +231,173 @@ impl Gate {
     ) -> Result<()> {
         let edits = self.upstream_edits(session, ctx, sanitize)?;
         header_edit::edit_request(upstream, UpstreamEdits::ADDED, |req| edits.apply(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::hop_by_hop;
+
+    /// A client's request header as Pingora parses it (names keep case).
+    fn down(method: &str, target: &[u8], headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build(method, target, None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn edits() -> UpstreamEdits {
+        UpstreamEdits {
+            sanitize: Sanitize::HopByHop {
+                downstream_is_http11: true,
+            },
+            uri: None,
+            client: Some("10.0.0.7".parse().unwrap()),
+            host: None,
+            id: Some(HeaderValue::from_static("id-1")),
+            scheme: "http",
+        }
+    }
+
+    /// Method, target and the header lines (names lower-cased, sorted) of
+    /// a request head on the wire.
+    fn parsed(wire: &[u8]) -> (String, String, Vec<(String, String)>) {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        assert!(req.parse(wire).unwrap().is_complete(), "{wire:?}");
+        let mut lines: Vec<_> = req
+            .headers
+            .iter()
+            .map(|h| {
+                let value = String::from_utf8(h.value.to_vec()).unwrap();
+                (h.name.to_ascii_lowercase(), value)
+            })
+            .collect();
+        lines.sort();
+        let method = req.method.unwrap().to_string();
+        (method, req.path.unwrap().to_string(), lines)
+    }
+
+    /// The same request the built way: the header rebuilt with the edits,
+    /// finalized, serialized.
+    fn built(down: &RequestHeader, edits: UpstreamEdits, has_body: bool) -> Vec<u8> {
+        let had_host = down.headers.contains_key(http::header::HOST);
+        let (mut req, edited) = header_edit::request_from(down, UpstreamEdits::ADDED, |p| {
+            p.version = http::Version::HTTP_11;
+            edits.apply(p)
+        });
+        edited.unwrap();
+        hop_by_hop::finalize(&mut req, had_host, has_body).unwrap();
+        let wire = pingora::protocols::http::v1::client::http_req_header_to_wire(&req).unwrap();
+        wire.to_vec()
+    }
+
+    #[test]
+    fn the_direct_head_is_the_request_the_built_way_sends() {
+        let mut rewritten = edits();
+        rewritten.uri = Some("/v2/items?q=1".parse().unwrap());
+        rewritten.host = Some(HeaderValue::from_static("backend:8080"));
+        let mut keep_id = edits();
+        keep_id.id = None;
+        let cases = [
+            (
+                down("GET", b"/a", &[("Host", "x"), ("Accept", "*/*")]),
+                edits(),
+                false,
+            ),
+            (
+                down(
+                    "GET",
+                    b"/a%20b?c=d",
+                    &[
+                        ("Host", "x"),
+                        ("X-Forwarded-For", "1.2.3.4"),
+                        ("x-forwarded-for", "5.6.7.8"),
+                        ("X-Forwarded-Proto", "https"),
+                        ("X-Request-Id", "client-id"),
+                        ("Expect", "100-continue"),
+                        ("X-Custom", "1"),
+                        ("x-custom", "2"),
+                    ],
+                ),
+                keep_id,
+                false,
+            ),
+            (
+                down(
+                    "GET",
+                    b"/api/items?q=1",
+                    &[("Host", "x"), ("X-Request-Id", "spoofed")],
+                ),
+                rewritten,
+                false,
+            ),
+            (
+                down("POST", b"/up", &[("Host", "x"), ("Content-Length", "5")]),
+                edits(),
+                true,
+            ),
+        ];
+        for (req, edits, has_body) in cases {
+            let direct = edits
+                .direct_head(&req, has_body)
+                .expect("a plain request")
+                .unwrap();
+            let want = built(&req, edits, has_body);
+            assert_eq!(
+                parsed(&direct.wire),
+                parsed(&want),
+                "{}\n---\n{}",
+                String::from_utf8_lossy(&direct.wire),
+                String::from_utf8_lossy(&want)
+            );
+            assert_eq!(direct.body_len, if has_body { 5 } else { 0 });
+        }
+    }
+
+    #[test]
+    fn the_direct_head_keeps_the_clients_header_case_and_exact_target() {
+        let req = down("GET", b"/caf\xe9?x=%41", &[("HoSt", "x"), ("X-MiXed", "v")]);
+        let head = edits().direct_head(&req, false).unwrap().unwrap();
+        let text = String::from_utf8_lossy(&head.wire);
+        assert!(
+            head.wire.starts_with(b"GET /caf\xe9?x=%41 HTTP/1.1\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\r\nHoSt: x\r\n") && text.contains("\r\nX-MiXed: v\r\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn requests_the_direct_head_cannot_write_are_left_to_the_built_way() {
+        let plain = [("Host", "x")];
+        for (req, has_body) in [
+            (
+                down("GET", b"/", &[("Host", "x"), ("Connection", "close")]),
+                false,
+            ),
+            (
+                down("GET", b"/", &[("Host", "x"), ("Upgrade", "websocket")]),
+                false,
+            ),
+            (
+                down("GET", b"/", &[("Host", "x"), ("Keep-Alive", "300")]),
+                false,
+            ),
+            (down("GET", b"http://x/", &plain), false),
+            // A body without Content-Length goes chunked: the built way.
+            (down("POST", b"/", &plain), true),
+        ] {
+            assert!(edits().direct_head(&req, has_body).is_none(), "{req:?}");
+        }
+        let mut done = edits();
+        done.sanitize = Sanitize::Done;
+        assert!(done
+            .direct_head(&down("GET", b"/", &plain), false)
+            .is_none());
     }
 }

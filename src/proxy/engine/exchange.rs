@@ -42,6 +42,13 @@ pub(super) enum Exchange {
     Failed(Box<Error>),
 }
 
+/// How the core engine strips hop-by-hop headers for this client.
+fn sanitize(session: &ServerSession) -> Sanitize {
+    Sanitize::HopByHop {
+        downstream_is_http11: session.req_header().version == http::Version::HTTP_11,
+    }
+}
+
 /// Where the attempt stands.
 struct State {
     /// Nothing more goes upstream: the body is all sent, or sending stopped.
@@ -65,21 +72,47 @@ impl CoreEngine {
         ctx: &mut RequestCtx,
     ) -> Result<RequestHeader> {
         let has_body = !session.is_body_empty();
+        let edits = self.gate.upstream_edits(session, ctx, sanitize(session))?;
+        Self::built_request(session, edits, has_body)
+    }
+
+    fn built_request(
+        session: &ServerSession,
+        edits: UpstreamEdits,
+        has_body: bool,
+    ) -> Result<RequestHeader> {
         let down = session.req_header();
         let had_host = down.headers.contains_key(http::header::HOST);
-        let sanitize = Sanitize::HopByHop {
-            downstream_is_http11: down.version == http::Version::HTTP_11,
-        };
-        let edits = self.gate.upstream_edits(session, ctx, sanitize)?;
-        let (req, edited) =
-            header_edit::request_from(session.req_header(), UpstreamEdits::ADDED, |parts| {
-                parts.version = http::Version::HTTP_11;
-                edits.apply(parts)
-            });
+        let (mut req, edited) = header_edit::request_from(down, UpstreamEdits::ADDED, |parts| {
+            parts.version = http::Version::HTTP_11;
+            edits.apply(parts)
+        });
         edited?;
-        let mut req = req;
         hop_by_hop::finalize(&mut req, had_host, has_body).map_err(|e| e.into_in())?;
         Ok(req)
+    }
+
+    /// Sends the request head: written straight from the client's header
+    /// when it is plain (`UpstreamEdits::direct_head`), else built.
+    async fn send_request_head(
+        &self,
+        session: &mut ServerSession,
+        up: &mut Upstream,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let has_body = !session.is_body_empty();
+        let edits = self.gate.upstream_edits(session, ctx, sanitize(session))?;
+        let down = session.req_header();
+        if let Some(direct) = edits.direct_head(down, has_body) {
+            let direct = direct.map_err(|e| e.into_in())?;
+            let head = down.method == http::Method::HEAD;
+            return up
+                .write_plain_head(&direct.wire, head, direct.body_len)
+                .await
+                .map_err(|e| e.into_up());
+        }
+        let req = Self::built_request(session, edits, has_body)?;
+        up.write_request_header(&req).await.map_err(|e| e.into_up())
     }
 
     pub(super) async fn exchange(
@@ -88,12 +121,8 @@ impl CoreEngine {
         up: &mut Upstream,
         ctx: &mut RequestCtx,
     ) -> Exchange {
-        let req = match self.upstream_request(session, ctx) {
-            Ok(req) => req,
-            Err(e) => return Exchange::Failed(e),
-        };
-        if let Err(e) = up.write_request_header(&req).await {
-            return Exchange::Failed(e.into_up());
+        if let Err(e) = self.send_request_head(session, up, ctx).await {
+            return Exchange::Failed(e);
         }
         // A response that starts before the request body is read whole
         // closes the client connection afterwards instead of draining it.

@@ -65,6 +65,14 @@ enum BodyOut {
     Done,
 }
 
+fn body_of_length(n: u64) -> BodyOut {
+    if n > 0 {
+        BodyOut::Length(n)
+    } else {
+        BodyOut::Done
+    }
+}
+
 /// Where reading the response stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reading {
@@ -119,12 +127,22 @@ impl UpstreamH1 {
         self.out = if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
             BodyOut::Chunked
         } else {
-            match crate::proxy::framing::declared_length(req) {
-                Some(n) if n > 0 => BodyOut::Length(n),
-                _ => BodyOut::Done,
-            }
+            body_of_length(crate::proxy::framing::declared_length(req).unwrap_or(0))
         };
         self.send(&[&wire], "writing the request header").await
+    }
+
+    /// Sends a request head written by the caller for a plain request (no
+    /// upgrade, no `Connection` header): `head` for a `HEAD`, `body_len`
+    /// bytes of body to follow.
+    pub async fn write_plain_head(&mut self, wire: &[u8], head: bool, body_len: u64) -> Result<()> {
+        self.asked = Asked {
+            head,
+            upgrade: false,
+            close: false,
+        };
+        self.out = body_of_length(body_len);
+        self.send(&[wire], "writing the request header").await
     }
 
     /// A piece of the request body (past a `Content-Length`, cut to it).
