@@ -88,31 +88,25 @@ impl CoreEngine {
     /// or HTTP/2's shared one). HTTP/1.1 is spoken by [`UpstreamH1`], with
     /// the peer's timeouts.
     async fn connect(&self, peer: &HttpPeer, key: u64) -> pingora::Result<(Upstream, bool)> {
-        let (up, reused) = match h1_only(peer).then(|| upstream_pool::take(key)).flatten() {
-            Some(stream) => (Upstream::H1(UpstreamH1::new(stream)), true),
-            // Boxed: connecting (TCP, TLS, ALPN) is a ~9 KiB future, and
-            // inline it would size (and be copied with) every request's.
-            None => match Box::pin(self.connector.get_http_session(peer)).await? {
-                (HttpSession::H1(h1), reused) => {
-                    (Upstream::H1(UpstreamH1::new(h1.into_inner())), reused)
-                }
-                (HttpSession::H2(h2), reused) => (Upstream::H2(Box::new(h2)), reused),
-                (HttpSession::Custom(()), _) => {
-                    return Err(Error::explain(
-                        ErrorType::InternalError,
-                        "custom upstream protocol",
-                    ))
-                }
-            },
+        let h1 = |stream| {
+            let mut h1 = UpstreamH1::new(stream);
+            h1.read_timeout = peer.options.read_timeout;
+            h1.write_timeout = peer.options.write_timeout;
+            Upstream::H1(h1)
         };
-        Ok(match up {
-            Upstream::H1(mut h1) => {
-                h1.read_timeout = peer.options.read_timeout;
-                h1.write_timeout = peer.options.write_timeout;
-                (Upstream::H1(h1), reused)
-            }
-            h2 => (h2, reused),
-        })
+        if let Some(stream) = h1_only(peer).then(|| upstream_pool::take(key)).flatten() {
+            return Ok((h1(stream), true));
+        }
+        // Boxed: connecting (TCP, TLS, ALPN) is a ~9 KiB future, and inline
+        // it would size (and be copied with) every request's.
+        match Box::pin(self.connector.get_http_session(peer)).await? {
+            (HttpSession::H1(session), reused) => Ok((h1(session.into_inner()), reused)),
+            (HttpSession::H2(h2), reused) => Ok((Upstream::H2(Box::new(h2)), reused)),
+            (HttpSession::Custom(()), _) => Err(Error::explain(
+                ErrorType::InternalError,
+                "custom upstream protocol",
+            )),
+        }
     }
 
     /// Gives back a connection whose exchange ended cleanly, for reuse.
@@ -164,23 +158,7 @@ impl CoreEngine {
         }
         session.shutdown().await;
     }
-}
 
-/// A connection to an upstream.
-pub(super) enum Upstream {
-    H1(UpstreamH1),
-    /// Multiplexed, shared through pingora-core's connector (boxed: it is
-    /// the rare one, and large).
-    H2(Box<Http2Session>),
-}
-
-/// A peer only ever spoken to in HTTP/1.1 (what pingora-core's connector
-/// decides the same way): its idle connections are this engine's to keep.
-fn h1_only(peer: &HttpPeer) -> bool {
-    peer.options.alpn.get_max_http_version() == 1
-}
-
-impl CoreEngine {
     /// One request of a connection: `Some` with the connection when it can
     /// carry another.
     async fn serve_one(self: &Arc<Self>, mut session: ServerSession) -> Option<ReusedHttpStream> {
@@ -243,6 +221,20 @@ impl CoreEngine {
             }
         }
     }
+}
+
+/// A connection to an upstream.
+pub(super) enum Upstream {
+    H1(UpstreamH1),
+    /// Multiplexed, shared through pingora-core's connector (boxed: it is
+    /// the rare one, and large).
+    H2(Box<Http2Session>),
+}
+
+/// A peer only ever spoken to in HTTP/1.1 (what pingora-core's connector
+/// decides the same way): its idle connections are this engine's to keep.
+fn h1_only(peer: &HttpPeer) -> bool {
+    peer.options.alpn.get_max_http_version() == 1
 }
 
 impl Http1Loop for CoreEngine {
