@@ -63,6 +63,18 @@ impl Shared {
     fn mode(&self) -> Mode {
         self.mode.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// Drops every open connection's socket, and returns once they are
+    /// closed (a killed process serves nothing more: a connection task
+    /// still scheduled would otherwise answer one more request on a
+    /// connection a gateway kept alive). Bounded: 2 s at most.
+    fn kill_connections(&self) {
+        self.kill.send_modify(|v| *v += 1);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.open.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 /// A running echo backend on 127.0.0.1; dropping it stops it.
@@ -117,7 +129,7 @@ impl Backend {
                 task.abort();
                 let _ = block_on(task);
             }
-            self.shared.kill.send_modify(|v| *v += 1);
+            self.shared.kill_connections();
         } else if accept.is_none() {
             let deadline = Instant::now() + Duration::from_secs(10);
             let listener = loop {
@@ -151,7 +163,7 @@ impl Drop for Backend {
         if let Some(task) = self.accept.lock().unwrap_or_else(|e| e.into_inner()).take() {
             task.abort();
         }
-        self.shared.kill.send_modify(|v| *v += 1);
+        self.shared.kill_connections();
     }
 }
 
