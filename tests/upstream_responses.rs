@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use common::engine_gateway;
 use common::raw_http::{connect, read_framed, scripted_backend, IO};
 
-const ENGINES: [&str; 2] = ["pingora", "core"];
+use common::engines::ENGINES;
 
 /// `GET path` on `c`: status, head, body.
 fn get(c: &mut std::net::TcpStream, buf: &mut Vec<u8>, path: &str) -> (u16, String, Vec<u8>) {

@@ -42,11 +42,12 @@ impl Line<'_> {
     /// The JSON line, newline-terminated. Durations are milliseconds with
     /// microsecond precision (`duration_ms`, `upstream_ms`).
     pub fn to_json(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(320);
-        // serde_json escapes whatever a client put in a path or host.
+        // A typical line is ~350 bytes: one allocation, never a regrowth
+        // (which cost ~900 instructions a request at 320).
+        let mut b = Vec::with_capacity(512);
         let text = |b: &mut Vec<u8>, name: &str, v: &str| {
             key(b, name);
-            let _ = serde_json::to_writer(&mut *b, v);
+            push_str(b, v);
         };
         b.extend_from_slice(b"{\"time\":\"");
         push_rfc3339(&mut b, self.time);
@@ -87,6 +88,23 @@ impl Line<'_> {
         }
         b.extend_from_slice(b"}\n");
         b
+    }
+}
+
+/// `v` as a JSON string. What needs no escaping (nearly every value) is
+/// copied as it is; anything else, whatever a client put in a path or
+/// host, goes through serde_json's escaping.
+fn push_str(b: &mut Vec<u8>, v: &str) {
+    // No early exit: the check compiles to a vectorized pass.
+    let plain = v
+        .bytes()
+        .fold(true, |ok, c| ok & (c >= 0x20 && c != b'"' && c != b'\\'));
+    if plain {
+        b.push(b'"');
+        b.extend_from_slice(v.as_bytes());
+        b.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *b, v);
     }
 }
 
@@ -231,6 +249,26 @@ mod tests {
         let mut b = Vec::new();
         push_rfc3339(&mut b, t);
         String::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them() {
+        let mut samples: Vec<String> = (0u8..=0x7f).map(|c| format!("a{}z", c as char)).collect();
+        samples.extend(
+            [
+                "",
+                "/plain/path?q=1",
+                "ü€\u{10ffff}",
+                "\"\\\n\t\u{7f}",
+                "héllo\u{2028}",
+            ]
+            .map(String::from),
+        );
+        for v in samples {
+            let mut b = Vec::new();
+            push_str(&mut b, &v);
+            assert_eq!(b, serde_json::to_vec(&v).unwrap(), "{v:?}");
+        }
     }
 
     #[test]

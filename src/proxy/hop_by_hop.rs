@@ -67,6 +67,15 @@ fn is_tchar(b: u8) -> bool {
         )
 }
 
+/// The elements of a comma-separated header list (RFC 9110 §5.6.1),
+/// trimmed; empty elements (`a, ,b`) are skipped, as the list syntax allows.
+pub fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
 /// The headers the client's `Connection` header names, or an error for a
 /// request that names too many, a malformed token, a pseudo-header or one
 /// of the headers a proxy must not drop (`Host`, `X-Forwarded-*`).
@@ -78,9 +87,7 @@ fn nominated(
     let tokens = headers
         .get_all(header::CONNECTION)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty());
+        .flat_map(|v| list_elements(v.as_bytes()));
     for (n, token) in tokens.enumerate() {
         if n + 1 >= MAX_CONNECTION_NOMINATIONS {
             return Error::e_explain(InvalidHTTPHeader, "too many Connection header nominations");

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod acme;
+pub mod engines;
 pub mod etcd_gw;
 pub mod h2_frames;
 pub mod keepalive;

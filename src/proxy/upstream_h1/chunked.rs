@@ -79,8 +79,7 @@ impl Chunked {
                     if buf.is_empty() {
                         return Ok(Step::NeedMore);
                     }
-                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    let rest = left - n as u64;
+                    let (n, rest) = super::take(left, buf.len());
                     *self = if rest == 0 {
                         Chunked::DataEnd
                     } else {

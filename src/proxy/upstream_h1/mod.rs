@@ -21,10 +21,12 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v1::client::http_req_header_to_wire;
 use pingora::protocols::http::HttpTask;
 use pingora::protocols::Stream;
+use pingora::time::fast_timeout::fast_timeout;
 use pingora::{Error, ErrorType::*, Result, RetryType};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::proxy::hop_by_hop::list_elements;
 use chunked::{Chunked, Step};
 use head::{Asked, Framing};
 
@@ -63,6 +65,13 @@ enum BodyOut {
     Raw,
     /// Sent whole.
     Done,
+}
+
+/// Of `available` bytes, how many belong to a body (or chunk) with `left`
+/// bytes to go, and how many it still has to go after them.
+fn take(left: u64, available: usize) -> (usize, u64) {
+    let n = usize::try_from(left).map_or(available, |left| left.min(available));
+    (n, left - n as u64)
 }
 
 fn body_of_length(n: u64) -> BodyOut {
@@ -115,8 +124,7 @@ impl UpstreamH1 {
             req.headers
                 .get_all(name)
                 .iter()
-                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-                .map(<[u8]>::trim_ascii)
+                .flat_map(|v| list_elements(v.as_bytes()))
         };
         self.asked = Asked {
             head: req.method == http::Method::HEAD,
@@ -149,14 +157,9 @@ impl UpstreamH1 {
     pub async fn write_body(&mut self, data: &[u8]) -> Result<()> {
         match self.out {
             BodyOut::Length(left) => {
-                let n = usize::try_from(left).unwrap_or(usize::MAX).min(data.len());
+                let (n, left) = take(left, data.len());
                 self.send(&[&data[..n]], "writing the request body").await?;
-                let left = left - n as u64;
-                self.out = if left == 0 {
-                    BodyOut::Done
-                } else {
-                    BodyOut::Length(left)
-                };
+                self.out = body_of_length(left);
                 Ok(())
             }
             BodyOut::Chunked if !data.is_empty() => {
@@ -262,10 +265,7 @@ impl UpstreamH1 {
         loop {
             match self.read {
                 Reading::Length(left) if !self.buf.is_empty() => {
-                    let n = usize::try_from(left)
-                        .unwrap_or(usize::MAX)
-                        .min(self.buf.len());
-                    let left = left - n as u64;
+                    let (n, left) = take(left, self.buf.len());
                     self.read = if left == 0 {
                         Reading::Done
                     } else {
@@ -352,8 +352,10 @@ impl UpstreamH1 {
             }
             stream.flush().await
         };
+        // Pingora's timer, made only if the send has to wait (it nearly
+        // never does): tokio's is made up front (~150 instructions).
         match self.write_timeout {
-            Some(t) => tokio::time::timeout(t, send)
+            Some(t) => fast_timeout(t, send)
                 .await
                 .map_err(|_| Error::explain(WriteTimedout, what))?,
             None => send.await,
