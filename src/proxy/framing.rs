@@ -15,37 +15,32 @@ use http::header;
 use http::Version;
 use pingora::http::RequestHeader;
 
+use super::request_scan::RequestScan;
+
 /// A refusal: the status and the reason the client is told.
 pub type Refusal = (u16, &'static str);
 
-pub fn check(req: &RequestHeader) -> Result<(), Refusal> {
-    let headers = &req.headers;
-    if req.version == Version::HTTP_11 {
-        let mut hosts = headers.get_all(header::HOST).iter();
-        match (hosts.next(), hosts.next()) {
-            (None, _) => return Err((400, "missing Host header")),
-            (Some(_), Some(_)) => return Err((400, "more than one Host header")),
-            _ => {}
+/// Refuses what must not be forwarded (see the module doc), from what
+/// the one pass over the header found.
+pub fn check(version: Version, scan: &RequestScan) -> Result<(), Refusal> {
+    if version == Version::HTTP_11 {
+        match scan.hosts {
+            0 => return Err((400, "missing Host header")),
+            1 => {}
+            _ => return Err((400, "more than one Host header")),
         }
     }
-    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
-    let length = lengths.next();
-    if let Some(v) = length {
-        let digits = v.as_bytes();
-        if lengths.next().is_some() || digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-            return Err((400, "invalid or duplicate Content-Length"));
-        }
+    if scan.lengths > 1 || (scan.lengths == 1 && !scan.length_is_digits) {
+        return Err((400, "invalid or duplicate Content-Length"));
     }
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
-    if let Some(te) = codings.next() {
-        if length.is_some() {
+    if scan.codings > 0 {
+        if scan.lengths > 0 {
             return Err((400, "both Content-Length and Transfer-Encoding"));
         }
-        if req.version < Version::HTTP_11 {
+        if version < Version::HTTP_11 {
             return Err((400, "Transfer-Encoding in an HTTP/1.0 request"));
         }
-        if codings.next().is_some() || !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")
-        {
+        if scan.codings > 1 || !scan.chunked {
             return Err((501, "unsupported transfer coding"));
         }
     }
@@ -61,6 +56,10 @@ pub fn declared_length(req: &RequestHeader) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check(req: &RequestHeader) -> Result<(), Refusal> {
+        super::check(req.version, &RequestScan::of(&req.headers))
+    }
 
     fn req(version: Version, headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("POST", b"/", None).unwrap();

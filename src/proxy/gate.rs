@@ -25,7 +25,8 @@ use super::framing;
 use super::header_edit;
 use super::hop_by_hop;
 use super::path_norm;
-use super::request_id::{self, RequestIds};
+use super::request_id::{self, RequestIds, X_REQUEST_ID};
+use super::request_scan::RequestScan;
 use super::retry;
 use crate::balance::stable_hash;
 use crate::limiter::{self, Client, Decision};
@@ -42,7 +43,6 @@ use crate::plugins::https_redirect;
 use crate::plugins::PluginRequest;
 use crate::snapshot::{RouteEntry, SnapshotCell};
 
-pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(super) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_CONSUMER_NAME: HeaderName = HeaderName::from_static("x-consumer-name");
@@ -219,11 +219,11 @@ impl Gate {
         ctx.protocol = Protocol::of(session);
         ctx.protocol.count();
         let req = session.req_header();
-        let mut sent = req.headers.get_all(&X_REQUEST_ID).iter();
-        match request_id::from_client(sent.next()) {
+        let scan = RequestScan::of(&req.headers);
+        match request_id::from_client(scan.request_id.as_ref()) {
             Some(id) => {
                 ctx.request_id = id;
-                ctx.id_already_sent = sent.next().is_none();
+                ctx.id_already_sent = scan.request_ids == 1;
             }
             None => ctx.ensure_request_id(&self.ids),
         }
@@ -241,11 +241,11 @@ impl Gate {
         }
         let req = session.req_header();
         let path = req.uri.path();
-        if let Err((status, message)) = framing::check(req) {
+        if let Err((status, message)) = framing::check(req.version, &scan) {
             error_response::respond(session, status, message, ctx.request_id()).await;
             return true;
         }
-        if hop_by_hop::check(&req.headers).is_err() {
+        if scan.connection && hop_by_hop::check(&req.headers).is_err() {
             // Refused before an upstream is chosen: a bad request must not
             // cost an upstream connection (pingora-proxy refused it only
             // once connected).

@@ -31,6 +31,7 @@ mod protocol;
 mod proxy_http;
 mod request_id;
 mod request_log;
+mod request_scan;
 mod retry;
 mod shutdown;
 mod timer_tick;

@@ -9,6 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use proptest::prelude::*;
 
+use super::request_scan::{self, RequestScan};
 use super::{forwarding, framing, hop_by_hop, path_norm};
 use crate::model::path_policy::{Ambiguous, PathPolicy};
 
@@ -120,7 +121,9 @@ proptest! {
             req.append_header(k.clone(), v.clone()).unwrap();
             map.append(k.clone(), v.clone());
         }
-        let _ = framing::check(&req);
+        let scan = RequestScan::of(&req.headers);
+        prop_assert_eq!(&scan, &request_scan::looked_up(&req.headers));
+        let _ = framing::check(req.version, &scan);
         let _ = framing::declared_length(&req);
         let checked = hop_by_hop::check(&map).is_ok();
         let mut sanitized = map.clone();

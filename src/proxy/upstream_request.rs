@@ -11,8 +11,9 @@ use std::time::Instant;
 
 use super::ctx::RequestCtx;
 use super::forwarding::forwarded_for;
-use super::gate::{Gate, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
+use super::gate::{Gate, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use super::header_edit;
+use super::request_id::X_REQUEST_ID;
 
 /// What [`Gate::upstream_edits`] decided for one attempt.
 #[derive(Clone)]
@@ -84,7 +85,9 @@ impl UpstreamEdits {
     /// header writes them.
     pub fn direct_head(&self, down: &RequestHeader, has_body: bool) -> Option<Result<DirectHead>> {
         let origin_form = down.uri.scheme().is_none() && down.raw_path().first() == Some(&b'/');
-        let body_len = super::framing::declared_length(down);
+        let body_len = has_body
+            .then(|| super::framing::declared_length(down))
+            .flatten();
         if !origin_form
             || !down.has_case()
             || !matches!(self.sanitize, Sanitize::HopByHop { .. })
@@ -146,7 +149,7 @@ impl UpstreamEdits {
         wire.extend_from_slice(b"\r\n");
         Some(Ok(DirectHead {
             wire,
-            body_len: if has_body { body_len.unwrap_or(0) } else { 0 },
+            body_len: body_len.unwrap_or(0),
         }))
     }
 }
