@@ -1,6 +1,8 @@
 //! basic-auth, forward-auth and consumers' rate limits as a user sees them
 //! (both engines): the right credentials pass and name the consumer
-//! upstream; missing, malformed and wrong ones get 401 and reach nothing;
+//! upstream (and a client's own claim to a name never reaches it, on a
+//! route with or without plugins); missing, malformed and wrong ones get
+//! 401 and reach nothing;
 //! a password changed in etcd stops the old one at once, even though it
 //! was remembered; an auth service's refusal goes back to the client
 //! as it was, a hung one costs the configured 504 after the timeout, a
@@ -108,6 +110,17 @@ fn basic_auth_names_the_consumer_and_refuses_missing_malformed_and_wrong_credent
         assert!(
             j["headers"].get("authorization").is_none(),
             "the credential stays at the gateway: {j}"
+        );
+    }
+    // A route without plugins names no consumer, and passes on no claim.
+    for claim in [
+        &[("x-consumer-name", "root")][..],
+        &[("X-Consumer-Name", "root"), ("x-consumer-name", "admin")],
+    ] {
+        let j = echo(&send(&gw, "GET", "/plain", claim));
+        assert!(
+            j["headers"].get("x-consumer-name").is_none(),
+            "{claim:?}: {j}"
         );
     }
 }

@@ -47,8 +47,7 @@ pub fn final_response(session: &ServerSession) -> Option<&ResponseHeader> {
 
 /// Whether the client waits for `100 Continue` before sending its body
 /// (an HTTP/1.0 client is never sent one: RFC 9110 15.2).
-fn expects_continue(session: &ServerSession) -> bool {
-    let req = session.req_header();
+pub fn expects_continue(req: &RequestHeader) -> bool {
     req.version == http::Version::HTTP_11
         && req
             .headers
@@ -56,13 +55,13 @@ fn expects_continue(session: &ServerSession) -> bool {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
-/// Answers `Expect: 100-continue` the way nginx does, once the request is
-/// going to be proxied: the client may send its body now. The upstream
+/// Answers `Expect: 100-continue` (the caller has found one, see
+/// [`expects_continue`]) the way nginx does, once the request is going to
+/// be proxied: the client may send its body now. The upstream
 /// never sees the `Expect` (see `Gate::edit_upstream_request`), so a client
 /// does not wait (curl: 1 s) on an upstream that would not answer it.
-pub async fn continue_if_expected(session: &mut ServerSession) {
-    if expects_continue(session) && session.response_written().is_none() && !session.is_body_done()
-    {
+pub async fn send_100_continue(session: &mut ServerSession) {
+    if session.response_written().is_none() && !session.is_body_done() {
         let Ok(go_ahead) = ResponseHeader::build(100, Some(0)) else {
             return;
         };
@@ -140,7 +139,9 @@ pub async fn respond_edited(
             return super::grpc::respond(session, status, message, request_id).await;
         }
     }
-    if expects_continue(session) && session.response_written().is_none() && !session.is_body_done()
+    if expects_continue(session.req_header())
+        && session.response_written().is_none()
+        && !session.is_body_done()
     {
         // The client was refused before it was told to send its body: it
         // may send it anyway or never. Do not wait to drain it for reuse.

@@ -38,14 +38,13 @@ static UNROUTED_FAILURES: FailureLog = FailureLog::new();
 use super::protocol::Protocol;
 use super::upstream_peer;
 use crate::model::policy::HashKey;
-use crate::plugins::consumer::{Consumer, ConsumerTable};
+use crate::plugins::consumer::{Consumer, ConsumerTable, X_CONSUMER_NAME};
 use crate::plugins::https_redirect;
 use crate::plugins::PluginRequest;
 use crate::snapshot::{RouteEntry, SnapshotCell};
 
 pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(super) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_CONSUMER_NAME: HeaderName = HeaderName::from_static("x-consumer-name");
 static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 
@@ -323,9 +322,15 @@ impl Gate {
                 }
             }
         }
+        // What the scan found holds unless a plugin could have changed
+        // the header since.
+        let scanned = route.plugins.is_none().then_some(&scan);
         // Who the caller is, for the upstream: only ever what an auth
         // plugin found, never what the client claims.
-        let claimed = session.req_header().headers.contains_key(&X_CONSUMER_NAME);
+        let claimed = scanned.map_or_else(
+            || session.req_header().headers.contains_key(&X_CONSUMER_NAME),
+            |s| s.consumer_claimed,
+        );
         if claimed || ctx.consumer.is_some() {
             let req = session.req_header_mut();
             req.remove_header(&X_CONSUMER_NAME);
@@ -333,7 +338,11 @@ impl Gate {
                 let _ = req.insert_header(X_CONSUMER_NAME.clone(), c.header.clone());
             }
         }
-        if framing::declared_length(session.req_header()).is_some_and(|n| n > ctx.max_body) {
+        let declared = scanned.map_or_else(
+            || framing::declared_length(session.req_header()),
+            |s| s.length,
+        );
+        if declared.is_some_and(|n| n > ctx.max_body) {
             // Refused before an upstream is chosen, and before a client
             // that waits for `100 Continue` sends any of it.
             session.set_keepalive(None);
@@ -368,7 +377,14 @@ impl Gate {
         if route.cache.is_some() && self.cache_lookup(session, ctx, self.cell.cache()).await {
             return true;
         }
-        error_response::continue_if_expected(session).await;
+        // As `expects_continue`: an HTTP/1.0 client is never sent one.
+        let expects = match scanned {
+            Some(s) => s.expects_continue && session.req_header().version == http::Version::HTTP_11,
+            None => error_response::expects_continue(session.req_header()),
+        };
+        if expects {
+            error_response::send_100_continue(session).await;
+        }
         false
     }
 

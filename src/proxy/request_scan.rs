@@ -4,13 +4,15 @@
 //! a handful of headers, most of them not the ones asked about (`Host`,
 //! `Content-Length`, `Transfer-Encoding`, `Connection`, `X-Request-Id`).
 //!
-//! Taken before the plugins run: what they change later is looked up
-//! where it is used.
+//! Taken before the plugins run: on a route with plugins, what is asked
+//! after them (`X-Consumer-Name`, `Content-Length`, `Expect`) is looked
+//! up again, since a plugin may have changed the header.
 
 use http::header;
 use http::{HeaderMap, HeaderValue};
 
 use super::request_id::X_REQUEST_ID;
+use crate::plugins::consumer::X_CONSUMER_NAME;
 
 /// A count that stops at 2: "none, one, more" is all the checks need.
 fn bump(n: &mut u8) {
@@ -23,17 +25,25 @@ pub struct RequestScan {
     pub lengths: u8,
     /// The first `Content-Length` is digits only (and not empty).
     pub length_is_digits: bool,
+    /// The first `Content-Length`'s value, when it is a number.
+    pub length: Option<u64>,
     pub codings: u8,
     /// The first `Transfer-Encoding` is `chunked` alone.
     pub chunked: bool,
     pub connection: bool,
     pub request_ids: u8,
     pub request_id: Option<HeaderValue>,
+    /// The client sent an `X-Consumer-Name` of its own.
+    pub consumer_claimed: bool,
+    /// The first `Expect` is `100-continue` (in any HTTP version: the
+    /// caller asks about 1.1).
+    pub expects_continue: bool,
 }
 
 impl RequestScan {
     pub fn of(headers: &HeaderMap) -> Self {
         let mut s = Self::default();
+        let mut expect_seen = false;
         for (name, value) in headers {
             if *name == header::HOST {
                 bump(&mut s.hosts);
@@ -42,6 +52,9 @@ impl RequestScan {
                     let digits = value.as_bytes();
                     s.length_is_digits =
                         !digits.is_empty() && digits.iter().all(u8::is_ascii_digit);
+                    s.length = std::str::from_utf8(digits)
+                        .ok()
+                        .and_then(|d| d.parse().ok());
                 }
                 bump(&mut s.lengths);
             } else if *name == header::TRANSFER_ENCODING {
@@ -54,6 +67,13 @@ impl RequestScan {
                 bump(&mut s.codings);
             } else if *name == header::CONNECTION {
                 s.connection = true;
+            } else if *name == header::EXPECT {
+                if !expect_seen {
+                    s.expects_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+                }
+                expect_seen = true;
+            } else if *name == X_CONSUMER_NAME {
+                s.consumer_claimed = true;
             } else if *name == X_REQUEST_ID {
                 if s.request_ids == 0 {
                     s.request_id = Some(value.clone());
@@ -76,12 +96,18 @@ pub(super) fn looked_up(h: &HeaderMap) -> RequestScan {
         length_is_digits: first(&header::CONTENT_LENGTH).is_some_and(|v| {
             !v.as_bytes().is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit)
         }),
+        length: first(&header::CONTENT_LENGTH)
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse().ok()),
         codings: count(&header::TRANSFER_ENCODING),
         chunked: first(&header::TRANSFER_ENCODING)
             .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")),
         connection: h.contains_key(header::CONNECTION),
         request_ids: count(&X_REQUEST_ID),
         request_id: first(&X_REQUEST_ID).cloned(),
+        consumer_claimed: h.contains_key(&X_CONSUMER_NAME),
+        expects_continue: h
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
     }
 }
 
@@ -113,6 +139,16 @@ mod tests {
                 ("x-request-id", "b"),
             ],
             &[("x-request-id", "only"), ("X-Request-Id-2", "no")],
+            &[
+                ("content-length", "+7"),
+                ("expect", "100-Continue"),
+                ("x-consumer-name", "me"),
+            ],
+            &[
+                ("content-length", "99999999999999999999"),
+                ("expect", "x"),
+                ("expect", "100-continue"),
+            ],
         ];
         for case in cases {
             let mut h = HeaderMap::new();

@@ -7,7 +7,7 @@ mod jwt_key;
 mod password;
 
 use ahash::AHashMap;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -16,6 +16,10 @@ use std::sync::Arc;
 use crate::field_error::{field, FieldError};
 pub use jwt_key::{algorithm as jwt_algorithm, JwtKey, JwtSpec};
 pub use password::{hash as hash_password, BasicAuthSpec, Password};
+
+/// Who the caller is, for the upstream: set from what an auth plugin
+/// found, and never passed on from the client.
+pub static X_CONSUMER_NAME: HeaderName = HeaderName::from_static("x-consumer-name");
 
 /// A consumer as operators write it. Unknown fields are refused, so a
 /// plaintext `key` where `key_sha256` is expected is an error naming it.
