@@ -18,7 +18,13 @@ CORE = "pingora_core::protocols::http"
 # The core engine's own upstream HTTP/1.1 client (src/proxy/upstream_h1).
 OWN_H1 = "tollgate::proxy::upstream_h1"
 STAGES = OrderedDict([
-    ("read + parse request", [f"{CORE}::server::Session::read_request::{{{{closure}}}}"]),
+    # A plain request's head is the core engine's own codec's (src/proxy/client_h1);
+    # any other goes to pingora-core's session.
+    ("read + parse request", [
+        f"{CORE}::server::Session::read_request::{{{{closure}}}}",
+        "tollgate::proxy::client_h1::head::parse",
+        "tollgate::proxy::client_h1::ClientH1::take_plain",
+    ]),
     ("route (match, limit, plugins)", ["tollgate::proxy::gate::Gate::route_request::{{closure}}"]),
     ("upstream connection (pool)", [
         "tollgate::proxy::engine::CoreEngine::connect::{{closure}}",

@@ -17,6 +17,7 @@ use prometheus::IntCounter;
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
+use super::client_h1;
 use super::ctx::RequestCtx;
 use super::forwarding::host_of;
 use super::gate::Gate;
@@ -242,7 +243,7 @@ impl Gate {
         let _ = header.insert_header(header::AGE, s.age(Instant::now()));
         self.edit_response(session.req_header(), &mut header, ctx, false);
         if self.draining() {
-            session.set_keepalive(None);
+            client_h1::set_keepalive(session, None);
         }
         let head = session.req_header().method == http::Method::HEAD;
         let written = async {
@@ -254,7 +255,7 @@ impl Gate {
         };
         if let Err(e) = written.await {
             tracing::debug!(error = %e, "client went away while served from the cache");
-            session.set_keepalive(None);
+            client_h1::set_keepalive(session, None);
         }
     }
 

@@ -5,6 +5,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::ServerSession;
 use pingora::{Error, ErrorSource, ErrorType};
 
+use super::client_h1;
+
 /// Maps a proxy error to the status the client sees and a short reason.
 pub fn classify(e: &Error) -> (u16, &'static str) {
     match e.etype() {
@@ -48,11 +50,19 @@ pub fn final_response(session: &ServerSession) -> Option<&ResponseHeader> {
 /// Whether the client waits for `100 Continue` before sending its body
 /// (an HTTP/1.0 client is never sent one: RFC 9110 15.2).
 pub fn expects_continue(req: &RequestHeader) -> bool {
-    req.version == http::Version::HTTP_11
-        && req
-            .headers
+    continue_owed(
+        req.version,
+        req.headers
             .get(http::header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
+    )
+}
+
+/// Whether a client that asked for `100-continue` (`asked`, from its first
+/// `Expect`) is owed one: only an HTTP/1.1 client is (RFC 9110 §10.1.1).
+/// The one rule for the lookup above and the gate's header scan.
+pub fn continue_owed(version: http::Version, asked: bool) -> bool {
+    asked && version == http::Version::HTTP_11
 }
 
 /// Answers `Expect: 100-continue` (the caller has found one, see
@@ -145,7 +155,7 @@ pub async fn respond_edited(
     {
         // The client was refused before it was told to send its body: it
         // may send it anyway or never. Do not wait to drain it for reuse.
-        session.set_keepalive(None);
+        client_h1::set_keepalive(session, None);
     }
     let json = matches!(body, Body::Error(_));
     let body = match body {

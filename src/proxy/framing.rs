@@ -49,12 +49,47 @@ pub fn check(version: Version, scan: &RequestScan) -> Result<(), Refusal> {
 
 /// The body length the request declares, if it has a valid one.
 pub fn declared_length(req: &RequestHeader) -> Option<u64> {
-    let v = req.headers.get(header::CONTENT_LENGTH)?;
-    std::str::from_utf8(v.as_bytes()).ok()?.parse().ok()
+    parse_length(req.headers.get(header::CONTENT_LENGTH)?)
+}
+
+/// A `Content-Length` value as a number (`None`: not one). Whether it is
+/// digits only is [`check`]'s question, not this one's.
+pub fn parse_length(value: &http::HeaderValue) -> Option<u64> {
+    std::str::from_utf8(value.as_bytes()).ok()?.parse().ok()
+}
+
+/// `n` in hex and CRLF, a chunk's size line (RFC 9112 §7.1), written into
+/// `buf`: the one writer for the request bodies sent upstream and the
+/// response bodies sent to clients.
+pub fn chunk_size_line(mut n: usize, buf: &mut [u8; 18]) -> &[u8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut at = 16;
+    loop {
+        at -= 1;
+        buf[at] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    buf[16] = b'\r';
+    buf[17] = b'\n';
+    &buf[at..]
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn chunk_sizes_are_written_in_hex() {
+        for n in [0usize, 1, 15, 16, 255, 4096, 65535, usize::MAX] {
+            let mut buf = [0; 18];
+            assert_eq!(
+                super::chunk_size_line(n, &mut buf),
+                format!("{n:x}\r\n").as_bytes()
+            );
+        }
+    }
+
     use super::*;
 
     fn check(req: &RequestHeader) -> Result<(), Refusal> {

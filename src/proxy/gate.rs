@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use super::access_log::AccessLog;
 use super::acme_challenge;
+use super::client_h1;
 use super::ctx::{Attempt, InFlight, RequestCtx};
 use super::error_response::{self, Body};
 use super::forwarding::{client_ip, cookie, host_of};
@@ -201,9 +202,9 @@ impl Gate {
     /// route and upstream, and a client that asked for `100 Continue` has
     /// been told to send its body, as nginx does once it reads a body.
     pub async fn route_request(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> bool {
-        if session.get_keepalive() == Some(0) {
+        if client_h1::keepalive(session) == Some(0) {
             // Pingora reads an HTTP/1.1 request as "keep alive forever".
-            session.set_keepalive(Some(self.client.keepalive_secs));
+            client_h1::set_keepalive(session, Some(self.client.keepalive_secs));
         }
         // HTTP/1.1 pipelining (RFC 9112 §9.3.2): bytes of the next request
         // that arrive with or after this one are kept for it, and requests
@@ -309,7 +310,7 @@ impl Gate {
                     ctx.plugins_entered = outside;
                     if reply.status >= 400 {
                         // The client may not have sent all of its body.
-                        session.set_keepalive(None);
+                        client_h1::set_keepalive(session, None);
                     }
                     let body = match (reply.body, reply.message) {
                         (Some(raw), _) => Body::Raw(raw),
@@ -345,7 +346,7 @@ impl Gate {
         if declared.is_some_and(|n| n > ctx.max_body) {
             // Refused before an upstream is chosen, and before a client
             // that waits for `100 Continue` sends any of it.
-            session.set_keepalive(None);
+            client_h1::set_keepalive(session, None);
             self.answer(
                 session,
                 ctx,
@@ -377,9 +378,10 @@ impl Gate {
         if route.cache.is_some() && self.cache_lookup(session, ctx, self.cell.cache()).await {
             return true;
         }
-        // As `expects_continue`: an HTTP/1.0 client is never sent one.
         let expects = match scanned {
-            Some(s) => s.expects_continue && session.req_header().version == http::Version::HTTP_11,
+            Some(s) => {
+                error_response::continue_owed(session.req_header().version, s.expects_continue)
+            }
             None => error_response::expects_continue(session.req_header()),
         };
         if expects {
@@ -420,7 +422,7 @@ impl Gate {
     async fn to_https(&self, session: &mut ServerSession, ctx: &RequestCtx) {
         let id = ctx.request_id();
         // The client may not have sent all of its body; do not read it.
-        session.set_keepalive(None);
+        client_h1::set_keepalive(session, None);
         let Some(port) = self.client.https_port else {
             let message = "this route is served over https only";
             error_response::respond(session, 403, message, id).await;
@@ -557,7 +559,7 @@ impl Gate {
         let (code, message) = error_response::classify(e);
         ctx.ensure_request_id(&self.ids);
         // Neither engine reuses a connection after a failure: say so.
-        session.set_keepalive(None);
+        client_h1::set_keepalive(session, None);
         if self.answer_stale(session, ctx).await {
             tracing::debug!(request_id = ctx.request_id(), error = %e, "upstream failed; answered from the stale cache entry");
             return error_response::final_response(session).map_or(0, |r| r.status.as_u16());

@@ -10,9 +10,11 @@
 pub mod access_log;
 mod acme_challenge;
 mod caching;
+mod client_h1;
 mod conn_limit;
 mod connections;
 mod ctx;
+mod deadline;
 pub mod engine;
 mod error_response;
 mod forwarding;

@@ -52,9 +52,7 @@ impl RequestScan {
                     let digits = value.as_bytes();
                     s.length_is_digits =
                         !digits.is_empty() && digits.iter().all(u8::is_ascii_digit);
-                    s.length = std::str::from_utf8(digits)
-                        .ok()
-                        .and_then(|d| d.parse().ok());
+                    s.length = super::framing::parse_length(value);
                 }
                 bump(&mut s.lengths);
             } else if *name == header::TRANSFER_ENCODING {
@@ -96,8 +94,7 @@ pub(super) fn looked_up(h: &HeaderMap) -> RequestScan {
         length_is_digits: first(&header::CONTENT_LENGTH).is_some_and(|v| {
             !v.as_bytes().is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit)
         }),
-        length: first(&header::CONTENT_LENGTH)
-            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse().ok()),
+        length: first(&header::CONTENT_LENGTH).and_then(super::framing::parse_length),
         codings: count(&header::TRANSFER_ENCODING),
         chunked: first(&header::TRANSFER_ENCODING)
             .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")),

@@ -24,7 +24,7 @@ use super::CoreEngine;
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::upstream_h1::UpstreamH1 as Upstream;
 use crate::proxy::upstream_request::{Sanitize, UpstreamEdits};
-use crate::proxy::{error_response, header_edit, hop_by_hop, retry};
+use crate::proxy::{client_h1, error_response, header_edit, hop_by_hop, retry};
 use crate::snapshot::Outcome;
 
 /// How an attempt ended.
@@ -340,7 +340,7 @@ impl CoreEngine {
             .edit_response(session.req_header(), &mut header, ctx, chunked);
         if self.gate.draining() {
             // Draining: the client learns now that this connection ends.
-            session.set_keepalive(None);
+            client_h1::set_keepalive(session, None);
         }
         session
             .write_response_header(header)

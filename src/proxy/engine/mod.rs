@@ -9,7 +9,10 @@
 //! [`Gate`](super::Gate)'s, so both engines behave the same; what is here
 //! is only the moving of bytes.
 //!
-//! - `mod.rs`: one connection's requests (read, shutdown, panics, reuse).
+//! - `mod.rs`: one connection's requests (read, shutdown, panics, reuse):
+//!   a plain request (no body, no upgrade, HTTP/1.1) on the engine's own
+//!   client codec ([`ClientH1`], `src/proxy/client_h1`), any other on
+//!   pingora-core's HTTP/1 session, in turn on the same connection.
 //! - `attempts.rs`: one request's attempts (peer, connect, retry, errors).
 //! - `exchange.rs`: one attempt on HTTP/1.1, full duplex (body up while the
 //!   response comes down, `101` upgrades relayed both ways).
@@ -29,7 +32,7 @@ use pingora::connectors::ConnectorOptions;
 use pingora::protocols::http::client::HttpSession;
 use pingora::protocols::http::v2::client::Http2Session;
 use pingora::protocols::http::v2::server::H2Options;
-use pingora::protocols::http::ServerSession;
+use pingora::protocols::http::{ReusableHttpStream, ServerSession};
 use pingora::protocols::Stream;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
@@ -41,6 +44,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::client_h1::{self, ClientH1, Next};
 use super::connections::Http1Loop;
 use super::ctx::RequestCtx;
 use super::gate::{panic_message, Gate};
@@ -161,15 +165,16 @@ impl CoreEngine {
         session.shutdown().await;
     }
 
-    /// One request of a connection: `Some` with the connection when it can
-    /// carry another. `stop` is the connection's wait for shutdown, made
-    /// once per connection: registering a waiter cost ~700 instructions,
-    /// which a wait made per request paid for every request.
+    /// One request of a connection, read by pingora-core's session: `Some`
+    /// with the connection when it can carry another. `stop` is the
+    /// connection's wait for shutdown, made once per connection:
+    /// registering a waiter cost ~700 instructions, which a wait made per
+    /// request paid for every request.
     async fn serve_one(
         self: &Arc<Self>,
         mut session: ServerSession,
         stop: Pin<&mut impl Future<Output = ()>>,
-    ) -> Option<ReusedHttpStream> {
+    ) -> Option<ReusableH1> {
         timer_tick::ensure_started();
         // Biased: a request already buffered is served, not dropped, when
         // shutdown and the request arrive together.
@@ -186,21 +191,45 @@ impl CoreEngine {
                 return None;
             }
         }
+        if !self.serve_read(&mut session).await {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        let keepalive = session.get_keepalive();
+        let reuses = session.get_keepalive_reuses_remaining();
+        match session.finish().await {
+            Ok(Some(stream)) => Some(ReusableH1 {
+                stream,
+                settings,
+                keepalive,
+                reuses,
+            }),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "client connection not reusable");
+                None
+            }
+        }
+    }
+
+    /// A request whose header is read, served: `true` when the connection
+    /// may carry another (its session then finishes the response).
+    async fn serve_read(self: &Arc<Self>, session: &mut ServerSession) -> bool {
         if self.gate.draining() {
             // Draining: this is the connection's last request. (The flag,
             // not the `ShutdownWatch`: reading that takes its lock.)
-            session.set_keepalive(None);
+            client_h1::set_keepalive(session, None);
         }
         if session.req_header().method == http::Method::CONNECT {
             // As pingora-proxy by default: tunnels change the message
             // framing, and tollgate does not proxy them.
             let _ = session.respond_error(405).await;
             session.shutdown().await;
-            return None;
+            return false;
         }
 
         let mut ctx = self.gate.new_ctx();
-        let reuse = match AssertUnwindSafe(self.serve(&mut session, &mut ctx))
+        let reuse = match AssertUnwindSafe(self.serve(session, &mut ctx))
             .catch_unwind()
             .await
         {
@@ -208,26 +237,104 @@ impl CoreEngine {
             Err(p) => {
                 // Answered 500 (if nothing was sent yet); the connection closes.
                 self.gate
-                    .answer_panic(&mut session, &mut ctx, panic_message(&*p))
+                    .answer_panic(session, &mut ctx, panic_message(&*p))
                     .await;
                 false
             }
         };
-        self.refresh_after(&mut session, &mut ctx);
-        self.gate.log_request(&session, &ctx);
+        self.refresh_after(session, &mut ctx);
+        self.gate.log_request(session, &ctx);
         if !reuse {
-            linger::before_close(&mut session).await;
-            return None;
+            linger::before_close(session).await;
         }
-        let settings = HttpPersistentSettings::for_session(&session);
-        match session.finish().await {
-            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::debug!(error = %e, "client connection not reusable");
-                None
+        reuse
+    }
+
+    /// The requests of an HTTP/1 connection after the first bytes came:
+    /// plain ones served by [`ClientH1`], any other by pingora-core's
+    /// session, each from where the other left the connection.
+    async fn serve_connection(
+        self: &Arc<Self>,
+        mut conn: Box<ClientH1>,
+        stop: Pin<&mut impl Future<Output = ()>>,
+    ) {
+        let mut stop = stop;
+        loop {
+            timer_tick::ensure_started();
+            // Biased, as in `serve_one`.
+            let next = tokio::select! {
+                biased;
+                next = conn.read_head() => next,
+                () = stop.as_mut() => return,
+            };
+            match next {
+                Ok(Next::Plain) => {
+                    let mut session = conn.into_session();
+                    let reuse = self.serve_read(&mut session).await;
+                    let Some(mut back) = ClientH1::from_session(session) else {
+                        return;
+                    };
+                    if !reuse {
+                        back.shut().await;
+                        return;
+                    }
+                    if !back.end().await {
+                        return;
+                    }
+                    conn = back;
+                }
+                Ok(Next::Other) => {
+                    let (keepalive, reuses) = (conn.keepalive(), conn.reuses_remaining());
+                    let (stream, read) = conn.into_parts();
+                    let mut session = ServerSession::new_http1(stream);
+                    session.set_keepalive(keepalive);
+                    session.set_keepalive_reuses_remaining(reuses);
+                    if !read.is_empty() {
+                        session.set_pipelined_prefix(read);
+                    }
+                    let Some(reused) = self.serve_one(session, stop.as_mut()).await else {
+                        return;
+                    };
+                    conn = reused.into_client();
+                }
+                Ok(Next::Closed) => return,
+                Err(e) => {
+                    // As pingora-core: a head cut off is a connection that broke.
+                    tracing::debug!(error = %e, "reading a request failed");
+                    conn.shut().await;
+                    return;
+                }
             }
         }
+    }
+}
+
+/// A connection pingora-core's session gave back for another request, and
+/// what it keeps for it.
+struct ReusableH1 {
+    stream: ReusableHttpStream,
+    settings: HttpPersistentSettings,
+    keepalive: Option<u64>,
+    reuses: Option<u32>,
+}
+
+impl ReusableH1 {
+    /// For pingora-core's own loop (`process_new_http`).
+    fn into_reused(self) -> ReusedHttpStream {
+        ReusedHttpStream::from_reusable_stream(self.stream, self.settings)
+    }
+
+    /// For [`ClientH1`]: the keep-alive and the count of requests left
+    /// carried over as pingora-core carries them to its next session.
+    fn into_client(self) -> Box<ClientH1> {
+        let (stream, read) = self.stream.into_parts();
+        let mut conn = ClientH1::new(stream);
+        conn.set_keepalive(self.keepalive);
+        conn.set_reuses_remaining(self.reuses.map(|n| n.saturating_sub(1)));
+        if let Some(read) = read {
+            conn.give_back(read);
+        }
+        conn
     }
 }
 
@@ -251,20 +358,14 @@ impl Http1Loop for CoreEngine {
     /// `process_new_http` is), its ~10 KiB state was allocated and copied
     /// for every request.
     async fn serve_http1(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
-        let mut session = ServerSession::new_http1(stream);
+        let mut conn = ClientH1::new(stream);
         // Pingora's default, which the gate replaces with
         // `proxy.client_keepalive_secs` once a request is routed.
-        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
-        session.set_keepalive_reuses_remaining(self.server_options.keepalive_request_limit);
+        conn.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        conn.set_reuses_remaining(self.server_options.keepalive_request_limit);
         let stop = self.shutdown.wait();
         tokio::pin!(stop);
-        while let Some(reused) = self.serve_one(session, stop.as_mut()).await {
-            let (stream, settings) = reused.consume();
-            session = ServerSession::new_http1(stream);
-            if let Some(settings) = settings {
-                settings.apply_to_session(&mut session);
-            }
-        }
+        self.serve_connection(conn, stop).await;
     }
 }
 
@@ -277,7 +378,9 @@ impl HttpServerApp for CoreEngine {
     ) -> Option<ReusedHttpStream> {
         let stop = self.shutdown.wait();
         tokio::pin!(stop);
-        self.serve_one(session, stop).await
+        self.serve_one(session, stop)
+            .await
+            .map(ReusableH1::into_reused)
     }
 
     async fn http_cleanup(&self) {

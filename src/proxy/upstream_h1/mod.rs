@@ -15,7 +15,6 @@
 
 mod chunked;
 mod head;
-mod timer;
 
 use bytes::BytesMut;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -27,6 +26,7 @@ use pingora::{Error, ErrorType::*, Result, RetryType};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::proxy::framing::chunk_size_line;
 use crate::proxy::hop_by_hop::list_elements;
 use chunked::{Chunked, Step};
 use head::{Asked, Framing};
@@ -164,8 +164,8 @@ impl UpstreamH1 {
                 Ok(())
             }
             BodyOut::Chunked if !data.is_empty() => {
-                let size = format!("{:x}\r\n", data.len());
-                let chunk: [&[u8]; 3] = [size.as_bytes(), data, b"\r\n"];
+                let mut size = [0u8; 18];
+                let chunk: [&[u8]; 3] = [chunk_size_line(data.len(), &mut size), data, b"\r\n"];
                 self.send(&chunk, "writing the request body").await
             }
             BodyOut::Raw => self.send(&[data], "writing upgraded bytes").await,
@@ -328,7 +328,7 @@ impl UpstreamH1 {
         // On a timer reused per thread (`timer`): this wait nearly always
         // happens, and a tokio timer made for it costs ~1,200 instructions.
         let read = match self.read_timeout {
-            Some(t) => timer::within(t, read)
+            Some(t) => crate::proxy::deadline::within(t, read)
                 .await
                 .ok_or_else(|| Error::explain(ReadTimedout, what))?,
             None => read.await,

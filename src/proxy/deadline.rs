@@ -1,4 +1,5 @@
-//! The deadline on waiting for an upstream, on a timer reused per thread.
+//! The deadline on a wait (an upstream's response, a client's next
+//! request), on a timer reused per thread.
 //!
 //! `tokio::time::timeout` registers a timer in the runtime's wheel when
 //! its future has to wait, and takes it out again when dropped: a lock

@@ -1,0 +1,226 @@
+//! The core engine's own HTTP/1.1 codec for plain requests
+//! (src/proxy/client_h1), and its hand-over to pingora-core's session for
+//! every other request, checked on the wire against both engines: one
+//! connection carrying both kinds in turn, the response head a client gets
+//! (its `Date`, its `Connection`, the upstream's header case, no body after
+//! `HEAD`), heads the codec does not take (too many fields, too large, odd
+//! spellings of the framing fields) served as before, and a body that
+//! looks like a request never becoming one.
+
+mod common;
+
+use std::io::Write;
+use std::time::Instant;
+
+use common::engines::{gateway, ENGINES};
+use common::raw_http::{connect, expect_closed, read_response, read_until, IO};
+use serde_json::Value;
+use testkit::Backend;
+
+/// The echo backend's JSON of a response body.
+fn echoed(body: &[u8]) -> Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(body)))
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[test]
+fn plain_and_other_requests_take_turns_on_one_connection() {
+    for engine in ENGINES {
+        let b = Backend::start("b");
+        let gw = gateway(engine, &[b.url()]);
+        let mut c = connect(gw.proxy_addr());
+        let mut buf = Vec::new();
+        let ask = |c: &mut std::net::TcpStream, buf: &mut Vec<u8>, req: &[u8]| {
+            c.write_all(req).unwrap();
+            read_response(c, buf)
+        };
+
+        // Plain: the codec's. Date and keep-alive set, as pingora-core sets them.
+        let (status, head, body) = ask(&mut c, &mut buf, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(status, 200, "{engine}: {head}");
+        assert_eq!(echoed(&body)["path"], "/a", "{engine}");
+        assert!(header(&head, "date").is_some(), "{engine}: {head}");
+        assert_eq!(
+            header(&head, "connection"),
+            Some("keep-alive"),
+            "{engine}: {head}"
+        );
+
+        // HEAD: the length of the GET, no body: the next response follows
+        // the head at once.
+        c.write_all(b"HEAD /b HTTP/1.1\r\nHost: x\r\n\r\nGET /b2 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let end = read_until(&mut c, &mut buf, b"\r\n\r\n", Instant::now() + IO);
+        let head: String = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        assert!(head.starts_with("HTTP/1.1 200"), "{engine}: {head}");
+        assert!(
+            header(&head, "content-length").is_some_and(|l| l != "0"),
+            "{engine}: {head}"
+        );
+        let (status, _, body) = read_response(&mut c, &mut buf);
+        assert_eq!(status, 200, "{engine}: the response after HEAD's");
+        assert_eq!(echoed(&body)["path"], "/b2", "{engine}");
+
+        // A body: pingora-core's session, on the same connection.
+        let (status, head, body) = ask(
+            &mut c,
+            &mut buf,
+            b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+        );
+        assert_eq!(status, 200, "{engine}: {head}");
+        assert_eq!(echoed(&body)["path"], "/c", "{engine}");
+        assert_eq!(echoed(&body)["body_len"], 3, "{engine}");
+
+        // HTTP/1.0 with keep-alive asked for: pingora-core's too.
+        let (status, head, body) = ask(
+            &mut c,
+            &mut buf,
+            b"GET /d HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+        );
+        assert_eq!(status, 200, "{engine}: {head}");
+        assert_eq!(echoed(&body)["path"], "/d", "{engine}");
+
+        // And plain again, `Connection: keep-alive` spelled out.
+        let (status, _, body) = ask(
+            &mut c,
+            &mut buf,
+            b"GET /e HTTP/1.1\r\nHost: x\r\nConnection: Keep-Alive\r\n\r\n",
+        );
+        assert_eq!(status, 200, "{engine}");
+        assert_eq!(echoed(&body)["path"], "/e", "{engine}");
+
+        // `Connection: close` is answered with it, and the connection ends.
+        let (status, head, _) = ask(
+            &mut c,
+            &mut buf,
+            b"GET /f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 200, "{engine}: {head}");
+        assert_eq!(
+            header(&head, "connection"),
+            Some("close"),
+            "{engine}: {head}"
+        );
+        expect_closed(&mut c, &format!("{engine}: after Connection: close"));
+        assert_eq!(
+            b.hits(),
+            7,
+            "{engine}: each request reached the backend once"
+        );
+    }
+}
+
+#[test]
+fn heads_the_codec_does_not_take_are_served_as_before() {
+    for engine in ENGINES {
+        let b = Backend::start("b");
+        let gw = gateway(engine, &[b.url()]);
+        let mut c = connect(gw.proxy_addr());
+        let mut buf = Vec::new();
+
+        // More fields than a plain head has (64), and each reaches the backend.
+        let many: String = (0..100).map(|i| format!("X-F{i}: {i}\r\n")).collect();
+        c.write_all(format!("GET /many HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes())
+            .unwrap();
+        let (status, head, body) = read_response(&mut c, &mut buf);
+        assert_eq!(status, 200, "{engine}: {head}");
+        assert_eq!(echoed(&body)["headers"]["x-f99"], "99", "{engine}");
+
+        // A head larger than the codec reads (16 KiB), sent in two writes.
+        let big = "v".repeat(20 * 1024);
+        c.write_all(format!("GET /big HTTP/1.1\r\nHost: x\r\nX-Big: {big}").as_bytes())
+            .unwrap();
+        c.write_all(b"\r\n\r\n").unwrap();
+        let (status, head, body) = read_response(&mut c, &mut buf);
+        assert_eq!(status, 200, "{engine}: {head}");
+        assert_eq!(echoed(&body)["path"], "/big", "{engine}");
+
+        // A head that arrives a few bytes at a time is still one request
+        // (the pauses only spread the pieces over several reads).
+        for piece in [&b"GET /sl"[..], b"ow HTTP/1.1\r\nHo", b"st: x\r\n", b"\r\n"] {
+            c.write_all(piece).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let (status, _, body) = read_response(&mut c, &mut buf);
+        assert_eq!(status, 200, "{engine}");
+        assert_eq!(echoed(&body)["path"], "/slow", "{engine}");
+    }
+}
+
+/// Smuggling through the codec's choice: a framing field in any spelling
+/// sends the request to pingora-core's session, so its body is read as a
+/// body. Were the chunked request taken as plain (bodyless), the request
+/// inside its body would reach the backend as a request of its own.
+#[test]
+fn a_body_in_any_spelling_of_its_framing_is_never_a_request() {
+    for engine in ENGINES {
+        let b = Backend::start("b");
+        let gw = gateway(engine, &[b.url()]);
+        let inner = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+        for te in [
+            "Transfer-Encoding",
+            "transfer-ENCODING",
+            "TRANSFER-ENCODING",
+        ] {
+            let mut c = connect(gw.proxy_addr());
+            let req = format!(
+                "POST /outer HTTP/1.1\r\nHost: x\r\n{te}: chunked\r\n\r\n{:x}\r\n{inner}\r\n0\r\n\r\n\
+                 GET /next HTTP/1.1\r\nHost: x\r\n\r\n",
+                inner.len()
+            );
+            c.write_all(req.as_bytes()).unwrap();
+            let mut buf = Vec::new();
+            let (status, head, body) = read_response(&mut c, &mut buf);
+            assert_eq!(status, 200, "{engine} {te}: {head}");
+            assert_eq!(echoed(&body)["path"], "/outer", "{engine} {te}");
+            assert_eq!(echoed(&body)["body_len"], inner.len(), "{engine} {te}");
+            let (status, _, body) = read_response(&mut c, &mut buf);
+            assert_eq!(status, 200, "{engine} {te}");
+            assert_eq!(echoed(&body)["path"], "/next", "{engine} {te}");
+        }
+        let mut c = connect(gw.proxy_addr());
+        let req = format!(
+            "POST /outer HTTP/1.1\r\nHost: x\r\ncontent-LENGTH: {}\r\n\r\n{inner}",
+            inner.len()
+        );
+        c.write_all(req.as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        let (status, _, body) = read_response(&mut c, &mut buf);
+        assert_eq!(status, 200, "{engine}");
+        assert_eq!(echoed(&body)["body_len"], inner.len(), "{engine}");
+        assert_eq!(b.hits(), 7, "{engine}: no request of its own from a body");
+    }
+}
+
+/// A client that closes in the middle of a head on a kept-alive
+/// connection costs nothing but that connection.
+#[test]
+fn a_head_cut_off_closes_only_its_connection() {
+    for engine in ENGINES {
+        let b = Backend::start("b");
+        let gw = gateway(engine, &[b.url()]);
+        let mut c = connect(gw.proxy_addr());
+        let mut buf = Vec::new();
+        c.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /cut HTTP/1.1\r\nHo")
+            .unwrap();
+        let (status, _, _) = read_response(&mut c, &mut buf);
+        assert_eq!(status, 200, "{engine}");
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        expect_closed(&mut c, &format!("{engine}: a head cut off"));
+        let mut d = connect(gw.proxy_addr());
+        d.write_all(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let (status, _, body) = read_response(&mut d, &mut Vec::new());
+        assert_eq!(status, 200, "{engine}");
+        assert_eq!(echoed(&body)["path"], "/after", "{engine}");
+        assert_eq!(b.hits(), 2, "{engine}: the cut head never reached it");
+    }
+}
