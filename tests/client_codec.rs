@@ -15,7 +15,7 @@ use std::time::Instant;
 use common::engines::{gateway, ENGINES};
 use common::raw_http::{connect, expect_closed, read_response, read_until, IO};
 use serde_json::Value;
-use testkit::Backend;
+use testkit::{Backend, Mode};
 
 /// The echo backend's JSON of a response body.
 fn echoed(body: &[u8]) -> Value {
@@ -222,5 +222,28 @@ fn a_head_cut_off_closes_only_its_connection() {
         assert_eq!(status, 200, "{engine}");
         assert_eq!(echoed(&body)["path"], "/after", "{engine}");
         assert_eq!(b.hits(), 2, "{engine}: the cut head never reached it");
+    }
+}
+
+/// The gate's decisions to close a connection reach the codec, whose
+/// session pingora-core's wrapper does not pass `set_keepalive` to: a
+/// failure answer on a plain GET says `Connection: close` and closes.
+#[test]
+fn a_failure_answer_on_a_plain_request_closes_the_connection() {
+    for engine in ENGINES {
+        let b = Backend::start("refusing");
+        b.set_mode(Mode::Refuse);
+        let gw = gateway(engine, &[b.url()]);
+        let mut c = connect(gw.proxy_addr());
+        c.write_all(b"GET /down HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let (status, head, _) = read_response(&mut c, &mut Vec::new());
+        assert_eq!(status, 502, "{engine}: {head}");
+        assert_eq!(
+            header(&head, "connection"),
+            Some("close"),
+            "{engine}: {head}"
+        );
+        expect_closed(&mut c, &format!("{engine}: after a 502"));
     }
 }

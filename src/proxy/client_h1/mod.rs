@@ -35,7 +35,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Digest, Stream};
 use pingora::{Error, ErrorType, Result};
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::deadline;
 use response::BodyOut;
@@ -285,11 +285,17 @@ impl ClientH1 {
         }
     }
 
+    /// Closes the client's connection (write side first, as pingora-core's
+    /// `shutdown` does).
+    pub async fn shut(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+
     /// Ends the request: the response's framing finished and flushed.
     /// `true` when the connection may carry another request (the count
     /// of requests left taken down by one); otherwise it is shut.
     pub async fn end(&mut self) -> bool {
-        if let Err(e) = self.finish_body().await {
+        if let Err(e) = self.end_body().await {
             tracing::debug!(error = %e, "client connection not reusable");
             return false;
         }
@@ -342,7 +348,6 @@ fn cast(c: *mut dyn SessionCustom) -> *mut ClientH1 {
     c as *mut ClientH1
 }
 
-/// Keeps [`Next`] and the unused-import check honest in tests.
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -121,7 +121,7 @@ fn write_fields<'a>(resp: &'a ResponseHeader, last: bool, wire: &mut Vec<u8>) ->
 }
 
 impl ClientH1 {
-    pub(super) async fn write_header(&mut self, resp: Box<ResponseHeader>) -> Result<()> {
+    pub(super) async fn send_header(&mut self, resp: Box<ResponseHeader>) -> Result<()> {
         let last =
             !resp.status.is_informational() || resp.status == StatusCode::SWITCHING_PROTOCOLS;
         if self
@@ -177,7 +177,7 @@ impl ClientH1 {
 
     /// One piece of the body, framed (bytes past a `Content-Length` are
     /// dropped, as pingora-core drops them).
-    pub(super) async fn write_body(&mut self, data: &[u8]) -> Result<()> {
+    pub(super) async fn send_body(&mut self, data: &[u8]) -> Result<()> {
         let n = match self.body {
             BodyOut::Length(total, written) => {
                 let n = data.len().min(total - written);
@@ -221,7 +221,7 @@ impl ClientH1 {
 
     /// Ends the body: the last chunk, the flush. A `Content-Length` body
     /// ended short is an error (the client sees a cut response).
-    pub(super) async fn finish_body(&mut self) -> Result<()> {
+    pub(super) async fn end_body(&mut self) -> Result<()> {
         let body = std::mem::replace(&mut self.body, BodyOut::Done);
         match body {
             BodyOut::Chunked => {

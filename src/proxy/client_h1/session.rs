@@ -14,7 +14,7 @@ use pingora::protocols::l4::socket::SocketAddr;
 use pingora::protocols::Digest;
 use pingora::{Error, ErrorType, Result};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use super::{ClientH1, Keepalive};
 
@@ -39,9 +39,9 @@ impl SessionCustom for ClientH1 {
     }
 
     async fn write_response_header(&mut self, resp: Box<ResponseHeader>, end: bool) -> Result<()> {
-        self.write_header(resp).await?;
+        self.send_header(resp).await?;
         if end {
-            self.finish_body().await?;
+            self.end_body().await?;
         }
         Ok(())
     }
@@ -53,10 +53,10 @@ impl SessionCustom for ClientH1 {
 
     async fn write_body(&mut self, data: Bytes, end: bool) -> Result<()> {
         if !data.is_empty() {
-            ClientH1::write_body(self, &data).await?;
+            self.send_body(&data).await?;
         }
         if end {
-            self.finish_body().await?;
+            self.end_body().await?;
         }
         Ok(())
     }
@@ -70,12 +70,12 @@ impl SessionCustom for ClientH1 {
         for task in tasks {
             ended = match task {
                 HttpTask::Header(header, end) => {
-                    self.write_header(header).await?;
+                    self.send_header(header).await?;
                     end
                 }
                 HttpTask::Body(data, end) | HttpTask::UpgradedBody(data, end) => {
                     if let Some(data) = data.filter(|d| !d.is_empty()) {
-                        ClientH1::write_body(self, &data).await?;
+                        self.send_body(&data).await?;
                     }
                     end
                 }
@@ -83,7 +83,7 @@ impl SessionCustom for ClientH1 {
                 HttpTask::Failed(e) => return Err(e),
             };
             if ended {
-                self.finish_body().await?;
+                self.end_body().await?;
             }
         }
         Ok(ended)
@@ -137,7 +137,7 @@ impl SessionCustom for ClientH1 {
     }
 
     async fn finish(&mut self) -> Result<()> {
-        self.finish_body().await
+        self.end_body().await
     }
 
     fn is_body_empty(&mut self) -> bool {
@@ -238,13 +238,5 @@ impl SessionCustom for ClientH1 {
         _writer: Box<dyn CustomMessageWrite>,
     ) -> Result<()> {
         Ok(())
-    }
-}
-
-impl ClientH1 {
-    /// Closes the client's connection (write side first, as pingora-core's
-    /// `shutdown` does).
-    pub async fn shut(&mut self) {
-        let _ = self.stream.shutdown().await;
     }
 }

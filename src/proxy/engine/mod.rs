@@ -256,9 +256,8 @@ impl CoreEngine {
     async fn serve_connection(
         self: &Arc<Self>,
         mut conn: Box<ClientH1>,
-        stop: Pin<&mut impl Future<Output = ()>>,
+        mut stop: Pin<&mut impl Future<Output = ()>>,
     ) {
-        let mut stop = stop;
         loop {
             timer_tick::ensure_started();
             // Biased, as in `serve_one`.
