@@ -22,6 +22,8 @@
 #   --targets LIST   comma-separated subset of nginx,haproxy,tollgate,tollgate-full
 #   --quick          2,000 requests (smoke); writes profile-quick.txt
 #   --out FILE       where to write the table (default bench/results/profile-latest.txt)
+#   --header H       one more request header, e.g. 'Connection: keep-alive'
+#                    (what browsers send on every HTTP/1.1 request)
 #   --no-build       do not run cargo build
 #   -h, --help
 #
@@ -35,8 +37,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
 ALL_TARGETS=(nginx haproxy tollgate tollgate-full)
-requests=20000 targets_arg="" out=""
-value_opts+=([--requests]=requests [--targets]=targets_arg [--out]=out)
+requests=20000 targets_arg="" out="" header=""
+value_opts+=([--requests]=requests [--targets]=targets_arg [--out]=out [--header]=header)
 parse_args "$@"
 ((quick)) && ! ((${explicit[--requests]:-0})) && requests=2000
 require_positive requests:"$requests"
@@ -106,8 +108,9 @@ server_cmd() {
 
 # load N: N keep-alive GETs from 16 connections; fails unless all are 2xx.
 load() {
-    local n=$1 summary
-    summary=$("${load_prefix[@]}" h2load --h1 -n "$n" -c 16 "$url" 2>&1) || die "h2load failed: $summary"
+    local n=$1 summary extra=()
+    [[ -z "$header" ]] || extra=(-H "$header")
+    summary=$("${load_prefix[@]}" h2load --h1 -n "$n" -c 16 "${extra[@]}" "$url" 2>&1) || die "h2load failed: $summary"
     grep -q "status codes: $n 2xx" <<<"$summary" || die "not every answer was 2xx: $(grep 'status codes' <<<"$summary")"
 }
 
@@ -167,7 +170,7 @@ done
 report=$tmp/report.txt
 {
     echo "# bench/profile.sh — $(date -u '+%Y-%m-%d %H:%M:%S UTC'), rev $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo +dirty)"
-    echo "# $requests keep-alive GETs (h2load --h1 -c 16) per target after 2,000 of warm-up; $(valgrind --version)"
+    echo "# $requests keep-alive GETs (h2load --h1 -c 16${header:+, header '$header'}) per target after 2,000 of warm-up; $(valgrind --version)"
     echo "# instructions per request (user space, all threads, callgrind); tollgate's split by stage"
     python3 bench/profile_stages.py --table "$tmp/ir.tsv"
     echo

@@ -26,7 +26,10 @@ STAGES = OrderedDict([
         "tollgate::proxy::client_h1::ClientH1::take_plain",
     ]),
     ("route (match, limit, plugins)", ["tollgate::proxy::gate::Gate::route_request::{{closure}}"]),
+    # The instance picked (balancing), then its pooled or new connection.
     ("upstream connection (pool)", [
+        "tollgate::proxy::instance_pick::<impl tollgate::proxy::gate::Gate>::choose_instance",
+        "tollgate::proxy::engine::target::Target::of",
         "tollgate::proxy::engine::CoreEngine::connect::{{closure}}",
         "tollgate::proxy::engine::CoreEngine::release::{{closure}}",
         "pingora_core::connectors::http::Connector<C>::get_http_session::{{closure}}",
@@ -50,12 +53,20 @@ STAGES = OrderedDict([
         f"{OWN_H1}::head::parse",
     ]),
     ("response header edit", ["tollgate::proxy::gate::Gate::edit_response"]),
+    # The core engine's session calls go straight to its codec
+    # (client_h1::direct) when it serves the request.
     ("response write", [
         f"{CORE}::server::Session::write_response_header::{{{{closure}}}}",
         f"{CORE}::server::Session::write_response_body::{{{{closure}}}}",
         f"{CORE}::server::Session::finish_body::{{{{closure}}}}",
+        "tollgate::proxy::client_h1::direct::write_response_header::{{closure}}",
+        "tollgate::proxy::client_h1::direct::write_response_body::{{closure}}",
+        "tollgate::proxy::client_h1::direct::finish_body::{{closure}}",
     ]),
-    ("request end (keep-alive)", [f"{CORE}::server::Session::finish::{{{{closure}}}}"]),
+    ("request end (keep-alive)", [
+        f"{CORE}::server::Session::finish::{{{{closure}}}}",
+        "tollgate::proxy::client_h1::ClientH1::end::{{closure}}",
+    ]),
     ("access log + metrics", ["tollgate::proxy::request_log::<impl tollgate::proxy::gate::Gate>::log_request"]),
 ])
 LINE = re.compile(r"^\s*([\d,]+) \([\s\d.]+%\)\s+(?:\S+?:)?(.+?)(?: \[[^\]]*\])?\s*$")

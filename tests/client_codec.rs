@@ -13,7 +13,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use common::engines::{gateway, ENGINES};
-use common::raw_http::{connect, expect_closed, read_response, read_until, IO};
+use common::raw_http::{connect, expect_closed, listener, read_response, read_until, IO};
 use serde_json::Value;
 use testkit::{Backend, Mode};
 
@@ -245,5 +245,84 @@ fn a_failure_answer_on_a_plain_request_closes_the_connection() {
             "{engine}: {head}"
         );
         expect_closed(&mut c, &format!("{engine}: after a 502"));
+    }
+}
+
+/// A plain head may carry hop-by-hop fields (`Connection: keep-alive`
+/// with `Keep-Alive`, `TE`, `Proxy-*`): none goes upstream, the client's
+/// other fields do, in their order, with tollgate's own in place of the
+/// client's. The core engine writes such a head (a browser's) straight
+/// from the client's, in its case; pingora-proxy rebuilds it, which writes
+/// names lower-case.
+#[test]
+fn a_plain_requests_fields_go_upstream_as_sent_without_the_hop_by_hop_ones() {
+    for engine in ENGINES {
+        let (l, url) = listener();
+        let backend = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().expect("backend accept");
+            let mut buf = Vec::new();
+            let end = read_until(&mut s, &mut buf, b"\r\n\r\n", Instant::now() + IO);
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .unwrap();
+            String::from_utf8_lossy(&buf[..end]).into_owned()
+        });
+        let gw = gateway(engine, &[url]);
+        let mut c = connect(gw.proxy_addr());
+        c.write_all(
+            b"GET /fields?q=1 HTTP/1.1\r\nX-B: 1\r\nHost: x\r\nConnection: keep-alive\r\n\
+              Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\
+              Proxy-Authorization: Basic eDp5\r\nx-b: 2\r\nX-MiXed: v\r\n\
+              X-Forwarded-Proto: https\r\n\r\n",
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let (status, head, _) = read_response(&mut c, &mut buf);
+        assert_eq!(status, 200, "{engine}: {head}");
+        let up = backend.join().expect("backend");
+        assert!(
+            up.starts_with("GET /fields?q=1 HTTP/1.1\r\n"),
+            "{engine}: {up}"
+        );
+        let named = |name: &str| -> Vec<&str> {
+            up.lines()
+                .filter(|l| {
+                    l.split_once(':')
+                        .is_some_and(|(k, _)| k.eq_ignore_ascii_case(name))
+                })
+                .collect()
+        };
+        for gone in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "proxy-authorization",
+        ] {
+            assert!(
+                named(gone).is_empty(),
+                "{engine}: {gone} went upstream: {up}"
+            );
+        }
+        let kept = |name: &str| -> Vec<String> {
+            named(name)
+                .into_iter()
+                .map(str::to_ascii_lowercase)
+                .collect()
+        };
+        assert_eq!(kept("x-b"), ["x-b: 1", "x-b: 2"], "{engine}: {up}");
+        assert_eq!(kept("x-mixed"), ["x-mixed: v"], "{engine}: {up}");
+        assert_eq!(kept("host"), ["host: x"], "{engine}: {up}");
+        if engine == "core" {
+            assert_eq!(named("x-b"), ["X-B: 1", "x-b: 2"], "{engine}: {up}");
+            assert_eq!(named("x-mixed"), ["X-MiXed: v"], "{engine}: {up}");
+        }
+        // Ours, not the client's.
+        assert_eq!(
+            named("x-forwarded-proto"),
+            ["x-forwarded-proto: http"],
+            "{engine}: {up}"
+        );
+        assert_eq!(named("x-forwarded-for").len(), 1, "{engine}: {up}");
+        assert_eq!(named("x-request-id").len(), 1, "{engine}: {up}");
     }
 }

@@ -247,11 +247,11 @@ impl Gate {
         }
         let head = session.req_header().method == http::Method::HEAD;
         let written = async {
-            session.write_response_header(Box::new(header)).await?;
+            client_h1::write_response_header(session, Box::new(header)).await?;
             if !head && !s.body.is_empty() {
-                session.write_response_body(s.body.clone(), true).await?;
+                client_h1::write_response_body(session, s.body.clone(), true).await?;
             }
-            session.finish_body().await
+            client_h1::finish_body(session).await
         };
         if let Err(e) = written.await {
             tracing::debug!(error = %e, "client went away while served from the cache");

@@ -91,7 +91,7 @@ pub async fn write_interim(
     header: Box<ResponseHeader>,
 ) -> pingora::Result<()> {
     session.set_close_on_response_before_downstream_finish(false);
-    let written = session.write_response_header(header).await;
+    let written = client_h1::write_response_header(session, header).await;
     session.set_close_on_response_before_downstream_finish(true);
     written
 }
@@ -178,8 +178,8 @@ pub async fn respond_edited(
         } else {
             resp.insert_header("content-length", body.len().to_string())?;
         }
-        session.write_response_header(Box::new(resp)).await?;
-        session.write_response_body(body, true).await
+        client_h1::write_response_header(session, Box::new(resp)).await?;
+        client_h1::write_response_body(session, body, true).await
     }
     .await;
     if let Err(e) = written {

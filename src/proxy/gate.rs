@@ -9,7 +9,6 @@ use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::ServerSession;
-use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,17 +18,15 @@ use std::time::Duration;
 use super::access_log::AccessLog;
 use super::acme_challenge;
 use super::client_h1;
-use super::ctx::{Attempt, InFlight, RequestCtx};
+use super::ctx::{InFlight, RequestCtx};
 use super::error_response::{self, Body};
-use super::forwarding::{client_ip, cookie, host_of};
+use super::forwarding::{client_ip, host_of};
 use super::framing;
 use super::header_edit;
 use super::hop_by_hop;
 use super::path_norm;
 use super::request_id::{self, RequestIds, X_REQUEST_ID};
 use super::request_scan::RequestScan;
-use super::retry;
-use crate::balance::stable_hash;
 use crate::limiter::{self, Client, Decision};
 use crate::log_gate::FailureLog;
 use crate::model::path_policy::PathPolicy;
@@ -37,8 +34,6 @@ use crate::model::path_policy::PathPolicy;
 /// Failure lines of requests no route took (an engine-level failure).
 static UNROUTED_FAILURES: FailureLog = FailureLog::new();
 use super::protocol::Protocol;
-use super::upstream_peer;
-use crate::model::policy::HashKey;
 use crate::plugins::consumer::{Consumer, ConsumerTable, X_CONSUMER_NAME};
 use crate::plugins::https_redirect;
 use crate::plugins::PluginRequest;
@@ -136,7 +131,7 @@ impl Gate {
         RequestCtx::new(&self.in_flight)
     }
 
-    fn client_ip(&self, session: &ServerSession) -> Option<IpAddr> {
+    pub(super) fn client_ip(&self, session: &ServerSession) -> Option<IpAddr> {
         let peer = session.client_addr()?.as_inet()?.ip();
         let xff = session.req_header().headers.get_all(&X_FORWARDED_FOR);
         client_ip(peer, xff.iter(), &self.trusted_proxies)
@@ -178,23 +173,6 @@ impl Gate {
             }
         }
         Ok(advertised)
-    }
-
-    /// The consistent-hash key's hash, when the upstream hashes.
-    fn hash_of(&self, session: &ServerSession, key: &HashKey) -> Option<u64> {
-        let req = session.req_header();
-        match key {
-            HashKey::Header(h) => req
-                .headers
-                .get(h.as_str())
-                .map(|v| stable_hash(v.as_bytes())),
-            HashKey::Cookie(c) => cookie(req, c).map(stable_hash),
-            HashKey::ClientIp => self.client_ip(session).map(|ip| match ip {
-                IpAddr::V4(v4) => stable_hash(&v4.octets()),
-                IpAddr::V6(v6) => stable_hash(&v6.octets()),
-            }),
-            HashKey::Path => Some(stable_hash(req.uri.path().as_bytes())),
-        }
     }
 
     /// Routes the request: `true` when a response was already sent (400 dot
@@ -467,44 +445,6 @@ impl Gate {
             return Err(e);
         }
         Ok(())
-    }
-
-    /// Picks the instance for the next attempt (a retry avoids the one that
-    /// just failed) and the peer with the route's timeouts.
-    pub fn choose_peer(&self, session: &ServerSession, ctx: &mut RequestCtx) -> Result<HttpPeer> {
-        let (Some(route), Some(leaf)) = (ctx.route.as_deref(), ctx.leaf.as_deref()) else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "no route in context",
-            ));
-        };
-        let set = leaf.instances();
-        if ctx.attempts == 0 {
-            // Each request earns its upstream a share of a retry.
-            leaf.budget.deposit(retry::budget_share(&set));
-        }
-        let avoid = ctx.attempt.as_ref().map(|a| a.node().addr);
-        let key_hash = set.hash_key().and_then(|k| self.hash_of(session, k));
-        let Some(picked) = leaf.pick(&set, key_hash, avoid) else {
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(503),
-                format!("upstream {} has no live instance", leaf.name),
-            ));
-        };
-        if picked.panic {
-            tracing::debug!(upstream = %leaf.name, "too few healthy instances: failing open across all");
-        }
-        let t = route.timeouts(set.timeouts);
-        let attempt = Attempt::new(set, picked.index)
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "picked instance vanished"))?;
-        let mut peer = upstream_peer::peer_for(attempt.node(), attempt.set.tls.as_deref());
-        peer.options.connection_timeout = Some(t.connect);
-        peer.options.read_timeout = Some(t.read);
-        peer.options.write_timeout = Some(t.write);
-        peer.options.idle_timeout = Some(t.idle);
-        ctx.attempts += 1;
-        ctx.attempt = Some(attempt);
-        Ok(peer)
     }
 
     /// Tollgate's edits of the response going to the client: the upstream

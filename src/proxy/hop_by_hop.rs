@@ -41,7 +41,7 @@ fn hop_by_hop() -> [&'static HeaderName; 10] {
     ]
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     hop_by_hop().contains(&name)
 }
 
@@ -98,6 +98,11 @@ fn nominated(
                 "invalid token nominated by the Connection header",
             );
         }
+        if is_keep_alive(token) {
+            // What nearly every `Connection` says: a hop-by-hop header,
+            // stripped anyway; no name to parse.
+            continue;
+        }
         let name = HeaderName::from_bytes(token).or_err(
             InvalidHTTPHeader,
             "invalid token nominated by the Connection header",
@@ -122,6 +127,22 @@ fn nominated(
 /// names, no lookups; [`sanitize`] then has nothing to do.
 pub fn any(headers: &HeaderMap) -> bool {
     headers.keys().any(is_hop_by_hop)
+}
+
+/// Whether [`sanitize`] only leaves the hop-by-hop headers out: no
+/// `Upgrade` (a WebSocket upgrade is rewritten), and `Connection` names
+/// nothing but `keep-alive`, itself hop-by-hop. What browsers send on
+/// every HTTP/1.1 request.
+pub fn only_drops(headers: &HeaderMap) -> bool {
+    !headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .all(|v| list_elements(v.as_bytes()).all(is_keep_alive))
+}
+
+fn is_keep_alive(token: &[u8]) -> bool {
+    token.eq_ignore_ascii_case(b"keep-alive")
 }
 
 /// Refuses, before any upstream is chosen or connected, a request whose
@@ -302,6 +323,21 @@ mod tests {
         sanitize(&mut h, true).unwrap();
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn only_a_keep_alive_connection_leaves_stripping_to_dropping() {
+        let browser = headers(&[("connection", "keep-alive"), ("keep-alive", "300")]);
+        assert!(only_drops(&browser));
+        assert!(only_drops(&headers(&[("te", "trailers")])));
+        for other in [
+            &[("connection", "keep-alive, X-Secret")][..],
+            &[("connection", "close")],
+            &[("connection", "Upgrade"), ("upgrade", "websocket")],
+            &[("upgrade", "h2c")],
+        ] {
+            assert!(!only_drops(&headers(other)), "{other:?}");
+        }
     }
 
     #[test]

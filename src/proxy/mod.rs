@@ -24,6 +24,7 @@ mod grpc;
 mod header_edit;
 mod hop_by_hop;
 mod http2;
+mod instance_pick;
 mod linger;
 mod listeners;
 mod path_norm;

@@ -4,9 +4,26 @@
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
 
+use super::ctx::Attempt;
+use crate::model::timeout::Timeouts;
 use crate::model::upstream::NodeScheme;
 use crate::model::Node;
 use crate::tls::upstream::UpstreamTls;
+
+/// The peer of an attempt's instance, with the route's timeouts.
+pub fn for_attempt(attempt: &Attempt, t: &Timeouts) -> HttpPeer {
+    with_timeouts(attempt.node(), attempt.set.tls.as_deref(), t)
+}
+
+/// [`peer_for`] with the route's timeouts.
+pub fn with_timeouts(node: &Node, tls: Option<&UpstreamTls>, t: &Timeouts) -> HttpPeer {
+    let mut peer = peer_for(node, tls);
+    peer.options.connection_timeout = Some(t.connect);
+    peer.options.read_timeout = Some(t.read);
+    peer.options.write_timeout = Some(t.write);
+    peer.options.idle_timeout = Some(t.idle);
+    peer
+}
 
 /// `tls` is the upstream policy's (None: system roots, verification on,
 /// SNI = the node URL's host).

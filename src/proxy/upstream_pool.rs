@@ -22,6 +22,8 @@ use ahash::AHashMap;
 use futures_util::FutureExt;
 use pingora::protocols::Stream;
 use std::cell::RefCell;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
@@ -48,9 +50,18 @@ pub fn configure(per_process: usize, threads: usize) {
     PER_THREAD.store(per_process.div_ceil(threads.max(1)), Ordering::Relaxed);
 }
 
-/// An idle connection to the upstream `key` stands for (its
-/// `Peer::reuse_hash`: address, TLS and SNI settings), the one kept
-/// longest-idle reused last.
+/// The pool key of a plain `http://` node: its address, since nothing
+/// else (no TLS, no ALPN) tells two of its connections apart; hashed apart
+/// from the `Peer::reuse_hash` keys of the others.
+pub fn plain_key(addr: SocketAddr) -> u64 {
+    let mut h = ahash::AHasher::default();
+    ("plain http/1.1", addr).hash(&mut h);
+    h.finish()
+}
+
+/// An idle connection to the upstream `key` stands for ([`plain_key`], or
+/// for a TLS or HTTP/2 node its `Peer::reuse_hash`: address, TLS and SNI
+/// settings), the one kept longest-idle reused last.
 pub fn take(key: u64) -> Option<Stream> {
     let now = Instant::now();
     IDLE.with_borrow_mut(|idle| {

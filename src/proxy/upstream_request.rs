@@ -12,8 +12,8 @@ use std::time::Instant;
 use super::ctx::RequestCtx;
 use super::forwarding::forwarded_for;
 use super::gate::{Gate, X_FORWARDED_FOR, X_FORWARDED_PROTO};
-use super::header_edit;
 use super::request_id::X_REQUEST_ID;
+use super::{header_edit, hop_by_hop};
 
 /// What [`Gate::upstream_edits`] decided for one attempt.
 #[derive(Clone)]
@@ -40,7 +40,7 @@ impl UpstreamEdits {
         } = self.sanitize
         {
             // A request pingora-proxy would refuse is the client's fault.
-            super::hop_by_hop::sanitize(h, downstream_is_http11).map_err(|e| e.into_down())?;
+            hop_by_hop::sanitize(h, downstream_is_http11).map_err(|e| e.into_down())?;
         }
         if let Some(uri) = self.uri {
             req.uri = uri;
@@ -78,8 +78,9 @@ impl UpstreamEdits {
     /// in one pass: the request [`UpstreamEdits::apply`] and
     /// `hop_by_hop::finalize` would build, without building a second header
     /// map and then serializing it (~4,500 instructions a request). Only for
-    /// the plain case, where stripping and framing have nothing to do: an
-    /// origin-form target, no hop-by-hop header, a body only with
+    /// the plain case, where framing has nothing to do and stripping only
+    /// leaves hop-by-hop headers out (`hop_by_hop::only_drops`: a browser's
+    /// `Connection: keep-alive`): an origin-form target, a body only with
     /// `Content-Length`; `None` otherwise, and the caller builds the header.
     /// Header names keep the client's case; ours are written as the built
     /// header writes them.
@@ -88,11 +89,14 @@ impl UpstreamEdits {
         let body_len = has_body
             .then(|| super::framing::declared_length(down))
             .flatten();
+        // Hop-by-hop headers are left out as the loop meets them, when
+        // that is all stripping does.
+        let strip = hop_by_hop::any(&down.headers);
         if !origin_form
             || !down.has_case()
             || !matches!(self.sanitize, Sanitize::HopByHop { .. })
             || (has_body && body_len.is_none())
-            || super::hop_by_hop::any(&down.headers)
+            || (strip && !hop_by_hop::only_drops(&down.headers))
         {
             return None;
         }
@@ -128,7 +132,8 @@ impl UpstreamEdits {
                 || *name == http::header::EXPECT
                 || (xff.is_some() && *name == X_FORWARDED_FOR)
                 || (self.id.is_some() && *name == X_REQUEST_ID)
-                || (self.host.is_some() && *name == http::header::HOST);
+                || (self.host.is_some() && *name == http::header::HOST)
+                || (strip && hop_by_hop::is_hop_by_hop(name));
             if !ours {
                 line(case.as_slice(), value.as_bytes());
             }
@@ -342,6 +347,24 @@ mod tests {
                 edits(),
                 true,
             ),
+            // A browser's hop-by-hop headers, left out as they are met.
+            (
+                down(
+                    "GET",
+                    b"/page",
+                    &[
+                        ("Host", "x"),
+                        ("Connection", "keep-alive"),
+                        ("Keep-Alive", "timeout=5"),
+                        ("TE", "trailers"),
+                        ("Proxy-Authorization", "Basic eDp5"),
+                        ("Proxy-Connection", "keep-alive"),
+                        ("Accept", "text/html"),
+                    ],
+                ),
+                edits(),
+                false,
+            ),
         ];
         for (req, edits, has_body) in cases {
             let direct = edits
@@ -357,6 +380,10 @@ mod tests {
                 String::from_utf8_lossy(&want)
             );
             assert_eq!(direct.body_len, if has_body { 5 } else { 0 });
+            let wire = String::from_utf8_lossy(&direct.wire).to_ascii_lowercase();
+            for gone in ["connection", "keep-alive", "te:", "proxy-"] {
+                assert!(!wire.contains(gone), "{gone}: {wire}");
+            }
         }
     }
 
@@ -380,15 +407,23 @@ mod tests {
         let plain = [("Host", "x")];
         for (req, has_body) in [
             (
+                down("GET", b"/", &[("Host", "x"), ("Connection", "X-Secret")]),
+                false,
+            ),
+            (
                 down("GET", b"/", &[("Host", "x"), ("Connection", "close")]),
                 false,
             ),
             (
-                down("GET", b"/", &[("Host", "x"), ("Upgrade", "websocket")]),
+                down(
+                    "GET",
+                    b"/",
+                    &[("Host", "x"), ("Connection", "keep-alive, TE, x-a")],
+                ),
                 false,
             ),
             (
-                down("GET", b"/", &[("Host", "x"), ("Keep-Alive", "300")]),
+                down("GET", b"/", &[("Host", "x"), ("Upgrade", "websocket")]),
                 false,
             ),
             (down("GET", b"http://x/", &plain), false),

@@ -15,18 +15,25 @@
 //!
 //! The gate and the engine take a pingora `ServerSession`; a plain request
 //! is served through its `Custom` variant, whose trait this type
-//! implements ([`session`]). What that variant does not pass on
-//! (keep-alive, which pingora-core's wrapper ignores for it) goes through
-//! [`set_keepalive`] and [`keepalive`], which reach this type directly.
+//! implements ([`session`]). The calls every proxied request makes, and
+//! keep-alive, which pingora-core's wrapper ignores for that variant, go
+//! through [`direct`], which reaches this type without the trait's boxed
+//! futures.
 //!
 //! Reuse follows pingora-core's rules: keep-alive on for HTTP/1.1 unless
 //! switched off (an error answer, a drain, a close-delimited body, a
 //! client that closed), the per-connection request limit counted down,
 //! and bytes of a next request that arrive early kept for it (pipelining).
 
+mod direct;
 mod head;
 mod response;
 mod session;
+
+pub use direct::{
+    finish_body, keepalive, read_body_or_idle, set_keepalive, write_response_body,
+    write_response_header,
+};
 
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -285,6 +292,40 @@ impl ClientH1 {
         }
     }
 
+    /// There is no body: this waits on the idle connection, as
+    /// pingora-core's session does. The client closing is an error (the
+    /// request is abandoned); a byte of its next request is kept for it
+    /// (pipelining), and the wait goes on without reading further.
+    pub async fn idle(&mut self) -> Result<Option<Bytes>> {
+        let gone = || {
+            let when = if self.response.is_none() {
+                "before the response header was sent"
+            } else {
+                "before the response body was complete"
+            };
+            Error::explain(ErrorType::ConnectionClosed, format!("client closed {when}"))
+        };
+        if self.half_closed {
+            return Err(gone());
+        }
+        if self.next_started {
+            return std::future::pending().await;
+        }
+        let mut probe = [0u8; 1];
+        let read =
+            self.stream.read(&mut probe).await.map_err(|e| {
+                Error::because(ErrorType::ReadError, "waiting on an idle client", e)
+            })?;
+        if read == 0 {
+            self.half_closed = true;
+            self.keepalive = Keepalive::Off;
+            return Err(gone());
+        }
+        self.buf.extend_from_slice(&probe[..read]);
+        self.next_started = true;
+        std::future::pending().await
+    }
+
     /// Closes the client's connection (write side first, as pingora-core's
     /// `shutdown` does).
     pub async fn shut(&mut self) {
@@ -317,23 +358,6 @@ pub fn of(session: &mut ServerSession) -> Option<&mut ClientH1> {
         // SAFETY: see `cast`.
         ServerSession::Custom(c) => Some(unsafe { &mut *cast(&mut **c) }),
         _ => None,
-    }
-}
-
-/// pingora-core's `set_keepalive`, which its wrapper ignores for a
-/// `Custom` session: on the codec when it serves the request.
-pub fn set_keepalive(session: &mut ServerSession, secs: Option<u64>) {
-    match of(session) {
-        Some(c) => c.set_keepalive(secs),
-        None => session.set_keepalive(secs),
-    }
-}
-
-/// pingora-core's `get_keepalive`, likewise.
-pub fn keepalive(session: &mut ServerSession) -> Option<u64> {
-    match of(session) {
-        Some(c) => c.keepalive(),
-        None => session.get_keepalive(),
     }
 }
 

@@ -241,8 +241,11 @@ impl ClientH1 {
                     format!("Content-Length {total}, {written} bytes written"),
                 );
             }
+            // Flushed when their last byte was written (or, for no body,
+            // with the header): nothing is left to flush.
+            BodyOut::Length(..) | BodyOut::Done => {}
+            BodyOut::UntilClose => self.flush().await?,
             BodyOut::Unset => self.body = BodyOut::Unset,
-            _ => self.flush().await?,
         }
         Ok(())
     }

@@ -12,11 +12,10 @@ use pingora::protocols::http::custom::CustomMessageWrite;
 use pingora::protocols::http::HttpTask;
 use pingora::protocols::l4::socket::SocketAddr;
 use pingora::protocols::Digest;
-use pingora::{Error, ErrorType, Result};
+use pingora::Result;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 
-use super::{ClientH1, Keepalive};
+use super::ClientH1;
 
 type MessageReader = Box<dyn MessageStream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>;
 
@@ -144,38 +143,8 @@ impl SessionCustom for ClientH1 {
         true
     }
 
-    /// There is no body: this waits on the idle connection, as
-    /// pingora-core's session does. The client closing is an error (the
-    /// request is abandoned); a byte of its next request is kept for it
-    /// (pipelining), and the wait goes on without reading further.
     async fn read_body_or_idle(&mut self, _no_body_expected: bool) -> Result<Option<Bytes>> {
-        let gone = || {
-            let when = if self.response.is_none() {
-                "before the response header was sent"
-            } else {
-                "before the response body was complete"
-            };
-            Error::explain(ErrorType::ConnectionClosed, format!("client closed {when}"))
-        };
-        if self.half_closed {
-            return Err(gone());
-        }
-        if self.next_started {
-            return std::future::pending().await;
-        }
-        let mut probe = [0u8; 1];
-        let read =
-            self.stream.read(&mut probe).await.map_err(|e| {
-                Error::because(ErrorType::ReadError, "waiting on an idle client", e)
-            })?;
-        if read == 0 {
-            self.half_closed = true;
-            self.keepalive = Keepalive::Off;
-            return Err(gone());
-        }
-        self.buf.extend_from_slice(&probe[..read]);
-        self.next_started = true;
-        std::future::pending().await
+        self.idle().await
     }
 
     fn body_bytes_sent(&self) -> usize {

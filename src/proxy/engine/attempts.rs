@@ -5,10 +5,10 @@
 //! and `fail_to_proxy` in `proxy_http.rs`.
 
 use pingora::protocols::http::ServerSession;
-use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorType};
 
 use super::exchange::Exchange;
+use super::target::Target;
 use super::{CoreEngine, Upstream};
 use crate::model::policy::RetryOn;
 use crate::proxy::ctx::RequestCtx;
@@ -25,12 +25,16 @@ impl CoreEngine {
             if ctx.attempts >= self.max_attempts {
                 break Error::explain(ErrorType::InternalError, "too many attempts");
             }
-            let peer = match self.gate.choose_peer(session, ctx) {
-                Ok(peer) => peer,
+            let mut target = match self.gate.choose_instance(session, ctx) {
+                Ok(timeouts) => match &ctx.attempt {
+                    Some(attempt) => Target::of(attempt, timeouts),
+                    None => {
+                        break Error::explain(ErrorType::InternalError, "no attempt in context")
+                    }
+                },
                 Err(e) => break e,
             };
-            let key = peer.reuse_hash();
-            let (mut up, reused) = match self.connect(&peer, key).await {
+            let (mut up, reused) = match self.connect(&mut target).await {
                 Ok(connected) => connected,
                 Err(mut e) => {
                     e.as_up();
@@ -40,12 +44,12 @@ impl CoreEngine {
                         tracing::debug!(request_id = ctx.request_id(), error = %e, "connect failed; retrying elsewhere");
                         continue;
                     }
-                    break e.more_context(format!("peer: {peer}"));
+                    break e.more_context(format!("peer: {target}"));
                 }
             };
             let exchanged = match &mut up {
                 Upstream::H1(h1) => self.exchange(session, h1, ctx).await,
-                Upstream::H2(h2) => self.exchange_h2(session, h2, ctx, &peer).await,
+                Upstream::H2(h2) => self.exchange_h2(session, h2, ctx, target.peer()).await,
             };
             match exchanged {
                 Exchange::Complete {
@@ -53,7 +57,7 @@ impl CoreEngine {
                     downstream_reusable,
                 } => {
                     if upstream_reusable {
-                        self.release(up, &peer, key).await;
+                        self.release(up, &mut target).await;
                     }
                     return downstream_reusable;
                 }
@@ -65,7 +69,7 @@ impl CoreEngine {
                 }
                 Exchange::Failed(e) => {
                     let e = retry::blame_stalled_client(session, e)
-                        .more_context(format!("peer: {peer}"));
+                        .more_context(format!("peer: {target}"));
                     if !retry::after_error(session, ctx, &e, reused) {
                         break e;
                     }

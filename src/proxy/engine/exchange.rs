@@ -163,7 +163,7 @@ impl CoreEngine {
                         return outcome;
                     }
                 }
-                body = session.read_body_or_idle(st.req_done), if watch_client => {
+                body = client_h1::read_body_or_idle(session, st.req_done), if watch_client => {
                     let body = match body {
                         Ok(body) => body,
                         // The client went away, or its body is malformed.
@@ -263,8 +263,7 @@ impl CoreEngine {
             self.gate.cache_response_body(ctx, &data, end);
         }
         if !data.is_empty() || end {
-            session
-                .write_response_body(data, end)
+            client_h1::write_response_body(session, data, end)
                 .await
                 .map_err(|e| Exchange::Failed(e.into_down()))?;
         }
@@ -342,8 +341,7 @@ impl CoreEngine {
             // Draining: the client learns now that this connection ends.
             client_h1::set_keepalive(session, None);
         }
-        session
-            .write_response_header(header)
+        client_h1::write_response_header(session, header)
             .await
             .map_err(|e| Exchange::Failed(e.into_down()))?;
         if session.was_upgraded() {
@@ -353,8 +351,7 @@ impl CoreEngine {
         }
         if end {
             self.gate.cache_response_body(ctx, &Bytes::new(), true);
-            session
-                .finish_body()
+            client_h1::finish_body(session)
                 .await
                 .map_err(|e| Exchange::Failed(e.into_down()))?;
             self.response_ended(session, st);

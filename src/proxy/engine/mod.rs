@@ -23,6 +23,7 @@ mod attempts;
 mod exchange;
 mod exchange_h2;
 mod refresh;
+mod target;
 
 use async_trait::async_trait;
 use futures_util::FutureExt;
@@ -36,7 +37,6 @@ use pingora::protocols::http::{ReusableHttpStream, ServerSession};
 use pingora::protocols::Stream;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
-use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -51,6 +51,7 @@ use super::gate::{panic_message, Gate};
 use super::shutdown::Shutdown;
 use super::upstream_h1::UpstreamH1;
 use super::{linger, timer_tick, upstream_pool};
+use target::Target;
 
 /// The core engine: a pingora-core `HttpServerApp` for the proxy listeners.
 pub struct CoreEngine {
@@ -93,19 +94,24 @@ impl CoreEngine {
     /// (`true`: reused), else pingora-core's connector (a new connection,
     /// or HTTP/2's shared one). HTTP/1.1 is spoken by [`UpstreamH1`], with
     /// the peer's timeouts.
-    async fn connect(&self, peer: &HttpPeer, key: u64) -> pingora::Result<(Upstream, bool)> {
+    async fn connect(&self, target: &mut Target) -> pingora::Result<(Upstream, bool)> {
+        let t = target.timeouts;
         let h1 = |stream| {
             let mut h1 = UpstreamH1::new(stream);
-            h1.read_timeout = peer.options.read_timeout;
-            h1.write_timeout = peer.options.write_timeout;
+            h1.read_timeout = Some(t.read);
+            h1.write_timeout = Some(t.write);
             Upstream::H1(h1)
         };
-        if let Some(stream) = h1_only(peer).then(|| upstream_pool::take(key)).flatten() {
+        if let Some(stream) = target
+            .h1_only
+            .then(|| upstream_pool::take(target.key))
+            .flatten()
+        {
             return Ok((h1(stream), true));
         }
         // Boxed: connecting (TCP, TLS, ALPN) is a ~9 KiB future, and inline
         // it would size (and be copied with) every request's.
-        match Box::pin(self.connector.get_http_session(peer)).await? {
+        match Box::pin(self.connector.get_http_session(target.peer())).await? {
             (HttpSession::H1(session), reused) => Ok((h1(session.into_inner()), reused)),
             (HttpSession::H2(h2), reused) => Ok((Upstream::H2(Box::new(h2)), reused)),
             (HttpSession::Custom(()), _) => Err(Error::explain(
@@ -116,7 +122,7 @@ impl CoreEngine {
     }
 
     /// Gives back a connection whose exchange ended cleanly, for reuse.
-    async fn release(&self, up: Upstream, peer: &HttpPeer, key: u64) {
+    async fn release(&self, up: Upstream, target: &mut Target) {
         match up {
             Upstream::H1(h1) => {
                 if let Some((stream, idle)) = h1.into_reusable() {
@@ -124,14 +130,13 @@ impl CoreEngine {
                     // one: it would close the connection under the next
                     // request. (A second early: its clock is not ours.)
                     let idle = idle.map(|t| t.saturating_sub(Duration::from_secs(1)));
-                    let idle = match (peer.options.idle_timeout, idle) {
-                        (Some(ours), Some(theirs)) => Some(ours.min(theirs)),
-                        (ours, theirs) => ours.or(theirs),
-                    };
-                    upstream_pool::put(key, stream, idle);
+                    let ours = target.timeouts.idle;
+                    let idle = Some(idle.map_or(ours, |theirs| ours.min(theirs)));
+                    upstream_pool::put(target.key, stream, idle);
                 }
             }
             Upstream::H2(h2) => {
+                let peer = target.peer();
                 self.connector
                     .release_http_session(HttpSession::H2(*h2), peer, peer.options.idle_timeout)
                     .await
@@ -347,10 +352,6 @@ pub(super) enum Upstream {
 
 /// A peer only ever spoken to in HTTP/1.1 (what pingora-core's connector
 /// decides the same way): its idle connections are this engine's to keep.
-fn h1_only(peer: &HttpPeer) -> bool {
-    peer.options.alpn.get_max_http_version() == 1
-}
-
 impl Http1Loop for CoreEngine {
     /// pingora-core's HTTP/1 loop (`apps/mod.rs`), with each request's
     /// future inline in the connection's: boxed per request (as

@@ -6,10 +6,10 @@
 
 use pingora::http::RequestHeader;
 use pingora::protocols::http::{HttpTask, ServerSession};
-use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::Result;
 use std::sync::Arc;
 
+use super::target::Target;
 use super::{CoreEngine, Upstream};
 use crate::proxy::caching::Refresh;
 use crate::proxy::ctx::RequestCtx;
@@ -24,8 +24,11 @@ impl CoreEngine {
         let Some(refresh) = self.gate.take_refresh(session.req_header(), ctx) else {
             return;
         };
-        let peer = match self.gate.choose_peer(session, ctx) {
-            Ok(peer) => peer,
+        let target = match self.gate.choose_instance(session, ctx) {
+            Ok(timeouts) => match &ctx.attempt {
+                Some(attempt) => Target::of(attempt, timeouts),
+                None => return,
+            },
             Err(e) => {
                 tracing::debug!(error = %e, "no instance to refresh a stale cache entry from");
                 return;
@@ -43,15 +46,19 @@ impl CoreEngine {
         let engine = self.clone();
         tokio::spawn(async move {
             let _attempt = attempt;
-            if let Err(e) = engine.fetch(&peer, req, refresh).await {
+            if let Err(e) = engine.fetch(target, req, refresh).await {
                 tracing::debug!(error = %e, "cache refresh failed; the stale entry stays");
             }
         });
     }
 
-    async fn fetch(&self, peer: &HttpPeer, req: RequestHeader, mut refresh: Refresh) -> Result<()> {
-        let key = peer.reuse_hash();
-        let (mut up, _) = self.connect(peer, key).await?;
+    async fn fetch(
+        &self,
+        mut target: Target,
+        req: RequestHeader,
+        mut refresh: Refresh,
+    ) -> Result<()> {
+        let (mut up, _) = self.connect(&mut target).await?;
         let Upstream::H1(h1) = &mut up else {
             // HTTP/2 upstreams are refreshed by the next request instead.
             return Ok(());
@@ -82,7 +89,7 @@ impl CoreEngine {
             }
         }
         refresh.finish();
-        self.release(up, peer, key).await;
+        self.release(up, &mut target).await;
         Ok(())
     }
 }
