@@ -19,22 +19,18 @@ impl Gate {
     /// Picks the instance for the next attempt (a retry avoids the one that
     /// just failed) and the peer with the route's timeouts.
     pub fn choose_peer(&self, session: &ServerSession, ctx: &mut RequestCtx) -> Result<HttpPeer> {
-        let t = self.choose_instance(session, ctx)?;
-        let attempt = ctx
-            .attempt
-            .as_ref()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no attempt in context"))?;
+        let (t, attempt) = self.choose_instance(session, ctx)?;
         Ok(upstream_peer::for_attempt(attempt, &t))
     }
 
-    /// [`Gate::choose_peer`] without the pingora peer: the instance is
-    /// `ctx.attempt`'s, the timeouts the route's for it. The core engine
+    /// [`Gate::choose_peer`] without the pingora peer: the attempt (kept
+    /// in `ctx.attempt`) and the route's timeouts for it. The core engine
     /// builds a peer only to make a connection.
-    pub fn choose_instance(
+    pub fn choose_instance<'c>(
         &self,
         session: &ServerSession,
-        ctx: &mut RequestCtx,
-    ) -> Result<Timeouts> {
+        ctx: &'c mut RequestCtx,
+    ) -> Result<(Timeouts, &'c Attempt)> {
         let (Some(route), Some(leaf)) = (ctx.route.as_deref(), ctx.leaf.as_deref()) else {
             return Err(Error::explain(
                 ErrorType::InternalError,
@@ -61,8 +57,7 @@ impl Gate {
         let attempt = Attempt::new(set, picked.index)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "picked instance vanished"))?;
         ctx.attempts += 1;
-        ctx.attempt = Some(attempt);
-        Ok(t)
+        Ok((t, ctx.attempt.insert(attempt)))
     }
 
     /// The consistent-hash key's hash, when the upstream hashes.

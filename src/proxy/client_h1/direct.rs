@@ -53,15 +53,7 @@ pub async fn write_response_body(
     end: bool,
 ) -> Result<()> {
     match of(session) {
-        Some(c) => {
-            if !data.is_empty() {
-                c.send_body(&data).await?;
-            }
-            if end {
-                c.end_body().await?;
-            }
-            Ok(())
-        }
+        Some(c) => c.send_piece(&data, end).await,
         None => session.write_response_body(data, end).await,
     }
 }

@@ -219,6 +219,17 @@ impl ClientH1 {
         Ok(())
     }
 
+    /// A piece of the body (none when empty), then its end when `end`.
+    pub(super) async fn send_piece(&mut self, data: &[u8], end: bool) -> Result<()> {
+        if !data.is_empty() {
+            self.send_body(data).await?;
+        }
+        if end {
+            self.end_body().await?;
+        }
+        Ok(())
+    }
+
     /// Ends the body: the last chunk, the flush. A `Content-Length` body
     /// ended short is an error (the client sees a cut response).
     pub(super) async fn end_body(&mut self) -> Result<()> {

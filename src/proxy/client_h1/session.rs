@@ -51,13 +51,7 @@ impl SessionCustom for ClientH1 {
     }
 
     async fn write_body(&mut self, data: Bytes, end: bool) -> Result<()> {
-        if !data.is_empty() {
-            self.send_body(&data).await?;
-        }
-        if end {
-            self.end_body().await?;
-        }
-        Ok(())
+        self.send_piece(&data, end).await
     }
 
     async fn write_trailers(&mut self, _trailers: HeaderMap) -> Result<()> {

@@ -26,12 +26,7 @@ impl CoreEngine {
                 break Error::explain(ErrorType::InternalError, "too many attempts");
             }
             let mut target = match self.gate.choose_instance(session, ctx) {
-                Ok(timeouts) => match &ctx.attempt {
-                    Some(attempt) => Target::of(attempt, timeouts),
-                    None => {
-                        break Error::explain(ErrorType::InternalError, "no attempt in context")
-                    }
-                },
+                Ok((timeouts, attempt)) => Target::of(attempt, timeouts),
                 Err(e) => break e,
             };
             let (mut up, reused) = match self.connect(&mut target).await {

@@ -25,10 +25,7 @@ impl CoreEngine {
             return;
         };
         let target = match self.gate.choose_instance(session, ctx) {
-            Ok(timeouts) => match &ctx.attempt {
-                Some(attempt) => Target::of(attempt, timeouts),
-                None => return,
-            },
+            Ok((timeouts, attempt)) => Target::of(attempt, timeouts),
             Err(e) => {
                 tracing::debug!(error = %e, "no instance to refresh a stale cache entry from");
                 return;
