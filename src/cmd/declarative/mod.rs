@@ -330,13 +330,22 @@ async fn place_marker(
     Ok(lease)
 }
 
-/// Waits for every live gateway to report `revision` applied.
+/// Waits for every live gateway to report `revision` applied. A read of
+/// the fleet that fails (a slow or loaded etcd: each call has a few
+/// seconds) is tried again until `timeout`; the changes are already
+/// written, so one slow read must not report the apply as failed.
 async fn wait(p: &Place, revision: i64, timeout: Duration) -> anyhow::Result<i32> {
     let deadline = Instant::now() + timeout;
     loop {
-        let view = crate::admin_api::fleet::view(&p.etcd, &p.prefix)
-            .await
-            .map_err(etcd_error)?;
+        let view = match crate::admin_api::fleet::view(&p.etcd, &p.prefix).await {
+            Ok(view) => view,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = ?e, "reading the fleet failed; trying again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => return Err(etcd_error(e)),
+        };
         let nodes = view["gateways"].as_array().cloned().unwrap_or_default();
         let behind: Vec<String> = nodes
             .iter()
