@@ -2,7 +2,8 @@
 //! gateway: documents applied and served, a second apply with no changes,
 //! a field-by-field diff, --prune, one bad document among 100 refusing the
 //! whole apply (nothing written, the file and field named), an export that
-//! apply takes back unchanged, --wait for the fleet, and the batch hold:
+//! apply takes back unchanged, --wait for the fleet (outliving fleet reads
+//! that time out), and the batch hold:
 //! gateways publish a multi-transaction apply whole, never an instance
 //! death late, and serve what a dead apply wrote once its marker's lease
 //! ends.
@@ -11,8 +12,11 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
-use common::etcd_gw::{metric, start_gw, wait_status, GATEWAYS, ROUTES, SERVICES};
+use common::etcd_gw::{
+    metric, start_gw, wait_status, GATEWAYS, ROUTES, SERVICES, SIGCONT, SIGSTOP,
+};
 use common::{bin, output_text as text, READY};
 use testkit::{http_request, wait_for, Backend, Etcd};
 
@@ -332,6 +336,69 @@ fn a_batch_marker_holds_config_but_not_instances_and_its_lease_frees_the_fleet()
     assert_eq!(metric(&gw, RELEASED), 1.0);
     assert_eq!(metric(&gw, "tollgate_config_batch_held"), 0.0);
     drop(svc);
+}
+
+/// `apply --wait` outlives reads of the fleet that time out: the changes
+/// are written, so an etcd too slow to answer (each call has 3 s) only
+/// delays the answer, and the apply ends as the fleet does.
+#[test]
+fn apply_wait_outlives_fleet_reads_that_time_out() {
+    let b = Backend::start("b");
+    let etcd = Etcd::start();
+    let gw = start_gw("slow-fleet-read", &[etcd.endpoint()]);
+    // The apply's own path to etcd, which the test can freeze.
+    let relay = common::etcd_gw::etcd_relay(&etcd);
+    let dir = common::etcd_gw::TempDir::new("slow-fleet-read");
+    write(
+        dir.path(),
+        "api.yaml",
+        &format!(
+            "kind: upstream\nid: slow\nspec: {{nodes: [\"{}\"]}}\n---\nkind: route\nid: slow\nspec: {{paths: [\"/slow\"], upstream: slow}}\n",
+            b.url()
+        ),
+    );
+    // Held behind: its record stays (its lease has 10 s), it applies nothing.
+    gw.signal(SIGSTOP);
+    let mut apply = Command::new(bin())
+        .args(["apply", "-f", dir.path().to_str().unwrap(), "--wait", "30"])
+        .args(["--etcd", &relay.url()])
+        .args(["-c", "/nonexistent.yaml"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the apply to write the route", READY, || {
+        let routes = etcd
+            .client()
+            .get(&format!("{ROUTES}slow"))
+            .unwrap_or_default();
+        !routes.is_empty()
+    });
+    // The apply now waits on the fleet: every read from here hangs until
+    // its 3 s are up, and the gateway catches up meanwhile.
+    relay.freeze();
+    gw.signal(SIGCONT);
+    let frozen = Instant::now();
+    while frozen.elapsed() < Duration::from_secs(4) {
+        if let Some(status) = apply.try_wait().unwrap() {
+            let out = apply.wait_with_output().unwrap();
+            panic!(
+                "the apply ended ({status}) while etcd was slow: {}",
+                text(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    relay.restore();
+    let out = apply.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("every gateway (1) applied"),
+        "{}",
+        text(&out)
+    );
+    let r = gw.request("GET", "/slow", &[], None).unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
 }
 
 #[test]
