@@ -24,6 +24,9 @@
 #   --out FILE       where to write the table (default bench/results/profile-latest.txt)
 #   --header H       one more request header, e.g. 'Connection: keep-alive'
 #                    (what browsers send on every HTTP/1.1 request)
+#   --browser        the ten header fields a browser's page request carries
+#                    (Connection: keep-alive, User-Agent, Accept*, Sec-Fetch-*,
+#                    a cookie): the per-field costs at a real request's size
 #   --no-build       do not run cargo build
 #   -h, --help
 #
@@ -37,8 +40,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
 ALL_TARGETS=(nginx haproxy tollgate tollgate-full)
-requests=20000 targets_arg="" out="" header=""
+requests=20000 targets_arg="" out="" header="" browser=0
 value_opts+=([--requests]=requests [--targets]=targets_arg [--out]=out [--header]=header)
+switch_opts+=([--browser]=browser)
 parse_args "$@"
 ((quick)) && ! ((${explicit[--requests]:-0})) && requests=2000
 require_positive requests:"$requests"
@@ -106,10 +110,28 @@ server_cmd() {
     esac
 }
 
+# A browser's page request (Chrome 131 on Linux), Host aside.
+BROWSER_HEADERS=(
+    'Connection: keep-alive'
+    'User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36'
+    'Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8'
+    'Accept-Encoding: gzip, deflate, br, zstd'
+    'Accept-Language: en-US,en;q=0.9'
+    'Upgrade-Insecure-Requests: 1'
+    'Sec-Fetch-Dest: document'
+    'Sec-Fetch-Mode: navigate'
+    'Sec-Fetch-Site: none'
+    'Cookie: session=3f9a1c0e7b2d4a6f8e1c3b5a7d9f0e2c'
+)
+
 # load N: N keep-alive GETs from 16 connections; fails unless all are 2xx.
 load() {
     local n=$1 summary extra=()
     [[ -z "$header" ]] || extra=(-H "$header")
+    if ((browser)); then
+        local h
+        for h in "${BROWSER_HEADERS[@]}"; do extra+=(-H "$h"); done
+    fi
     summary=$("${load_prefix[@]}" h2load --h1 -n "$n" -c 16 "${extra[@]}" "$url" 2>&1) || die "h2load failed: $summary"
     grep -q "status codes: $n 2xx" <<<"$summary" || die "not every answer was 2xx: $(grep 'status codes' <<<"$summary")"
 }
@@ -170,7 +192,7 @@ done
 report=$tmp/report.txt
 {
     echo "# bench/profile.sh — $(date -u '+%Y-%m-%d %H:%M:%S UTC'), rev $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo +dirty)"
-    echo "# $requests keep-alive GETs (h2load --h1 -c 16${header:+, header '$header'}) per target after 2,000 of warm-up; $(valgrind --version)"
+    echo "# $requests keep-alive GETs (h2load --h1 -c 16${header:+, header '$header'}$( ((browser)) && echo ", a browser's ${#BROWSER_HEADERS[@]} header fields")) per target after 2,000 of warm-up; $(valgrind --version)"
     echo "# instructions per request (user space, all threads, callgrind); tollgate's split by stage"
     python3 bench/profile_stages.py --table "$tmp/ir.tsv"
     echo

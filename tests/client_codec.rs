@@ -12,7 +12,7 @@ mod common;
 use std::io::Write;
 use std::time::Instant;
 
-use common::engines::{gateway, ENGINES};
+use common::engines::{gateway, gateway_full, ENGINES};
 use common::raw_http::{connect, expect_closed, listener, read_response, read_until, IO};
 use serde_json::Value;
 use testkit::{Backend, Mode};
@@ -256,6 +256,23 @@ fn a_failure_answer_on_a_plain_request_closes_the_connection() {
 /// names lower-case.
 #[test]
 fn a_plain_requests_fields_go_upstream_as_sent_without_the_hop_by_hop_ones() {
+    fields_go_upstream_as_sent("");
+}
+
+/// The same when a plugin edits the request header (the codec then gives
+/// the header its map of the client's case, which the edited header is
+/// written with).
+#[test]
+fn an_edited_requests_fields_go_upstream_as_sent_with_the_edit() {
+    fields_go_upstream_as_sent(
+        "settings:\n  plugins: [{proxy-rewrite: {headers: {set: {X-Added: yes}, remove: [x-gone]}}}]\n",
+    );
+}
+
+/// A plain head with hop-by-hop fields, mixed case and duplicates, through
+/// a gateway with `top` settings: what the upstream reads.
+fn fields_go_upstream_as_sent(top: &str) {
+    let edited = !top.is_empty();
     for engine in ENGINES {
         let (l, url) = listener();
         let backend = std::thread::spawn(move || {
@@ -266,13 +283,13 @@ fn a_plain_requests_fields_go_upstream_as_sent_without_the_hop_by_hop_ones() {
                 .unwrap();
             String::from_utf8_lossy(&buf[..end]).into_owned()
         });
-        let gw = gateway(engine, &[url]);
+        let gw = gateway_full(engine, &[url], "", top);
         let mut c = connect(gw.proxy_addr());
         c.write_all(
             b"GET /fields?q=1 HTTP/1.1\r\nX-B: 1\r\nHost: x\r\nConnection: keep-alive\r\n\
               Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\
               Proxy-Authorization: Basic eDp5\r\nx-b: 2\r\nX-MiXed: v\r\n\
-              X-Forwarded-Proto: https\r\n\r\n",
+              X-Forwarded-Proto: https\r\nX-Gone: 1\r\n\r\n",
         )
         .unwrap();
         let mut buf = Vec::new();
@@ -315,6 +332,13 @@ fn a_plain_requests_fields_go_upstream_as_sent_without_the_hop_by_hop_ones() {
         if engine == "core" {
             assert_eq!(named("x-b"), ["X-B: 1", "x-b: 2"], "{engine}: {up}");
             assert_eq!(named("x-mixed"), ["X-MiXed: v"], "{engine}: {up}");
+        }
+        assert!(
+            named("x-gone").len() == usize::from(!edited),
+            "{engine}: {up}"
+        );
+        if edited {
+            assert_eq!(kept("x-added"), ["x-added: yes"], "{engine}: {up}");
         }
         // Ours, not the client's.
         assert_eq!(

@@ -77,8 +77,9 @@ fn register_survives_a_lost_lease_and_an_etcd_restart_and_deregisters_on_sigterm
     wait_served_by(&gw, "/reg", "reg-1", Duration::from_secs(20));
     assert!(reg.running(), "{}", reg.logs());
 
-    // SIGTERM: exits 0 and the key is gone at once (not after the TTL).
-    let t = Instant::now();
+    // SIGTERM: exits 0 and the key is gone at once, its lease revoked (not
+    // left to expire: the revoke's success is what "deregistered" logs; a
+    // time bound here failed on a CI etcd's slow fdatasync).
     reg.signal(SIGTERM);
     assert_eq!(
         reg.wait_exit(Duration::from_secs(5)),
@@ -92,10 +93,10 @@ fn register_survives_a_lost_lease_and_an_etcd_restart_and_deregisters_on_sigterm
         "key still there after exit: {}",
         reg.logs()
     );
-    let took = t.elapsed();
     assert!(
-        took < Duration::from_secs(1),
-        "deregistering took {took:.2?}"
+        reg.logs().contains("deregistered"),
+        "the lease was not revoked: {}",
+        reg.logs()
     );
     let r = wait_gateway_status(&gw, "/reg", 503, APPLY);
     assert_gw_error(&r, 503, "service has no live instance");

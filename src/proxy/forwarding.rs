@@ -57,12 +57,9 @@ pub fn forwarded_for<'a>(
     let mut ip = [0u8; MAX_IP_TEXT];
     let ip = ip_text(client, &mut ip);
     let mut out = Vec::new();
-    for line in existing {
-        let hop = line.as_bytes().trim_ascii();
-        if !hop.is_empty() && line.to_str().is_ok() {
-            out.extend_from_slice(hop);
-            out.extend_from_slice(b", ");
-        }
+    for hop in kept_hops(existing.into_iter().map(|v| v.as_bytes())) {
+        out.extend_from_slice(hop);
+        out.extend_from_slice(b", ");
     }
     if out.is_empty() {
         // The usual case, the client is the first hop: one exact-size copy.
@@ -72,6 +69,28 @@ pub fn forwarded_for<'a>(
     out.extend_from_slice(ip);
     http::HeaderValue::from_maybe_shared(bytes::Bytes::from(out))
         .unwrap_or_else(|_| http::HeaderValue::from_static(""))
+}
+
+/// [`forwarded_for`]'s value written at the end of `out` (an upstream
+/// head being written), with no header value made for it.
+pub fn write_forwarded_for<'a>(
+    out: &mut Vec<u8>,
+    existing: impl IntoIterator<Item = &'a [u8]>,
+    client: IpAddr,
+) {
+    for hop in kept_hops(existing) {
+        out.extend_from_slice(hop);
+        out.extend_from_slice(b", ");
+    }
+    push_ip(out, client);
+}
+
+/// The earlier hops of the client's `X-Forwarded-For` lines that are
+/// kept: trimmed, not empty, visible ASCII (`HeaderValue::to_str`).
+fn kept_hops<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> impl Iterator<Item = &'a [u8]> {
+    lines.into_iter().map(<[u8]>::trim_ascii).filter(|hop| {
+        !hop.is_empty() && hop.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+    })
 }
 
 /// Room for the longest address text (39 bytes: eight IPv6 groups).
@@ -156,6 +175,35 @@ mod tests {
             push_ip(&mut out, ip);
             assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
         }
+    }
+
+    #[test]
+    fn the_value_written_in_place_is_the_header_value() {
+        let client: IpAddr = "5.6.7.8".parse().unwrap();
+        for lines in [
+            &[][..],
+            &["1.1.1.1"],
+            &["1.1.1.1", " ", "2.2.2.2, 3.3.3.3"],
+            &["  9.9.9.9  ", ""],
+        ] {
+            let values: Vec<_> = lines
+                .iter()
+                .map(|l| http::HeaderValue::from_str(l).unwrap())
+                .collect();
+            let mut out = b"x: ".to_vec();
+            write_forwarded_for(&mut out, lines.iter().map(|l| l.as_bytes()), client);
+            assert_eq!(
+                out[3..],
+                *forwarded_for(&values, client).as_bytes(),
+                "{lines:?}"
+            );
+        }
+        // A line that is not visible ASCII is not kept, as before.
+        let obs = http::HeaderValue::from_bytes(b"caf\xe9").unwrap();
+        let mut out = Vec::new();
+        write_forwarded_for(&mut out, [obs.as_bytes()], client);
+        assert_eq!(out, b"5.6.7.8");
+        assert_eq!(forwarded_for([&obs], client), "5.6.7.8");
     }
 
     #[test]

@@ -45,6 +45,29 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     hop_by_hop().contains(&name)
 }
 
+/// [`hop_by_hop`]'s names as text, for names read from the client's bytes.
+const HOP_BY_HOP_NAMES: [&str; 10] = [
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "http2-settings",
+];
+
+/// [`is_hop_by_hop`] for a name as the client spelled it (any case), for
+/// the upstream head written from the client's own bytes: lengths first,
+/// so most names are told apart without reading them.
+pub fn is_hop_by_hop_spelled(name: &[u8]) -> bool {
+    HOP_BY_HOP_NAMES
+        .iter()
+        .any(|h| h.len() == name.len() && name.eq_ignore_ascii_case(h.as_bytes()))
+}
+
 /// A `tchar` (RFC 9110 5.6.2): what a `Connection` token may be made of.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric()
@@ -139,6 +162,16 @@ pub fn only_drops(headers: &HeaderMap) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .all(|v| list_elements(v.as_bytes()).all(is_keep_alive))
+}
+
+/// [`only_drops`] for one hop-by-hop field as the client spelled it:
+/// stripping only leaves it out, unless it is an `Upgrade` or a
+/// `Connection` naming anything but `keep-alive`.
+pub fn only_dropped(name: &[u8], value: &[u8]) -> bool {
+    if name.eq_ignore_ascii_case(b"upgrade") {
+        return false;
+    }
+    !name.eq_ignore_ascii_case(b"connection") || list_elements(value).all(is_keep_alive)
 }
 
 fn is_keep_alive(token: &[u8]) -> bool {
@@ -310,6 +343,18 @@ mod tests {
     }
 
     #[test]
+    fn the_spelled_names_are_the_hop_by_hop_ones() {
+        let names: Vec<_> = hop_by_hop().iter().map(|h| h.as_str()).collect();
+        assert_eq!(names, HOP_BY_HOP_NAMES);
+        for name in ["Keep-Alive", "TE", "Proxy-Authorization", "HTTP2-Settings"] {
+            assert!(is_hop_by_hop_spelled(name.as_bytes()), "{name}");
+        }
+        for name in ["Host", "Keep-Alives", "T", "X-Upgrade", ""] {
+            assert!(!is_hop_by_hop_spelled(name.as_bytes()), "{name}");
+        }
+    }
+
+    #[test]
     fn hop_by_hop_and_nominated_headers_are_stripped() {
         let mut h = headers(&[
             ("connection", "keep-alive, X-Secret"),
@@ -327,9 +372,16 @@ mod tests {
 
     #[test]
     fn only_a_keep_alive_connection_leaves_stripping_to_dropping() {
-        let browser = headers(&[("connection", "keep-alive"), ("keep-alive", "300")]);
-        assert!(only_drops(&browser));
-        assert!(only_drops(&headers(&[("te", "trailers")])));
+        // The same answer field by field, as the client spelled them.
+        let fieldwise = |fields: &[(&str, &str)]| {
+            fields
+                .iter()
+                .all(|(n, v)| only_dropped(n.to_uppercase().as_bytes(), v.as_bytes()))
+        };
+        let browser = [("connection", "keep-alive"), ("keep-alive", "300")];
+        assert!(only_drops(&headers(&browser)) && fieldwise(&browser));
+        let te = [("te", "trailers")];
+        assert!(only_drops(&headers(&te)) && fieldwise(&te));
         for other in [
             &[("connection", "keep-alive, X-Secret")][..],
             &[("connection", "close")],
@@ -337,6 +389,7 @@ mod tests {
             &[("upgrade", "h2c")],
         ] {
             assert!(!only_drops(&headers(other)), "{other:?}");
+            assert!(!fieldwise(other), "{other:?}");
         }
     }
 

@@ -20,7 +20,7 @@ impl Gate {
     /// just failed) and the peer with the route's timeouts.
     pub fn choose_peer(&self, session: &ServerSession, ctx: &mut RequestCtx) -> Result<HttpPeer> {
         let (t, attempt) = self.choose_instance(session, ctx)?;
-        Ok(upstream_peer::for_attempt(attempt, &t))
+        Ok(upstream_peer::for_instance(&attempt.set, attempt.index, &t))
     }
 
     /// [`Gate::choose_peer`] without the pingora peer: the attempt (kept

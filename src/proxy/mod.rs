@@ -22,6 +22,7 @@ mod framing;
 mod gate;
 mod grpc;
 mod header_edit;
+mod header_names;
 mod hop_by_hop;
 mod http2;
 mod instance_pick;

@@ -4,15 +4,16 @@
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
 
-use super::ctx::Attempt;
 use crate::model::timeout::Timeouts;
 use crate::model::upstream::NodeScheme;
 use crate::model::Node;
+use crate::snapshot::InstanceSet;
 use crate::tls::upstream::UpstreamTls;
 
-/// The peer of an attempt's instance, with the route's timeouts.
-pub fn for_attempt(attempt: &Attempt, t: &Timeouts) -> HttpPeer {
-    with_timeouts(attempt.node(), attempt.set.tls.as_deref(), t)
+/// The peer of an instance of a set, with the route's timeouts: what
+/// both engines connect with (the core engine only when it opens one).
+pub fn for_instance(set: &InstanceSet, index: usize, t: &Timeouts) -> HttpPeer {
+    with_timeouts(&set.nodes[index], set.tls.as_deref(), t)
 }
 
 /// [`peer_for`] with the route's timeouts.

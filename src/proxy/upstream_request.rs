@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use super::ctx::RequestCtx;
-use super::forwarding::forwarded_for;
+use super::forwarding::{forwarded_for, write_forwarded_for};
 use super::gate::{Gate, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use super::request_id::X_REQUEST_ID;
 use super::{header_edit, hop_by_hop};
@@ -66,13 +66,6 @@ impl UpstreamEdits {
     }
 }
 
-/// The head [`UpstreamEdits::direct_head`] writes: its bytes, and the
-/// body that follows (`Content-Length`, 0 for none).
-pub struct DirectHead {
-    pub wire: Vec<u8>,
-    pub body_len: u64,
-}
-
 impl UpstreamEdits {
     /// The upstream request head written straight from the client's header
     /// in one pass: the request [`UpstreamEdits::apply`] and
@@ -82,21 +75,34 @@ impl UpstreamEdits {
     /// leaves hop-by-hop headers out (`hop_by_hop::only_drops`: a browser's
     /// `Connection: keep-alive`): an origin-form target, a body only with
     /// `Content-Length`; `None` otherwise, and the caller builds the header.
-    /// Header names keep the client's case; ours are written as the built
-    /// header writes them.
-    pub fn direct_head(&self, down: &RequestHeader, has_body: bool) -> Option<Result<DirectHead>> {
+    ///
+    /// Header names keep the client's case: `as_sent` is the unedited
+    /// header's fields as the client's bytes have them (the core engine's
+    /// codec), in its order; without it, the header's own map of the case.
+    /// Ours are written as the built header writes them.
+    ///
+    /// The head is written at the end of `wire`; the result is the length
+    /// of the body that follows (`Content-Length`, 0 for none).
+    pub fn direct_head<'a>(
+        &self,
+        down: &RequestHeader,
+        as_sent: Option<impl Iterator<Item = (&'a [u8], &'a [u8])>>,
+        has_body: bool,
+        wire: &mut Vec<u8>,
+    ) -> Option<Result<u64>> {
         let origin_form = down.uri.scheme().is_none() && down.raw_path().first() == Some(&b'/');
         let body_len = has_body
             .then(|| super::framing::declared_length(down))
             .flatten();
         // Hop-by-hop headers are left out as the loop meets them, when
-        // that is all stripping does.
-        let strip = hop_by_hop::any(&down.headers);
+        // that is all stripping does: from the client's bytes, each is
+        // looked at as met (a field that needs more ends the pass).
+        let strip = as_sent.is_some() || hop_by_hop::any(&down.headers);
         if !origin_form
-            || !down.has_case()
+            || (as_sent.is_none() && !down.has_case())
             || !matches!(self.sanitize, Sanitize::HopByHop { .. })
             || (has_body && body_len.is_none())
-            || (strip && !hop_by_hop::only_drops(&down.headers))
+            || (as_sent.is_none() && strip && !hop_by_hop::only_drops(&down.headers))
         {
             return None;
         }
@@ -113,50 +119,83 @@ impl UpstreamEdits {
                 "request target with a forbidden byte",
             ));
         }
-        let xff = self
-            .client
-            .map(|ip| forwarded_for(down.headers.get_all(&X_FORWARDED_FOR), ip));
-        let mut wire = Vec::with_capacity(256);
+        let start = wire.len();
+        wire.reserve(512);
         wire.extend_from_slice(down.method.as_str().as_bytes());
         wire.push(b' ');
         wire.extend_from_slice(target);
         wire.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut line = |name: &[u8], value: &[u8]| {
-            wire.extend_from_slice(name);
-            wire.extend_from_slice(b": ");
-            wire.extend_from_slice(value);
-            wire.extend_from_slice(b"\r\n");
+        // The client's fields that ours replace (lengths first: most names
+        // are told apart without reading them).
+        let is = |name: &[u8], ours: &str| {
+            name.len() == ours.len() && name.eq_ignore_ascii_case(ours.as_bytes())
         };
-        for ((name, value), (case, _)) in down.headers.iter().zip(down.case_header_iter()) {
-            let ours = *name == X_FORWARDED_PROTO
-                || *name == http::header::EXPECT
-                || (xff.is_some() && *name == X_FORWARDED_FOR)
-                || (self.id.is_some() && *name == X_REQUEST_ID)
-                || (self.host.is_some() && *name == http::header::HOST)
-                || (strip && hop_by_hop::is_hop_by_hop(name));
-            if !ours {
-                line(case.as_slice(), value.as_bytes());
+        let mut client_xff = false;
+        let mut replaced = |name: &[u8]| {
+            if is(name, "x-forwarded-for") {
+                client_xff = true;
+                return self.client.is_some();
+            }
+            is(name, "x-forwarded-proto")
+                || is(name, "expect")
+                || (self.id.is_some() && is(name, "x-request-id"))
+                || (self.host.is_some() && is(name, "host"))
+        };
+        match as_sent {
+            Some(fields) => {
+                for (name, value) in fields {
+                    if hop_by_hop::is_hop_by_hop_spelled(name) {
+                        if !hop_by_hop::only_dropped(name, value) {
+                            wire.truncate(start);
+                            return None;
+                        }
+                    } else if !replaced(name) {
+                        line(wire, name, value);
+                    }
+                }
+            }
+            None => {
+                for ((_, value), (case, _)) in down.headers.iter().zip(down.case_header_iter()) {
+                    let name = case.as_slice();
+                    let dropped = strip && hop_by_hop::is_hop_by_hop_spelled(name);
+                    if !dropped && !replaced(name) {
+                        line(wire, name, value.as_bytes());
+                    }
+                }
             }
         }
         if let Some(host) = &self.host {
-            line(b"Host", host.as_bytes());
+            line(wire, b"Host", host.as_bytes());
         }
-        if let Some(xff) = &xff {
-            line(X_FORWARDED_FOR.as_str().as_bytes(), xff.as_bytes());
+        if let Some(ip) = self.client {
+            // Written in place; the client's lines are looked up only when
+            // it sent any (a first hop sends none).
+            let earlier = client_xff.then(|| down.headers.get_all(&X_FORWARDED_FOR));
+            let earlier = earlier.into_iter().flatten().map(HeaderValue::as_bytes);
+            wire.extend_from_slice(X_FORWARDED_FOR.as_str().as_bytes());
+            wire.extend_from_slice(b": ");
+            write_forwarded_for(wire, earlier, ip);
+            wire.extend_from_slice(b"\r\n");
         }
         line(
+            wire,
             X_FORWARDED_PROTO.as_str().as_bytes(),
             self.scheme.as_bytes(),
         );
         if let Some(id) = &self.id {
-            line(X_REQUEST_ID.as_str().as_bytes(), id.as_bytes());
+            line(wire, X_REQUEST_ID.as_str().as_bytes(), id.as_bytes());
         }
         wire.extend_from_slice(b"\r\n");
-        Some(Ok(DirectHead {
-            wire,
-            body_len: body_len.unwrap_or(0),
-        }))
+        Some(Ok(body_len.unwrap_or(0)))
     }
+}
+
+/// A header line of an upstream head being written.
+fn line(wire: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    wire.extend_from_slice(name);
+    wire.extend_from_slice(b": ");
+    wire.extend_from_slice(value);
+    wire.extend_from_slice(b"\r\n");
 }
 
 /// How the upstream request is built beyond tollgate's own headers.
@@ -302,6 +341,64 @@ mod tests {
         wire.to_vec()
     }
 
+    /// What [`UpstreamEdits::direct_head`] wrote after an earlier head
+    /// (as the connection's buffer holds one), and the body's length.
+    struct DirectHead {
+        wire: Vec<u8>,
+        body_len: u64,
+    }
+
+    fn direct<'a>(
+        edits: &UpstreamEdits,
+        req: &RequestHeader,
+        as_sent: Option<impl Iterator<Item = (&'a [u8], &'a [u8])>>,
+        has_body: bool,
+    ) -> Option<Result<DirectHead>> {
+        let earlier = b"GET /earlier HTTP/1.1\r\n\r\n";
+        let mut wire = earlier.to_vec();
+        let Some(written) = edits.direct_head(req, as_sent, has_body, &mut wire) else {
+            assert_eq!(
+                wire, earlier,
+                "nothing written when it is left to the built way"
+            );
+            return None;
+        };
+        let body_len = match written {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
+        assert!(wire.starts_with(earlier), "written at the end");
+        let wire = wire[earlier.len()..].to_vec();
+        Some(Ok(DirectHead { wire, body_len }))
+    }
+
+    /// No fields as sent: the header's own case map names them.
+    const CASE_MAP: Option<std::iter::Empty<(&[u8], &[u8])>> = None;
+
+    /// The fields as the codec hands them over: the client's bytes.
+    fn sent<'a>(fields: &'a [(&str, &str)]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+    }
+
+    /// The header as the codec builds it: no case map.
+    fn no_case(req: &RequestHeader) -> RequestHeader {
+        RequestHeader::from(req.as_owned_parts())
+    }
+
+    #[test]
+    fn the_direct_head_keeps_the_client_order_of_its_fields() {
+        let fields = [("Host", "x"), ("A", "1"), ("B", "2"), ("a", "3")];
+        let req = no_case(&down("GET", b"/", &fields));
+        let head = direct(&edits(), &req, Some(sent(&fields)), false)
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&head.wire);
+        assert!(
+            text.starts_with("GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\na: 3\r\n"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn the_direct_head_is_the_request_the_built_way_sends() {
         let mut rewritten = edits();
@@ -309,14 +406,15 @@ mod tests {
         rewritten.host = Some(HeaderValue::from_static("backend:8080"));
         let mut keep_id = edits();
         keep_id.id = None;
-        let cases = [
+        type Request<'a> = (&'a str, &'a [u8], &'a [(&'a str, &'a str)]);
+        let cases: [(Request, UpstreamEdits, bool); 5] = [
             (
-                down("GET", b"/a", &[("Host", "x"), ("Accept", "*/*")]),
+                ("GET", b"/a", &[("Host", "x"), ("Accept", "*/*")]),
                 edits(),
                 false,
             ),
             (
-                down(
+                (
                     "GET",
                     b"/a%20b?c=d",
                     &[
@@ -334,7 +432,7 @@ mod tests {
                 false,
             ),
             (
-                down(
+                (
                     "GET",
                     b"/api/items?q=1",
                     &[("Host", "x"), ("X-Request-Id", "spoofed")],
@@ -343,13 +441,13 @@ mod tests {
                 false,
             ),
             (
-                down("POST", b"/up", &[("Host", "x"), ("Content-Length", "5")]),
+                ("POST", b"/up", &[("Host", "x"), ("Content-Length", "5")]),
                 edits(),
                 true,
             ),
             // A browser's hop-by-hop headers, left out as they are met.
             (
-                down(
+                (
                     "GET",
                     b"/page",
                     &[
@@ -366,23 +464,27 @@ mod tests {
                 false,
             ),
         ];
-        for (req, edits, has_body) in cases {
-            let direct = edits
-                .direct_head(&req, has_body)
-                .expect("a plain request")
-                .unwrap();
-            let want = built(&req, edits, has_body);
-            assert_eq!(
-                parsed(&direct.wire),
-                parsed(&want),
-                "{}\n---\n{}",
-                String::from_utf8_lossy(&direct.wire),
-                String::from_utf8_lossy(&want)
-            );
-            assert_eq!(direct.body_len, if has_body { 5 } else { 0 });
-            let wire = String::from_utf8_lossy(&direct.wire).to_ascii_lowercase();
-            for gone in ["connection", "keep-alive", "te:", "proxy-"] {
-                assert!(!wire.contains(gone), "{gone}: {wire}");
+        for ((method, target, fields), edits, has_body) in cases {
+            let req = down(method, target, fields);
+            let want = built(&req, edits.clone(), has_body);
+            // From the header's case map, and from the client's bytes
+            // (the codec's header has no case map).
+            let from_map = direct(&edits, &req, CASE_MAP, has_body);
+            let from_bytes = direct(&edits, &no_case(&req), Some(sent(fields)), has_body);
+            for direct in [from_map, from_bytes] {
+                let direct = direct.expect("a plain request").unwrap();
+                assert_eq!(
+                    parsed(&direct.wire),
+                    parsed(&want),
+                    "{}\n---\n{}",
+                    String::from_utf8_lossy(&direct.wire),
+                    String::from_utf8_lossy(&want)
+                );
+                assert_eq!(direct.body_len, if has_body { 5 } else { 0 });
+                let wire = String::from_utf8_lossy(&direct.wire).to_ascii_lowercase();
+                for gone in ["connection", "keep-alive", "te:", "proxy-"] {
+                    assert!(!wire.contains(gone), "{gone}: {wire}");
+                }
             }
         }
     }
@@ -390,7 +492,7 @@ mod tests {
     #[test]
     fn the_direct_head_keeps_the_clients_header_case_and_exact_target() {
         let req = down("GET", b"/caf\xe9?x=%41", &[("HoSt", "x"), ("X-MiXed", "v")]);
-        let head = edits().direct_head(&req, false).unwrap().unwrap();
+        let head = direct(&edits(), &req, CASE_MAP, false).unwrap().unwrap();
         let text = String::from_utf8_lossy(&head.wire);
         assert!(
             head.wire.starts_with(b"GET /caf\xe9?x=%41 HTTP/1.1\r\n"),
@@ -430,12 +532,27 @@ mod tests {
             // A body without Content-Length goes chunked: the built way.
             (down("POST", b"/", &plain), true),
         ] {
-            assert!(edits().direct_head(&req, has_body).is_none(), "{req:?}");
+            assert!(
+                direct(&edits(), &req, CASE_MAP, has_body).is_none(),
+                "{req:?}"
+            );
+            if req.raw_path().first() != Some(&b'/') {
+                // The codec serves only origin-form targets.
+                continue;
+            }
+            let sent = req
+                .case_header_iter()
+                .map(|(n, v)| (n.as_slice(), v.as_bytes()));
+            assert!(
+                (direct(&edits(), &no_case(&req), Some(sent), has_body)).is_none(),
+                "{req:?}"
+            );
         }
         let mut done = edits();
         done.sanitize = Sanitize::Done;
-        assert!(done
-            .direct_head(&down("GET", b"/", &plain), false)
-            .is_none());
+        assert!(direct(&done, &down("GET", b"/", &plain), CASE_MAP, false).is_none());
+        // Neither the client's bytes nor a case map: the built way.
+        let bare = no_case(&down("GET", b"/", &plain));
+        assert!(direct(&edits(), &bare, CASE_MAP, false).is_none());
     }
 }

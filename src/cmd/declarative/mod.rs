@@ -337,34 +337,31 @@ async fn place_marker(
 async fn wait(p: &Place, revision: i64, timeout: Duration) -> anyhow::Result<i32> {
     let deadline = Instant::now() + timeout;
     loop {
-        let view = match crate::admin_api::fleet::view(&p.etcd, &p.prefix).await {
-            Ok(view) => view,
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = ?e, "reading the fleet failed; trying again");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+        match crate::admin_api::fleet::view(&p.etcd, &p.prefix).await {
+            Ok(view) => {
+                let nodes = view["gateways"].as_array().cloned().unwrap_or_default();
+                let behind: Vec<String> = nodes
+                    .iter()
+                    .filter(|n| n["config_revision"].as_i64().unwrap_or(0) < revision)
+                    .map(|n| n["node_id"].as_str().unwrap_or("?").to_string())
+                    .collect();
+                if behind.is_empty() {
+                    println!(
+                        "every gateway ({}) applied revision {revision}",
+                        nodes.len()
+                    );
+                    return Ok(0);
+                }
+                if Instant::now() >= deadline {
+                    eprintln!(
+                        "tollgate: gateways behind revision {revision}: {}",
+                        behind.join(", ")
+                    );
+                    return Ok(3);
+                }
             }
-            Err(e) => return Err(etcd_error(e)),
-        };
-        let nodes = view["gateways"].as_array().cloned().unwrap_or_default();
-        let behind: Vec<String> = nodes
-            .iter()
-            .filter(|n| n["config_revision"].as_i64().unwrap_or(0) < revision)
-            .map(|n| n["node_id"].as_str().unwrap_or("?").to_string())
-            .collect();
-        if behind.is_empty() {
-            println!(
-                "every gateway ({}) applied revision {revision}",
-                nodes.len()
-            );
-            return Ok(0);
-        }
-        if Instant::now() >= deadline {
-            eprintln!(
-                "tollgate: gateways behind revision {revision}: {}",
-                behind.join(", ")
-            );
-            return Ok(3);
+            Err(e) if Instant::now() >= deadline => return Err(etcd_error(e)),
+            Err(e) => tracing::debug!(error = ?e, "reading the fleet failed; trying again"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

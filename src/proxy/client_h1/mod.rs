@@ -96,8 +96,14 @@ pub struct ClientH1 {
     /// The current request: its head's bytes and header.
     raw_head: Bytes,
     req: Box<RequestHeader>,
+    /// `req` has pingora's map of the client's header case (made when
+    /// something first edits it; until then the case is in `raw_head`).
+    cased: bool,
     /// The response head as written (kept for its capacity).
     wire: Vec<u8>,
+    /// The upstream request head the engine writes (kept for its
+    /// capacity: a browser's head outgrows a first guess).
+    upstream_head: Vec<u8>,
     keepalive: Keepalive,
     reuses_remaining: Option<u32>,
     read_timeout: Option<Duration>,
@@ -141,7 +147,9 @@ impl ClientH1 {
                 RequestHeader::build_no_case("GET", b"/", Some(0))
                     .unwrap_or_else(|_| unreachable!("a constant request line is valid")),
             ),
+            cased: false,
             wire: Vec::with_capacity(256),
+            upstream_head: Vec::new(),
             keepalive: Keepalive::Off,
             reuses_remaining: None,
             read_timeout: Some(READ_TIMEOUT),
@@ -218,6 +226,7 @@ impl ClientH1 {
                 // Into the box the connection keeps.
                 *self.req = req;
                 self.raw_head = raw;
+                self.cased = false;
                 // An HTTP/1.1 client keeps the connection (pingora-core's
                 // `respect_keepalive`); the gate sets how long.
                 self.keepalive = Keepalive::Forever;
@@ -231,6 +240,25 @@ impl ClientH1 {
                 Next::Other
             }
         }
+    }
+
+    /// The request header, to be edited: first given pingora's map of the
+    /// client's header case, which the upstream head of an edited header
+    /// is written with (the client's bytes no longer say what is sent).
+    fn req_to_edit(&mut self) -> &mut RequestHeader {
+        if !self.cased {
+            self.cased = true;
+            if let Some(req) = head::build_cased(&self.raw_head, &self.spans) {
+                *self.req = req;
+            }
+        }
+        &mut self.req
+    }
+
+    /// The request's fields as the client sent them, while its header is
+    /// unedited (`None` after an edit).
+    fn fields_as_sent(&self) -> Option<impl Iterator<Item = (&[u8], &[u8])>> {
+        (!self.cased).then(|| self.spans.as_sent(&self.raw_head))
     }
 
     /// One read towards a head: `false` when the connection is done (the
@@ -358,6 +386,39 @@ pub fn of(session: &mut ServerSession) -> Option<&mut ClientH1> {
         // SAFETY: see `cast`.
         ServerSession::Custom(c) => Some(unsafe { &mut *cast(&mut **c) }),
         _ => None,
+    }
+}
+
+/// [`ClientH1::fields_as_sent`] of the codec serving a session's request:
+/// the names in the client's case, for the upstream head written from them.
+pub fn fields_as_sent(session: &ServerSession) -> Option<impl Iterator<Item = (&[u8], &[u8])>> {
+    match session {
+        // SAFETY: see `cast`.
+        ServerSession::Custom(c) => {
+            unsafe { &*cast((&**c as *const dyn SessionCustom).cast_mut()) }.fields_as_sent()
+        }
+        _ => None,
+    }
+}
+
+/// An empty buffer for the upstream request head: the one the codec
+/// serving the session keeps ([`keep_head_buffer`]), or a new one.
+pub fn head_buffer(session: &mut ServerSession) -> Vec<u8> {
+    match of(session) {
+        Some(c) => {
+            let mut head = std::mem::take(&mut c.upstream_head);
+            head.clear();
+            head
+        }
+        None => Vec::new(),
+    }
+}
+
+/// Gives the buffer of [`head_buffer`] back for the connection's next
+/// request.
+pub fn keep_head_buffer(session: &mut ServerSession, head: Vec<u8>) {
+    if let Some(c) = of(session) {
+        c.upstream_head = head;
     }
 }
 

@@ -26,7 +26,7 @@ impl SessionCustom for ClientH1 {
     }
 
     fn req_header_mut(&mut self) -> &mut RequestHeader {
-        &mut self.req
+        self.req_to_edit()
     }
 
     async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {

@@ -102,14 +102,15 @@ impl CoreEngine {
     ) -> Result<()> {
         let has_body = !session.is_body_empty();
         let edits = self.gate.upstream_edits(session, ctx, sanitize(session))?;
+        let mut wire = client_h1::head_buffer(session);
         let down = session.req_header();
-        if let Some(direct) = edits.direct_head(down, has_body) {
-            let direct = direct.map_err(|e| e.into_in())?;
+        let as_sent = client_h1::fields_as_sent(session);
+        if let Some(body_len) = edits.direct_head(down, as_sent, has_body, &mut wire) {
+            let body_len = body_len.map_err(|e| e.into_in())?;
             let head = down.method == http::Method::HEAD;
-            return up
-                .write_plain_head(&direct.wire, head, direct.body_len)
-                .await
-                .map_err(|e| e.into_up());
+            let sent = up.write_plain_head(&wire, head, body_len).await;
+            client_h1::keep_head_buffer(session, wire);
+            return sent.map_err(|e| e.into_up());
         }
         let req = Self::built_request(session, edits, has_body)?;
         up.write_request_header(&req).await.map_err(|e| e.into_up())

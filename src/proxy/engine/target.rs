@@ -36,31 +36,28 @@ pub(super) struct Target {
 impl Target {
     pub fn of(attempt: &Attempt, timeouts: Timeouts) -> Self {
         let node = attempt.node();
-        let mut target = Self {
+        let (key, h1_only, peer) = if node.scheme == NodeScheme::Http {
+            (upstream_pool::plain_key(node.addr), true, None)
+        } else {
+            let peer = upstream_peer::for_instance(&attempt.set, attempt.index, &timeouts);
+            (peer.reuse_hash(), h1_only(&peer), Some(peer))
+        };
+        Self {
             timeouts,
-            key: 0,
-            h1_only: true,
+            key,
+            h1_only,
             addr: node.addr,
             set: attempt.set.clone(),
             index: attempt.index,
-            peer: None,
-        };
-        if node.scheme == NodeScheme::Http {
-            target.key = upstream_pool::plain_key(node.addr);
-        } else {
-            let peer = target.peer();
-            let (key, h1_only) = (peer.reuse_hash(), h1_only(peer));
-            (target.key, target.h1_only) = (key, h1_only);
+            peer,
         }
-        target
     }
 
     /// The pingora peer, made on first need.
     pub fn peer(&mut self) -> &HttpPeer {
         let (set, index, t) = (&self.set, self.index, &self.timeouts);
-        self.peer.get_or_insert_with(|| {
-            upstream_peer::with_timeouts(&set.nodes[index], set.tls.as_deref(), t)
-        })
+        self.peer
+            .get_or_insert_with(|| upstream_peer::for_instance(set, index, t))
     }
 }
 

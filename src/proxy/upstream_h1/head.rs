@@ -18,6 +18,7 @@ use pingora::{Error, ErrorType::InvalidHTTPHeader, OrErr, Result};
 use std::mem::MaybeUninit;
 use std::time::Duration;
 
+use crate::proxy::header_names;
 use crate::proxy::hop_by_hop::list_elements;
 
 /// Most header lines in a response (as Pingora).
@@ -115,11 +116,8 @@ pub fn parse(buf: &mut BytesMut, asked: Asked) -> Result<Option<Head>> {
     let mut conn = ConnectionTokens::default();
     let mut idle = None;
     for h in resp.headers.iter() {
-        let name = match common_name(h.name.as_bytes()) {
-            Some(name) => name,
-            None => HeaderName::from_bytes(h.name.as_bytes())
-                .or_err(InvalidHTTPHeader, "invalid response header name")?,
-        };
+        let name = header_names::parse(h.name.as_bytes())
+            .or_err(InvalidHTTPHeader, "invalid response header name")?;
         if name == header::CONTENT_LENGTH {
             lengths_ok &= merge_length(&mut length, h.value);
         } else if name == header::TRANSFER_ENCODING {
@@ -183,33 +181,6 @@ pub fn parse(buf: &mut BytesMut, asked: Asked) -> Result<Option<Head>> {
 }
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-
-/// The response headers nearly every upstream sends, matched by length
-/// and then bytes, without `HeaderName::from_bytes` (which lowercases into
-/// a scratch buffer and then looks the name up: ~190 instructions a name).
-fn common_name(name: &[u8]) -> Option<HeaderName> {
-    let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
-    Some(match name.len() {
-        3 if is(b"age") => header::AGE,
-        4 if is(b"date") => header::DATE,
-        4 if is(b"etag") => header::ETAG,
-        4 if is(b"vary") => header::VARY,
-        6 if is(b"server") => header::SERVER,
-        7 if is(b"expires") => header::EXPIRES,
-        8 if is(b"location") => header::LOCATION,
-        10 if is(b"set-cookie") => header::SET_COOKIE,
-        10 if is(b"connection") => header::CONNECTION,
-        10 if is(b"keep-alive") => KEEP_ALIVE.clone(),
-        12 if is(b"content-type") => header::CONTENT_TYPE,
-        13 if is(b"cache-control") => header::CACHE_CONTROL,
-        13 if is(b"last-modified") => header::LAST_MODIFIED,
-        13 if is(b"accept-ranges") => header::ACCEPT_RANGES,
-        14 if is(b"content-length") => header::CONTENT_LENGTH,
-        16 if is(b"content-encoding") => header::CONTENT_ENCODING,
-        17 if is(b"transfer-encoding") => header::TRANSFER_ENCODING,
-        _ => return None,
-    })
-}
 
 /// A header value, a slice of the head (no copy); a folded value
 /// (obs-fold) has its line breaks replaced by spaces.
@@ -277,45 +248,6 @@ fn keep_alive_timeout(v: &[u8]) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn common_names_are_the_names_http_parses() {
-        let common = [
-            "age",
-            "date",
-            "etag",
-            "vary",
-            "server",
-            "expires",
-            "location",
-            "set-cookie",
-            "connection",
-            "keep-alive",
-            "content-type",
-            "cache-control",
-            "last-modified",
-            "accept-ranges",
-            "content-length",
-            "content-encoding",
-            "transfer-encoding",
-        ];
-        for name in common {
-            for spelled in [name.to_string(), name.to_uppercase(), titled(name)] {
-                let parsed = HeaderName::from_bytes(spelled.as_bytes()).unwrap();
-                assert_eq!(common_name(spelled.as_bytes()), Some(parsed), "{spelled}");
-            }
-        }
-        for other in ["x-date", "dates", "content-lengt", "X-Powered-By", "", "-"] {
-            assert_eq!(common_name(other.as_bytes()), None, "{other}");
-        }
-    }
-
-    fn titled(name: &str) -> String {
-        name.split('-')
-            .map(|w| w[..1].to_uppercase() + &w[1..])
-            .collect::<Vec<_>>()
-            .join("-")
-    }
 
     fn head(wire: &str, asked: Asked) -> Result<Option<Head>> {
         parse(&mut BytesMut::from(wire.as_bytes()), asked)
