@@ -248,7 +248,9 @@ impl ClientH1 {
     fn req_to_edit(&mut self) -> &mut RequestHeader {
         if !self.cased {
             self.cased = true;
-            if let Some(req) = head::build_cased(&self.raw_head, &self.spans) {
+            let cased = head::build_cased(&self.raw_head, &self.spans);
+            debug_assert!(cased.is_some(), "a head `build` takes, pingora builds too");
+            if let Some(req) = cased {
                 *self.req = req;
             }
         }

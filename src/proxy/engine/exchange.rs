@@ -112,6 +112,7 @@ impl CoreEngine {
             client_h1::keep_head_buffer(session, wire);
             return sent.map_err(|e| e.into_up());
         }
+        client_h1::keep_head_buffer(session, wire);
         let req = Self::built_request(session, edits, has_body)?;
         up.write_request_header(&req).await.map_err(|e| e.into_up())
     }
