@@ -4,8 +4,10 @@
 //! connection carrying both kinds in turn, the response head a client gets
 //! (its `Date`, its `Connection`, the upstream's header case, no body after
 //! `HEAD`), heads the codec does not take (too many fields, too large, odd
-//! spellings of the framing fields) served as before, and a body that
-//! looks like a request never becoming one.
+//! spellings of the framing fields) served as before, a body that looks
+//! like a request never becoming one, and the fields each way: the
+//! client's to the upstream and the upstream's to the client, as sent,
+//! with the gateway's own in place of theirs, edited or not.
 
 mod common;
 
@@ -28,6 +30,26 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
         let (k, v) = l.split_once(':')?;
         k.eq_ignore_ascii_case(name).then(|| v.trim())
     })
+}
+
+/// The lines of `head` that are fields named any of `names` (any case),
+/// as sent and in their order.
+fn lines_of<'a>(head: &'a str, names: &[&str]) -> Vec<&'a str> {
+    head.lines()
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(k, _)| names.iter().any(|n| k.eq_ignore_ascii_case(n)))
+        })
+        .collect()
+}
+
+/// [`lines_of`] one name, lower-cased (for what both engines must agree
+/// on, whatever case each writes).
+fn lowered(head: &str, name: &str) -> Vec<String> {
+    lines_of(head, &[name])
+        .into_iter()
+        .map(str::to_ascii_lowercase)
+        .collect()
 }
 
 #[test]
@@ -300,14 +322,7 @@ fn fields_go_upstream_as_sent(top: &str) {
             up.starts_with("GET /fields?q=1 HTTP/1.1\r\n"),
             "{engine}: {up}"
         );
-        let named = |name: &str| -> Vec<&str> {
-            up.lines()
-                .filter(|l| {
-                    l.split_once(':')
-                        .is_some_and(|(k, _)| k.eq_ignore_ascii_case(name))
-                })
-                .collect()
-        };
+        let named = |name: &str| lines_of(&up, &[name]);
         for gone in [
             "connection",
             "keep-alive",
@@ -320,12 +335,7 @@ fn fields_go_upstream_as_sent(top: &str) {
                 "{engine}: {gone} went upstream: {up}"
             );
         }
-        let kept = |name: &str| -> Vec<String> {
-            named(name)
-                .into_iter()
-                .map(str::to_ascii_lowercase)
-                .collect()
-        };
+        let kept = |name: &str| lowered(&up, name);
         assert_eq!(kept("x-b"), ["x-b: 1", "x-b: 2"], "{engine}: {up}");
         assert_eq!(kept("x-mixed"), ["x-mixed: v"], "{engine}: {up}");
         assert_eq!(kept("host"), ["host: x"], "{engine}: {up}");
@@ -336,14 +346,7 @@ fn fields_go_upstream_as_sent(top: &str) {
         if engine == "core" && !edited {
             // Unedited, the client's fields go up in the order it sent
             // them (an edited header's map groups a name's lines).
-            let theirs: Vec<&str> = up
-                .lines()
-                .filter(|l| {
-                    ["x-b:", "host:", "x-mixed:", "x-gone:"]
-                        .iter()
-                        .any(|n| l.to_ascii_lowercase().starts_with(n))
-                })
-                .collect();
+            let theirs = lines_of(&up, &["x-b", "host", "x-mixed", "x-gone"]);
             assert_eq!(
                 theirs,
                 ["X-B: 1", "Host: x", "x-b: 2", "X-MiXed: v", "X-Gone: 1"],
@@ -370,5 +373,108 @@ fn fields_go_upstream_as_sent(top: &str) {
             "{engine}: {up}"
         );
         assert_eq!(named("x-request-id").len(), 1, "{engine}: {up}");
+    }
+}
+
+/// An upstream's response head reaches the client with the upstream's
+/// fields, each name as it spelled it and in its order (core engine), its
+/// hop-by-hop fields dropped and tollgate's own in place of any it sent:
+/// written straight from the upstream's bytes when nothing edits the
+/// response.
+#[test]
+fn an_upstreams_response_head_reaches_the_client_as_sent() {
+    response_head_as_sent("");
+}
+
+/// The same when a plugin edits the response (its header map is built and
+/// written).
+#[test]
+fn an_edited_response_head_reaches_the_client_with_the_edit() {
+    response_head_as_sent(
+        "settings:\n  plugins: [{response-rewrite: {headers: {set: {X-Added: yes}, remove: [x-gone]}}}]\n",
+    );
+}
+
+/// The head a client reads from an upstream answering with hop-by-hop
+/// fields, mixed case, duplicates and a spoofed `X-Request-Id`, through a
+/// gateway with `top` settings.
+fn response_head_as_sent(top: &str) {
+    let edited = !top.is_empty();
+    for engine in ENGINES {
+        let (l, url) = listener();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().expect("backend accept");
+            let mut buf = Vec::new();
+            read_until(&mut s, &mut buf, b"\r\n\r\n", Instant::now() + IO);
+            s.write_all(
+                b"HTTP/1.1 201 Made\r\nX-B: 1\r\nServer: origin\r\nx-b: 2\r\nX-MiXed: v\r\n\
+                  X-Request-Id: spoofed\r\nDate: Mon, 01 Jan 2001 00:00:00 GMT\r\n\
+                  Connection: keep-alive\r\nKeep-Alive: timeout=1\r\n\
+                  Proxy-Connection: keep-alive\r\nX-Gone: 1\r\nContent-Length: 2\r\n\r\nok",
+            )
+            .unwrap();
+            // Held open: the connection goes back to the pool.
+            let _ = read_until(&mut s, &mut buf, b"\r\n\r\n", Instant::now() + IO);
+        });
+        let gw = gateway_full(engine, &[url], "", top);
+        let mut c = connect(gw.proxy_addr());
+        c.write_all(b"GET /answer HTTP/1.1\r\nHost: x\r\nX-Request-Id: client-id-1\r\n\r\n")
+            .unwrap();
+        let mut buf = Vec::new();
+        let (status, head, body) = read_response(&mut c, &mut buf);
+        assert_eq!(status, 201, "{engine}: {head}");
+        assert_eq!(body, b"ok", "{engine}: {head}");
+        let named = |name: &str| lines_of(&head, &[name]);
+        let kept = |name: &str| lowered(&head, name);
+        assert_eq!(kept("x-b"), ["x-b: 1", "x-b: 2"], "{engine}: {head}");
+        assert_eq!(kept("server"), ["server: origin"], "{engine}: {head}");
+        // The gateway's request id, not the upstream's.
+        assert_eq!(
+            kept("x-request-id"),
+            ["x-request-id: client-id-1"],
+            "{engine}: {head}"
+        );
+        assert_eq!(
+            named("x-gone").len(),
+            usize::from(!edited),
+            "{engine}: {head}"
+        );
+        if edited {
+            assert_eq!(kept("x-added"), ["x-added: yes"], "{engine}: {head}");
+        }
+        if engine == "core" {
+            assert!(
+                head.starts_with("HTTP/1.1 201 Made\r\n"),
+                "{engine}: {head}"
+            );
+            // The client's connection is the gateway's to describe.
+            assert_eq!(
+                kept("connection"),
+                ["connection: keep-alive"],
+                "{engine}: {head}"
+            );
+            assert!(named("keep-alive").is_empty(), "{engine}: {head}");
+            assert!(named("proxy-connection").is_empty(), "{engine}: {head}");
+            let date = named("date");
+            assert!(
+                date.len() == 1 && !date[0].contains("2001"),
+                "{engine}: {head}"
+            );
+        }
+        if engine == "core" && !edited {
+            // As the upstream sent them: its spelling, its order.
+            let theirs = lines_of(&head, &["x-b", "server", "x-mixed", "x-gone"]);
+            assert_eq!(
+                theirs,
+                [
+                    "X-B: 1",
+                    "Server: origin",
+                    "x-b: 2",
+                    "X-MiXed: v",
+                    "X-Gone: 1"
+                ],
+                "{engine}: {head}"
+            );
+        }
     }
 }

@@ -101,13 +101,23 @@ fn http2_over_tls_and_h2c_serve_routes_like_http1_and_log_the_protocol() {
     assert!(r.body.contains("\"body_len\":300000"), "{}", r.body);
 
     let h2c = format!("http://{}/h2c", gw.listener(1));
-    let r = curl(&["--http2-prior-knowledge", &h2c]);
+    let r = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "x_consumer_name: admin",
+        "-H",
+        "x-keep: 1",
+        &h2c,
+    ]);
     assert_eq!((r.status, r.version.as_str()), (200, "2"), "{r:?}");
     assert!(
         r.body.contains("\"x-forwarded-proto\":\"http\""),
         "{}",
         r.body
     );
+    // A name with an underscore is dropped over HTTP/2 too (the default).
+    assert!(r.body.contains("\"x-keep\":\"1\""), "{}", r.body);
+    assert!(!r.body.contains("x_consumer_name"), "{}", r.body);
     // HTTP/1.1 still works on the h2c listener.
     let r = curl(&["--http1.1", &h2c]);
     assert_eq!((r.status, r.version.as_str()), (200, "1.1"), "{r:?}");

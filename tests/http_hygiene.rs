@@ -380,3 +380,49 @@ fn an_absolute_form_target_and_host_must_agree() {
         "{body}"
     );
 }
+
+/// A header named with an underscore reaches a CGI-style backend as the
+/// one spelled with dashes (`X_Consumer_Name` as `X-Consumer-Name`), past
+/// the gateway's own handling of that name: dropped by default, a 400
+/// with `reject`, passed on with `allow`; for a head the core engine's
+/// codec serves and for one with a body (pingora-core's session).
+#[test]
+fn header_names_with_an_underscore_are_dropped_refused_or_allowed_as_configured() {
+    let b = Backend::start("b");
+    let heads = [
+        "GET /u HTTP/1.1\r\nHost: x\r\nX_Consumer_Name: admin\r\nX-Forwarded_For: 10.9.9.9\r\n\
+         X-Keep: 1\r\n\r\n",
+        "POST /u HTTP/1.1\r\nHost: x\r\nx_consumer_name: admin\r\nX-Forwarded_For: 10.9.9.9\r\n\
+         X-Keep: 1\r\nContent-Length: 2\r\n\r\nhi",
+    ];
+    for (setting, policy) in [
+        ("", "drop"),
+        ("underscore_headers: drop", "drop"),
+        ("underscore_headers: reject", "reject"),
+        ("underscore_headers: allow", "allow"),
+    ] {
+        let gw = start(&format!(
+            "proxy: {{ {setting} }}\n\
+             routes:\n\
+             - {{ id: any, paths: [\"/*rest\"], upstream: b }}\n\
+             upstreams:\n{}",
+            upstream("b", &[&b]),
+        ));
+        for raw in heads {
+            if policy == "reject" {
+                refused(&gw, &b, raw, 400, "header name with an underscore");
+                continue;
+            }
+            let (status, head, body) = exchange(&gw, raw.as_bytes());
+            assert_eq!(status, 200, "{policy} {raw:?}: {head}{body}");
+            let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let h = &seen["headers"];
+            assert_eq!(h["x-keep"], "1", "{policy}: {body}");
+            let passed = ["x_consumer_name", "x-forwarded_for"].map(|n| h.get(n).is_some());
+            assert_eq!(passed, [policy == "allow"; 2], "{policy} {raw:?}: {body}");
+            // The gateway's own handling is untouched either way.
+            assert!(h.get("x-consumer-name").is_none(), "{policy}: {body}");
+            assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{policy}: {body}");
+        }
+    }
+}

@@ -210,6 +210,7 @@ pub fn run(config: &Path, upgrade: bool) -> anyhow::Result<()> {
             io: Duration::from_secs(b.proxy.client_timeout_secs),
             max_body_bytes: b.proxy.max_body_bytes,
             path: b.proxy.path,
+            underscore_headers: b.proxy.underscore_headers,
             https_port: kinds.https_port(),
         },
     );

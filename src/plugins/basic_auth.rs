@@ -123,6 +123,10 @@ async fn check(stored: Option<Password>, presented: Vec<u8>) -> Option<bool> {
 
 #[async_trait::async_trait]
 impl Plugin for BasicAuth {
+    fn edits_response(&self) -> bool {
+        false
+    }
+
     fn waits(&self) -> bool {
         true
     }

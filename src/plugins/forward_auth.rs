@@ -344,6 +344,10 @@ impl ForwardAuth {
 
 #[async_trait::async_trait]
 impl Plugin for ForwardAuth {
+    fn edits_response(&self) -> bool {
+        false
+    }
+
     fn waits(&self) -> bool {
         true
     }

@@ -68,6 +68,10 @@ impl IpRestriction {
 }
 
 impl Plugin for IpRestriction {
+    fn edits_response(&self) -> bool {
+        false
+    }
+
     fn request(&self, req: &mut PluginRequest<'_>) -> Flow {
         if self.admits(req.client_ip) {
             Flow::Continue

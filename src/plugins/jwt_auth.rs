@@ -419,6 +419,10 @@ enum Source {
 }
 
 impl Plugin for JwtAuth {
+    fn edits_response(&self) -> bool {
+        false
+    }
+
     fn request(&self, req: &mut PluginRequest<'_>) -> Flow {
         let Some((token, source)) = self.token(req) else {
             return deny("missing token");

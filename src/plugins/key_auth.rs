@@ -57,6 +57,10 @@ pub fn compile(v: &Value, at: &str) -> Result<Arc<dyn Plugin>, FieldError> {
 }
 
 impl Plugin for KeyAuth {
+    fn edits_response(&self) -> bool {
+        false
+    }
+
     fn request(&self, req: &mut PluginRequest<'_>) -> Flow {
         let h = &*req.header;
         let from_header = self.header.as_ref().and_then(|n| h.headers.get(n));

@@ -82,6 +82,13 @@ pub trait Plugin: Send + Sync + fmt::Debug {
     /// the plugins inside left it.
     fn response(&self, _req: &RequestHeader, _resp: &mut ResponseHeader) {}
 
+    /// Whether [`Plugin::response`] may change the response. A chain with
+    /// no such plugin lets the upstream's head go to the client from its
+    /// bytes, without a header map; a plugin that does not say runs.
+    fn edits_response(&self) -> bool {
+        true
+    }
+
     /// Whether [`Plugin::request`] reads [`PluginRequest::client_ip`] (found
     /// only for chains that need it: it walks `X-Forwarded-For`).
     fn needs_client_ip(&self) -> bool {
@@ -221,6 +228,7 @@ pub struct Chain {
     plugins: Box<[Arc<dyn Plugin>]>,
     needs_client_ip: bool,
     waits: bool,
+    edits_response: bool,
 }
 
 impl Chain {
@@ -237,15 +245,22 @@ impl Chain {
             .collect();
         let needs_client_ip = plugins.iter().any(|p| p.needs_client_ip());
         let waits = plugins.iter().any(|p| p.waits());
+        let edits_response = plugins.iter().any(|p| p.edits_response());
         Some(Arc::new(Chain {
             plugins,
             needs_client_ip,
             waits,
+            edits_response,
         }))
     }
 
     pub fn needs_client_ip(&self) -> bool {
         self.needs_client_ip
+    }
+
+    /// Whether some plugin's response phase may edit the response.
+    pub fn edits_response(&self) -> bool {
+        self.edits_response
     }
 
     /// Whether some plugin's request phase waits.

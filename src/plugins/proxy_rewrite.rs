@@ -178,6 +178,10 @@ fn set_path(req: &mut RequestHeader, path: &str) -> Result<(), &'static str> {
 }
 
 impl Plugin for ProxyRewrite {
+    fn edits_response(&self) -> bool {
+        false
+    }
+
     fn request(&self, req: &mut PluginRequest<'_>) -> Flow {
         let h = &mut *req.header;
         let rewritten = self

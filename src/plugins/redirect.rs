@@ -140,6 +140,10 @@ fn moved(status: u16, location: HeaderValue) -> Flow {
 }
 
 impl Plugin for Redirect {
+    fn edits_response(&self) -> bool {
+        false
+    }
+
     fn request(&self, req: &mut PluginRequest<'_>) -> Flow {
         match &self.target {
             Target::Https => {

@@ -46,6 +46,10 @@ pub fn compile(v: &Value, at: &str) -> Result<Arc<dyn Plugin>, FieldError> {
 }
 
 impl Plugin for RequestSize {
+    fn edits_response(&self) -> bool {
+        false
+    }
+
     fn request(&self, req: &mut PluginRequest<'_>) -> Flow {
         *req.max_body = (*req.max_body).min(self.max_bytes);
         Flow::Continue

@@ -93,7 +93,7 @@ mod tests {
     use super::*;
 
     fn check(req: &RequestHeader) -> Result<(), Refusal> {
-        super::check(req.version, &RequestScan::of(&req.headers))
+        super::check(req.version, &RequestScan::of(&req.headers, false))
     }
 
     fn req(version: Version, headers: &[(&str, &str)]) -> RequestHeader {

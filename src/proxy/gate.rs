@@ -7,7 +7,6 @@
 
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
-use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::ServerSession;
 use pingora::{Error, ErrorType, Result};
 use std::net::IpAddr;
@@ -22,11 +21,12 @@ use super::ctx::{InFlight, RequestCtx};
 use super::error_response::{self, Body};
 use super::forwarding::{client_ip, host_of};
 use super::framing;
-use super::header_edit;
+use super::header_names::{X_FORWARDED_FOR, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING};
 use super::hop_by_hop;
 use super::path_norm;
-use super::request_id::{self, RequestIds, X_REQUEST_ID};
+use super::request_id::{self, RequestIds};
 use super::request_scan::RequestScan;
+use crate::config::UnderscoreHeaders;
 use crate::limiter::{self, Client, Decision};
 use crate::log_gate::FailureLog;
 use crate::model::path_policy::PathPolicy;
@@ -38,11 +38,6 @@ use crate::plugins::consumer::{Consumer, ConsumerTable, X_CONSUMER_NAME};
 use crate::plugins::https_redirect;
 use crate::plugins::PluginRequest;
 use crate::snapshot::{RouteEntry, SnapshotCell};
-
-pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub(super) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 
 /// The state every request reads: the snapshot, id generator, in-flight
 /// counter, trusted proxies, access log and metric switches.
@@ -78,6 +73,8 @@ pub struct ClientLimits {
     pub max_body_bytes: u64,
     /// How a request's path is normalized before routing (`proxy.path`).
     pub path: PathPolicy,
+    /// A header named with an underscore (`proxy.underscore_headers`).
+    pub underscore_headers: UnderscoreHeaders,
     /// The first TLS listener's port: where `https_only` routes redirect.
     pub https_port: Option<u16>,
 }
@@ -197,7 +194,8 @@ impl Gate {
         ctx.protocol = Protocol::of(session);
         ctx.protocol.count();
         let req = session.req_header();
-        let scan = RequestScan::of(&req.headers);
+        let codec_found = client_h1::underscores(session);
+        let scan = RequestScan::of(&req.headers, codec_found.is_none());
         match request_id::from_client(scan.request_id.as_ref()) {
             Some(id) => {
                 ctx.request_id = id;
@@ -209,6 +207,11 @@ impl Gate {
             if req.headers.contains_key(h) {
                 panic!("test panic requested by header {h}");
             }
+        }
+        if codec_found.unwrap_or(scan.underscores)
+            && !self.underscore_headers_handled(session, ctx).await
+        {
+            return true;
         }
         // The route matched must be the route the upstream sees: a
         // `/public/*rest` route must never reach `/admin` through `..`,
@@ -447,43 +450,35 @@ impl Gate {
         Ok(())
     }
 
-    /// Tollgate's edits of the response going to the client: the upstream
-    /// latency, `X-Request-Id` and the `X-RateLimit-*` the route advertises.
-    /// `chunked`: the upstream's body is close-delimited (HTTP/1.0 style);
-    /// re-frame it as chunked so the client connection can be kept.
-    pub fn edit_response(
+    /// A request with a header named with an underscore, as
+    /// `proxy.underscore_headers` says: `false` when it was answered (400).
+    async fn underscore_headers_handled(
         &self,
-        req: &RequestHeader,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-        chunked: bool,
-    ) {
-        if let Some(sent) = ctx.upstream_sent {
-            ctx.upstream_took.get_or_insert_with(|| sent.elapsed());
+        session: &mut ServerSession,
+        ctx: &RequestCtx,
+    ) -> bool {
+        match self.client.underscore_headers {
+            UnderscoreHeaders::Allow => true,
+            UnderscoreHeaders::Reject => {
+                let message = "header name with an underscore";
+                error_response::respond(session, 400, message, ctx.request_id()).await;
+                false
+            }
+            UnderscoreHeaders::Drop => {
+                let req = session.req_header_mut();
+                let named: Vec<HeaderName> = req
+                    .headers
+                    .keys()
+                    .filter(|n| n.as_str().contains('_'))
+                    .cloned()
+                    .collect();
+                for name in &named {
+                    req.remove_header(name);
+                }
+                tracing::debug!(request_id = ctx.request_id(), headers = ?named, "dropped headers named with an underscore");
+                true
+            }
         }
-        let id = ctx.request_id.clone();
-        let limits = ctx.rate_limit;
-        // Exactly the room needed: a parsed response's map has little spare,
-        // and growing it more than necessary rehashes it for nothing.
-        let added = 1 + 2 * usize::from(limits.is_some()) + usize::from(chunked);
-        header_edit::edit_response(resp, added, |resp| {
-            if chunked {
-                resp.version = http::Version::HTTP_11;
-                resp.headers.insert(
-                    http::header::TRANSFER_ENCODING,
-                    HeaderValue::from_static("chunked"),
-                );
-            }
-            let h = &mut resp.headers;
-            h.insert(X_REQUEST_ID.clone(), id);
-            if let Some((limit, remaining)) = limits {
-                h.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(limit));
-                h.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining));
-            }
-        });
-        self.mark_cache(ctx, resp);
-        // The onion's way out.
-        ctx.plugin_responses(req, resp);
     }
 
     /// Answers a request that could not be proxied: the JSON error, unless

@@ -16,10 +16,28 @@ const SEC_FETCH_USER: HeaderName = HeaderName::from_static("sec-fetch-user");
 const SEC_CH_UA: HeaderName = HeaderName::from_static("sec-ch-ua");
 const SEC_CH_UA_MOBILE: HeaderName = HeaderName::from_static("sec-ch-ua-mobile");
 const SEC_CH_UA_PLATFORM: HeaderName = HeaderName::from_static("sec-ch-ua-platform");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_REQUESTED_WITH: HeaderName = HeaderName::from_static("x-requested-with");
+
+/// The names the gateway writes itself, defined once for the parsers,
+/// the header edits and the heads written without a header map.
+/// Spelled as strings too, for what compares or writes names as bytes
+/// (a `HeaderName`'s `as_str` is a match on its representation each time).
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static(spelled::X_FORWARDED_FOR);
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(spelled::X_FORWARDED_PROTO);
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static(spelled::X_REQUEST_ID);
+pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static(spelled::X_RATELIMIT_LIMIT);
+pub static X_RATELIMIT_REMAINING: HeaderName =
+    HeaderName::from_static(spelled::X_RATELIMIT_REMAINING);
+
+/// The gateway's own names as strings (lower case, as `HeaderName` holds
+/// them).
+pub mod spelled {
+    pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+    pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+    pub const X_REQUEST_ID: &str = "x-request-id";
+    pub const X_RATELIMIT_LIMIT: &str = "x-ratelimit-limit";
+    pub const X_RATELIMIT_REMAINING: &str = "x-ratelimit-remaining";
+}
 
 /// The longest common name (`upgrade-insecure-requests`).
 const LONGEST: usize = 25;
@@ -58,7 +76,7 @@ pub fn common(name: &[u8]) -> Option<HeaderName> {
         b"connection" => header::CONNECTION,
         b"keep-alive" => KEEP_ALIVE,
         b"content-type" => header::CONTENT_TYPE,
-        b"x-request-id" => X_REQUEST_ID,
+        b"x-request-id" => X_REQUEST_ID.clone(),
         b"authorization" => header::AUTHORIZATION,
         b"if-none-match" => header::IF_NONE_MATCH,
         b"cache-control" => header::CACHE_CONTROL,
@@ -71,17 +89,24 @@ pub fn common(name: &[u8]) -> Option<HeaderName> {
         b"sec-fetch-user" => SEC_FETCH_USER,
         b"accept-encoding" => header::ACCEPT_ENCODING,
         b"accept-language" => header::ACCEPT_LANGUAGE,
-        b"x-forwarded-for" => X_FORWARDED_FOR,
+        b"x-forwarded-for" => X_FORWARDED_FOR.clone(),
         b"content-encoding" => header::CONTENT_ENCODING,
         b"sec-ch-ua-mobile" => SEC_CH_UA_MOBILE,
         b"x-requested-with" => X_REQUESTED_WITH,
         b"transfer-encoding" => header::TRANSFER_ENCODING,
         b"if-modified-since" => header::IF_MODIFIED_SINCE,
-        b"x-forwarded-proto" => X_FORWARDED_PROTO,
+        b"x-forwarded-proto" => X_FORWARDED_PROTO.clone(),
         b"sec-ch-ua-platform" => SEC_CH_UA_PLATFORM,
         b"upgrade-insecure-requests" => header::UPGRADE_INSECURE_REQUESTS,
         _ => return None,
     })
+}
+
+/// Whether `name` is `known`, in any case (told by length first: most
+/// names are not the one looked for).
+#[inline]
+pub fn is(name: &[u8], known: &str) -> bool {
+    name.len() == known.len() && name.eq_ignore_ascii_case(known.as_bytes())
 }
 
 /// `name` as `HeaderName::from_bytes` parses it, the common ones without it.
@@ -175,15 +200,6 @@ mod tests {
         assert_eq!(parse(b"X-Powered-By").unwrap(), "x-powered-by");
         assert!(parse(b"bad name").is_err());
         assert!(parse(b"").is_err());
-    }
-
-    #[test]
-    fn ours_are_the_names_the_gateway_writes() {
-        use crate::proxy::gate::{X_FORWARDED_FOR as XFF, X_FORWARDED_PROTO as XFP};
-        use crate::proxy::request_id::X_REQUEST_ID as XRI;
-        assert_eq!(X_FORWARDED_FOR, XFF);
-        assert_eq!(X_FORWARDED_PROTO, XFP);
-        assert_eq!(X_REQUEST_ID, XRI);
     }
 
     fn titled(name: &str) -> String {

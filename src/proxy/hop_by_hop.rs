@@ -62,6 +62,7 @@ const HOP_BY_HOP_NAMES: [&str; 10] = [
 /// [`is_hop_by_hop`] for a name as the client spelled it (any case), for
 /// the upstream head written from the client's own bytes: lengths first,
 /// so most names are told apart without reading them.
+#[inline]
 pub fn is_hop_by_hop_spelled(name: &[u8]) -> bool {
     HOP_BY_HOP_NAMES
         .iter()

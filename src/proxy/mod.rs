@@ -36,6 +36,7 @@ mod proxy_http;
 mod request_id;
 mod request_log;
 mod request_scan;
+mod response_fields;
 mod retry;
 mod shutdown;
 mod timer_tick;

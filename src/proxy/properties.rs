@@ -121,7 +121,7 @@ proptest! {
             req.append_header(k.clone(), v.clone()).unwrap();
             map.append(k.clone(), v.clone());
         }
-        let scan = RequestScan::of(&req.headers);
+        let scan = RequestScan::of(&req.headers, true);
         prop_assert_eq!(&scan, &request_scan::looked_up(&req.headers));
         let _ = framing::check(req.version, &scan);
         let _ = framing::declared_length(&req);

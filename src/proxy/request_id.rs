@@ -4,10 +4,8 @@
 //! the header it came in, and a generated one is encoded once and then
 //! shared by the upstream request, the response and the logs.
 
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Generates ids unique across restarts and nodes: a random per-process
 /// prefix and a counter, 32 hex digits (the length of a UUID without dashes).

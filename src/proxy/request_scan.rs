@@ -11,7 +11,7 @@
 use http::header;
 use http::{HeaderMap, HeaderValue};
 
-use super::request_id::X_REQUEST_ID;
+use super::header_names::X_REQUEST_ID;
 use crate::plugins::consumer::X_CONSUMER_NAME;
 
 /// A count that stops at 2: "none, one, more" is all the checks need.
@@ -38,10 +38,14 @@ pub struct RequestScan {
     /// The first `Expect` is `100-continue` (in any HTTP version: the
     /// caller asks about 1.1).
     pub expects_continue: bool,
+    /// Some header's name has an underscore.
+    pub underscores: bool,
 }
 
 impl RequestScan {
-    pub fn of(headers: &HeaderMap) -> Self {
+    /// `underscores`: whether to look for names with an underscore (the
+    /// client codec has already, for the requests it serves).
+    pub fn of(headers: &HeaderMap, underscores: bool) -> Self {
         let mut s = Self::default();
         let mut expect_seen = false;
         for (name, value) in headers {
@@ -77,6 +81,8 @@ impl RequestScan {
                     s.request_id = Some(value.clone());
                 }
                 bump(&mut s.request_ids);
+            } else if underscores {
+                s.underscores |= name.as_str().contains('_');
             }
         }
         s
@@ -105,6 +111,7 @@ pub(super) fn looked_up(h: &HeaderMap) -> RequestScan {
         expects_continue: h
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
+        underscores: h.keys().any(|n| n.as_str().contains('_')),
     }
 }
 
@@ -155,7 +162,7 @@ mod tests {
                     HeaderValue::from_str(v).unwrap(),
                 );
             }
-            assert_eq!(RequestScan::of(&h), looked_up(&h), "{case:?}");
+            assert_eq!(RequestScan::of(&h, true), looked_up(&h), "{case:?}");
         }
     }
 }

@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use super::ctx::RequestCtx;
 use super::forwarding::{forwarded_for, write_forwarded_for};
-use super::gate::{Gate, X_FORWARDED_FOR, X_FORWARDED_PROTO};
-use super::request_id::X_REQUEST_ID;
-use super::{header_edit, hop_by_hop};
+use super::gate::Gate;
+use super::header_names::{spelled, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
+use super::{header_edit, header_names, hop_by_hop};
 
 /// What [`Gate::upstream_edits`] decided for one attempt.
 #[derive(Clone)]
@@ -94,15 +94,15 @@ impl UpstreamEdits {
         let body_len = has_body
             .then(|| super::framing::declared_length(down))
             .flatten();
-        // Hop-by-hop headers are left out as the loop meets them, when
-        // that is all stripping does: from the client's bytes, each is
-        // looked at as met (a field that needs more ends the pass).
-        let strip = as_sent.is_some() || hop_by_hop::any(&down.headers);
+        // The map's pass has hop-by-hop fields to leave out, which must be
+        // all that stripping does; from the client's bytes, each is judged
+        // as the pass meets it (a field that needs more ends the pass).
+        let strip = as_sent.is_none() && hop_by_hop::any(&down.headers);
         if !origin_form
             || (as_sent.is_none() && !down.has_case())
             || !matches!(self.sanitize, Sanitize::HopByHop { .. })
             || (has_body && body_len.is_none())
-            || (as_sent.is_none() && strip && !hop_by_hop::only_drops(&down.headers))
+            || (strip && !hop_by_hop::only_drops(&down.headers))
         {
             return None;
         }
@@ -127,18 +127,16 @@ impl UpstreamEdits {
         wire.extend_from_slice(b" HTTP/1.1\r\n");
         // The client's fields that ours replace (lengths first: most names
         // are told apart without reading them).
-        let is = |name: &[u8], ours: &str| {
-            name.len() == ours.len() && name.eq_ignore_ascii_case(ours.as_bytes())
-        };
+        let is = header_names::is;
         let mut client_xff = false;
         let mut replaced = |name: &[u8]| {
-            if is(name, "x-forwarded-for") {
+            if is(name, spelled::X_FORWARDED_FOR) {
                 client_xff = true;
                 return self.client.is_some();
             }
-            is(name, "x-forwarded-proto")
+            is(name, spelled::X_FORWARDED_PROTO)
                 || is(name, "expect")
-                || (self.id.is_some() && is(name, "x-request-id"))
+                || (self.id.is_some() && is(name, spelled::X_REQUEST_ID))
                 || (self.host.is_some() && is(name, "host"))
         };
         match as_sent {
@@ -172,18 +170,18 @@ impl UpstreamEdits {
             // it sent any (a first hop sends none).
             let earlier = client_xff.then(|| down.headers.get_all(&X_FORWARDED_FOR));
             let earlier = earlier.into_iter().flatten().map(HeaderValue::as_bytes);
-            wire.extend_from_slice(X_FORWARDED_FOR.as_str().as_bytes());
+            wire.extend_from_slice(spelled::X_FORWARDED_FOR.as_bytes());
             wire.extend_from_slice(b": ");
             write_forwarded_for(wire, earlier, ip);
             wire.extend_from_slice(b"\r\n");
         }
         line(
             wire,
-            X_FORWARDED_PROTO.as_str().as_bytes(),
+            spelled::X_FORWARDED_PROTO.as_bytes(),
             self.scheme.as_bytes(),
         );
         if let Some(id) = &self.id {
-            line(wire, X_REQUEST_ID.as_str().as_bytes(), id.as_bytes());
+            line(wire, spelled::X_REQUEST_ID.as_bytes(), id.as_bytes());
         }
         wire.extend_from_slice(b"\r\n");
         Some(Ok(body_len.unwrap_or(0)))

@@ -14,7 +14,8 @@ use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::Result;
 
-use super::of;
+use super::response::RawHead;
+use super::{of, of_ref};
 
 /// pingora-core's `set_keepalive`: `None` closes the connection after
 /// this request, `Some(0)` keeps it without a limit, `Some(s)` for `s`
@@ -42,6 +43,27 @@ pub async fn write_response_header(
     match of(session) {
         Some(c) => c.send_header(resp).await,
         None => session.write_response_header(resp).await,
+    }
+}
+
+/// Whether the codec serves the session's request: only then can a head
+/// go out from an upstream's bytes ([`write_raw_response_header`]).
+pub fn serves(session: &ServerSession) -> bool {
+    of_ref(session).is_some()
+}
+
+/// A final response head from an upstream's bytes, when the codec serves
+/// the session ([`serves`]); an error otherwise (the caller asks first).
+pub async fn write_raw_response_header<'a>(
+    session: &mut ServerSession,
+    head: RawHead<'a, '_, impl Iterator<Item = (&'a [u8], &'a [u8])>>,
+) -> Result<()> {
+    match of(session) {
+        Some(c) => c.send_raw_header(head).await,
+        None => pingora::Error::e_explain(
+            pingora::ErrorType::InternalError,
+            "a raw response head for a session the codec does not serve",
+        ),
     }
 }
 

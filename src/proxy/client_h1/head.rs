@@ -13,7 +13,7 @@
 //! passes here passes there, field for field.
 
 use bytes::Bytes;
-use http::header::HeaderValue;
+use http::header::{HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Uri};
 use pingora::http::RequestHeader;
@@ -120,10 +120,12 @@ fn plain_field(name: &[u8], value: &[u8], hosts: &mut u32) -> bool {
 /// head's bytes instead, which the upstream head is written from
 /// ([`Spans::as_sent`]), and the map is made ([`build_cased`]) only when
 /// something edits the header. `None` if a part is not what `http` takes;
-/// the head then goes to pingora-core, which refuses it its own way.
-pub fn build(head: &Bytes, spans: &Spans) -> Option<RequestHeader> {
+/// the head then goes to pingora-core, which refuses it its own way. With
+/// it, whether a name has an underscore (`proxy.underscore_headers`): only
+/// names that are not common ones can, and only those are searched.
+pub fn build(head: &Bytes, spans: &Spans) -> Option<(RequestHeader, bool)> {
     let part = |(at, len): Span| head.slice(at..at + len);
-    let method = Method::from_bytes(&head[spans.method.0..][..spans.method.1]).ok()?;
+    let method = Method::from_bytes(spans.method(head)).ok()?;
     if method == Method::CONNECT {
         return None;
     }
@@ -135,12 +137,20 @@ pub fn build(head: &Bytes, spans: &Spans) -> Option<RequestHeader> {
     parts.uri = Uri::from(target);
     parts.version = http::Version::HTTP_11;
     parts.headers.try_reserve(spans.count).ok()?;
+    let mut underscores = false;
     for &(name, value) in spans.fields() {
-        let name = header_names::parse(&head[name.0..][..name.1]).ok()?;
+        let name = &head[name.0..][..name.1];
+        let name = match header_names::common(name) {
+            Some(known) => known,
+            None => {
+                underscores |= name.contains(&b'_');
+                HeaderName::from_bytes(name).ok()?
+            }
+        };
         let value = HeaderValue::from_maybe_shared(part(value)).ok()?;
         parts.headers.try_append(name, value).ok()?;
     }
-    Some(RequestHeader::from(parts))
+    Some((RequestHeader::from(parts), underscores))
 }
 
 /// The header [`build`] makes, as pingora-core builds it: with the map of
@@ -148,9 +158,8 @@ pub fn build(head: &Bytes, spans: &Spans) -> Option<RequestHeader> {
 /// header's upstream head need.
 pub fn build_cased(head: &Bytes, spans: &Spans) -> Option<RequestHeader> {
     let part = |(at, len): Span| head.slice(at..at + len);
-    let method = std::str::from_utf8(&head[spans.method.0..][..spans.method.1]).ok()?;
-    let target = &head[spans.target.0..][..spans.target.1];
-    let mut req = RequestHeader::build(method, target, Some(spans.count)).ok()?;
+    let method = std::str::from_utf8(spans.method(head)).ok()?;
+    let mut req = RequestHeader::build(method, spans.target(head), Some(spans.count)).ok()?;
     req.set_version(http::Version::HTTP_11);
     for &(name, value) in spans.fields() {
         let value = HeaderValue::from_maybe_shared(part(value)).ok()?;
@@ -162,6 +171,16 @@ pub fn build_cased(head: &Bytes, spans: &Spans) -> Option<RequestHeader> {
 impl Spans {
     fn fields(&self) -> &[(Span, Span)] {
         &self.fields[..self.count]
+    }
+
+    /// The method's bytes in `head`.
+    fn method<'a>(&self, head: &'a [u8]) -> &'a [u8] {
+        &head[self.method.0..][..self.method.1]
+    }
+
+    /// The request-target's bytes in `head`.
+    fn target<'a>(&self, head: &'a [u8]) -> &'a [u8] {
+        &head[self.target.0..][..self.target.1]
     }
 
     /// The head's fields as the client sent them (`head`: its bytes): in
@@ -189,7 +208,28 @@ mod tests {
     }
 
     fn plain(raw: &str) -> Option<RequestHeader> {
-        parsed(raw).and_then(|(head, spans)| build(&head, &spans))
+        parsed(raw).and_then(|(head, spans)| build(&head, &spans).map(|(req, _)| req))
+    }
+
+    #[test]
+    fn a_name_with_an_underscore_is_found_as_the_header_is_built() {
+        let underscores = |raw: &str| {
+            let (head, spans) = parsed(raw).expect("plain");
+            build(&head, &spans).expect("built").1
+        };
+        assert!(!underscores(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Keep: 1\r\nAccept: */*\r\n\r\n"
+        ));
+        assert!(underscores(
+            "GET / HTTP/1.1\r\nHost: x\r\nX_Consumer_Name: a\r\n\r\n"
+        ));
+        // A common name but for its underscore is not a common one.
+        assert!(underscores(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded_For: 1.2.3.4\r\n\r\n"
+        ));
+        assert!(underscores(
+            "GET / HTTP/1.1\r\nhost: x\r\nuser_agent: a\r\n\r\n"
+        ));
     }
 
     #[test]
@@ -237,7 +277,7 @@ mod tests {
             "GET /caf\u{e9}?q=\u{e9} HTTP/1.1\r\nHost: x\r\n\r\n",
         ] {
             let (head, spans) = parsed(raw).expect(raw);
-            let ours = build(&head, &spans).expect(raw);
+            let (ours, _) = build(&head, &spans).expect(raw);
             let theirs = build_cased(&head, &spans).expect(raw);
             assert_eq!(ours.method, theirs.method, "{raw:?}");
             assert_eq!(ours.uri, theirs.uri, "{raw:?}");

@@ -31,9 +31,10 @@ mod response;
 mod session;
 
 pub use direct::{
-    finish_body, keepalive, read_body_or_idle, set_keepalive, write_response_body,
-    write_response_header,
+    finish_body, keepalive, read_body_or_idle, serves, set_keepalive, write_raw_response_header,
+    write_response_body, write_response_header,
 };
+pub use response::RawHead;
 
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -99,6 +100,8 @@ pub struct ClientH1 {
     /// `req` has pingora's map of the client's header case (made when
     /// something first edits it; until then the case is in `raw_head`).
     cased: bool,
+    /// A name in `req`'s head has an underscore.
+    underscores: bool,
     /// The response head as written (kept for its capacity).
     wire: Vec<u8>,
     /// The upstream request head the engine writes (kept for its
@@ -148,6 +151,7 @@ impl ClientH1 {
                     .unwrap_or_else(|_| unreachable!("a constant request line is valid")),
             ),
             cased: false,
+            underscores: false,
             wire: Vec::with_capacity(256),
             upstream_head: Vec::new(),
             keepalive: Keepalive::Off,
@@ -222,9 +226,10 @@ impl ClientH1 {
         // bytes after them stay in `buf`.
         let raw = self.buf.split_to(self.spans.len).freeze();
         match head::build(&raw, &self.spans) {
-            Some(req) => {
+            Some((req, underscores)) => {
                 // Into the box the connection keeps.
                 *self.req = req;
+                self.underscores = underscores;
                 self.raw_head = raw;
                 self.cased = false;
                 // An HTTP/1.1 client keeps the connection (pingora-core's
@@ -391,16 +396,28 @@ pub fn of(session: &mut ServerSession) -> Option<&mut ClientH1> {
     }
 }
 
-/// [`ClientH1::fields_as_sent`] of the codec serving a session's request:
-/// the names in the client's case, for the upstream head written from them.
-pub fn fields_as_sent(session: &ServerSession) -> Option<impl Iterator<Item = (&[u8], &[u8])>> {
+/// [`of`], read-only.
+fn of_ref(session: &ServerSession) -> Option<&ClientH1> {
     match session {
-        // SAFETY: see `cast`.
+        // SAFETY: see `cast`; the pointer is only read through.
         ServerSession::Custom(c) => {
-            unsafe { &*cast((&**c as *const dyn SessionCustom).cast_mut()) }.fields_as_sent()
+            Some(unsafe { &*cast((&**c as *const dyn SessionCustom).cast_mut()) })
         }
         _ => None,
     }
+}
+
+/// Whether a header of the request the codec serves is named with an
+/// underscore (found as its header was built); `None` when the codec does
+/// not serve it.
+pub fn underscores(session: &ServerSession) -> Option<bool> {
+    of_ref(session).map(|c| c.underscores)
+}
+
+/// [`ClientH1::fields_as_sent`] of the codec serving a session's request:
+/// the names in the client's case, for the upstream head written from them.
+pub fn fields_as_sent(session: &ServerSession) -> Option<impl Iterator<Item = (&[u8], &[u8])>> {
+    of_ref(session)?.fields_as_sent()
 }
 
 /// An empty buffer for the upstream request head: the one the codec

@@ -4,7 +4,7 @@
 //! connection closes, which ends keep-alive), nothing after a `HEAD`, `204`
 //! or `304` header, interim (`1xx`) headers sent at once.
 
-use http::{header, Method, StatusCode};
+use http::{Method, StatusCode};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::date::get_cached_date;
 use pingora::time::fast_timeout::fast_timeout;
@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::{ClientH1, Keepalive};
 use crate::proxy::framing::chunk_size_line;
+use crate::proxy::header_names;
 
 /// How the response body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,66 +91,185 @@ impl<'a> Declared<'a> {
     }
 }
 
-/// Writes `resp`'s fields (the client's case where it has one), but for a
-/// final header its own `Date` and `Connection`, which are tollgate's to
-/// set; returns what its framing fields declare.
-fn write_fields<'a>(resp: &'a ResponseHeader, last: bool, wire: &mut Vec<u8>) -> Declared<'a> {
+/// Fields of a final head that describe tollgate's connection to its
+/// client, not the upstream's: written by tollgate (`Date`, `Connection`)
+/// or not at all.
+const OURS_ON_A_FINAL_HEAD: [&str; 4] = ["date", "connection", "keep-alive", "proxy-connection"];
+
+/// A final response head to write from an upstream's bytes rather than a
+/// header map: its status line, its fields as the upstream sent them, and
+/// the gateway's own fields, which replace any of the same name.
+pub struct RawHead<'a, 'o, F> {
+    pub status: StatusCode,
+    pub version: http::Version,
+    pub reason: Option<&'a [u8]>,
+    pub fields: F,
+    pub ours: &'o [(&'o str, &'o [u8])],
+}
+
+/// Writes `fields` (but for a final header its own `Date` and
+/// `Connection`, which are tollgate's to set, the upstream connection's
+/// `Keep-Alive` and `Proxy-Connection`, and any of `ours`), then `ours`;
+/// returns what the framing fields declare.
+fn write_fields<'a>(
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    ours: &[(&str, &[u8])],
+    last: bool,
+    wire: &mut Vec<u8>,
+) -> Declared<'a> {
     let mut declared = Declared::default();
-    let mut field = |name: &http::HeaderName, spelled: &[u8], value: &'a http::HeaderValue| {
-        if *name == header::CONTENT_LENGTH {
-            declared.add_length(value.as_bytes());
-        } else if *name == header::TRANSFER_ENCODING {
-            declared.coding = Some(value.as_bytes());
-        } else if last && (*name == header::DATE || *name == header::CONNECTION) {
-            return;
+    for (name, value) in fields {
+        if header_names::is(name, "content-length") {
+            declared.add_length(value);
+        } else if header_names::is(name, "transfer-encoding") {
+            declared.coding = Some(value);
+        } else if (last
+            && OURS_ON_A_FINAL_HEAD
+                .iter()
+                .any(|n| header_names::is(name, n)))
+            || ours.iter().any(|(n, _)| header_names::is(name, n))
+        {
+            continue;
         }
-        wire.extend_from_slice(spelled);
-        wire.extend_from_slice(b": ");
-        wire.extend_from_slice(value.as_bytes());
-        wire.extend_from_slice(b"\r\n");
-    };
-    if resp.has_case() {
-        for ((name, value), (spelled, _)) in resp.headers.iter().zip(resp.case_header_iter()) {
-            field(name, spelled.as_slice(), value);
-        }
-    } else {
-        for (name, value) in resp.headers.iter() {
-            field(name, name.as_str().as_bytes(), value);
-        }
+        line(wire, name, value);
+    }
+    for (name, value) in ours {
+        line(wire, name.as_bytes(), value);
     }
     declared
 }
 
+/// `resp`'s fields, the client's case where it has one, as [`write_fields`].
+fn write_header_fields<'a>(
+    resp: &'a ResponseHeader,
+    last: bool,
+    wire: &mut Vec<u8>,
+) -> Declared<'a> {
+    if resp.has_case() {
+        let fields = resp.case_header_iter();
+        write_fields(
+            fields.map(|(n, v)| (n.as_slice(), v.as_bytes())),
+            &[],
+            last,
+            wire,
+        )
+    } else {
+        let fields = resp.headers.iter();
+        write_fields(
+            fields.map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+            &[],
+            last,
+            wire,
+        )
+    }
+}
+
+fn line(wire: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    wire.extend_from_slice(name);
+    wire.extend_from_slice(b": ");
+    wire.extend_from_slice(value);
+    wire.extend_from_slice(b"\r\n");
+}
+
+/// The status line.
+fn status_line(
+    wire: &mut Vec<u8>,
+    version: http::Version,
+    status: StatusCode,
+    reason: Option<&[u8]>,
+) {
+    let version = match version {
+        http::Version::HTTP_10 => "HTTP/1.0 ",
+        http::Version::HTTP_09 => "HTTP/0.9 ",
+        _ => "HTTP/1.1 ",
+    };
+    wire.extend_from_slice(version.as_bytes());
+    wire.extend_from_slice(status.as_str().as_bytes());
+    wire.push(b' ');
+    if let Some(reason) = reason {
+        wire.extend_from_slice(reason);
+    }
+    wire.extend_from_slice(b"\r\n");
+}
+
+/// A header that ends the interim ones (a final one, or a `101`).
+fn is_last(status: StatusCode) -> bool {
+    !status.is_informational() || status == StatusCode::SWITCHING_PROTOCOLS
+}
+
 impl ClientH1 {
-    pub(super) async fn send_header(&mut self, resp: Box<ResponseHeader>) -> Result<()> {
-        let last =
-            !resp.status.is_informational() || resp.status == StatusCode::SWITCHING_PROTOCOLS;
-        if self
+    /// Whether a final header went out already (another is not sent).
+    fn final_sent(&self) -> bool {
+        let sent = self
             .response
             .as_ref()
-            .is_some_and(|r| !r.status.is_informational())
-        {
+            .is_some_and(|r| !r.status.is_informational());
+        if sent {
             tracing::warn!("response header already sent, not sending another");
+        }
+        sent
+    }
+
+    pub(super) async fn send_header(&mut self, resp: Box<ResponseHeader>) -> Result<()> {
+        if self.final_sent() {
             return Ok(());
         }
+        let last = is_last(resp.status);
         let mut wire = std::mem::take(&mut self.wire);
         wire.clear();
-        let version = match resp.version {
-            http::Version::HTTP_10 => "HTTP/1.0 ",
-            http::Version::HTTP_09 => "HTTP/0.9 ",
-            _ => "HTTP/1.1 ",
-        };
-        wire.extend_from_slice(version.as_bytes());
-        wire.extend_from_slice(resp.status.as_str().as_bytes());
-        wire.push(b' ');
-        if let Some(reason) = resp.get_reason_phrase() {
-            wire.extend_from_slice(reason.as_bytes());
+        let reason = resp.get_reason_phrase().map(str::as_bytes);
+        status_line(&mut wire, resp.version, resp.status, reason);
+        let declared = write_header_fields(&resp, last, &mut wire);
+        let (body, has_length) = self.settle(&declared, resp.status, last);
+        self.send_head(wire, last, body, has_length, resp).await
+    }
+
+    /// A final header written from an upstream's bytes ([`RawHead`]).
+    /// The session keeps a header with the status only: what reads the
+    /// response afterwards (logs, metrics, retries) reads its status.
+    pub(super) async fn send_raw_header<'a>(
+        &mut self,
+        head: RawHead<'a, '_, impl Iterator<Item = (&'a [u8], &'a [u8])>>,
+    ) -> Result<()> {
+        if self.final_sent() {
+            return Ok(());
         }
-        wire.extend_from_slice(b"\r\n");
-        let declared = write_fields(&resp, last, &mut wire);
-        let has_length = declared.length != Ok(None);
+        let last = is_last(head.status);
+        let mut wire = std::mem::take(&mut self.wire);
+        wire.clear();
+        status_line(&mut wire, head.version, head.status, head.reason);
+        let declared = write_fields(head.fields, head.ours, last, &mut wire);
+        let (body, has_length) = self.settle(&declared, head.status, last);
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts.status = head.status;
+        parts.version = head.version;
+        let resp = Box::new(ResponseHeader::from(parts));
+        self.send_head(wire, last, body, has_length, resp).await
+    }
+
+    /// The body's framing after a header that declared `declared`, and
+    /// whether it declared a length.
+    fn settle(&self, declared: &Declared, status: StatusCode, last: bool) -> (BodyOut, bool) {
+        let body = if last {
+            declared.framing(status, &self.req.method)
+        } else {
+            self.body
+        };
+        (body, declared.length != Ok(None))
+    }
+
+    /// Ends a head begun in `wire` (a final one with our `Date` and
+    /// `Connection`), sends it and keeps `resp` as the response sent.
+    async fn send_head(
+        &mut self,
+        mut wire: Vec<u8>,
+        last: bool,
+        body: BodyOut,
+        has_length: bool,
+        resp: Box<ResponseHeader>,
+    ) -> Result<()> {
         if last {
-            self.body = declared.framing(resp.status, &self.req.method);
+            self.body = body;
             if self.body == BodyOut::UntilClose {
                 // Only the connection's end ends such a body.
                 self.keepalive = Keepalive::Off;
@@ -294,7 +414,8 @@ mod tests {
             resp.append_header(k.to_string(), *v).unwrap();
         }
         let mut wire = Vec::new();
-        let framing = write_fields(&resp, true, &mut wire).framing(resp.status, &Method::GET);
+        let framing =
+            write_header_fields(&resp, true, &mut wire).framing(resp.status, &Method::GET);
         (wire, framing)
     }
 
@@ -326,8 +447,94 @@ mod tests {
             ("X-Mixed", "a"),
             ("date", "then"),
             ("Connection", "close"),
+            ("Keep-Alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
             ("content-length", "1"),
         ]);
         assert_eq!(wire, b"X-Mixed: a\r\ncontent-length: 1\r\n");
+    }
+
+    /// A response head written from the upstream's bytes with `ours`, and
+    /// from its header map edited as the gateway edits it, as lines (name
+    /// lowercased) in the order each writes them, with what each declared.
+    fn both_ways(wire: &str, ours: &[(&str, &[u8])]) -> [(Vec<(String, String)>, BodyOut); 2] {
+        use crate::proxy::upstream_h1::{parse_head, Asked};
+        let head = parse_head(
+            &mut bytes::BytesMut::from(wire.as_bytes()),
+            Asked::default(),
+        )
+        .unwrap()
+        .unwrap();
+        let lines = |wire: &[u8]| -> Vec<(String, String)> {
+            String::from_utf8_lossy(wire)
+                .split("\r\n")
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    let (n, v) = l.split_once(": ").unwrap();
+                    (n.to_ascii_lowercase(), v.to_string())
+                })
+                .collect()
+        };
+        let mut direct = Vec::new();
+        let framing = write_fields(head.fields().unwrap(), ours, true, &mut direct)
+            .framing(head.status, &Method::GET);
+        let mut header = head.header().unwrap();
+        crate::proxy::header_edit::edit_response(&mut header, ours.len(), |p| {
+            for (name, value) in ours {
+                p.headers.insert(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    http::HeaderValue::from_bytes(value).unwrap(),
+                );
+            }
+        });
+        let mut built = Vec::new();
+        let built_framing =
+            write_header_fields(&header, true, &mut built).framing(header.status, &Method::GET);
+        assert_eq!(head.reason(), header.get_reason_phrase().map(str::as_bytes));
+        [(lines(&direct), framing), (lines(&built), built_framing)]
+    }
+
+    #[test]
+    fn a_head_from_the_upstreams_bytes_is_the_one_its_header_map_writes() {
+        let ours: [(&str, &[u8]); 2] = [("x-request-id", b"abc"), ("x-ratelimit-limit", b"10")];
+        for wire in [
+            "HTTP/1.1 200 OK\r\nServer: o\r\nContent-Length: 2\r\n\r\n",
+            // Ours replace the upstream's, Date and Connection are ours.
+            "HTTP/1.1 200 OK\r\nX-Request-Id: spoof\r\nDate: then\r\nconnection: close\r\n\
+             X-RateLimit-Limit: 1\r\nContent-Length: 0\r\n\r\n",
+            // Duplicates, each kept in its order; a name's case.
+            "HTTP/1.1 404 Not Here\r\nSet-Cookie: a\r\nVary: x\r\nset-cookie: b\r\n\
+             Content-Length: 3, 3\r\n\r\n",
+            // Transfer-Encoding wins over Content-Length, which is not sent.
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 1\r\n\r\n",
+            "HTTP/1.1 200 \r\nX-Obs: caf\u{e9}\r\nContent-Length: 1\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\n\r\n",
+        ] {
+            let [(direct, framing), (built, built_framing)] = both_ways(wire, &ours);
+            assert_eq!(framing, built_framing, "{wire}");
+            // The map groups a name's lines together; each name's values
+            // are in the same order either way.
+            let by_name = |mut l: Vec<(String, String)>| {
+                l.sort_by(|a, b| a.0.cmp(&b.0));
+                l
+            };
+            assert_eq!(by_name(direct.clone()), by_name(built), "{wire}");
+            assert_eq!(
+                direct.iter().filter(|(n, _)| n == "x-request-id").count(),
+                1
+            );
+            assert!(!direct.iter().any(|(n, _)| n == "date" || n == "connection"));
+        }
+        // The upstream's order (the map's groups Set-Cookie's lines).
+        let [(direct, _), _] = both_ways(
+            "HTTP/1.1 200 OK\r\nSet-Cookie: a\r\nVary: x\r\nset-cookie: b\r\nContent-Length: 0\r\n\r\n",
+            &[],
+        );
+        let names: Vec<_> = direct.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        assert_eq!(
+            names,
+            ["set-cookie=a", "vary=x", "set-cookie=b", "content-length=0"]
+        );
     }
 }

@@ -16,13 +16,14 @@
 //! `Connection: close`) and nothing failed.
 
 use bytes::Bytes;
-use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::http::{HttpTask, ServerSession};
+use pingora::http::RequestHeader;
+use pingora::protocols::http::ServerSession;
 use pingora::{Error, ErrorType, Result};
 
 use super::CoreEngine;
+use crate::proxy::client_h1::RawHead;
 use crate::proxy::ctx::RequestCtx;
-use crate::proxy::upstream_h1::UpstreamH1 as Upstream;
+use crate::proxy::upstream_h1::{Head, Piece, UpstreamH1 as Upstream};
 use crate::proxy::upstream_request::{Sanitize, UpstreamEdits};
 use crate::proxy::{client_h1, error_response, header_edit, hop_by_hop, retry};
 use crate::snapshot::Outcome;
@@ -154,14 +155,14 @@ impl CoreEngine {
             let watch_client = !st.req_done || (st.send_error.is_none() && session.is_body_done());
             tokio::select! {
                 biased;
-                task = up.read_response_task(), if !st.resp_done => {
-                    let task = match task {
-                        Ok(task) => task,
+                piece = up.read_response_piece(), if !st.resp_done => {
+                    let piece = match piece {
+                        Ok(piece) => piece,
                         // The read's own error: a timeout stays a timeout (504) even after a
                         // failed write, and a reused connection's failure stays retryable.
                         Err(e) => return Exchange::Failed(e.into_up()),
                     };
-                    if let Err(outcome) = self.relay(session, up, ctx, &mut st, task).await {
+                    if let Err(outcome) = self.relay(session, up, ctx, &mut st, piece).await {
                         return outcome;
                     }
                 }
@@ -249,16 +250,14 @@ impl CoreEngine {
         up: &mut Upstream,
         ctx: &mut RequestCtx,
         st: &mut State,
-        task: HttpTask,
+        piece: Piece,
     ) -> Result<(), Exchange> {
-        let (data, end) = match task {
-            HttpTask::Header(header, end) => {
-                return self.relay_header(session, up, ctx, st, header, end).await
+        let (data, end) = match piece {
+            Piece::Head(head, end) => {
+                return self.relay_header(session, up, ctx, st, head, end).await
             }
-            HttpTask::Body(data, end) | HttpTask::UpgradedBody(data, end) => (data, end),
-            HttpTask::Done => (None, true),
-            HttpTask::Trailer(_) => (None, false), // HTTP/1 upstreams send none
-            HttpTask::Failed(e) => return Err(Exchange::Failed(e.into_up())),
+            Piece::Body(data, end) => (data, end),
+            Piece::Done => (None, true),
         };
         let data = data.unwrap_or_default();
         if !st.upgraded {
@@ -291,14 +290,15 @@ impl CoreEngine {
         up: &mut Upstream,
         ctx: &mut RequestCtx,
         st: &mut State,
-        mut header: Box<ResponseHeader>,
+        head: Head,
         end: bool,
     ) -> Result<(), Exchange> {
-        let status = header.status.as_u16();
-        if header.status.is_informational() && status != 101 {
+        let status = head.status.as_u16();
+        if head.status.is_informational() && status != 101 {
             // 100 Continue is ours to send (the upstream never saw the
             // client's Expect); other interim answers (103) are relayed.
             if status != 100 {
+                let header = head.header().map_err(|e| Exchange::Failed(e.into_up()))?;
                 error_response::write_interim(session, header)
                     .await
                     .map_err(|e| Exchange::Failed(e.into_down()))?;
@@ -326,26 +326,18 @@ impl CoreEngine {
             let e = Error::explain(ErrorType::HTTPStatus(status), "upstream error");
             return Err(Exchange::Failed(e.into_up()));
         }
-        self.gate
-            .cache_response_header(session.req_header(), &header, ctx);
         let no_body =
             session.req_header().method == http::Method::HEAD || matches!(status, 204 | 304);
         // An HTTP/1.0-style body that ends when the upstream closes goes to
         // the client chunked, so its connection can be kept.
-        let chunked = !no_body
-            && status != 101
-            && !end
-            && !header.headers.contains_key(http::header::TRANSFER_ENCODING)
-            && !header.headers.contains_key(http::header::CONTENT_LENGTH);
-        self.gate
-            .edit_response(session.req_header(), &mut header, ctx, chunked);
+        let chunked = !no_body && status != 101 && !end && !head.has_framing_fields();
         if self.gate.draining() {
             // Draining: the client learns now that this connection ends.
             client_h1::set_keepalive(session, None);
         }
-        client_h1::write_response_header(session, header)
+        self.write_header(session, ctx, &head, chunked)
             .await
-            .map_err(|e| Exchange::Failed(e.into_down()))?;
+            .map_err(Exchange::Failed)?;
         if session.was_upgraded() {
             // Both sides are byte streams from here: keep reading the client.
             st.upgraded = true;
@@ -359,5 +351,45 @@ impl CoreEngine {
             self.response_ended(session, st);
         }
         Ok(())
+    }
+
+    /// The final head to the client: from the upstream's bytes when the
+    /// gateway only adds its own fields to it and the client's codec is
+    /// tollgate's (no header map built, the upstream's order and spelling
+    /// kept); otherwise as a header map the cache, the plugins and the
+    /// framing edit.
+    async fn write_header(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        head: &Head,
+        chunked: bool,
+    ) -> Result<()> {
+        if head.status != 101 && client_h1::serves(session) {
+            if let (Some(fields), Some(ours)) =
+                (head.fields(), self.gate.response_ours_only(ctx, chunked))
+            {
+                let mut digits = Default::default();
+                let (lines, n) = ours.lines(&mut digits);
+                let raw = RawHead {
+                    status: head.status,
+                    version: head.version,
+                    reason: head.reason(),
+                    fields,
+                    ours: &lines[..n],
+                };
+                return client_h1::write_raw_response_header(session, raw)
+                    .await
+                    .map_err(|e| e.into_down());
+            }
+        }
+        let mut header = head.header().map_err(|e| e.into_up())?;
+        self.gate
+            .cache_response_header(session.req_header(), &header, ctx);
+        self.gate
+            .edit_response(session.req_header(), &mut header, ctx, chunked);
+        client_h1::write_response_header(session, header)
+            .await
+            .map_err(|e| e.into_down())
     }
 }

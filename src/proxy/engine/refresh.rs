@@ -5,7 +5,7 @@
 //! a failed or uncacheable one leaves the stale entry for the next try.
 
 use pingora::http::RequestHeader;
-use pingora::protocols::http::{HttpTask, ServerSession};
+use pingora::protocols::http::ServerSession;
 use pingora::Result;
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use super::target::Target;
 use super::{CoreEngine, Upstream};
 use crate::proxy::caching::Refresh;
 use crate::proxy::ctx::RequestCtx;
+use crate::proxy::upstream_h1::Piece;
 
 impl CoreEngine {
     /// Starts the refresh a stale answer left to do, if any.
@@ -63,18 +64,18 @@ impl CoreEngine {
         h1.write_request_header(&req).await?;
         h1.finish_body().await?;
         loop {
-            let (data, end) = match h1.read_response_task().await? {
-                HttpTask::Header(header, end) => {
-                    if header.status.is_informational() {
+            let (data, end) = match h1.read_response_piece().await? {
+                Piece::Head(head, end) => {
+                    if head.status.is_informational() {
                         continue;
                     }
-                    if !refresh.header(&header) {
+                    if !refresh.header(&*head.header()?) {
                         return Ok(());
                     }
                     (None, end)
                 }
-                HttpTask::Body(data, end) => (data, end),
-                _ => (None, true),
+                Piece::Body(data, end) => (data, end),
+                Piece::Done => (None, true),
             };
             if let Some(data) = data {
                 if !refresh.body(&data) {

@@ -11,7 +11,7 @@
 //! spaces (RFC 9112 §5.2), not forwarded.
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{StatusCode, Version};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType::InvalidHTTPHeader, OrErr, Result};
@@ -49,9 +49,29 @@ pub struct Asked {
     pub close: bool,
 }
 
-/// A parsed response head.
+/// A part of the head as (offset, length).
+type Span = (usize, usize);
+
+/// A parsed response head: its fields stay in the head's bytes, in the
+/// upstream's order and spelling, until something asks for them as a
+/// header map ([`Head::header`]). A response nothing edits goes to the
+/// client from those bytes ([`Head::fields`]) and never has a map.
 pub struct Head {
-    pub header: Box<ResponseHeader>,
+    pub status: StatusCode,
+    pub version: Version,
+    /// The head, status line to blank line.
+    bytes: Bytes,
+    /// A reason phrase other than the status's canonical one.
+    reason: Option<Span>,
+    /// Each field's name and value.
+    fields: Vec<(Span, Span)>,
+    /// A `Transfer-Encoding` decided the framing: `Content-Length` is
+    /// dropped (RFC 9112 §6.3).
+    drop_length: bool,
+    /// A `Content-Length` or `Transfer-Encoding` field was sent.
+    framing_fields: bool,
+    /// A value was folded over lines (obs-fold): only the map unfolds it.
+    folded: bool,
     pub framing: Framing,
     /// A `101` to an upgrade request: both ways are byte streams now.
     pub upgraded: bool,
@@ -64,7 +84,58 @@ pub struct Head {
 impl Head {
     /// A `1xx` other than `101`: another head follows.
     pub fn interim(&self) -> bool {
-        self.header.status.is_informational() && !self.upgraded && self.header.status != 101
+        self.status.is_informational() && !self.upgraded && self.status != 101
+    }
+
+    /// The reason phrase the client is sent: the upstream's, or else the
+    /// status's canonical one.
+    pub fn reason(&self) -> Option<&[u8]> {
+        match self.reason {
+            Some((at, n)) => Some(&self.bytes[at..at + n]),
+            None => self.status.canonical_reason().map(str::as_bytes),
+        }
+    }
+
+    /// The fields, as the upstream sent them, in its order (a
+    /// `Content-Length` that `Transfer-Encoding` overrides left out);
+    /// `None` when one was folded over lines and must be unfolded first.
+    pub fn fields(&self) -> Option<impl Iterator<Item = (&[u8], &[u8])>> {
+        (!self.folded).then(|| {
+            self.fields
+                .iter()
+                .map(|&((n, nl), (v, vl))| (&self.bytes[n..n + nl], &self.bytes[v..v + vl]))
+                .filter(|(name, _)| !(self.drop_length && header_names::is(name, "content-length")))
+        })
+    }
+
+    /// The upstream sent `Content-Length` or `Transfer-Encoding`.
+    pub fn has_framing_fields(&self) -> bool {
+        self.framing_fields
+    }
+
+    /// The head as a header map, for what reads or edits it: the values
+    /// are slices of the head (no copy), a folded one unfolded.
+    pub fn header(&self) -> Result<Box<ResponseHeader>> {
+        let mut headers = http::HeaderMap::with_capacity(self.fields.len() + 4);
+        for &((n, nl), (v, vl)) in &self.fields {
+            let name = header_names::parse(&self.bytes[n..n + nl])
+                .or_err(InvalidHTTPHeader, "invalid response header name")?;
+            if self.drop_length && name == header::CONTENT_LENGTH {
+                continue;
+            }
+            headers.append(name, value_of(self.bytes.slice(v..v + vl))?);
+        }
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts.status = self.status;
+        parts.version = self.version;
+        parts.headers = headers;
+        let mut header = Box::new(ResponseHeader::from(parts));
+        if let Some((at, n)) = self.reason {
+            let reason = std::str::from_utf8(&self.bytes[at..at + n])
+                .or_err(InvalidHTTPHeader, "invalid response reason phrase")?;
+            header.set_reason_phrase(Some(reason))?;
+        }
+        Ok(header)
     }
 }
 
@@ -72,11 +143,21 @@ impl Head {
 /// yet, `buf` untouched); `Err` when it is malformed or too big.
 pub fn parse(buf: &mut BytesMut, asked: Asked) -> Result<Option<Head>> {
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut []);
+    let mut strict = httparse::Response::new(&mut []);
     let mut config = httparse::ParserConfig::default();
     config.allow_spaces_after_header_name_in_responses(true);
-    config.allow_obsolete_multiline_headers_in_responses(true);
-    let len = match config.parse_response_with_uninit_headers(&mut resp, buf, &mut slots) {
+    let mut parsed = config.parse_response_with_uninit_headers(&mut strict, buf, &mut slots);
+    // A value folded over lines (obs-fold) fails that parse and is read
+    // by a second one: the common head is not searched for line breaks.
+    let mut folded_slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut lenient = httparse::Response::new(&mut []);
+    let folded = parsed.is_err();
+    if folded {
+        config.allow_obsolete_multiline_headers_in_responses(true);
+        parsed = config.parse_response_with_uninit_headers(&mut lenient, buf, &mut folded_slots);
+    }
+    let resp = if folded { &lenient } else { &strict };
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
         Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Ok(None),
         Ok(_) => {
@@ -103,12 +184,16 @@ pub fn parse(buf: &mut BytesMut, asked: Asked) -> Result<Option<Head>> {
     };
     let base = buf.as_ptr() as usize;
     let span = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    // A slice of the head, or the empty reason httparse may give as its own.
     let reason = resp
         .reason
         .filter(|r| Some(*r) != status.canonical_reason())
-        .map(|r| r.to_string());
-    // Names and where each value is; the values become slices of the
-    // head once it is split off the buffer.
+        .map(|r| {
+            let within = (r.as_ptr() as usize)
+                .checked_sub(base)
+                .filter(|at| at + r.len() <= len);
+            within.map_or((0, 0), |at| (at, r.len()))
+        });
     let mut fields = Vec::with_capacity(resp.headers.len());
     let mut te_chunked: Option<bool> = None;
     let mut length: Option<u64> = None;
@@ -116,33 +201,31 @@ pub fn parse(buf: &mut BytesMut, asked: Asked) -> Result<Option<Head>> {
     let mut conn = ConnectionTokens::default();
     let mut idle = None;
     for h in resp.headers.iter() {
-        let name = header_names::parse(h.name.as_bytes())
-            .or_err(InvalidHTTPHeader, "invalid response header name")?;
-        if name == header::CONTENT_LENGTH {
+        let name = h.name.as_bytes();
+        // Told apart by length first: most names are none of these.
+        if header_names::is(name, "content-length") {
             lengths_ok &= merge_length(&mut length, h.value);
-        } else if name == header::TRANSFER_ENCODING {
+        } else if header_names::is(name, "transfer-encoding") {
             // The last one names the final coding.
             te_chunked = Some(last_token(h.value).eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONNECTION {
+        } else if header_names::is(name, "connection") {
             conn.add(h.value);
-        } else if name == KEEP_ALIVE {
+        } else if header_names::is(name, "keep-alive") {
             idle = keep_alive_timeout(h.value).or(idle);
         }
-        fields.push((name, span(h.value)));
+        fields.push((span(name), span(h.value)));
     }
-    let head = buf.split_to(len).freeze();
-    let mut headers = http::HeaderMap::with_capacity(fields.len() + 4);
-    for (name, (start, n)) in fields {
-        headers.append(name, value_of(head.slice(start..start + n))?);
-    }
+    let framing_fields = length.is_some() || !lengths_ok || te_chunked.is_some();
+    let bytes = buf.split_to(len).freeze();
 
     let upgraded = status == 101 && asked.upgrade && version == Version::HTTP_11;
+    let mut drop_length = false;
     let framing = if upgraded {
         Framing::UntilClose
     } else if status.is_informational() || asked.head || matches!(status.as_u16(), 204 | 304) {
         Framing::Empty
     } else if let Some(chunked) = te_chunked {
-        headers.remove(header::CONTENT_LENGTH);
+        drop_length = true;
         if chunked {
             Framing::Chunked
         } else {
@@ -163,24 +246,21 @@ pub fn parse(buf: &mut BytesMut, asked: Asked) -> Result<Option<Head>> {
         && (version != Version::HTTP_10 || te_chunked.is_none())
         && !conn.close
         && (conn.keep_alive || version == Version::HTTP_11);
-    let mut parts = http::Response::new(()).into_parts().0;
-    parts.status = status;
-    parts.version = version;
-    parts.headers = headers;
-    let mut header = Box::new(ResponseHeader::from(parts));
-    if reason.is_some() {
-        header.set_reason_phrase(reason.as_deref())?;
-    }
     Ok(Some(Head {
-        header,
+        status,
+        version,
+        bytes,
+        reason,
+        fields,
+        drop_length,
+        framing_fields,
+        folded,
         framing,
         upgraded,
         keepalive,
         idle,
     }))
 }
-
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// A header value, a slice of the head (no copy); a folded value
 /// (obs-fold) has its line breaks replaced by spaces.
@@ -264,10 +344,12 @@ mod tests {
         );
         let h = parse(&mut buf, Asked::default()).unwrap().unwrap();
         assert_eq!(&buf[..], b"hello", "the head is split off, the body stays");
-        assert_eq!(h.header.status, 201);
-        assert_eq!(h.header.get_reason_phrase(), Some("Made"));
+        let header = h.header().unwrap();
+        assert_eq!(header.status, 201);
+        assert_eq!(header.get_reason_phrase(), Some("Made"));
+        assert_eq!(h.reason(), Some(&b"Made"[..]));
         assert_eq!(h.framing, Framing::Length(5));
-        let xa: Vec<_> = h.header.headers.get_all("x-a").iter().collect();
+        let xa: Vec<_> = header.headers.get_all("x-a").iter().collect();
         assert_eq!(xa, ["1", "2"]);
         assert!(h.keepalive);
         let wire = b"HTTP/1.1 200 OK\r\nContent-Le";
@@ -305,7 +387,10 @@ mod tests {
         // Transfer-Encoding wins, and Content-Length is not forwarded.
         let h = ok("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(h.framing, Framing::Chunked);
-        assert!(!h.header.headers.contains_key("content-length"));
+        assert!(!h.header().unwrap().headers.contains_key("content-length"));
+        let names: Vec<_> = h.fields().unwrap().map(|(n, _)| n).collect();
+        assert_eq!(names, [&b"Transfer-Encoding"[..]]);
+        assert!(h.has_framing_fields());
         assert_eq!(
             f(
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
@@ -410,8 +495,64 @@ mod tests {
     #[test]
     fn a_folded_value_is_unfolded_and_values_are_not_copied() {
         let h = ok("HTTP/1.1 200 OK\r\nX-F: a\r\n b\r\nContent-Length: 0\r\n\r\n");
-        let v = h.header.headers["x-f"].as_bytes();
+        let header = h.header().unwrap();
+        let v = header.headers["x-f"].as_bytes();
         assert!(!v.contains(&b'\r') && !v.contains(&b'\n'), "{v:?}");
         assert!(v.starts_with(b"a") && v.ends_with(b"b"));
+        assert!(h.fields().is_none(), "a folded head needs the map");
+    }
+
+    #[test]
+    fn fields_are_the_upstreams_in_its_order_and_spelling() {
+        let h = ok(
+            "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-MiXed: v\r\nset-cookie: b=2\r\n\
+                    Content-Length: 0\r\n\r\n",
+        );
+        let fields: Vec<_> = h.fields().unwrap().collect();
+        assert_eq!(
+            fields,
+            [
+                (&b"Set-Cookie"[..], &b"a=1"[..]),
+                (b"X-MiXed", b"v"),
+                (b"set-cookie", b"b=2"),
+                (b"Content-Length", b"0"),
+            ]
+        );
+        assert!(h.has_framing_fields());
+        assert_eq!(h.reason(), Some(&b"OK"[..]));
+        // A reason other than the canonical one, an empty one, none known.
+        assert_eq!(ok("HTTP/1.1 200 Fine\r\n\r\n").reason(), Some(&b"Fine"[..]));
+        assert_eq!(ok("HTTP/1.1 200 \r\n\r\n").reason(), Some(&b""[..]));
+        assert_eq!(ok("HTTP/1.1 299 \r\n\r\n").reason(), Some(&b""[..]));
+        // Lines ended by a bare line feed are not folded ones.
+        let h = ok("HTTP/1.1 200 OK\nX-A: 1\nContent-Length: 0\n\n");
+        assert_eq!(h.fields().unwrap().count(), 2);
+        let h = ok("HTTP/1.0 200 OK\r\n\r\n");
+        assert!(!h.has_framing_fields());
+        assert_eq!(h.version, Version::HTTP_10);
+    }
+
+    #[test]
+    fn every_field_the_parse_takes_the_header_map_takes() {
+        // What goes to the client from the upstream's bytes is what the
+        // map would have taken: no name or value byte passes one and not
+        // the other.
+        for b in 0..=255u8 {
+            for (name, value) in [
+                (vec![b'x', b], vec![b'v']),
+                (b"x".to_vec(), vec![b'v', b, b'v']),
+            ] {
+                let mut wire = b"HTTP/1.1 200 OK\r\n".to_vec();
+                wire.extend_from_slice(&name);
+                wire.extend_from_slice(b": ");
+                wire.extend_from_slice(&value);
+                wire.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
+                if let Ok(Some(h)) = parse(&mut BytesMut::from(&wire[..]), Asked::default()) {
+                    if h.fields().is_some() {
+                        assert!(h.header().is_ok(), "byte {b:#x} in {name:?}: {value:?}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -16,10 +16,9 @@
 mod chunked;
 mod head;
 
-use bytes::BytesMut;
-use pingora::http::{RequestHeader, ResponseHeader};
+use bytes::{Bytes, BytesMut};
+use pingora::http::RequestHeader;
 use pingora::protocols::http::v1::client::http_req_header_to_wire;
-use pingora::protocols::http::HttpTask;
 use pingora::protocols::Stream;
 use pingora::time::fast_timeout::fast_timeout;
 use pingora::{Error, ErrorType::*, Result, RetryType};
@@ -29,12 +28,28 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::proxy::framing::chunk_size_line;
 use crate::proxy::hop_by_hop::list_elements;
 use chunked::{Chunked, Step};
-use head::{Asked, Framing};
+#[cfg(test)]
+pub(crate) use head::parse as parse_head;
+pub(crate) use head::Asked;
+use head::Framing;
+pub use head::Head;
 
 /// Room made for a read of the head or a small body.
 const SMALL_READ: usize = 8 * 1024;
 /// Room made for a read of a body bigger than that.
 const BIG_READ: usize = 64 * 1024;
+
+/// The next piece of a response.
+pub enum Piece {
+    /// A head (an interim `1xx` or the final one); `true` when no body
+    /// follows it.
+    Head(Head, bool),
+    /// A piece of the body (`None`: none, at its close-delimited end),
+    /// raw bytes once upgraded; `true` when it ends the response.
+    Body(Option<Bytes>, bool),
+    /// The response had ended.
+    Done,
+}
 
 /// An HTTP/1.1 exchange on one upstream connection (TCP or TLS).
 pub struct UpstreamH1 {
@@ -197,21 +212,16 @@ impl UpstreamH1 {
 
     /// The next piece of the response: its head (again after an interim
     /// `1xx`), a body piece, or the end.
-    pub async fn read_response_task(&mut self) -> Result<HttpTask> {
+    pub async fn read_response_piece(&mut self) -> Result<Piece> {
         match self.read {
             Reading::Head => {
-                let header = self.read_head().await?;
-                Ok(HttpTask::Header(header, self.read == Reading::Done))
+                let head = self.read_head().await?;
+                Ok(Piece::Head(head, self.read == Reading::Done))
             }
-            Reading::Done => Ok(HttpTask::Done),
+            Reading::Done => Ok(Piece::Done),
             _ => {
                 let data = self.read_body().await?;
-                let end = self.read == Reading::Done;
-                Ok(if self.upgraded {
-                    HttpTask::UpgradedBody(data, end)
-                } else {
-                    HttpTask::Body(data, end)
-                })
+                Ok(Piece::Body(data, self.read == Reading::Done))
             }
         }
     }
@@ -227,12 +237,12 @@ impl UpstreamH1 {
         reusable.then_some((self.stream, self.idle))
     }
 
-    async fn read_head(&mut self) -> Result<Box<ResponseHeader>> {
+    async fn read_head(&mut self) -> Result<Head> {
         loop {
             if !self.buf.is_empty() {
                 if let Some(head) = head::parse(&mut self.buf, self.asked)? {
                     if head.interim() {
-                        return Ok(head.header);
+                        return Ok(head);
                     }
                     self.upgraded = head.upgraded;
                     self.keepalive = head.keepalive;
@@ -243,7 +253,7 @@ impl UpstreamH1 {
                         Framing::Chunked => Reading::Chunked(Chunked::Size),
                         Framing::UntilClose => Reading::UntilClose,
                     };
-                    return Ok(head.header);
+                    return Ok(head);
                 }
             }
             let already = self.buf.len();
@@ -262,7 +272,7 @@ impl UpstreamH1 {
     }
 
     /// The next body piece (`None` at a close-delimited end).
-    async fn read_body(&mut self) -> Result<Option<bytes::Bytes>> {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
         loop {
             match self.read {
                 Reading::Length(left) if !self.buf.is_empty() => {
