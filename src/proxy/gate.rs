@@ -28,7 +28,7 @@ use super::request_id::{self, RequestIds};
 use super::request_scan::RequestScan;
 use crate::config::UnderscoreHeaders;
 use crate::limiter::{self, Client, Decision};
-use crate::log_gate::FailureLog;
+use crate::log_gate::{FailureLog, LogGate};
 use crate::model::path_policy::PathPolicy;
 
 /// Failure lines of requests no route took (an engine-level failure).
@@ -475,7 +475,17 @@ impl Gate {
                 for name in &named {
                     req.remove_header(name);
                 }
-                tracing::debug!(request_id = ctx.request_id(), headers = ?named, "dropped headers named with an underscore");
+                // Said at most once a second: a plugin reading such a
+                // header (`key-auth` on `api_key`) then fails every request.
+                static DROPS: LogGate = LogGate::new();
+                if let Some(held) = DROPS.admit(crate::limiter::now_ns()) {
+                    tracing::info!(
+                        request_id = ctx.request_id(),
+                        headers = ?named,
+                        held_back = held,
+                        "request headers named with an underscore dropped (proxy.underscore_headers: allow passes them)"
+                    );
+                }
                 true
             }
         }

@@ -150,6 +150,11 @@ fn process_settings(model: &ConfigModel) -> Vec<(&'static str, String)> {
             format!("{:?}", b.proxy.max_connections_per_ip),
         ),
         ("proxy.engine", b.proxy.engine.as_str().to_string()),
+        ("proxy.http2", format!("{:?}", b.proxy.http2)),
+        (
+            "proxy.underscore_headers",
+            format!("{:?}", b.proxy.underscore_headers),
+        ),
         ("log", format!("{:?}", b.log)),
         ("reload", format!("{:?}", b.reload)),
         ("access_log", format!("{:?}", b.access_log)),

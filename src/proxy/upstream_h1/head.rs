@@ -537,6 +537,7 @@ mod tests {
         // What goes to the client from the upstream's bytes is what the
         // map would have taken: no name or value byte passes one and not
         // the other.
+        let mut taken = Vec::new();
         for b in 0..=255u8 {
             for (name, value) in [
                 (vec![b'x', b], vec![b'v']),
@@ -550,9 +551,16 @@ mod tests {
                 if let Ok(Some(h)) = parse(&mut BytesMut::from(&wire[..]), Asked::default()) {
                     if h.fields().is_some() {
                         assert!(h.header().is_ok(), "byte {b:#x} in {name:?}: {value:?}");
+                        taken.push(b);
                     }
                 }
             }
         }
+        // Tokens, tabs, obs-text: the parse took them, so they were checked.
+        for b in [b'!', b'a', b'_', b'\t', 0x80, 0xff] {
+            assert!(taken.contains(&b), "byte {b:#x} never taken");
+        }
+        // And a control byte, in neither place.
+        assert!(!taken.contains(&0x01));
     }
 }
