@@ -80,7 +80,10 @@ fn a_miss_is_stored_and_the_next_request_is_a_hit_with_its_age() {
 #[test]
 fn what_must_not_be_shared_is_not_stored() {
     let b = Backend::start("b");
-    let gw = gateway(&b, "");
+    let gw = gateway(
+        &b,
+        "- { id: posted, paths: [\"/posted/*rest\"], upstream: b, cache: {}, plugins: [{proxy-rewrite: {method: POST}}] }\n",
+    );
     for (path, headers, why) in [
         ("/c/post", vec![], "POST"),
         ("/c/range", vec![("range", "bytes=0-3")], "a range"),
@@ -118,6 +121,13 @@ fn what_must_not_be_shared_is_not_stored() {
         assert_ne!(x_cache(&again), "HIT", "{why}: {again:?}");
     }
     assert_eq!(x_cache(&send(&gw, "POST", "/c/post", &[])), "BYPASS");
+    // A GET a plugin sends upstream as a POST: the POST's answer is not
+    // stored to serve GETs.
+    for _ in 0..2 {
+        let r = send(&gw, "GET", "/posted/x", &[]);
+        assert_eq!((r.status, x_cache(&r)), (200, "BYPASS"), "{r:?}");
+        assert_eq!(r.json()["method"], "POST", "{r:?}");
+    }
     // A WebSocket handshake goes to the upstream, never to a stored 200.
     assert_eq!(x_cache(&send(&gw, "GET", "/c/ws", &[])), "MISS");
     let ws = [("connection", "upgrade"), ("upgrade", "websocket")];

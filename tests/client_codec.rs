@@ -15,7 +15,9 @@ use std::io::Write;
 use std::time::Instant;
 
 use common::engines::{gateway, gateway_full, ENGINES};
-use common::raw_http::{connect, expect_closed, listener, read_response, read_until, IO};
+use common::raw_http::{
+    backend_answering, connect, expect_closed, listener, read_response, read_until, IO,
+};
 use serde_json::Value;
 use testkit::{Backend, Mode};
 
@@ -378,7 +380,9 @@ fn fields_go_upstream_as_sent(top: &str) {
 
 /// An upstream's response head reaches the client with the upstream's
 /// fields, each name as it spelled it and in its order (core engine), its
-/// hop-by-hop fields dropped and tollgate's own in place of any it sent:
+/// connection's own fields dropped (hop-by-hop, named by its `Connection`),
+/// the status line HTTP/1.1 though it spoke HTTP/1.0, and tollgate's own
+/// in place of any it sent:
 /// written straight from the upstream's bytes when nothing edits the
 /// response.
 #[test]
@@ -407,9 +411,10 @@ fn response_head_as_sent(top: &str) {
             let mut buf = Vec::new();
             read_until(&mut s, &mut buf, b"\r\n\r\n", Instant::now() + IO);
             s.write_all(
-                b"HTTP/1.1 201 Made\r\nX-B: 1\r\nServer: origin\r\nx-b: 2\r\nX-MiXed: v\r\n\
+                b"HTTP/1.0 201 Made\r\nX-B: 1\r\nServer: origin\r\nx-b: 2\r\nX-MiXed: v\r\n\
                   X-Request-Id: spoofed\r\nDate: Mon, 01 Jan 2001 00:00:00 GMT\r\n\
-                  Connection: keep-alive\r\nKeep-Alive: timeout=1\r\n\
+                  Connection: keep-alive, X-Internal\r\nKeep-Alive: timeout=1\r\n\
+                  X-Internal: secret\r\nUpgrade: h2,h2c\r\n\
                   Proxy-Connection: keep-alive\r\nX-Gone: 1\r\nContent-Length: 2\r\n\r\nok",
             )
             .unwrap();
@@ -442,25 +447,26 @@ fn response_head_as_sent(top: &str) {
         if edited {
             assert_eq!(kept("x-added"), ["x-added: yes"], "{engine}: {head}");
         }
-        if engine == "core" {
-            assert!(
-                head.starts_with("HTTP/1.1 201 Made\r\n"),
-                "{engine}: {head}"
-            );
-            // The client's connection is the gateway's to describe.
-            assert_eq!(
-                kept("connection"),
-                ["connection: keep-alive"],
-                "{engine}: {head}"
-            );
-            assert!(named("keep-alive").is_empty(), "{engine}: {head}");
-            assert!(named("proxy-connection").is_empty(), "{engine}: {head}");
-            let date = named("date");
-            assert!(
-                date.len() == 1 && !date[0].contains("2001"),
-                "{engine}: {head}"
-            );
+        // The client's connection is the gateway's: HTTP/1.1 whatever
+        // the upstream spoke, and none of the upstream connection's fields
+        // (hop-by-hop, or named by its `Connection`).
+        assert!(
+            head.starts_with("HTTP/1.1 201 Made\r\n"),
+            "{engine}: {head}"
+        );
+        assert_eq!(
+            kept("connection"),
+            ["connection: keep-alive"],
+            "{engine}: {head}"
+        );
+        for gone in ["keep-alive", "proxy-connection", "x-internal", "upgrade"] {
+            assert!(named(gone).is_empty(), "{engine}: {gone}: {head}");
         }
+        let date = named("date");
+        assert!(
+            date.len() == 1 && !date[0].contains("2001"),
+            "{engine}: {head}"
+        );
         if engine == "core" && !edited {
             // As the upstream sent them: its spelling, its order.
             let theirs = lines_of(&head, &["x-b", "server", "x-mixed", "x-gone"]);
@@ -476,5 +482,106 @@ fn response_head_as_sent(top: &str) {
                 "{engine}: {head}"
             );
         }
+    }
+}
+
+/// A plugin's method rewrite is the upstream's alone: a `HEAD` sent
+/// upstream as a `GET` is answered to the client as a `HEAD` (the head,
+/// no body), and the next request on the connection is read as one.
+#[test]
+fn a_head_sent_upstream_as_a_get_is_answered_as_a_head() {
+    for engine in ENGINES {
+        let (url, seen) =
+            backend_answering(|_| b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+        let gw = gateway_full(
+            engine,
+            &[url],
+            "",
+            "settings:\n  plugins: [{proxy-rewrite: {method: GET}}]\n",
+        );
+        let mut c = connect(gw.proxy_addr());
+        c.write_all(b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = Vec::new();
+        let end = read_until(&mut c, &mut buf, b"\r\n\r\n", Instant::now() + IO);
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{engine}: {head}");
+        assert_eq!(
+            header(&head, "content-length"),
+            Some("5"),
+            "{engine}: {head}"
+        );
+        buf.drain(..end);
+        let upstream = seen.recv_timeout(IO).expect("the upstream's request");
+        assert_eq!(upstream, "GET /a HTTP/1.1", "{engine}");
+        // No body followed the head: the next response starts right here.
+        c.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let (status, head, body) = read_response(&mut c, &mut buf);
+        assert!(head.starts_with("HTTP/1.1 200"), "{engine}: {head}");
+        assert_eq!(status, 200, "{engine}: {head}");
+        assert_eq!(body, b"hello", "{engine}: {head}");
+        assert_eq!(seen.recv_timeout(IO).unwrap(), "GET /b HTTP/1.1");
+    }
+}
+
+/// Answers without a body (to a `HEAD`, a `204`, a `304`) written from the
+/// upstream's bytes: the head only, with the gateway's rate-limit fields in
+/// place of the upstream's spoofed ones, and the connection carries on.
+#[test]
+fn heads_without_a_body_reach_the_client_as_heads_with_our_rate_limit() {
+    for engine in ENGINES {
+        let (url, _) = backend_answering(|head| {
+            if head.starts_with("HEAD") {
+                b"HTTP/1.1 200 OK\r\nX-RateLimit-Limit: 999\r\nContent-Length: 5\r\n\r\n"
+            } else if head.contains("/none") {
+                b"HTTP/1.1 204 No Content\r\nX-RateLimit-Remaining: 999\r\n\r\n"
+            } else {
+                b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nX-RateLimit-Limit: 999\r\n\r\n"
+            }
+        });
+        let gw = gateway_full(
+            engine,
+            &[url],
+            "",
+            "settings: { rate_limit: { rate: 1000, burst: 50 } }\n",
+        );
+        let mut c = connect(gw.proxy_addr());
+        let mut buf = Vec::new();
+        for (request, status) in [
+            ("HEAD /page HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+            ("GET /none HTTP/1.1\r\nHost: x\r\n\r\n", 204),
+            (
+                "GET /cached HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"v1\"\r\n\r\n",
+                304,
+            ),
+        ] {
+            c.write_all(request.as_bytes()).unwrap();
+            let end = read_until(&mut c, &mut buf, b"\r\n\r\n", Instant::now() + IO);
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end);
+            let wanted = format!("HTTP/1.1 {status} ");
+            assert!(head.starts_with(&wanted), "{engine}: {request}: {head}");
+            assert_eq!(
+                lowered(&head, "x-ratelimit-limit"),
+                ["x-ratelimit-limit: 50"],
+                "{engine}: {head}"
+            );
+            let remaining = lowered(&head, "x-ratelimit-remaining");
+            assert!(
+                remaining.len() == 1 && !remaining[0].ends_with("999"),
+                "{engine}: {head}"
+            );
+            if status == 200 {
+                assert_eq!(header(&head, "content-length"), Some("5"), "{engine}");
+            }
+            if status == 304 {
+                assert_eq!(header(&head, "etag"), Some("\"v1\""), "{engine}");
+            }
+        }
+        // Nothing followed the heads: the next answer starts right here.
+        c.write_all(b"HEAD /page HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let end = read_until(&mut c, &mut buf, b"\r\n\r\n", Instant::now() + IO);
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200 "), "{engine}: {head}");
     }
 }

@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 
 use common::etcd_gw::{metric, TempDir};
 use common::h2_frames::{
-    frame, get_block, RawH2, CANCEL, CONTINUATION, END_HEADERS, END_STREAM, HEADERS, RST_STREAM,
+    frame, get_block, head_block, RawH2, CANCEL, CONTINUATION, END_HEADERS, END_STREAM, HEADERS,
+    RST_STREAM,
 };
+use common::raw_http::backend_answering;
 use common::tls::{curl, curl_https, make_cert, TestCert};
 use common::{bin, upstream, READY};
 use testkit::{wait_for, Backend, Gateway, Mode};
@@ -150,6 +152,36 @@ fn http2_over_tls_and_h2c_serve_routes_like_http1_and_log_the_protocol() {
             "tollgate_requests_by_protocol_total{protocol=\"h2c\",scheme=\"http\"}"
         ) >= 1.0
     );
+}
+
+/// A `HEAD` a plugin sends upstream as a `GET` is answered over HTTP/2 as
+/// a `HEAD`: the response's head, and no DATA (the upstream's body is not
+/// the client's).
+#[test]
+fn a_head_sent_upstream_as_a_get_gets_no_body_over_http2() {
+    let (url, seen) = backend_answering(|_| b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+    let gw = Gateway::start_with_listeners(
+        bin(),
+        &format!(
+            "settings:\n  plugins: [{{proxy-rewrite: {{method: GET}}}}]\n\
+             routes:\n- {{ id: any, paths: [\"/*rest\"], upstream: b }}\n\
+             upstreams:\n  b: {{ nodes: [\"{url}\"] }}\n"
+        ),
+        &["h2c: true"],
+    );
+    gw.wait_ready(READY);
+    let mut c = RawH2::connect(gw.listener(0));
+    let block = head_block("api.test", "/page");
+    assert!(c.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block)));
+    wait_for("the stream's end", READY, || {
+        c.ended.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    });
+    assert_eq!(
+        seen.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "GET /page HTTP/1.1"
+    );
+    assert_eq!(c.responses(), 1);
+    assert_eq!(c.data_bytes.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
 #[test]

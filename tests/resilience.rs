@@ -646,16 +646,22 @@ fn land_on(
 fn posts_are_not_retried_once_sent_unless_the_policy_allows_it() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
     let (c, d) = (Backend::start("c"), Backend::start("d"));
+    let (e, f) = (Backend::start("e"), Backend::start("f"));
     a.set_mode(Mode::Status(503));
     c.set_mode(Mode::Status(503));
+    e.set_mode(Mode::Status(503));
     let gw = start(&format!(
-        "routes:\n{}{}upstreams:\n\
+        "routes:\n{}{}\
+         - {{ id: posted, paths: [\"/posted/*rest\"], upstream: posted, plugins: [{{proxy-rewrite: {{method: POST}}}}] }}\n\
+         upstreams:\n\
          \x20 safe: {{ nodes: [{}], retry: {{ attempts: 2, on: [\"503\"] }} }}\n\
-         \x20 any: {{ nodes: [{}], retry: {{ attempts: 2, on: [\"503\"], idempotent_only: false }} }}\n",
+         \x20 any: {{ nodes: [{}], retry: {{ attempts: 2, on: [\"503\"], idempotent_only: false }} }}\n\
+         \x20 posted: {{ nodes: [{}], retry: {{ attempts: 2, on: [\"503\"] }} }}\n",
         route("safe"),
         route("any"),
         nodes(&[&a, &b]),
         nodes(&[&c, &d]),
+        nodes(&[&e, &f]),
     ));
     let mut conn = Conn::new(gw.proxy_addr());
 
@@ -686,6 +692,15 @@ fn posts_are_not_retried_once_sent_unless_the_policy_allows_it() {
     assert_eq!(r.json()["body_len"], 10, "the body was replayed: {r:?}");
     assert_eq!(r.json()["method"], "POST");
     assert_eq!(d.hits(), d_before + 1);
+
+    // A GET a plugin sends upstream as a POST is judged as the POST it is.
+    let (e_before, f_before) = (e.hits(), f.hits());
+    let r = land_on(&mut conn, &e, "GET", "/posted/x", None);
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.header("x-backend"), Some("e"), "{r:?}");
+    assert_eq!(r.json()["method"], "POST", "{r:?}");
+    assert_eq!(e.hits(), e_before + 1, "the POST reached e exactly once");
+    assert_eq!(f.hits(), f_before, "the POST was retried on f");
 }
 
 // ------------------------------------------------------------ 8. canary

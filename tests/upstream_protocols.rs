@@ -11,6 +11,7 @@
 mod common;
 
 use common::etcd_gw::TempDir;
+use common::h2_frames::{frame, head_block, RawH2, END_HEADERS, END_STREAM, HEADERS};
 use common::tls::{curl, curl_https, make_cert, make_expired_cert};
 use common::upstreams::{grpc_client, grpc_server, nginx};
 use common::{bin, READY};
@@ -137,6 +138,40 @@ fn an_h2c_upstream_serves_http1_and_http2_clients() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("500 succeeded, 0 failed"), "{text}");
+}
+
+/// A `HEAD` a plugin sends to an HTTP/2 upstream as a `GET` is answered
+/// as a `HEAD`: the upstream's head (it saw a GET), and no body to an
+/// HTTP/1.1 or an HTTP/2 client.
+#[test]
+fn a_head_sent_to_an_h2c_upstream_as_a_get_gets_the_head_alone() {
+    let up = nginx(
+        "http2",
+        "location / { add_header X-Method $request_method always; return 200 \"body-of-get\"; }",
+    );
+    let gw = gateway(
+        &format!(
+            "settings:\n  plugins: [{{proxy-rewrite: {{method: GET}}}}]\n\
+             routes: [{{ id: a, paths: [\"/*rest\"], upstream: h }}]\n\
+             upstreams: {{ h: {{ nodes: [\"h2c://127.0.0.1:{}\"] }} }}\n",
+            up.port
+        ),
+        &["h2c: true"],
+    );
+    let r = curl(&["--http1.1", "--head", &gw.url("/x")]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.headers.contains("x-method: get"), "{r:?}");
+    let mut c = RawH2::connect(gw.listener(0));
+    let block = head_block("api.test", "/y");
+    assert!(c.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block)));
+    wait_for("the stream's end", READY, || {
+        c.ended.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    });
+    assert_eq!(c.responses(), 1);
+    assert_eq!(c.data_bytes.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // The gateway's connection to the upstream serves on.
+    let r = curl(&["--http1.1", &gw.url("/z")]);
+    assert_eq!((r.status, r.body.as_str()), (200, "body-of-get"), "{r:?}");
 }
 
 #[test]

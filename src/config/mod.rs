@@ -12,6 +12,7 @@ pub use listen::{CertFiles, Http2Config, Listener, TlsConfig};
 pub use load::{load_file, parse, ConfigError, ConfigModel};
 
 use crate::model::cert::CertSpec;
+use crate::model::header_policy::UnderscoreHeaders;
 use crate::model::path_policy::PathPolicy;
 use crate::model::preservation::SelfPreservationSpec;
 use crate::model::settings::SettingsSpec;
@@ -241,25 +242,6 @@ pub struct ProxyConfig {
     /// What becomes of a request header whose name has an underscore.
     #[serde(default)]
     pub underscore_headers: UnderscoreHeaders,
-}
-
-/// A request header named with an underscore (`X-Forwarded_For`,
-/// `X_Consumer_Name`): CGI-style backends (PHP, WSGI, Rack) read it as the
-/// header spelled with dashes, so it would get past the gateway's own
-/// handling of that header (a client's `X-Consumer-Name` is removed, its
-/// `X-Forwarded-For` is extended). Dropped by default, as nginx does
-/// (`underscores_in_headers off`); Envoy's `headers_with_underscores_action`
-/// offers the same three.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UnderscoreHeaders {
-    /// Removed before the plugins and the upstream see the request.
-    #[default]
-    Drop,
-    /// The request is answered 400.
-    Reject,
-    /// Passed on as any other header.
-    Allow,
 }
 
 impl Default for ProxyConfig {

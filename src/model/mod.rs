@@ -7,6 +7,7 @@ pub mod cache;
 pub mod cert;
 pub mod consumer;
 pub mod error;
+pub mod header_policy;
 pub mod instance;
 pub mod path_policy;
 pub mod pattern;

@@ -49,7 +49,10 @@ struct ProxyRewrite {
     headers: HeaderOps,
 }
 
-const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+/// The methods a request may be sent upstream as. Not `HEAD`: the answer
+/// to it has no body, and the client, which asked with another method,
+/// would wait for the one its head declares.
+const METHODS: [&str; 6] = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
 
 pub fn compile(v: &Value, at: &str) -> Result<Arc<dyn Plugin>, FieldError> {
     let spec: Spec = config(v, at)?;
@@ -104,9 +107,14 @@ pub fn compile(v: &Value, at: &str) -> Result<Arc<dyn Plugin>, FieldError> {
                 .then(|| Method::from_bytes(m.as_bytes()).ok())
                 .flatten()
                 .ok_or_else(|| {
+                    let why = if m.eq_ignore_ascii_case("HEAD") {
+                        " (an answer to HEAD has no body to give the client)"
+                    } else {
+                        ""
+                    };
                     FieldError::new(
                         field(at, "method"),
-                        format!("{m:?}: use one of {}", METHODS.join(", ")),
+                        format!("{m:?}{why}: use one of {}", METHODS.join(", ")),
                     )
                 })
         })
@@ -258,5 +266,12 @@ mod tests {
         .err()
         .unwrap();
         assert_eq!(e.path, "p.headers.set.x-a");
+        // An answer to HEAD has no body for a client that asked otherwise.
+        let e = compile(&serde_json::json!({"method": "HEAD"}), "p")
+            .err()
+            .unwrap();
+        assert_eq!(e.path, "p.method");
+        assert!(e.to_string().contains("no body"), "{e}");
+        assert!(compile(&serde_json::json!({"method": "GET"}), "p").is_ok());
     }
 }

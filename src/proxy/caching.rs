@@ -153,8 +153,11 @@ impl Gate {
         }
         let req = session.req_header();
         let method = &req.method;
-        let cacheable_method = (*method == http::Method::GET && policy.get)
-            || (*method == http::Method::HEAD && policy.head);
+        // A method a plugin rewrote is not cached: the stored answer would
+        // be to one method and served for another.
+        let cacheable_method = ctx.upstream_method.is_none()
+            && ((*method == http::Method::GET && policy.get)
+                || (*method == http::Method::HEAD && policy.head));
         let shares_consumer = ctx.consumer.is_some() && !policy.key_consumer;
         // `Authorization` limits what a shared cache may keep, unless the
         // entry is the authenticated consumer's own.

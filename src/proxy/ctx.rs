@@ -83,6 +83,11 @@ pub struct RequestCtx {
     /// When the request went upstream, and how long the response header took.
     pub upstream_sent: Option<Instant>,
     pub upstream_took: Option<Duration>,
+    /// The method a plugin rewrote the request to, for the upstream only:
+    /// the client's own method frames the client's response (a `HEAD`
+    /// turned `GET` must not be sent the body), answers errors and is
+    /// logged.
+    pub upstream_method: Option<http::Method>,
     /// The largest request body this request may send (its route's, else
     /// `proxy.max_body_bytes`).
     pub max_body: u64,
@@ -98,6 +103,19 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// The method the upstream is sent, for the client's `method`: what
+    /// decides whether a retry may repeat it.
+    pub fn method_upstream<'a>(&'a self, method: &'a http::Method) -> &'a http::Method {
+        self.upstream_method.as_ref().unwrap_or(method)
+    }
+
+    /// Whether the upstream's body is not the client's: a `HEAD` (the
+    /// client's `method`) a plugin sent upstream as another method gets the
+    /// head alone, which an HTTP/2 stream's writer does not see to itself.
+    pub fn withholds_body(&self, method: &http::Method) -> bool {
+        self.upstream_method.is_some() && *method == http::Method::HEAD
+    }
+
     pub fn new(in_flight: &Arc<InFlight>) -> Self {
         Self {
             _in_flight: in_flight.enter(),
@@ -111,6 +129,7 @@ impl RequestCtx {
             rate_limit: None,
             started: Instant::now(),
             upstream_sent: None,
+            upstream_method: None,
             upstream_took: None,
             max_body: u64::MAX,
             protocol: Protocol::default(),

@@ -26,9 +26,9 @@ use super::hop_by_hop;
 use super::path_norm;
 use super::request_id::{self, RequestIds};
 use super::request_scan::RequestScan;
-use crate::config::UnderscoreHeaders;
 use crate::limiter::{self, Client, Decision};
 use crate::log_gate::{FailureLog, LogGate};
+use crate::model::header_policy::UnderscoreHeaders;
 use crate::model::path_policy::PathPolicy;
 
 /// Failure lines of requests no route took (an engine-level failure).
@@ -275,6 +275,7 @@ impl Gate {
                 guard = self.cell.consumers.load();
                 &guard
             };
+            let method = session.req_header().method.clone();
             let mut req = PluginRequest {
                 header: session.req_header_mut(),
                 client_ip,
@@ -285,7 +286,15 @@ impl Gate {
                 consumers,
                 consumer: &mut ctx.consumer,
             };
-            match chain.request(&mut req).await {
+            let outcome = chain.request(&mut req).await;
+            if session.req_header().method != method {
+                // A rewritten method is the upstream's; the client's frames
+                // its response (see `RequestCtx::upstream_method`).
+                let req = session.req_header_mut();
+                ctx.upstream_method = Some(req.method.clone());
+                req.set_method(method);
+            }
+            match outcome {
                 Ok(passed) => ctx.plugins_entered = passed,
                 Err((outside, reply)) => {
                     ctx.plugins_entered = outside;

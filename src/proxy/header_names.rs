@@ -109,6 +109,15 @@ pub fn is(name: &[u8], known: &str) -> bool {
     name.len() == known.len() && name.eq_ignore_ascii_case(known.as_bytes())
 }
 
+/// Writes one header line, `name: value`, of a head being written as bytes.
+#[inline]
+pub fn write_line(wire: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    wire.extend_from_slice(name);
+    wire.extend_from_slice(b": ");
+    wire.extend_from_slice(value);
+    wire.extend_from_slice(b"\r\n");
+}
+
 /// `name` as `HeaderName::from_bytes` parses it, the common ones without it.
 pub fn parse(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
     match common(name) {

@@ -10,11 +10,13 @@
 
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::authority::{
     raw_target_authority, validate_request_authority, RawTargetAuthority,
 };
 use pingora::{Error, ErrorType::InvalidHTTPHeader, OrErr, Result};
+
+use super::header_names::is;
 
 /// Connection-header tokens processed at most (Envoy's defence; a request
 /// naming more is refused rather than parsed at length).
@@ -45,7 +47,8 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     hop_by_hop().contains(&name)
 }
 
-/// [`hop_by_hop`]'s names as text, for names read from the client's bytes.
+/// [`hop_by_hop`]'s names as text.
+#[cfg(test)]
 const HOP_BY_HOP_NAMES: [&str; 10] = [
     "keep-alive",
     "proxy-connection",
@@ -59,14 +62,79 @@ const HOP_BY_HOP_NAMES: [&str; 10] = [
     "http2-settings",
 ];
 
-/// [`is_hop_by_hop`] for a name as the client spelled it (any case), for
-/// the upstream head written from the client's own bytes: lengths first,
-/// so most names are told apart without reading them.
+/// [`is_hop_by_hop`] for a name as a peer spelled it (any case), for the
+/// heads written from the peers' own bytes: told apart by length, so
+/// most names are not read at all.
 #[inline]
 pub fn is_hop_by_hop_spelled(name: &[u8]) -> bool {
-    HOP_BY_HOP_NAMES
-        .iter()
-        .any(|h| h.len() == name.len() && name.eq_ignore_ascii_case(h.as_bytes()))
+    let known = match name.len() {
+        2 => "te",
+        7 => return is(name, "upgrade") || is(name, "trailer"),
+        10 => return is(name, "connection") || is(name, "keep-alive"),
+        14 => "http2-settings",
+        16 => "proxy-connection",
+        17 => "transfer-encoding",
+        18 => "proxy-authenticate",
+        19 => "proxy-authorization",
+        _ => return false,
+    };
+    name.eq_ignore_ascii_case(known.as_bytes())
+}
+
+/// Whether a response field describes the upstream's connection rather
+/// than the message, and so is not relayed (but on a `101`, whose
+/// `Connection` and `Upgrade` are the switch itself): the hop-by-hop
+/// names but `Transfer-Encoding`, which declares the body's framing the
+/// client is sent.
+#[inline]
+pub fn is_connections_own(name: &[u8]) -> bool {
+    is_hop_by_hop_spelled(name) && !is(name, "transfer-encoding")
+}
+
+/// Whether a response field named by the upstream's `Connection` may be
+/// left out: any but the framing fields, whose removal would have the
+/// client read the body differently from how it was read.
+pub fn may_drop_nominated(name: &[u8]) -> bool {
+    !is(name, "content-length") && !is(name, "transfer-encoding")
+}
+
+/// Strips from a response header map what is the upstream connection's
+/// ([`is_connections_own`]) and the fields its `Connection` names, as the
+/// core engine's upstream client leaves them out when it parses: for
+/// responses read by pingora-proxy. A `101` keeps them.
+pub fn strip_response(resp: &mut ResponseHeader) {
+    if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    // One pass over the names for the hop-by-hop ones present (each name
+    // comes once), rather than a lookup of every hop-by-hop name.
+    let mut present: [Option<&'static HeaderName>; 10] = [None; 10];
+    let mut n = 0;
+    for key in resp.headers.keys() {
+        if let Some(h) = hop_by_hop().into_iter().find(|h| *h == key) {
+            if *h != header::TRANSFER_ENCODING {
+                present[n] = Some(h);
+                n += 1;
+            }
+        }
+    }
+    if present[..n].contains(&Some(&header::CONNECTION)) {
+        // Allocates only when `Connection` names a field (rare).
+        let named: Vec<HeaderName> = resp
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| list_elements(v.as_bytes()))
+            .filter(|t| may_drop_nominated(t) && !is_hop_by_hop_spelled(t))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
+            .collect();
+        for name in &named {
+            resp.remove_header(name);
+        }
+    }
+    for name in present[..n].iter().flatten() {
+        resp.remove_header(*name);
+    }
 }
 
 /// A `tchar` (RFC 9110 5.6.2): what a `Connection` token may be made of.
@@ -347,12 +415,77 @@ mod tests {
     fn the_spelled_names_are_the_hop_by_hop_ones() {
         let names: Vec<_> = hop_by_hop().iter().map(|h| h.as_str()).collect();
         assert_eq!(names, HOP_BY_HOP_NAMES);
+        for name in HOP_BY_HOP_NAMES {
+            assert!(is_hop_by_hop_spelled(name.as_bytes()), "{name}");
+            assert!(
+                is_hop_by_hop_spelled(name.to_uppercase().as_bytes()),
+                "{name}"
+            );
+            let own = is_connections_own(name.as_bytes());
+            assert_eq!(own, name != "transfer-encoding", "{name}");
+        }
         for name in ["Keep-Alive", "TE", "Proxy-Authorization", "HTTP2-Settings"] {
             assert!(is_hop_by_hop_spelled(name.as_bytes()), "{name}");
         }
-        for name in ["Host", "Keep-Alives", "T", "X-Upgrade", ""] {
+        for name in [
+            "Host",
+            "Keep-Alives",
+            "T",
+            "X-Upgrade",
+            "",
+            "ta",
+            "upgradE-",
+            "Connexion",
+            "Content-Length",
+            "proxy-authorizatio",
+        ] {
             assert!(!is_hop_by_hop_spelled(name.as_bytes()), "{name}");
         }
+    }
+
+    #[test]
+    fn a_responses_connection_fields_are_not_relayed_but_on_a_101() {
+        let response = |status: u16| {
+            let mut r = ResponseHeader::build(status, None).unwrap();
+            for (k, v) in [
+                ("Connection", "keep-alive, X-Internal, Content-Length"),
+                ("Keep-Alive", "timeout=5"),
+                ("Upgrade", "h2,h2c"),
+                ("X-Internal", "secret"),
+                ("Proxy-Authenticate", "Basic"),
+                ("Content-Length", "2"),
+                ("Transfer-Encoding", "chunked"),
+                ("X-Kept", "1"),
+            ] {
+                r.append_header(k, v).unwrap();
+            }
+            r
+        };
+        let mut ok = response(200);
+        strip_response(&mut ok);
+        let mut left: Vec<&str> = ok.headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        // The framing fields stay, even when nominated.
+        assert_eq!(left, ["content-length", "transfer-encoding", "x-kept"]);
+        let mut wire = Vec::new();
+        ok.header_to_h1_wire(&mut wire);
+        assert!(!String::from_utf8_lossy(&wire).contains("X-Internal"));
+
+        let mut switching = response(101);
+        strip_response(&mut switching);
+        assert_eq!(switching.headers.len(), 8);
+
+        // However many it names, as the core engine's parse does.
+        let mut many = ResponseHeader::build(200, None).unwrap();
+        let names: Vec<String> = (0..12).map(|i| format!("x-n{i}")).collect();
+        many.append_header("Connection", names.join(", ")).unwrap();
+        for name in &names {
+            many.append_header(name.clone(), "1").unwrap();
+        }
+        many.append_header("X-Kept", "1").unwrap();
+        strip_response(&mut many);
+        let left: Vec<&str> = many.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::panic::AssertUnwindSafe;
 use super::ctx::RequestCtx;
 use super::gate::{panic_message, Gate};
 use super::upstream_request::Sanitize;
-use super::{retry, timer_tick};
+use super::{hop_by_hop, retry, timer_tick};
 use crate::model::policy::RetryOn;
 use crate::snapshot::Outcome;
 
@@ -111,6 +111,8 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        // What the core engine's upstream client leaves out as it parses.
+        hop_by_hop::strip_response(upstream_response);
         let status = upstream_response.status.as_u16();
         if upstream_response.status.is_informational() {
             // An interim answer says nothing about the instance yet.
@@ -141,7 +143,7 @@ impl ProxyHttp for Gateway {
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Self::CTX,
@@ -149,6 +151,9 @@ impl ProxyHttp for Gateway {
         if ctx.cache.is_some() {
             let data = body.clone().unwrap_or_default();
             self.gate.cache_response_body(ctx, &data, end_of_stream);
+        }
+        if ctx.withholds_body(&session.req_header().method) {
+            *body = None;
         }
         Ok(None)
     }

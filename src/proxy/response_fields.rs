@@ -42,7 +42,8 @@ impl Gate {
     /// Tollgate's edits of the response going to the client: the upstream
     /// latency, `X-Request-Id` and the `X-RateLimit-*` the route advertises.
     /// `chunked`: the upstream's body is close-delimited (HTTP/1.0 style);
-    /// re-frame it as chunked so the client connection can be kept.
+    /// re-frame it as chunked so the client connection can be kept. The
+    /// status line says HTTP/1.1 whatever the upstream's said.
     pub fn edit_response(
         &self,
         req: &RequestHeader,
@@ -55,8 +56,11 @@ impl Gate {
         // and growing it more than necessary rehashes it for nothing.
         let added = 1 + 2 * usize::from(ours.limits.is_some()) + usize::from(chunked);
         header_edit::edit_response(resp, added, |resp| {
+            // The client's connection speaks HTTP/1.1, whatever the
+            // upstream's did (nginx's answer too; pingora-core writes
+            // the version it is given).
+            resp.version = http::Version::HTTP_11;
             if chunked {
-                resp.version = http::Version::HTTP_11;
                 resp.headers.insert(
                     http::header::TRANSFER_ENCODING,
                     HeaderValue::from_static("chunked"),

@@ -62,7 +62,7 @@ pub fn should_retry(
     }
     if body_sent {
         let req = session.req_header();
-        if spec.idempotent_only && !req.method.is_idempotent() {
+        if spec.idempotent_only && !ctx.method_upstream(&req.method).is_idempotent() {
             return false;
         }
         if session.retry_buffer_truncated() {
@@ -173,7 +173,8 @@ pub fn after_error(
             };
             let mut probe = e.retry;
             probe.decide_reuse(client_reused);
-            session.req_header().method.is_idempotent()
+            ctx.method_upstream(&session.req_header().method)
+                .is_idempotent()
                 && allowed
                 && probe.retry()
                 && !session.retry_buffer_truncated()

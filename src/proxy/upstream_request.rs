@@ -12,7 +12,9 @@ use std::time::Instant;
 use super::ctx::RequestCtx;
 use super::forwarding::{forwarded_for, write_forwarded_for};
 use super::gate::Gate;
-use super::header_names::{spelled, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
+use super::header_names::{
+    spelled, write_line as line, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
+};
 use super::{header_edit, header_names, hop_by_hop};
 
 /// What [`Gate::upstream_edits`] decided for one attempt.
@@ -20,6 +22,8 @@ use super::{header_edit, header_names, hop_by_hop};
 pub struct UpstreamEdits {
     sanitize: Sanitize,
     uri: Option<http::Uri>,
+    /// A plugin's rewrite of the method (`RequestCtx::upstream_method`).
+    method: Option<http::Method>,
     /// The TCP peer, appended to `X-Forwarded-For`.
     client: Option<IpAddr>,
     host: Option<HeaderValue>,
@@ -45,6 +49,9 @@ impl UpstreamEdits {
         if let Some(uri) = self.uri {
             req.uri = uri;
         }
+        if let Some(method) = self.method {
+            req.method = method;
+        }
         if let Some(ip) = self.client {
             let xff = forwarded_for(h.get_all(&X_FORWARDED_FOR), ip);
             h.insert(X_FORWARDED_FOR.clone(), xff);
@@ -67,6 +74,11 @@ impl UpstreamEdits {
 }
 
 impl UpstreamEdits {
+    /// The method the upstream is sent for the client's request `down`.
+    pub fn method_of<'a>(&'a self, down: &'a RequestHeader) -> &'a http::Method {
+        self.method.as_ref().unwrap_or(&down.method)
+    }
+
     /// The upstream request head written straight from the client's header
     /// in one pass: the request [`UpstreamEdits::apply`] and
     /// `hop_by_hop::finalize` would build, without building a second header
@@ -121,7 +133,7 @@ impl UpstreamEdits {
         }
         let start = wire.len();
         wire.reserve(512);
-        wire.extend_from_slice(down.method.as_str().as_bytes());
+        wire.extend_from_slice(self.method_of(down).as_str().as_bytes());
         wire.push(b' ');
         wire.extend_from_slice(target);
         wire.extend_from_slice(b" HTTP/1.1\r\n");
@@ -188,14 +200,6 @@ impl UpstreamEdits {
     }
 }
 
-/// A header line of an upstream head being written.
-fn line(wire: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    wire.extend_from_slice(name);
-    wire.extend_from_slice(b": ");
-    wire.extend_from_slice(value);
-    wire.extend_from_slice(b"\r\n");
-}
-
 /// How the upstream request is built beyond tollgate's own headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sanitize {
@@ -223,6 +227,7 @@ impl Gate {
         let mut edits = UpstreamEdits {
             sanitize,
             uri: None,
+            method: ctx.upstream_method.clone(),
             client: session
                 .client_addr()
                 .and_then(|a| a.as_inet())
@@ -299,6 +304,7 @@ mod tests {
                 downstream_is_http11: true,
             },
             uri: None,
+            method: None,
             client: Some("10.0.0.7".parse().unwrap()),
             host: None,
             id: Some(HeaderValue::from_static("id-1")),
@@ -402,6 +408,7 @@ mod tests {
         let mut rewritten = edits();
         rewritten.uri = Some("/v2/items?q=1".parse().unwrap());
         rewritten.host = Some(HeaderValue::from_static("backend:8080"));
+        rewritten.method = Some(http::Method::GET);
         let mut keep_id = edits();
         keep_id.id = None;
         type Request<'a> = (&'a str, &'a [u8], &'a [(&'a str, &'a str)]);
@@ -429,9 +436,10 @@ mod tests {
                 keep_id,
                 false,
             ),
+            // A HEAD a plugin sends upstream as a GET.
             (
                 (
-                    "GET",
+                    "HEAD",
                     b"/api/items?q=1",
                     &[("Host", "x"), ("X-Request-Id", "spoofed")],
                 ),
@@ -479,6 +487,8 @@ mod tests {
                     String::from_utf8_lossy(&want)
                 );
                 assert_eq!(direct.body_len, if has_body { 5 } else { 0 });
+                let sent_as = edits.method.as_ref().map_or(method, |m| m.as_str());
+                assert_eq!(parsed(&direct.wire).0, sent_as);
                 let wire = String::from_utf8_lossy(&direct.wire).to_ascii_lowercase();
                 for gone in ["connection", "keep-alive", "te:", "proxy-"] {
                     assert!(!wire.contains(gone), "{gone}: {wire}");

@@ -43,6 +43,14 @@ pub fn get_block(authority: &str, path: &str) -> Vec<u8> {
     b
 }
 
+/// [`get_block`] with `:method HEAD` (a literal: HEAD has no static entry).
+pub fn head_block(authority: &str, path: &str) -> Vec<u8> {
+    let mut b = vec![0x02, 4];
+    b.extend_from_slice(b"HEAD");
+    b.extend_from_slice(&get_block(authority, path)[1..]);
+    b
+}
+
 /// A client connection: preface and an empty SETTINGS sent, and a reader
 /// thread noting any GOAWAY (its error code) and the close.
 pub struct RawH2 {
@@ -51,6 +59,9 @@ pub struct RawH2 {
     pub closed: Arc<AtomicBool>,
     /// HEADERS frames received: responses begun.
     pub responses: Arc<AtomicU32>,
+    /// Frames that ended a stream (`END_STREAM`), and DATA bytes received.
+    pub ended: Arc<AtomicU32>,
+    pub data_bytes: Arc<AtomicU32>,
 }
 
 /// No GOAWAY seen yet.
@@ -68,7 +79,10 @@ impl RawH2 {
         let closed = Arc::new(AtomicBool::new(false));
         let mut reader = stream.try_clone().unwrap();
         let responses = Arc::new(AtomicU32::new(0));
+        let ended = Arc::new(AtomicU32::new(0));
+        let data_bytes = Arc::new(AtomicU32::new(0));
         let (g, c, r) = (goaway.clone(), closed.clone(), responses.clone());
+        let (e, d) = (ended.clone(), data_bytes.clone());
         std::thread::spawn(move || {
             let mut head = [0u8; 9];
             loop {
@@ -83,6 +97,12 @@ impl RawH2 {
                 if head[3] == HEADERS {
                     r.fetch_add(1, Ordering::SeqCst);
                 }
+                if head[3] == DATA {
+                    d.fetch_add(len as u32, Ordering::SeqCst);
+                }
+                if matches!(head[3], HEADERS | DATA) && head[4] & END_STREAM != 0 {
+                    e.fetch_add(1, Ordering::SeqCst);
+                }
                 if head[3] == GOAWAY && payload.len() >= 8 {
                     let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
                     g.store(code, Ordering::SeqCst);
@@ -95,6 +115,8 @@ impl RawH2 {
             goaway,
             closed,
             responses,
+            ended,
+            data_bytes,
         }
     }
 

@@ -349,3 +349,39 @@ pub fn expect_closed(c: &mut TcpStream, what: &str) {
         String::from_utf8_lossy(&rest)
     );
 }
+
+/// A backend answering each request head with `answer(head)`, over
+/// keep-alive connections (whatever the method: a `HEAD` gets what it
+/// is given); each request line goes to the channel.
+pub fn backend_answering(
+    answer: fn(&str) -> &'static [u8],
+) -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let (l, url) = listener();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(s) = conn else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut out = s.try_clone().expect("clone");
+                let mut lines = std::io::BufReader::new(s);
+                let mut head = String::new();
+                loop {
+                    head.clear();
+                    while lines.read_line(&mut head).unwrap_or(0) > 0 && !head.ends_with("\r\n\r\n")
+                    {
+                    }
+                    if head.is_empty() {
+                        return;
+                    }
+                    let _ = tx.send(head.lines().next().unwrap_or_default().to_string());
+                    if out.write_all(answer(&head)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, rx)
+}

@@ -114,6 +114,9 @@ pub struct ClientH1 {
     drain_timeout: Option<Duration>,
     /// The last response header written (an interim one until the final).
     response: Option<Box<ResponseHeader>>,
+    /// A status-only header kept from an earlier response written from an
+    /// upstream's bytes, for the next one: not allocated per response.
+    status_only: Option<Box<ResponseHeader>>,
     body: BodyOut,
     body_bytes_sent: usize,
     /// The client closed its side.
@@ -160,6 +163,7 @@ impl ClientH1 {
             write_timeout: None,
             drain_timeout: None,
             response: None,
+            status_only: None,
             body: BodyOut::Unset,
             body_bytes_sent: 0,
             half_closed: false,
@@ -196,7 +200,9 @@ impl ClientH1 {
     /// Reads the next request's head (bytes already read first). Errors
     /// are a connection that broke in the middle of a head.
     pub async fn read_head(&mut self) -> Result<Next> {
-        self.response = None;
+        if let Some(sent) = self.response.take().filter(|r| r.headers.is_empty()) {
+            self.status_only = Some(sent);
+        }
         self.body = BodyOut::Unset;
         self.body_bytes_sent = 0;
         self.next_started = false;

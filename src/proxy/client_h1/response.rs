@@ -14,7 +14,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::{ClientH1, Keepalive};
 use crate::proxy::framing::chunk_size_line;
-use crate::proxy::header_names;
+use crate::proxy::header_names::{self, write_line};
+use crate::proxy::hop_by_hop;
 
 /// How the response body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,26 +92,27 @@ impl<'a> Declared<'a> {
     }
 }
 
-/// Fields of a final head that describe tollgate's connection to its
-/// client, not the upstream's: written by tollgate (`Date`, `Connection`)
-/// or not at all.
-const OURS_ON_A_FINAL_HEAD: [&str; 4] = ["date", "connection", "keep-alive", "proxy-connection"];
+/// Whether a final head's field is tollgate's own to write (`Date`) or
+/// describes a connection rather than the message (`Connection`, which
+/// tollgate writes, `Keep-Alive`, …): the map a plugin or the cache hands
+/// over may carry one.
+fn connections_own(name: &[u8]) -> bool {
+    header_names::is(name, "date") || hop_by_hop::is_connections_own(name)
+}
 
 /// A final response head to write from an upstream's bytes rather than a
 /// header map: its status line, its fields as the upstream sent them, and
 /// the gateway's own fields, which replace any of the same name.
 pub struct RawHead<'a, 'o, F> {
     pub status: StatusCode,
-    pub version: http::Version,
     pub reason: Option<&'a [u8]>,
     pub fields: F,
     pub ours: &'o [(&'o str, &'o [u8])],
 }
 
-/// Writes `fields` (but for a final header its own `Date` and
-/// `Connection`, which are tollgate's to set, the upstream connection's
-/// `Keep-Alive` and `Proxy-Connection`, and any of `ours`), then `ours`;
-/// returns what the framing fields declare.
+/// Writes `fields` (but for a final header what is tollgate's to set or
+/// the upstream connection's, [`connections_own`], and any of `ours`),
+/// then `ours`; returns what the framing fields declare.
 fn write_fields<'a>(
     fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
     ours: &[(&str, &[u8])],
@@ -123,18 +125,15 @@ fn write_fields<'a>(
             declared.add_length(value);
         } else if header_names::is(name, "transfer-encoding") {
             declared.coding = Some(value);
-        } else if (last
-            && OURS_ON_A_FINAL_HEAD
-                .iter()
-                .any(|n| header_names::is(name, n)))
+        } else if (last && connections_own(name))
             || ours.iter().any(|(n, _)| header_names::is(name, n))
         {
             continue;
         }
-        line(wire, name, value);
+        write_line(wire, name, value);
     }
     for (name, value) in ours {
-        line(wire, name.as_bytes(), value);
+        write_line(wire, name.as_bytes(), value);
     }
     declared
 }
@@ -164,26 +163,12 @@ fn write_header_fields<'a>(
     }
 }
 
-fn line(wire: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    wire.extend_from_slice(name);
-    wire.extend_from_slice(b": ");
-    wire.extend_from_slice(value);
-    wire.extend_from_slice(b"\r\n");
-}
-
-/// The status line.
-fn status_line(
-    wire: &mut Vec<u8>,
-    version: http::Version,
-    status: StatusCode,
-    reason: Option<&[u8]>,
-) {
-    let version = match version {
-        http::Version::HTTP_10 => "HTTP/1.0 ",
-        http::Version::HTTP_09 => "HTTP/0.9 ",
-        _ => "HTTP/1.1 ",
-    };
-    wire.extend_from_slice(version.as_bytes());
+/// The status line: HTTP/1.1 whatever the upstream spoke, as nginx
+/// answers (the version is the connection's, RFC 9110 §2.5, and this one
+/// is tollgate's: an upstream's `HTTP/1.0` beside our `Connection:
+/// keep-alive` would have a client close it).
+fn status_line(wire: &mut Vec<u8>, status: StatusCode, reason: Option<&[u8]>) {
+    wire.extend_from_slice(b"HTTP/1.1 ");
     wire.extend_from_slice(status.as_str().as_bytes());
     wire.push(b' ');
     if let Some(reason) = reason {
@@ -218,7 +203,7 @@ impl ClientH1 {
         let mut wire = std::mem::take(&mut self.wire);
         wire.clear();
         let reason = resp.get_reason_phrase().map(str::as_bytes);
-        status_line(&mut wire, resp.version, resp.status, reason);
+        status_line(&mut wire, resp.status, reason);
         let declared = write_header_fields(&resp, last, &mut wire);
         let (body, has_length) = self.settle(&declared, resp.status, last);
         self.send_head(wire, last, body, has_length, resp).await
@@ -237,13 +222,22 @@ impl ClientH1 {
         let last = is_last(head.status);
         let mut wire = std::mem::take(&mut self.wire);
         wire.clear();
-        status_line(&mut wire, head.version, head.status, head.reason);
+        status_line(&mut wire, head.status, head.reason);
         let declared = write_fields(head.fields, head.ours, last, &mut wire);
         let (body, has_length) = self.settle(&declared, head.status, last);
-        let mut parts = http::Response::new(()).into_parts().0;
-        parts.status = head.status;
-        parts.version = head.version;
-        let resp = Box::new(ResponseHeader::from(parts));
+        let resp = match self.status_only.take() {
+            Some(mut resp) => {
+                resp.set_status(head.status)?;
+                resp.set_reason_phrase(None)?;
+                resp.set_version(http::Version::HTTP_11);
+                resp
+            }
+            None => {
+                let mut parts = http::Response::new(()).into_parts().0;
+                parts.status = head.status;
+                Box::new(ResponseHeader::from(parts))
+            }
+        };
         self.send_head(wire, last, body, has_length, resp).await
     }
 

@@ -61,6 +61,9 @@ struct State {
     /// Why the upstream stopped taking the body; the response may still
     /// come (it is relayed), but the connection is not reused.
     send_error: Option<Box<Error>>,
+    /// The upstream's response body was left unread (a `HEAD` sent as
+    /// another method): the connection is not reused.
+    body_left: bool,
 }
 
 impl CoreEngine {
@@ -108,7 +111,7 @@ impl CoreEngine {
         let as_sent = client_h1::fields_as_sent(session);
         if let Some(body_len) = edits.direct_head(down, as_sent, has_body, &mut wire) {
             let body_len = body_len.map_err(|e| e.into_in())?;
-            let head = down.method == http::Method::HEAD;
+            let head = *edits.method_of(down) == http::Method::HEAD;
             let sent = up.write_plain_head(&wire, head, body_len).await;
             client_h1::keep_head_buffer(session, wire);
             return sent.map_err(|e| e.into_up());
@@ -141,6 +144,7 @@ impl CoreEngine {
             resp_done: false,
             upgraded: false,
             send_error: None,
+            body_left: false,
         };
         if session.is_body_done() {
             if let Err(e) = self.end_request_body(up, &mut st).await {
@@ -186,7 +190,10 @@ impl CoreEngine {
 
         let body_complete = session.is_body_done();
         Exchange::Complete {
-            upstream_reusable: st.send_error.is_none() && !st.upgraded && body_complete,
+            upstream_reusable: st.send_error.is_none()
+                && !st.upgraded
+                && !st.body_left
+                && body_complete,
             downstream_reusable: !st.upgraded && body_complete,
         }
     }
@@ -343,11 +350,17 @@ impl CoreEngine {
             st.upgraded = true;
             st.req_done = false;
         }
-        if end {
-            self.gate.cache_response_body(ctx, &Bytes::new(), true);
+        let withheld = !end && ctx.withholds_body(&session.req_header().method);
+        if end || withheld {
+            if end {
+                self.gate.cache_response_body(ctx, &Bytes::new(), true);
+            }
             client_h1::finish_body(session)
                 .await
                 .map_err(|e| Exchange::Failed(e.into_down()))?;
+            // A body the client is not sent is not read either: the
+            // upstream connection goes, with what is left of it.
+            st.body_left = withheld;
             self.response_ended(session, st);
         }
         Ok(())
@@ -365,15 +378,13 @@ impl CoreEngine {
         head: &Head,
         chunked: bool,
     ) -> Result<()> {
-        if head.status != 101 && client_h1::serves(session) {
-            if let (Some(fields), Some(ours)) =
-                (head.fields(), self.gate.response_ours_only(ctx, chunked))
-            {
+        let raw = head.status != 101 && client_h1::serves(session);
+        if let Some(fields) = head.fields().filter(|_| raw) {
+            if let Some(ours) = self.gate.response_ours_only(ctx, chunked) {
                 let mut digits = Default::default();
                 let (lines, n) = ours.lines(&mut digits);
                 let raw = RawHead {
                     status: head.status,
-                    version: head.version,
                     reason: head.reason(),
                     fields,
                     ours: &lines[..n],

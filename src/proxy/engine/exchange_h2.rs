@@ -160,6 +160,17 @@ impl CoreEngine {
                     if let Err(e) = written {
                         return Exchange::Failed(e.into_down());
                     }
+                    if !end && ctx.withholds_body(&session.req_header().method) {
+                        // A `HEAD` sent as another method: the head alone
+                        // (the upstream's stream is reset when dropped).
+                        if let Err(e) = session.finish_body().await {
+                            return Exchange::Failed(e.into_down());
+                        }
+                        return Exchange::Complete {
+                            upstream_reusable: true,
+                            downstream_reusable: session.is_body_done(),
+                        };
+                    }
                     if end {
                         resp_done = true;
                         req_done = true;

@@ -11,7 +11,7 @@
 //! spaces (RFC 9112 §5.2), not forwarded.
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::{StatusCode, Version};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType::InvalidHTTPHeader, OrErr, Result};
@@ -19,7 +19,7 @@ use std::mem::MaybeUninit;
 use std::time::Duration;
 
 use crate::proxy::header_names;
-use crate::proxy::hop_by_hop::list_elements;
+use crate::proxy::hop_by_hop::{self, list_elements};
 
 /// Most header lines in a response (as Pingora).
 const MAX_HEADERS: usize = 256;
@@ -63,11 +63,10 @@ pub struct Head {
     bytes: Bytes,
     /// A reason phrase other than the status's canonical one.
     reason: Option<Span>,
-    /// Each field's name and value.
+    /// Each relayed field's name and value: not the upstream connection's
+    /// own (hop-by-hop, or named by its `Connection`), nor a
+    /// `Content-Length` that `Transfer-Encoding` overrides.
     fields: Vec<(Span, Span)>,
-    /// A `Transfer-Encoding` decided the framing: `Content-Length` is
-    /// dropped (RFC 9112 §6.3).
-    drop_length: bool,
     /// A `Content-Length` or `Transfer-Encoding` field was sent.
     framing_fields: bool,
     /// A value was folded over lines (obs-fold): only the map unfolds it.
@@ -96,15 +95,13 @@ impl Head {
         }
     }
 
-    /// The fields, as the upstream sent them, in its order (a
-    /// `Content-Length` that `Transfer-Encoding` overrides left out);
+    /// The fields relayed, as the upstream sent them, in its order;
     /// `None` when one was folded over lines and must be unfolded first.
     pub fn fields(&self) -> Option<impl Iterator<Item = (&[u8], &[u8])>> {
         (!self.folded).then(|| {
             self.fields
                 .iter()
                 .map(|&((n, nl), (v, vl))| (&self.bytes[n..n + nl], &self.bytes[v..v + vl]))
-                .filter(|(name, _)| !(self.drop_length && header_names::is(name, "content-length")))
         })
     }
 
@@ -120,9 +117,6 @@ impl Head {
         for &((n, nl), (v, vl)) in &self.fields {
             let name = header_names::parse(&self.bytes[n..n + nl])
                 .or_err(InvalidHTTPHeader, "invalid response header name")?;
-            if self.drop_length && name == header::CONTENT_LENGTH {
-                continue;
-            }
             headers.append(name, value_of(self.bytes.slice(v..v + vl))?);
         }
         let mut parts = http::Response::new(()).into_parts().0;
@@ -194,6 +188,9 @@ pub fn parse(buf: &mut BytesMut, asked: Asked) -> Result<Option<Head>> {
                 .filter(|at| at + r.len() <= len);
             within.map_or((0, 0), |at| (at, r.len()))
         });
+    // A 101's Connection and Upgrade are the switch; any other head's
+    // hop-by-hop fields are the upstream connection's and stay here.
+    let relays_hop = status == StatusCode::SWITCHING_PROTOCOLS;
     let mut fields = Vec::with_capacity(resp.headers.len());
     let mut te_chunked: Option<bool> = None;
     let mut length: Option<u64> = None;
@@ -208,24 +205,47 @@ pub fn parse(buf: &mut BytesMut, asked: Asked) -> Result<Option<Head>> {
         } else if header_names::is(name, "transfer-encoding") {
             // The last one names the final coding.
             te_chunked = Some(last_token(h.value).eq_ignore_ascii_case(b"chunked"));
-        } else if header_names::is(name, "connection") {
-            conn.add(h.value);
-        } else if header_names::is(name, "keep-alive") {
-            idle = keep_alive_timeout(h.value).or(idle);
+        } else if hop_by_hop::is_hop_by_hop_spelled(name) {
+            if header_names::is(name, "connection") {
+                conn.add(h.value);
+            } else if header_names::is(name, "keep-alive") {
+                idle = keep_alive_timeout(h.value).or(idle);
+            }
+            if !relays_hop {
+                continue;
+            }
         }
         fields.push((span(name), span(h.value)));
     }
     let framing_fields = length.is_some() || !lengths_ok || te_chunked.is_some();
-    let bytes = buf.split_to(len).freeze();
+    if conn.nominates && !relays_hop {
+        // What the upstream's `Connection` names is its connection's too
+        // (RFC 9110 §7.6.1); rare, so searched only when named.
+        let named = |name: &[u8]| {
+            resp.headers
+                .iter()
+                .filter(|h| header_names::is(h.name.as_bytes(), "connection"))
+                .flat_map(|h| list_elements(h.value))
+                .any(|t| t.eq_ignore_ascii_case(name))
+        };
+        fields.retain(|&((n, nl), _)| {
+            let name = &buf[n..n + nl];
+            !(hop_by_hop::may_drop_nominated(name) && named(name))
+        });
+    }
+
+    if te_chunked.is_some() {
+        // `Transfer-Encoding` overrides `Content-Length`, which is not
+        // relayed (RFC 9112 §6.3), whether or not a body follows.
+        fields.retain(|&((n, nl), _)| !header_names::is(&buf[n..n + nl], "content-length"));
+    }
 
     let upgraded = status == 101 && asked.upgrade && version == Version::HTTP_11;
-    let mut drop_length = false;
     let framing = if upgraded {
         Framing::UntilClose
     } else if status.is_informational() || asked.head || matches!(status.as_u16(), 204 | 304) {
         Framing::Empty
     } else if let Some(chunked) = te_chunked {
-        drop_length = true;
         if chunked {
             Framing::Chunked
         } else {
@@ -246,13 +266,13 @@ pub fn parse(buf: &mut BytesMut, asked: Asked) -> Result<Option<Head>> {
         && (version != Version::HTTP_10 || te_chunked.is_none())
         && !conn.close
         && (conn.keep_alive || version == Version::HTTP_11);
+    let bytes = buf.split_to(len).freeze();
     Ok(Some(Head {
         status,
         version,
         bytes,
         reason,
         fields,
-        drop_length,
         framing_fields,
         folded,
         framing,
@@ -300,18 +320,23 @@ fn last_token(v: &[u8]) -> &[u8] {
     v.rsplit(|&b| b == b',').next().unwrap_or(v).trim_ascii()
 }
 
-/// `close` and `keep-alive` in the `Connection` header lines.
+/// `close` and `keep-alive` in the `Connection` header lines, and
+/// whether they name a field.
 #[derive(Default)]
 struct ConnectionTokens {
     close: bool,
     keep_alive: bool,
+    nominates: bool,
 }
 
 impl ConnectionTokens {
     fn add(&mut self, v: &[u8]) {
         for t in list_elements(v) {
-            self.close |= t.eq_ignore_ascii_case(b"close");
-            self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            let close = t.eq_ignore_ascii_case(b"close");
+            let keep_alive = t.eq_ignore_ascii_case(b"keep-alive");
+            self.close |= close;
+            self.keep_alive |= keep_alive;
+            self.nominates |= !close && !keep_alive && !hop_by_hop::is_hop_by_hop_spelled(t);
         }
     }
 }
@@ -530,6 +555,52 @@ mod tests {
         let h = ok("HTTP/1.0 200 OK\r\n\r\n");
         assert!(!h.has_framing_fields());
         assert_eq!(h.version, Version::HTTP_10);
+    }
+
+    #[test]
+    fn the_upstream_connections_own_fields_are_not_relayed_but_on_a_101() {
+        let names = |h: &Head| -> Vec<String> {
+            let from_bytes: Vec<String> = h
+                .fields()
+                .unwrap()
+                .map(|(n, _)| String::from_utf8_lossy(n).to_ascii_lowercase())
+                .collect();
+            let header = h.header().unwrap();
+            let from_map: Vec<&str> = header.headers.keys().map(|k| k.as_str()).collect();
+            assert_eq!(from_bytes, from_map, "both ways leave out the same");
+            from_bytes
+        };
+        let h = ok(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal, content-length\r\n\
+                    Keep-Alive: timeout=7\r\nUpgrade: h2,h2c\r\nX-Internal: secret\r\n\
+                    Proxy-Authenticate: Basic\r\nTrailer: X-Sum\r\nX-Kept: 1\r\n\
+                    Content-Length: 2\r\n\r\n",
+        );
+        // Framing fields stay, even named by `Connection`.
+        assert_eq!(names(&h), ["x-kept", "content-length"]);
+        // What they said still counts for the upstream connection.
+        assert!(h.keepalive);
+        assert_eq!(h.idle, Some(Duration::from_secs(7)));
+        assert_eq!(h.framing, Framing::Length(2));
+        // A second `Connection` line names a field too; a `close` is not one.
+        let h = ok(
+            "HTTP/1.1 200 OK\r\nX-A: 1\r\nconnection: close\r\nConnection: x-a\r\n\
+                    Transfer-Encoding: chunked\r\n\r\n",
+        );
+        assert_eq!(names(&h), ["transfer-encoding"]);
+        assert!(!h.keepalive);
+        // A 101's `Connection` and `Upgrade` are the switch.
+        let up = Asked {
+            upgrade: true,
+            ..Asked::default()
+        };
+        let h = head(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            up,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(names(&h), ["connection", "upgrade"]);
     }
 
     #[test]
