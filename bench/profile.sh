@@ -27,6 +27,15 @@
 #   --browser        the ten header fields a browser's page request carries
 #                    (Connection: keep-alive, User-Agent, Accept*, Sec-Fetch-*,
 #                    a cookie): the per-field costs at a real request's size
+#   --cache-sim      also simulate the caches and branch predictors (callgrind
+#                    --cache-sim --branch-sim, several times slower): misses
+#                    and mispredictions per request and the cycles they
+#                    suggest, for what instruction counts leave out
+#   --stages         profile tollgate as built by the `stages` cargo profile
+#                    (release with thin LTO in four codegen units): the
+#                    shipped build's fat LTO inlines a request's steps into
+#                    each other, so only this build's functions map onto the
+#                    stages; its totals are not the shipped binary's
 #   --no-build       do not run cargo build
 #   -h, --help
 #
@@ -40,9 +49,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
 ALL_TARGETS=(nginx haproxy tollgate tollgate-full)
-requests=20000 targets_arg="" out="" header="" browser=0
+requests=20000 targets_arg="" out="" header="" browser=0 cache_sim=0 stages=0
 value_opts+=([--requests]=requests [--targets]=targets_arg [--out]=out [--header]=header)
-switch_opts+=([--browser]=browser)
+switch_opts+=([--browser]=browser [--cache-sim]=cache_sim [--stages]=stages)
 parse_args "$@"
 ((quick)) && ! ((${explicit[--requests]:-0})) && requests=2000
 require_positive requests:"$requests"
@@ -73,9 +82,21 @@ want nginx && need_tools nginx
 want haproxy && need_tools haproxy
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
-build_release -p tollgate -p testkit --bins
+build_profile=release
+if ((stages)); then
+    # The release tollgate is not profiled: only the backend is built so.
+    build_release -p testkit --bins
+    build_profile=stages
+    if ((build)); then
+        log "building the stages profile (cargo build --profile stages -p tollgate)"
+        cargo build --profile stages -p tollgate --bin tollgate
+    fi
+    TOLLGATE=${TOLLGATE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/stages/tollgate}
+else
+    build_release -p tollgate -p testkit --bins
+    TOLLGATE=${TOLLGATE_BIN:-$(release_bin tollgate)}
+fi
 ECHO_BACKEND=${ECHO_BACKEND_BIN:-$(release_bin echo-backend)}
-TOLLGATE=${TOLLGATE_BIN:-$(release_bin tollgate)}
 require_bin echo-backend "$ECHO_BACKEND"
 require_bin tollgate "$TOLLGATE"
 make_tmp tollgate-profile
@@ -147,12 +168,15 @@ stop() {
 
 : >"$tmp/ir.tsv"
 : >"$tmp/syscalls.tsv"
+: >"$tmp/cache.tsv"
+sim=()
+((cache_sim)) && sim=(--cache-sim=yes --branch-sim=yes)
 for t in "${targets[@]}"; do
     read -r -a cmd <<<"$(server_cmd "$t")"
     # Instructions: callgrind, counters zeroed after the warm-up, dumped after
     # the measured requests.
     log "$t: $requests requests under callgrind"
-    start "$t-callgrind" "${server_prefix[@]}" valgrind --tool=callgrind --dump-instr=no \
+    start "$t-callgrind" "${server_prefix[@]}" valgrind --tool=callgrind --dump-instr=no "${sim[@]}" \
         --callgrind-out-file="$tmp/callgrind.$t.%p" "${cmd[@]}"
     pid=$started_pid
     wait_http "$t" "$pid" "$url"
@@ -164,8 +188,9 @@ for t in "${targets[@]}"; do
     dump=$(find "$tmp" -name "callgrind.$t.*.1" | head -1)
     [[ -n "$dump" ]] || die "$t: no callgrind dump"
     # (It warns about objects without line tables, such as haproxy's.)
-    callgrind_annotate --inclusive=yes --threshold=100 "$dump" >"$tmp/annotate.$t.txt" 2>/dev/null
+    callgrind_annotate --inclusive=yes --threshold=100 --show=Ir "$dump" >"$tmp/annotate.$t.txt" 2>/dev/null
     python3 bench/profile_stages.py "$t" "$requests" "$tmp/annotate.$t.txt" >>"$tmp/ir.tsv"
+    ((cache_sim)) && python3 bench/profile_stages.py --events "$t" "$requests" "$dump" >>"$tmp/cache.tsv"
     # System calls: the same load under strace -c.
     log "$t: $requests requests under strace"
     start "$t-strace" "${server_prefix[@]}" "${cmd[@]}"
@@ -194,8 +219,16 @@ report=$tmp/report.txt
     echo "# bench/profile.sh — $(date -u '+%Y-%m-%d %H:%M:%S UTC'), rev $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo +dirty)"
     echo "# $requests keep-alive GETs (h2load --h1 -c 16${header:+, header '$header'}$( ((browser)) && echo ", a browser's ${#BROWSER_HEADERS[@]} header fields")) per target after 2,000 of warm-up; $(valgrind --version)"
     echo "# instructions per request (user space, all threads, callgrind); tollgate's split by stage"
+    echo "# (tollgate: ${TOLLGATE_BIN:+TOLLGATE_BIN=$TOLLGATE, }the $build_profile cargo profile$( ((stages)) || echo '; its fat LTO inlines across the stages, so the split is only meaningful with --stages'))"
     python3 bench/profile_stages.py --table "$tmp/ir.tsv"
     echo
+    if ((cache_sim)); then
+        echo "# simulated per request (callgrind --cache-sim --branch-sim: first-level and last-level"
+        echo "# cache misses, instruction and data; mispredicted branches; cycles estimated as"
+        echo "# Ir + 10 x L1 misses + 100 x LL misses + 15 x mispredictions, valgrind's own rule of thumb)"
+        python3 bench/profile_stages.py --events-table "$tmp/cache.tsv"
+        echo
+    fi
     echo "# system calls per request (strace -c, >= 0.01 shown)"
     awk -F'\t' '$3 >= 0.01 { printf "%-14s %-14s %7.3f\n", $1, $2, $3 }' "$tmp/syscalls.tsv"
 } >"$report"

@@ -3,6 +3,9 @@
 
 profile_stages.py TARGET REQUESTS ANNOTATE_FILE  -> TSV lines: target, stage, Ir/request
 profile_stages.py --table TSV                     -> the report table
+profile_stages.py --events TARGET REQUESTS DUMP   -> TSV lines: target, event, count/request
+                                                     (a --cache-sim --branch-sim dump's totals)
+profile_stages.py --events-table TSV              -> the simulated misses' table
 
 A stage is the inclusive count of the functions listed for it (callgrind
 lists a function again for each source file of its inlined code, and
@@ -117,13 +120,14 @@ def split(target, requests, path):
         print(f"{target}\t{stage}\t{ir / requests:.0f}")
 
 
-def table(path):
+def table(path, last="total"):
     data = OrderedDict()
     for line in open(path):
         t, stage, ir = line.rstrip("\n").split("\t")
         data.setdefault(stage, {})[t] = int(ir)
     # The stages in order, the total last.
-    data.move_to_end("total")
+    if last:
+        data.move_to_end(last)
     targets = []
     for stage in data.values():
         for t in stage:
@@ -134,8 +138,44 @@ def table(path):
         print(f"{stage:32}" + "".join(f"{vals[t]:>15,}" if t in vals else f"{'':>15}" for t in targets))
 
 
+# What the simulated totals are reported as: (label, events summed).
+SIMULATED = [
+    ("instructions", ["Ir"]),
+    ("L1 instruction misses", ["I1mr"]),
+    ("L1 data misses (read + write)", ["D1mr", "D1mw"]),
+    ("last-level misses (all)", ["ILmr", "DLmr", "DLmw"]),
+    ("mispredicted branches", ["Bcm", "Bim"]),
+]
+
+
+def events(target, requests, dump):
+    names = totals = None
+    for line in open(dump, errors="replace"):
+        if line.startswith("events:"):
+            names = line.split()[1:]
+        elif line.startswith("summary:"):
+            totals = [int(x) for x in line.split()[1:]]
+    if not names or not totals:
+        sys.exit(f"{dump}: no events or summary line")
+    ev = dict(zip(names, totals))
+    missing = [e for _, es in SIMULATED for e in es if e not in ev]
+    if missing:
+        sys.exit(f"{dump}: not simulated: {', '.join(missing)} (run callgrind with --cache-sim=yes --branch-sim=yes)")
+    rows = [(label, sum(ev[e] for e in es)) for label, es in SIMULATED]
+    get = dict(rows)
+    cycles = (get["instructions"] + 10 * (get["L1 instruction misses"] + get["L1 data misses (read + write)"])
+              + 100 * get["last-level misses (all)"] + 15 * get["mispredicted branches"])
+    rows.append(("estimated cycles", cycles))
+    for label, n in rows:
+        print(f"{target}\t{label}\t{n / requests:.0f}")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "--table":
         table(sys.argv[2])
+    elif sys.argv[1] == "--events-table":
+        table(sys.argv[2], last=None)
+    elif sys.argv[1] == "--events":
+        events(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     else:
         split(sys.argv[1], int(sys.argv[2]), sys.argv[3])

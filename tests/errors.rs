@@ -151,6 +151,56 @@ fn a_refused_connect_on_a_heavier_node_is_retried_elsewhere() {
     assert_eq!(up.hits(), 24);
 }
 
+/// A listener whose accept queue is full: the kernel drops further SYNs,
+/// so a connect to it never completes (the `TcpStream`s keep it full).
+fn unanswering_listener() -> (
+    std::net::SocketAddr,
+    Vec<std::net::TcpStream>,
+    socket2::Socket,
+) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let mut fill = Vec::new();
+    // The queue holds one or two; each connect completes until it is full.
+    while fill.len() < 8 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => fill.push(s),
+            Err(_) => return (addr, fill, listener),
+        }
+    }
+    panic!("the accept queue of a listen(0) socket never filled");
+}
+
+#[test]
+fn a_connect_that_never_completes_is_a_504_after_connect_ms() {
+    let ok = Backend::start("ok");
+    let (addr, _fill, _listener) = unanswering_listener();
+    let gw = start(&format!(
+        "routes:\n\
+         - {{ id: t, paths: [\"/t\"], upstream: t, retries: 0, timeout: {{connect_ms: 300}} }}\n\
+         - {{ id: ok, paths: [\"/ok\"], upstream: ok }}\n\
+         upstreams:\n  t: {{ nodes: [\"http://{addr}\"] }}\n{}",
+        upstream("ok", &[&ok]),
+    ));
+    let t = Instant::now();
+    let r = send(&gw, "GET", "/t", &[("x-request-id", "trace-504")]);
+    let took = t.elapsed();
+    assert_eq!(assert_gateway_error(&r, 504, "timed out"), "trace-504");
+    // The gateway's timeout, not the kernel's (SYN retries for minutes).
+    assert!(took < Duration::from_secs(5), "504 after {took:?}");
+    assert_eq!(backend_of(&send(&gw, "GET", "/ok", &[])), "ok");
+}
+
 #[test]
 fn retries_zero_surfaces_the_refused_connect() {
     let ok = Backend::start("ok");

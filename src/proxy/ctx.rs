@@ -66,7 +66,7 @@ impl Drop for Attempt {
 pub struct RequestCtx {
     pub _in_flight: InFlightGuard,
     /// Empty until the request filter runs (or a failure needs one).
-    pub request_id: http::HeaderValue,
+    pub request_id: super::request_id::RequestId,
     /// The id is the client's, sent on a single header line, so the
     /// upstream request already carries it exactly once.
     pub id_already_sent: bool,
@@ -119,7 +119,7 @@ impl RequestCtx {
     pub fn new(in_flight: &Arc<InFlight>) -> Self {
         Self {
             _in_flight: in_flight.enter(),
-            request_id: http::HeaderValue::from_static(""),
+            request_id: Default::default(),
             id_already_sent: false,
             route: None,
             leaf: None,
@@ -140,12 +140,12 @@ impl RequestCtx {
     }
 
     pub fn request_id(&self) -> &str {
-        super::request_id::as_str(&self.request_id)
+        self.request_id.as_str()
     }
 
     /// The request's id, generating one if it has none yet.
     pub fn ensure_request_id(&mut self, ids: &super::RequestIds) {
-        if self.request_id.is_empty() {
+        if self.request_id.is_none() {
             self.request_id = ids.next();
         }
     }

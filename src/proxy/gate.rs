@@ -5,6 +5,7 @@
 //! drift apart between them. Everything here takes pingora-core's
 //! [`ServerSession`] (pingora-proxy's `Session` derefs to it).
 
+use futures_util::FutureExt;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::protocols::http::ServerSession;
@@ -143,7 +144,9 @@ impl Gate {
         route: &RouteEntry,
         consumer: Option<&Consumer>,
     ) -> Result<Option<(u32, u32)>, RateLimited> {
-        let now = limiter::now_ns();
+        // Read only when a limit applies: a clock read is not free.
+        let now = std::cell::OnceCell::new();
+        let now = || *now.get_or_init(limiter::now_ns);
         let mut advertised = None;
         if let Some(limiter) = route.limiter.as_ref() {
             let by_ip =
@@ -156,7 +159,7 @@ impl Gate {
                     .map(|v| v.as_bytes()),
                 consumer: consumer.map(|c| &*c.name),
             };
-            advertised = taken(limiter.check(&client, now))?;
+            advertised = taken(limiter.check(&client, now()))?;
         }
         if let Some(c) = consumer.filter(|c| c.rate_limited) {
             if let Some(limiter) = self.cell.consumer_limits.load().get(&c.name) {
@@ -165,7 +168,7 @@ impl Gate {
                     header: None,
                     consumer: None,
                 };
-                let own = taken(limiter.check(&client, now))?;
+                let own = taken(limiter.check(&client, now()))?;
                 advertised = advertised.or(own);
             }
         }
@@ -235,7 +238,9 @@ impl Gate {
             return true;
         }
         if path.starts_with(acme_challenge::PREFIX)
-            && acme_challenge::respond(&self.cell, session, ctx.request_id()).await
+            && acme_challenge::respond(&self.cell, session, ctx.request_id())
+                .boxed()
+                .await
         {
             return true;
         }
@@ -255,7 +260,8 @@ impl Gate {
         // The context holds the one reference this request takes.
         let route: &RouteEntry = ctx.route.insert(route);
         if route.https_only && !ctx.protocol.is_tls() {
-            self.to_https(session, ctx).await;
+            // Boxed (`dyn`), as the gateway's other answers (`error_response`).
+            self.to_https(session, ctx).boxed().await;
             return true;
         }
         if let Some(chain) = route.plugins.as_deref() {
@@ -308,6 +314,7 @@ impl Gate {
                         (None, None) => Body::Empty,
                     };
                     self.answer(session, ctx, reply.status, body, &reply.headers)
+                        .boxed()
                         .await;
                     return true;
                 }

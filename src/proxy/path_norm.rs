@@ -79,9 +79,16 @@ pub fn path_span(target: &[u8]) -> (usize, usize) {
 /// The normalized path (borrowed when nothing changes: the usual case costs
 /// one scan), or why the request is refused.
 pub fn normalize<'a>(path: &'a [u8], policy: &PathPolicy) -> Result<Cow<'a, [u8]>, &'static str> {
-    let suspicious = |b: &u8| matches!(b, b'%' | b'\\' | b';' | b'.');
-    let doubled = policy.merge_slashes && path.windows(2).any(|w| w == b"//");
-    if !doubled && !path.iter().any(suspicious) {
+    // One branch-free pass: a byte that may need work, or a doubled slash
+    // when those are merged.
+    let mut prev = 0u8;
+    let mut odd = false;
+    for &b in path {
+        odd |= matches!(b, b'%' | b'\\' | b';' | b'.')
+            | (policy.merge_slashes & (b == b'/') & (prev == b'/'));
+        prev = b;
+    }
+    if !odd {
         return Ok(Cow::Borrowed(path));
     }
     let mut out = Vec::with_capacity(path.len());

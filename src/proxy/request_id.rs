@@ -1,11 +1,53 @@
 //! `X-Request-Id`: kept when the client sent a sane one, generated otherwise.
 //!
-//! Ids are held as [`HeaderValue`]s: a client's id is a refcount bump of
-//! the header it came in, and a generated one is encoded once and then
-//! shared by the upstream request, the response and the logs.
+//! A generated id is held inline ([`RequestId::Own`], 32 bytes, no
+//! allocation: the raw heads write its bytes); a client's id is a
+//! refcount bump of the header it came in. A header map gets a value made
+//! only when one is edited ([`RequestId::to_header`]).
 
 use http::HeaderValue;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A request's id, as the upstream request, the response and the logs carry it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum RequestId {
+    /// Not decided yet (the request filter has not run).
+    #[default]
+    None,
+    /// Generated: 32 lowercase hex digits.
+    Own([u8; 32]),
+    /// The client's, checked by [`from_client`].
+    Client(HeaderValue),
+}
+
+impl RequestId {
+    pub fn is_none(&self) -> bool {
+        matches!(self, Self::None)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::None => b"",
+            Self::Own(id) => id,
+            Self::Client(v) => v.as_bytes(),
+        }
+    }
+
+    /// The id as text: ASCII by construction (hex, or a client's id that
+    /// passed [`from_client`]).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or("")
+    }
+
+    /// As a header value, for a header map (a generated id is copied).
+    pub fn to_header(&self) -> HeaderValue {
+        match self {
+            Self::Client(v) => v.clone(),
+            // Hex digits or nothing: always a valid header value.
+            _ => HeaderValue::from_bytes(self.as_bytes()).unwrap_or(HeaderValue::from_static("")),
+        }
+    }
+}
 
 /// Generates ids unique across restarts and nodes: a random per-process
 /// prefix and a counter, 32 hex digits (the length of a UUID without dashes).
@@ -25,43 +67,35 @@ impl Default for RequestIds {
 }
 
 impl RequestIds {
-    pub fn next(&self) -> HeaderValue {
+    pub fn next(&self) -> RequestId {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut id = [0u8; 32];
         put_hex(&mut id[..16], self.prefix);
         put_hex(&mut id[16..], n);
-        // One allocation that every clone shares; `Bytes` made from a `Vec`
-        // would allocate again on its first clone. Hex digits only: always
-        // a valid header value.
-        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id))
-            .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+        RequestId::Own(id)
     }
 }
 
-/// `n` as 16 lowercase hex digits into `out` (16 bytes).
+/// `n` as 16 lowercase hex digits into `out` (16 bytes), a byte (two
+/// digits) at a time.
 fn put_hex(out: &mut [u8], n: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in out.iter_mut().take(16).enumerate() {
-        *b = DIGITS[((n >> ((15 - i) * 4)) & 0xf) as usize];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(n.to_be_bytes()) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
 }
 
 /// A client's id is kept only if it is short and made of safe characters,
 /// so it can go into logs and JSON bodies verbatim.
-pub fn from_client(value: Option<&HeaderValue>) -> Option<HeaderValue> {
+pub fn from_client(value: Option<&HeaderValue>) -> Option<RequestId> {
     let v = value?;
     let b = v.as_bytes();
     let ok = !b.is_empty()
         && b.len() <= 128
         && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'));
-    ok.then(|| v.clone())
-}
-
-/// The id as text; ids are ASCII by construction (generated hex, or a
-/// client's id that passed [`from_client`]).
-pub fn as_str(id: &HeaderValue) -> &str {
-    id.to_str().unwrap_or("")
+    ok.then(|| RequestId::Client(v.clone()))
 }
 
 #[cfg(test)]
@@ -73,19 +107,36 @@ mod tests {
         let ids = RequestIds::default();
         let (a, b) = (ids.next(), ids.next());
         assert_ne!(a, b);
-        assert_eq!(a.len(), 32);
-        assert!(as_str(&a).bytes().all(|c| c.is_ascii_hexdigit()));
-        // The counter is the low half.
-        let (a, b) = (as_str(&a), as_str(&b));
+        assert_eq!(a.as_bytes().len(), 32);
+        assert!(a
+            .as_str()
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_eq!(a.to_header().as_bytes(), a.as_bytes());
+        // The counter is the low half, the prefix the high one.
+        let (a, b) = (a.as_str(), b.as_str());
         assert_eq!(a[..16], b[..16]);
+        assert_eq!(u64::from_str_radix(&a[..16], 16).unwrap(), ids.prefix);
         let lo = |s: &str| u64::from_str_radix(&s[16..], 16).unwrap();
         assert_eq!(lo(b), lo(a) + 1);
     }
 
     #[test]
+    fn hex_digits_are_the_numbers_own() {
+        let mut out = [0u8; 16];
+        for n in [0, 1, 0xf, 0x10, 0x0123_4567_89ab_cdef, u64::MAX] {
+            put_hex(&mut out, n);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{n:016x}"));
+        }
+    }
+
+    #[test]
     fn client_ids_are_kept_only_when_safe() {
         let v = |s: &[u8]| HeaderValue::from_bytes(s).unwrap();
-        assert_eq!(from_client(Some(&v(b"abc-123"))), Some(v(b"abc-123")));
+        let kept = from_client(Some(&v(b"abc-123"))).unwrap();
+        assert_eq!(kept, RequestId::Client(v(b"abc-123")));
+        assert_eq!(kept.as_str(), "abc-123");
+        assert_eq!(kept.to_header(), v(b"abc-123"));
         assert_eq!(from_client(Some(&v(b"a\"b"))), None);
         assert_eq!(from_client(Some(&v(b""))), None);
         assert_eq!(from_client(Some(&v(&[b'a'; 129]))), None);

@@ -10,11 +10,12 @@ use super::ctx::RequestCtx;
 use super::gate::Gate;
 use super::header_edit;
 use super::header_names::{spelled, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_REQUEST_ID};
+use super::request_id::RequestId;
 
 /// The fields the gateway sets on every response it relays: the request
 /// id, and the limit and what is left of it when a rate limit applied.
 pub struct ResponseOurs {
-    pub id: HeaderValue,
+    pub id: RequestId,
     pub limits: Option<(u32, u32)>,
 }
 
@@ -67,7 +68,7 @@ impl Gate {
                 );
             }
             let h = &mut resp.headers;
-            h.insert(X_REQUEST_ID.clone(), ours.id);
+            h.insert(X_REQUEST_ID.clone(), ours.id.to_header());
             if let Some((limit, remaining)) = ours.limits {
                 h.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(limit));
                 h.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining));

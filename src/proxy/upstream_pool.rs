@@ -18,9 +18,9 @@
 //! idle connections per process, shared out evenly between the proxy
 //! threads; past it, the one whose idle timeout ends first is closed.
 
+use super::upstream_h1::Transport;
 use ahash::AHashMap;
 use futures_util::FutureExt;
-use pingora::protocols::Stream;
 use std::cell::RefCell;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
@@ -62,7 +62,7 @@ pub fn plain_key(addr: SocketAddr) -> u64 {
 /// An idle connection to the upstream `key` stands for ([`plain_key`], or
 /// for a TLS or HTTP/2 node its `Peer::reuse_hash`: address, TLS and SNI
 /// settings), the one kept longest-idle reused last.
-pub fn take(key: u64) -> Option<Stream> {
+pub fn take(key: u64) -> Option<Transport> {
     let now = Instant::now();
     IDLE.with_borrow_mut(|idle| {
         let conns = idle.by_peer.get_mut(&key)?;
@@ -77,7 +77,7 @@ pub fn take(key: u64) -> Option<Stream> {
 }
 
 /// Keeps `stream` (its response read whole) for reuse until `idle` passes.
-pub fn put(key: u64, stream: Stream, idle: Option<Duration>) {
+pub fn put(key: u64, stream: Transport, idle: Option<Duration>) {
     let idle = idle.unwrap_or(Duration::from_secs(60));
     if idle.is_zero() {
         return;
@@ -131,7 +131,7 @@ struct Idle {
 }
 
 struct IdleConn {
-    stream: Stream,
+    stream: Transport,
     until: Instant,
 }
 
@@ -169,7 +169,7 @@ impl Idle {
 /// An idle upstream connection has nothing to say: a read that would block
 /// means it is still open and clean; end of stream, bytes (an upstream
 /// that sent more than its response) or an error mean it is not reusable.
-fn still_clean(stream: &mut Stream) -> bool {
+fn still_clean(stream: &mut Transport) -> bool {
     let mut byte = [0u8; 1];
     // Unconstrained: the cooperative budget must not turn a ready read
     // into "pending" (and so a closed connection into a clean one).
@@ -184,12 +184,24 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
 
-    async fn pair() -> (Stream, TcpStream) {
+    /// A connection as the engine opens one to a plain node, and its peer.
+    async fn pair() -> (Transport, TcpStream) {
+        let (client, server) = tcp_pair().await;
+        (Transport::Tcp(client), server)
+    }
+
+    /// A connection as pingora-core's connector opens one (a TLS node's).
+    async fn pingora_pair() -> (Transport, TcpStream) {
+        let (client, server) = tcp_pair().await;
+        let client: pingora::protocols::l4::stream::Stream = client.into();
+        (Transport::Pingora(Box::new(client)), server)
+    }
+
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let client: pingora::protocols::l4::stream::Stream = client.unwrap().into();
-        (Box::new(client), server.unwrap().0)
+        (client.unwrap(), server.unwrap().0)
     }
 
     fn rt() -> tokio::runtime::Runtime {
@@ -218,8 +230,20 @@ mod tests {
 
     #[test]
     fn a_clean_connection_is_reused_and_a_closed_or_chatty_one_is_not() {
-        std::thread::spawn(|| {
-            rt().block_on(async {
+        clean_closed_chatty(false);
+        clean_closed_chatty(true);
+    }
+
+    fn clean_closed_chatty(pingoras: bool) {
+        std::thread::spawn(move || {
+            rt().block_on(async move {
+                let pair = || async move {
+                    if pingoras {
+                        pingora_pair().await
+                    } else {
+                        pair().await
+                    }
+                };
                 set_cap(16);
                 let (clean, _keep) = pair().await;
                 let (closed, peer_closed) = pair().await;

@@ -15,6 +15,7 @@ use super::gate::Gate;
 use super::header_names::{
     spelled, write_line as line, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
+use super::request_id::RequestId;
 use super::{header_edit, header_names, hop_by_hop};
 
 /// What [`Gate::upstream_edits`] decided for one attempt.
@@ -27,7 +28,7 @@ pub struct UpstreamEdits {
     /// The TCP peer, appended to `X-Forwarded-For`.
     client: Option<IpAddr>,
     host: Option<HeaderValue>,
-    id: Option<HeaderValue>,
+    id: Option<RequestId>,
     /// `X-Forwarded-Proto`: how the client reached the gateway.
     scheme: &'static str,
 }
@@ -64,7 +65,7 @@ impl UpstreamEdits {
         // A kept client id is already the one forwarded header; otherwise
         // (generated, or the client sent several) ours replaces them all.
         if let Some(id) = self.id {
-            h.insert(X_REQUEST_ID.clone(), id);
+            h.insert(X_REQUEST_ID.clone(), id.to_header());
         }
         if let Some(host) = self.host {
             h.insert(http::header::HOST, host);
@@ -74,8 +75,9 @@ impl UpstreamEdits {
 }
 
 impl UpstreamEdits {
-    /// The method the upstream is sent for the client's request `down`.
-    pub fn method_of<'a>(&'a self, down: &'a RequestHeader) -> &'a http::Method {
+    /// The method the upstream is sent for the client's request `down`
+    /// (what `RequestCtx::method_upstream` answers for the whole request).
+    fn method_of<'a>(&'a self, down: &'a RequestHeader) -> &'a http::Method {
         self.method.as_ref().unwrap_or(&down.method)
     }
 
@@ -307,7 +309,7 @@ mod tests {
             method: None,
             client: Some("10.0.0.7".parse().unwrap()),
             host: None,
-            id: Some(HeaderValue::from_static("id-1")),
+            id: Some(RequestId::Client(HeaderValue::from_static("id-1"))),
             scheme: "http",
         }
     }

@@ -123,7 +123,9 @@ fn plain_field(name: &[u8], value: &[u8], hosts: &mut u32) -> bool {
 /// the head then goes to pingora-core, which refuses it its own way. With
 /// it, whether a name has an underscore (`proxy.underscore_headers`): only
 /// names that are not common ones can, and only those are searched.
-pub fn build(head: &Bytes, spans: &Spans) -> Option<(RequestHeader, bool)> {
+/// `last` is the header refilled: the connection's last request's, so its
+/// map's room is not made again for every request.
+pub fn build(head: &Bytes, spans: &Spans, last: RequestHeader) -> Option<(RequestHeader, bool)> {
     let part = |(at, len): Span| head.slice(at..at + len);
     let method = Method::from_bytes(spans.method(head)).ok()?;
     if method == Method::CONNECT {
@@ -132,11 +134,18 @@ pub fn build(head: &Bytes, spans: &Spans) -> Option<(RequestHeader, bool)> {
     // As pingora-http's own parse of an origin-form target (a fragment is
     // dropped); only UTF-8 targets are plain.
     let target = PathAndQuery::from_maybe_shared(part(spans.target)).ok()?;
-    let mut parts = http::Request::new(()).into_parts().0;
+    let mut parts = http::request::Parts::from(last);
     parts.method = method;
     parts.uri = Uri::from(target);
     parts.version = http::Version::HTTP_11;
-    parts.headers.try_reserve(spans.count).ok()?;
+    parts.extensions.clear();
+    let mut headers = std::mem::take(&mut parts.headers);
+    // A map grown past a plain head's fields (a plugin's additions) is not kept.
+    if headers.capacity() > 2 * MAX_FIELDS {
+        headers = http::HeaderMap::new();
+    }
+    headers.clear();
+    headers.try_reserve(spans.count).ok()?;
     let mut underscores = false;
     for &(name, value) in spans.fields() {
         let name = &head[name.0..][..name.1];
@@ -148,9 +157,15 @@ pub fn build(head: &Bytes, spans: &Spans) -> Option<(RequestHeader, bool)> {
             }
         };
         let value = HeaderValue::from_maybe_shared(part(value)).ok()?;
-        parts.headers.try_append(name, value).ok()?;
+        headers.try_append(name, value).ok()?;
     }
+    parts.headers = headers;
     Some((RequestHeader::from(parts), underscores))
+}
+
+/// A request header with nothing in it, for [`build`] to fill.
+pub fn empty() -> RequestHeader {
+    RequestHeader::from(http::Request::new(()).into_parts().0)
 }
 
 /// The header [`build`] makes, as pingora-core builds it: with the map of
@@ -208,14 +223,52 @@ mod tests {
     }
 
     fn plain(raw: &str) -> Option<RequestHeader> {
-        parsed(raw).and_then(|(head, spans)| build(&head, &spans).map(|(req, _)| req))
+        parsed(raw).and_then(|(head, spans)| build(&head, &spans, empty()).map(|(req, _)| req))
+    }
+
+    #[test]
+    fn a_header_refilled_keeps_nothing_of_the_last_request() {
+        let first =
+            plain("POST /a?q=1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-A: 2\r\nCookie: c\r\n\r\n")
+                .expect("plain");
+        let mut last = first;
+        last.insert_header("x-added-by-a-plugin", "p").unwrap();
+        last.extensions_mut().insert(7u32);
+        let (head, spans) = parsed("GET /b HTTP/1.1\r\nHost: y\r\nAccept: */*\r\n\r\n").unwrap();
+        let (req, _) = build(&head, &spans, last).expect("built");
+        assert_eq!(req.method, Method::GET);
+        assert_eq!(req.uri, "/b");
+        let fields: Vec<_> = req
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        assert_eq!(fields, [("host", &b"y"[..]), ("accept", b"*/*")]);
+        assert!(req.extensions.get::<u32>().is_none());
+        // As a header built from nothing.
+        let fresh = plain("GET /b HTTP/1.1\r\nHost: y\r\nAccept: */*\r\n\r\n").unwrap();
+        assert_eq!(req.headers, fresh.headers);
+        assert_eq!(req.raw_path(), fresh.raw_path());
+        // A map a plugin grew past a plain head's fields is not kept.
+        let mut grown = req;
+        for i in 0..4 * MAX_FIELDS {
+            grown.append_header(format!("x-{i}"), "v").unwrap();
+        }
+        assert!(grown.headers.capacity() > 2 * MAX_FIELDS);
+        let (req, _) = build(&head, &spans, grown).expect("built");
+        assert!(
+            req.headers.capacity() <= 2 * MAX_FIELDS,
+            "{}",
+            req.headers.capacity()
+        );
+        assert_eq!(req.headers, fresh.headers);
     }
 
     #[test]
     fn a_name_with_an_underscore_is_found_as_the_header_is_built() {
         let underscores = |raw: &str| {
             let (head, spans) = parsed(raw).expect("plain");
-            build(&head, &spans).expect("built").1
+            build(&head, &spans, empty()).expect("built").1
         };
         assert!(!underscores(
             "GET / HTTP/1.1\r\nHost: x\r\nX-Keep: 1\r\nAccept: */*\r\n\r\n"
@@ -277,7 +330,7 @@ mod tests {
             "GET /caf\u{e9}?q=\u{e9} HTTP/1.1\r\nHost: x\r\n\r\n",
         ] {
             let (head, spans) = parsed(raw).expect(raw);
-            let (ours, _) = build(&head, &spans).expect(raw);
+            let (ours, _) = build(&head, &spans, empty()).expect(raw);
             let theirs = build_cased(&head, &spans).expect(raw);
             assert_eq!(ours.method, theirs.method, "{raw:?}");
             assert_eq!(ours.uri, theirs.uri, "{raw:?}");

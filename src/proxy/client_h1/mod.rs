@@ -231,7 +231,9 @@ impl ClientH1 {
         // The head's bytes become the header values' storage; pipelined
         // bytes after them stay in `buf`.
         let raw = self.buf.split_to(self.spans.len).freeze();
-        match head::build(&raw, &self.spans) {
+        // The last request's header, refilled.
+        let last = std::mem::replace(&mut *self.req, head::empty());
+        match head::build(&raw, &self.spans, last) {
             Some((req, underscores)) => {
                 // Into the box the connection keeps.
                 *self.req = req;

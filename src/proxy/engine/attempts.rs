@@ -4,6 +4,7 @@
 //! as `ProxyHttp`'s `upstream_peer`, `fail_to_connect`, `error_while_proxy`
 //! and `fail_to_proxy` in `proxy_http.rs`.
 
+use futures_util::FutureExt;
 use pingora::protocols::http::ServerSession;
 use pingora::{Error, ErrorType};
 
@@ -44,7 +45,13 @@ impl CoreEngine {
             };
             let exchanged = match &mut up {
                 Upstream::H1(h1) => self.exchange(session, h1, ctx).await,
-                Upstream::H2(h2) => self.exchange_h2(session, h2, ctx, target.peer()).await,
+                // Boxed (`dyn`): an HTTP/1.1 exchange's hot code does not
+                // carry HTTP/2's inlined among it.
+                Upstream::H2(h2) => {
+                    self.exchange_h2(session, h2, ctx, target.peer())
+                        .boxed()
+                        .await
+                }
             };
             match exchanged {
                 Exchange::Complete {
@@ -72,7 +79,8 @@ impl CoreEngine {
                 }
             }
         };
-        self.gate.answer_failure(session, &error, ctx).await;
+        // Boxed (`dyn`) as the gateway's other answers (`error_response`).
+        self.gate.answer_failure(session, &error, ctx).boxed().await;
         false
     }
 }

@@ -16,6 +16,7 @@
 //! `Connection: close`) and nothing failed.
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::{Error, ErrorType, Result};
@@ -111,7 +112,7 @@ impl CoreEngine {
         let as_sent = client_h1::fields_as_sent(session);
         if let Some(body_len) = edits.direct_head(down, as_sent, has_body, &mut wire) {
             let body_len = body_len.map_err(|e| e.into_in())?;
-            let head = *edits.method_of(down) == http::Method::HEAD;
+            let head = *ctx.method_upstream(&down.method) == http::Method::HEAD;
             let sent = up.write_plain_head(&wire, head, body_len).await;
             client_h1::keep_head_buffer(session, wire);
             return sent.map_err(|e| e.into_up());
@@ -306,7 +307,9 @@ impl CoreEngine {
             // client's Expect); other interim answers (103) are relayed.
             if status != 100 {
                 let header = head.header().map_err(|e| Exchange::Failed(e.into_up()))?;
+                // Boxed (`dyn`): rare, and not among the hot code.
                 error_response::write_interim(session, header)
+                    .boxed()
                     .await
                     .map_err(|e| Exchange::Failed(e.into_down()))?;
             }

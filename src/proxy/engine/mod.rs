@@ -26,6 +26,7 @@ mod refresh;
 mod target;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::connectors::http::Connector;
@@ -49,9 +50,17 @@ use super::connections::Http1Loop;
 use super::ctx::RequestCtx;
 use super::gate::{panic_message, Gate};
 use super::shutdown::Shutdown;
-use super::upstream_h1::UpstreamH1;
+use super::upstream_h1::{Transport, UpstreamH1};
 use super::{linger, timer_tick, upstream_pool};
 use target::Target;
+
+/// An HTTP/1.1 exchange on `stream`, with the route's timeouts.
+fn h1(stream: Transport, t: &crate::model::timeout::Timeouts) -> Upstream {
+    let mut h1 = UpstreamH1::new(stream);
+    h1.read_timeout = Some(t.read);
+    h1.write_timeout = Some(t.write);
+    Upstream::H1(h1)
+}
 
 /// The core engine: a pingora-core `HttpServerApp` for the proxy listeners.
 pub struct CoreEngine {
@@ -91,34 +100,45 @@ impl CoreEngine {
     }
 
     /// A connection to `peer`: an idle one of this thread's if it has one
-    /// (`true`: reused), else pingora-core's connector (a new connection,
-    /// or HTTP/2's shared one). HTTP/1.1 is spoken by [`UpstreamH1`], with
-    /// the peer's timeouts.
+    /// (`true`: reused), else a new one ([`CoreEngine::open`]). HTTP/1.1
+    /// is spoken by [`UpstreamH1`], with the peer's timeouts.
     async fn connect(&self, target: &mut Target) -> pingora::Result<(Upstream, bool)> {
-        let t = target.timeouts;
-        let h1 = |stream| {
-            let mut h1 = UpstreamH1::new(stream);
-            h1.read_timeout = Some(t.read);
-            h1.write_timeout = Some(t.write);
-            Upstream::H1(h1)
-        };
         if let Some(stream) = target
             .h1_only
             .then(|| upstream_pool::take(target.key))
             .flatten()
         {
-            return Ok((h1(stream), true));
+            return Ok((h1(stream, &target.timeouts), true));
         }
-        // Boxed: connecting (TCP, TLS, ALPN) is a ~9 KiB future, and inline
-        // it would size (and be copied with) every request's.
-        match Box::pin(self.connector.get_http_session(target.peer())).await? {
-            (HttpSession::H1(session), reused) => Ok((h1(session.into_inner()), reused)),
-            (HttpSession::H2(h2), reused) => Ok((Upstream::H2(Box::new(h2)), reused)),
-            (HttpSession::Custom(()), _) => Err(Error::explain(
-                ErrorType::InternalError,
-                "custom upstream protocol",
-            )),
-        }
+        self.open(target).await
+    }
+
+    /// A new connection: the engine's own TCP socket to a plain node, else
+    /// pingora-core's connector (TLS, ALPN, or HTTP/2's shared one).
+    /// Boxed as a `dyn` future: connecting (~9 KiB) would size every
+    /// request's future, and its code, inlined, would sit among the
+    /// request path's hot code for what a pooled connection never runs.
+    fn open<'a>(
+        &'a self,
+        target: &'a mut Target,
+    ) -> BoxFuture<'a, pingora::Result<(Upstream, bool)>> {
+        Box::pin(async move {
+            let t = target.timeouts;
+            if let Some(addr) = target.plain() {
+                let stream = Transport::connect(addr, t.connect).await?;
+                return Ok((h1(stream, &t), false));
+            }
+            match self.connector.get_http_session(target.peer()).await? {
+                (HttpSession::H1(session), reused) => {
+                    Ok((h1(Transport::Pingora(session.into_inner()), &t), reused))
+                }
+                (HttpSession::H2(h2), reused) => Ok((Upstream::H2(Box::new(h2)), reused)),
+                (HttpSession::Custom(()), _) => Err(Error::explain(
+                    ErrorType::InternalError,
+                    "custom upstream protocol",
+                )),
+            }
+        })
     }
 
     /// Gives back a connection whose exchange ended cleanly, for reuse.
@@ -178,7 +198,7 @@ impl CoreEngine {
     async fn serve_one(
         self: &Arc<Self>,
         mut session: ServerSession,
-        stop: Pin<&mut impl Future<Output = ()>>,
+        stop: Pin<&mut (impl Future<Output = ()> + Send)>,
     ) -> Option<ReusableH1> {
         timer_tick::ensure_started();
         // Biased: a request already buffered is served, not dropped, when
@@ -228,8 +248,13 @@ impl CoreEngine {
         if session.req_header().method == http::Method::CONNECT {
             // As pingora-proxy by default: tunnels change the message
             // framing, and tollgate does not proxy them.
-            let _ = session.respond_error(405).await;
-            session.shutdown().await;
+            // Boxed (`dyn`), as the gateway's other answers (`error_response`).
+            async {
+                let _ = session.respond_error(405).await;
+                session.shutdown().await;
+            }
+            .boxed()
+            .await;
             return false;
         }
 
@@ -243,6 +268,7 @@ impl CoreEngine {
                 // Answered 500 (if nothing was sent yet); the connection closes.
                 self.gate
                     .answer_panic(session, &mut ctx, panic_message(&*p))
+                    .boxed()
                     .await;
                 false
             }
@@ -250,7 +276,7 @@ impl CoreEngine {
         self.refresh_after(session, &mut ctx);
         self.gate.log_request(session, &ctx);
         if !reuse {
-            linger::before_close(session).await;
+            linger::before_close(session).boxed().await;
         }
         reuse
     }
@@ -261,7 +287,7 @@ impl CoreEngine {
     async fn serve_connection(
         self: &Arc<Self>,
         mut conn: Box<ClientH1>,
-        mut stop: Pin<&mut impl Future<Output = ()>>,
+        mut stop: Pin<&mut (impl Future<Output = ()> + Send)>,
     ) {
         loop {
             timer_tick::ensure_started();
@@ -296,7 +322,10 @@ impl CoreEngine {
                     if !read.is_empty() {
                         session.set_pipelined_prefix(read);
                     }
-                    let Some(reused) = self.serve_one(session, stop.as_mut()).await else {
+                    // Boxed (`dyn`): pingora-core's session, for what the
+                    // codec does not take, is not among the hot code.
+                    let served = self.serve_one(session, stop.as_mut()).boxed().await;
+                    let Some(reused) = served else {
                         return;
                     };
                     conn = reused.into_client();

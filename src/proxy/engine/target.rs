@@ -27,6 +27,8 @@ pub(super) struct Target {
     pub key: u64,
     /// HTTP/1.1 only: a pooled connection serves it.
     pub h1_only: bool,
+    /// A plain `http://` node: connected by the engine itself.
+    plain: bool,
     addr: SocketAddr,
     set: Arc<InstanceSet>,
     index: usize,
@@ -36,7 +38,8 @@ pub(super) struct Target {
 impl Target {
     pub fn of(attempt: &Attempt, timeouts: Timeouts) -> Self {
         let node = attempt.node();
-        let (key, h1_only, peer) = if node.scheme == NodeScheme::Http {
+        let plain = node.scheme == NodeScheme::Http;
+        let (key, h1_only, peer) = if plain {
             (upstream_pool::plain_key(node.addr), true, None)
         } else {
             let peer = upstream_peer::for_instance(&attempt.set, attempt.index, &timeouts);
@@ -46,11 +49,18 @@ impl Target {
             timeouts,
             key,
             h1_only,
+            plain,
             addr: node.addr,
             set: attempt.set.clone(),
             index: attempt.index,
             peer,
         }
+    }
+
+    /// A plain `http://` node's address: its connections are the engine's
+    /// own TCP sockets (`upstream_h1::Transport`), no pingora peer made.
+    pub fn plain(&self) -> Option<SocketAddr> {
+        self.plain.then_some(self.addr)
     }
 
     /// The pingora peer, made on first need.

@@ -15,15 +15,16 @@
 
 mod chunked;
 mod head;
+mod transport;
 
 use bytes::{Bytes, BytesMut};
 use pingora::http::RequestHeader;
 use pingora::protocols::http::v1::client::http_req_header_to_wire;
-use pingora::protocols::Stream;
 use pingora::time::fast_timeout::fast_timeout;
 use pingora::{Error, ErrorType::*, Result, RetryType};
+use std::cell::RefCell;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use crate::proxy::framing::chunk_size_line;
 use crate::proxy::hop_by_hop::list_elements;
@@ -33,11 +34,44 @@ pub(crate) use head::parse as parse_head;
 pub(crate) use head::Asked;
 use head::Framing;
 pub use head::Head;
+pub use transport::Transport;
 
 /// Room made for a read of the head or a small body.
 const SMALL_READ: usize = 8 * 1024;
 /// Room made for a read of a body bigger than that.
 const BIG_READ: usize = 64 * 1024;
+/// Read buffers a thread keeps for its next exchanges: one per exchange in
+/// progress is what it uses.
+const SPARE_BUFS: usize = 32;
+
+thread_local! {
+    /// Read buffers of exchanges that ended with the connection pooled,
+    /// for the next ones: a buffer made per exchange (past jemalloc's
+    /// small sizes) and its sharing record cost ~250 instructions to make
+    /// and free, and their code a request's worth of cache lines.
+    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A read buffer from the thread's spares, or an empty one.
+fn spare_buf() -> BytesMut {
+    SPARE
+        .try_with(|spare| spare.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Keeps `buf` (empty, never grown for a big body: the spares stay small)
+/// for a next exchange on this thread.
+fn give_back(buf: BytesMut) {
+    let _ = SPARE.try_with(|spare| {
+        if let Ok(mut spare) = spare.try_borrow_mut() {
+            if spare.len() < SPARE_BUFS {
+                spare.push(buf);
+            }
+        }
+    });
+}
 
 /// The next piece of a response.
 pub enum Piece {
@@ -53,7 +87,7 @@ pub enum Piece {
 
 /// An HTTP/1.1 exchange on one upstream connection (TCP or TLS).
 pub struct UpstreamH1 {
-    stream: Stream,
+    stream: Transport,
     /// Bytes read and not yet handed out.
     buf: BytesMut,
     /// Per read, not for the whole response.
@@ -69,6 +103,9 @@ pub struct UpstreamH1 {
     keepalive: bool,
     /// Its own idle timeout, if it told (`Keep-Alive: timeout=N`).
     idle: Option<Duration>,
+    /// The buffer grew past twice a small read (a big body or head): not
+    /// kept for reuse.
+    grown: bool,
 }
 
 /// The request body's framing.
@@ -112,10 +149,10 @@ enum Reading {
 }
 
 impl UpstreamH1 {
-    pub fn new(stream: Stream) -> Self {
+    pub fn new(stream: Transport) -> Self {
         Self {
             stream,
-            buf: BytesMut::new(),
+            buf: spare_buf(),
             read_timeout: None,
             write_timeout: None,
             asked: Asked::default(),
@@ -124,6 +161,7 @@ impl UpstreamH1 {
             upgraded: false,
             keepalive: false,
             idle: None,
+            grown: false,
         }
     }
 
@@ -228,13 +266,19 @@ impl UpstreamH1 {
 
     /// The connection and how long it may idle, when it can carry another
     /// request; `None` closes it.
-    pub fn into_reusable(self) -> Option<(Stream, Option<Duration>)> {
+    pub fn into_reusable(self) -> Option<(Transport, Option<Duration>)> {
         let reusable = self.keepalive
             && !self.upgraded
             && self.read == Reading::Done
             && self.out == BodyOut::Done
             && self.buf.is_empty();
-        reusable.then_some((self.stream, self.idle))
+        if !reusable {
+            return None;
+        }
+        if !self.grown {
+            give_back(self.buf);
+        }
+        Some((self.stream, self.idle))
     }
 
     async fn read_head(&mut self) -> Result<Head> {
@@ -333,6 +377,9 @@ impl UpstreamH1 {
     async fn fill(&mut self, room: usize, what: &'static str) -> Result<usize> {
         if self.buf.capacity() - self.buf.len() < room / 2 {
             self.buf.reserve(room);
+            // Made room for a big body, or doubled for a big head: such a
+            // buffer is not kept among the spares.
+            self.grown |= room > SMALL_READ || self.buf.capacity() > 2 * SMALL_READ;
         }
         let read = self.stream.read_buf(&mut self.buf);
         // On a timer reused per thread (`timer`): this wait nearly always
@@ -355,16 +402,10 @@ impl UpstreamH1 {
         })
     }
 
-    /// Writes `pieces` and flushes them (one send, the stream buffers),
-    /// all under one write timeout.
+    /// Writes `pieces` and flushes them (one send), all under one write
+    /// timeout.
     async fn send(&mut self, pieces: &[&[u8]], what: &'static str) -> Result<()> {
-        let stream = &mut self.stream;
-        let send = async move {
-            for piece in pieces {
-                stream.write_all(piece).await?;
-            }
-            stream.flush().await
-        };
+        let send = self.stream.send_all(pieces);
         // Pingora's timer, made only if the send has to wait (it nearly
         // never does): tokio's is made up front (~150 instructions).
         match self.write_timeout {
