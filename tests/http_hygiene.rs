@@ -426,3 +426,33 @@ fn header_names_with_an_underscore_are_dropped_refused_or_allowed_as_configured(
         }
     }
 }
+
+/// A connection's first bytes are read by the connection layer and put
+/// back for the engine: however they arrive, the first request is whole.
+#[test]
+fn a_first_request_is_served_however_its_bytes_arrive() {
+    let b = Backend::start("b");
+    let gw = gateway(&b);
+    // One byte a write, with TCP_NODELAY: the first read gets less than
+    // the four bytes that tell HTTP/1.1 from an HTTP/2 preface.
+    let mut c = connect(gw.proxy_addr());
+    c.set_nodelay(true).unwrap();
+    for byte in b"GET /trickle HTTP/1.1\r\nHost: h\r\n\r\n" {
+        c.write_all(&[*byte]).unwrap();
+        c.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(responses(&mut c, 1), [(200, "/trickle".into())]);
+    // A first head bigger than the first read (4 KiB), then a second
+    // request in the same write.
+    let mut c = connect(gw.proxy_addr());
+    let big = "v".repeat(12 * 1024);
+    let mut raw = format!("GET /big HTTP/1.1\r\nHost: h\r\nX-Big: {big}\r\n\r\n").into_bytes();
+    raw.extend_from_slice(b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n");
+    c.write_all(&raw).unwrap();
+    assert_eq!(
+        responses(&mut c, 2),
+        [(200, "/big".into()), (200, "/after".into())]
+    );
+    assert_eq!(b.hits(), 3);
+}

@@ -1,6 +1,7 @@
 //! `tollgate run -c FILE`: the daemon.
 
 use anyhow::Context;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
@@ -69,7 +70,16 @@ fn add_proxy<A: pingora::apps::ServerApp + Send + Sync + 'static>(
 ) {
     let mut proxy = Service::new("proxy".into(), app);
     for l in listen {
-        proxy.add_tcp(&l.addr);
+        let mut endpoint = ListenerConfig::tcp(&l.addr);
+        if !l.tls && !l.h2c {
+            // No read buffer in front of a plaintext HTTP/1.1 connection:
+            // both engines read into their own. pingora's default, 64 KiB
+            // per connection (it helps TLS's small record reads), was a
+            // copy of every request's bytes, and 4 KiB of every idle
+            // connection's ~34 (`bench/README.md`, "Per-core cost").
+            endpoint = endpoint.l4_buffer(L4BufferSettings::default().read(0));
+        }
+        proxy.add_listener(endpoint);
     }
     server.add_service(proxy);
 }

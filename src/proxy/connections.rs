@@ -14,11 +14,13 @@
 
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
 use pingora::protocols::ALPN;
 use pingora::server::ShutdownWatch;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use super::conn_limit::ConnLimits;
@@ -27,12 +29,16 @@ use super::shutdown::Shutdown;
 use super::InFlight;
 use crate::metrics::METRICS;
 
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Room for a plaintext connection's first read: a whole first head, most
+/// often.
+const FIRST_READ: usize = 4 * 1024;
+
 /// How long, once the listeners are closed, a connection accepted before
 /// has to send the first bytes of its request. A client writes its request
 /// right after connecting, so this is reached only by one that sends
 /// nothing: a port probe or an abandoned connection.
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
 pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
 
 /// Wraps an engine (`A`) on the proxy listeners.
@@ -135,19 +141,35 @@ impl<A: Http1Loop> ServerApp for Connections<A> {
             // Reads the first bytes and puts them back for the engine (or
             // the TLS handshake); an error is a client that closed without
             // sending anything. Four: every request and ClientHello is
-            // longer, and they tell an HTTP/2 preface apart.
+            // longer, and they tell an HTTP/2 preface apart. A plaintext
+            // connection's are read whole, as many as arrived: pingora's
+            // peek reads exactly `peek`, which on a listener without a read
+            // buffer (`cmd::run`) is one read for them and another for the
+            // rest of the head.
+            let own_read = matches!(kind, Kind::Plain) && stream.as_any().is::<L4Stream>();
+            let read_first = async {
+                if own_read {
+                    first_bytes(&mut stream, &mut head[..peek]).await.map(Some)
+                } else {
+                    stream.try_peek(&mut head[..peek]).await.map(|_| None)
+                }
+            };
             let first = tokio::select! {
                 biased;
-                first = stream.try_peek(&mut head[..peek]) => first,
+                first = read_first => first,
                 () = self.given_up.wait() => return None,
                 () = tokio::time::sleep(self.idle) => {
                     tracing::debug!("connection sent no request in time; closing it");
                     return None;
                 }
             };
-            if let Err(e) = first {
-                tracing::debug!(error = %e, "connection closed before a request");
-                return None;
+            match first {
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection closed before a request");
+                    return None;
+                }
+                Ok(Some(read)) => stream = put_back(stream, &read)?,
+                Ok(None) => {}
             }
             match kind {
                 Kind::Tls(acceptor) => tokio::select! {
@@ -190,5 +212,36 @@ impl<A: Http1Loop> ServerApp for Connections<A> {
         }
         self.given_up.fire();
         self.engine.cleanup().await;
+    }
+}
+
+/// Reads a connection's first bytes, at least `head.len()` of them (an
+/// error if it closes before), into a buffer with room for a whole head,
+/// and copies the first into `head`.
+async fn first_bytes(stream: &mut Stream, head: &mut [u8]) -> std::io::Result<Vec<u8>> {
+    let mut read = Vec::with_capacity(FIRST_READ);
+    while read.len() < head.len() {
+        if stream.read_buf(&mut read).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    head.copy_from_slice(&read[..head.len()]);
+    Ok(read)
+}
+
+/// `stream` with `read` put back in front of its next read: for the
+/// engine's first read (the head, with no further syscall) or pingora's
+/// HTTP/2 preface check. `None` (closed) for a stream that is not a TCP
+/// one, which [`first_bytes`] is not asked to read.
+fn put_back(stream: Stream, read: &[u8]) -> Option<Stream> {
+    match stream.into_any().downcast::<L4Stream>() {
+        Ok(mut l4) => {
+            l4.rewind(read);
+            Some(l4)
+        }
+        Err(_) => {
+            debug_assert!(false, "only TCP streams are read before the engine");
+            None
+        }
     }
 }

@@ -17,12 +17,14 @@ use std::task::Poll;
 use std::time::Duration;
 use tokio::time::{sleep_until, Instant, Sleep};
 
+use super::spares::{self, Spares};
+
 /// Spare timers a thread keeps: one per wait in progress at a time is
 /// what it uses, so a few dozen cover a busy thread.
 const SPARES: usize = 64;
 
 thread_local! {
-    static SPARE: RefCell<Vec<Pin<Box<Sleep>>>> = const { RefCell::new(Vec::new()) };
+    static SPARE: Spares<Pin<Box<Sleep>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A timer taken from the spares, given back when the wait ends or is
@@ -32,14 +34,7 @@ struct Lease(Option<Pin<Box<Sleep>>>);
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(timer) = self.0.take() {
-            // `try_with`: at thread exit the spares may be gone already.
-            let _ = SPARE.try_with(|spare| {
-                if let Ok(mut spare) = spare.try_borrow_mut() {
-                    if spare.len() < SPARES {
-                        spare.push(timer);
-                    }
-                }
-            });
+            spares::give(&SPARE, timer, SPARES);
         }
     }
 }
@@ -47,10 +42,7 @@ impl Drop for Lease {
 /// `fut`, or `None` once `timeout` has passed first.
 pub async fn within<F: Future>(timeout: Duration, fut: F) -> Option<F::Output> {
     let deadline = Instant::now() + timeout;
-    let taken = SPARE
-        .try_with(|spare| spare.try_borrow_mut().ok()?.pop())
-        .ok()
-        .flatten();
+    let taken = spares::take(&SPARE);
     let mut lease = Lease(None);
     let timer = match taken {
         Some(mut timer) => {
@@ -74,7 +66,7 @@ mod tests {
     use super::*;
 
     fn spares() -> usize {
-        SPARE.with_borrow(Vec::len)
+        spares::count(&SPARE)
     }
 
     #[tokio::test(start_paused = true)]

@@ -39,11 +39,13 @@ mod request_scan;
 mod response_fields;
 mod retry;
 mod shutdown;
+mod spares;
 mod timer_tick;
 mod upstream_h1;
 mod upstream_peer;
 mod upstream_pool;
 mod upstream_request;
+mod vectored;
 
 pub use conn_limit::ConnLimits;
 pub use connections::{Connections, Http1Loop};

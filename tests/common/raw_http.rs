@@ -282,6 +282,11 @@ pub fn scripted_backend() -> (String, Arc<AtomicUsize>) {
                             return;
                         }
                         (_, "/nocontent") => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+                        (_, "/headonly") => {
+                            // The head, then gone before a byte of its body.
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
+                            return;
+                        }
                         // What an upstream must not get away with, or must
                         // not be misread for (tests/upstream_responses.rs).
                         (_, "/overlong") => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n\

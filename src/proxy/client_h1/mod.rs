@@ -102,8 +102,11 @@ pub struct ClientH1 {
     cased: bool,
     /// A name in `req`'s head has an underscore.
     underscores: bool,
-    /// The response head as written (kept for its capacity).
+    /// The last response head (kept for its capacity).
     wire: Vec<u8>,
+    /// `wire` is not written yet: a final head waits for its body's first
+    /// bytes, to go out with them in one write.
+    head_pending: bool,
     /// The upstream request head the engine writes (kept for its
     /// capacity: a browser's head outgrows a first guess).
     upstream_head: Vec<u8>,
@@ -156,6 +159,7 @@ impl ClientH1 {
             cased: false,
             underscores: false,
             wire: Vec::with_capacity(256),
+            head_pending: false,
             upstream_head: Vec::new(),
             keepalive: Keepalive::Off,
             reuses_remaining: None,
@@ -372,6 +376,10 @@ impl ClientH1 {
     /// Closes the client's connection (write side first, as pingora-core's
     /// `shutdown` does).
     pub async fn shut(&mut self) {
+        // A head still waiting for its body (the upstream failed before
+        // the first byte of it) goes out first, as it would have from
+        // pingora's write buffer: the client sees the response cut short.
+        let _ = self.flush().await;
         let _ = self.stream.shutdown().await;
     }
 

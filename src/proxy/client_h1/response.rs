@@ -16,6 +16,7 @@ use super::{ClientH1, Keepalive};
 use crate::proxy::framing::chunk_size_line;
 use crate::proxy::header_names::{self, write_line};
 use crate::proxy::hop_by_hop;
+use crate::proxy::vectored;
 
 /// How the response body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,8 +206,8 @@ impl ClientH1 {
         let reason = resp.get_reason_phrase().map(str::as_bytes);
         status_line(&mut wire, resp.status, reason);
         let declared = write_header_fields(&resp, last, &mut wire);
-        let (body, has_length) = self.settle(&declared, resp.status, last);
-        self.send_head(wire, last, body, has_length, resp).await
+        let body = self.settle(&declared, resp.status, last);
+        self.send_head(wire, last, body, resp).await
     }
 
     /// A final header written from an upstream's bytes ([`RawHead`]).
@@ -224,7 +225,7 @@ impl ClientH1 {
         wire.clear();
         status_line(&mut wire, head.status, head.reason);
         let declared = write_fields(head.fields, head.ours, last, &mut wire);
-        let (body, has_length) = self.settle(&declared, head.status, last);
+        let body = self.settle(&declared, head.status, last);
         let resp = match self.status_only.take() {
             Some(mut resp) => {
                 resp.set_status(head.status)?;
@@ -238,28 +239,26 @@ impl ClientH1 {
                 Box::new(ResponseHeader::from(parts))
             }
         };
-        self.send_head(wire, last, body, has_length, resp).await
+        self.send_head(wire, last, body, resp).await
     }
 
-    /// The body's framing after a header that declared `declared`, and
-    /// whether it declared a length.
-    fn settle(&self, declared: &Declared, status: StatusCode, last: bool) -> (BodyOut, bool) {
-        let body = if last {
+    /// The body's framing after a header that declared `declared`.
+    fn settle(&self, declared: &Declared, status: StatusCode, last: bool) -> BodyOut {
+        if last {
             declared.framing(status, &self.req.method)
         } else {
             self.body
-        };
-        (body, declared.length != Ok(None))
+        }
     }
 
     /// Ends a head begun in `wire` (a final one with our `Date` and
-    /// `Connection`), sends it and keeps `resp` as the response sent.
+    /// `Connection`), sends it (or leaves it to go out with the body's
+    /// first bytes) and keeps `resp` as the response sent.
     async fn send_head(
         &mut self,
         mut wire: Vec<u8>,
         last: bool,
         body: BodyOut,
-        has_length: bool,
         resp: Box<ResponseHeader>,
     ) -> Result<()> {
         if last {
@@ -277,12 +276,12 @@ impl ClientH1 {
             });
         }
         wire.extend_from_slice(b"\r\n");
-        let written = self.stream.write_all(&wire).await;
         self.wire = wire;
-        written.map_err(|e| Error::because(ErrorType::WriteError, "writing response header", e))?;
+        self.head_pending = true;
         // Sent at once unless a known length of body follows (pingora-core's
-        // rule: a body without one may be a live stream).
-        if !last || !has_length || self.body == BodyOut::Done {
+        // rule: a body without one may be a live stream); then with the
+        // body's first bytes, in one write.
+        if !(last && matches!(self.body, BodyOut::Length(..))) {
             self.flush().await?;
         }
         self.response = Some(resp);
@@ -296,7 +295,12 @@ impl ClientH1 {
             BodyOut::Length(total, written) => {
                 let n = data.len().min(total - written);
                 self.body = BodyOut::Length(total, written + n);
-                Self::within(self.write_timeout, self.stream.write_all(&data[..n])).await?;
+                // Written once, even if this write fails.
+                let head_pending = std::mem::replace(&mut self.head_pending, false);
+                let head: &[u8] = if head_pending { &self.wire } else { b"" };
+                let pieces = [head, &data[..n]];
+                let write = vectored::write_all(&mut self.stream, &pieces);
+                Self::within(self.write_timeout, write).await?;
                 if written + n >= total {
                     self.flush().await?;
                 }
@@ -310,9 +314,7 @@ impl ClientH1 {
                 let size = chunk_size_line(data.len(), &mut size);
                 let stream = &mut self.stream;
                 let write = async {
-                    stream.write_all(size).await?;
-                    stream.write_all(data).await?;
-                    stream.write_all(b"\r\n").await?;
+                    vectored::write_all(stream, &[size, data, b"\r\n"]).await?;
                     stream.flush().await
                 };
                 Self::within(self.write_timeout, write).await?;
@@ -375,7 +377,14 @@ impl ClientH1 {
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<()> {
+    /// Writes a head still pending (once, even if the write fails), then
+    /// flushes.
+    pub(super) async fn flush(&mut self) -> Result<()> {
+        if std::mem::replace(&mut self.head_pending, false) {
+            let written = self.stream.write_all(&self.wire).await;
+            written
+                .map_err(|e| Error::because(ErrorType::WriteError, "writing response header", e))?;
+        }
         self.stream
             .flush()
             .await

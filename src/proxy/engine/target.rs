@@ -32,7 +32,9 @@ pub(super) struct Target {
     addr: SocketAddr,
     set: Arc<InstanceSet>,
     index: usize,
-    peer: Option<HttpPeer>,
+    /// Boxed: a peer is 672 bytes, which every request's target (a plain
+    /// node's has none) was copied with as it moved.
+    peer: Option<Box<HttpPeer>>,
 }
 
 impl Target {
@@ -43,7 +45,7 @@ impl Target {
             (upstream_pool::plain_key(node.addr), true, None)
         } else {
             let peer = upstream_peer::for_instance(&attempt.set, attempt.index, &timeouts);
-            (peer.reuse_hash(), h1_only(&peer), Some(peer))
+            (peer.reuse_hash(), h1_only(&peer), Some(Box::new(peer)))
         };
         Self {
             timeouts,
@@ -67,7 +69,7 @@ impl Target {
     pub fn peer(&mut self) -> &HttpPeer {
         let (set, index, t) = (&self.set, self.index, &self.timeouts);
         self.peer
-            .get_or_insert_with(|| upstream_peer::for_instance(set, index, t))
+            .get_or_insert_with(|| Box::new(upstream_peer::for_instance(set, index, t)))
     }
 }
 

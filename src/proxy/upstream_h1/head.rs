@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use crate::proxy::header_names;
 use crate::proxy::hop_by_hop::{self, list_elements};
+use crate::proxy::spares::{self, Spares};
 
 /// Most header lines in a response (as Pingora).
 const MAX_HEADERS: usize = 256;
@@ -52,6 +53,17 @@ pub struct Asked {
 /// A part of the head as (offset, length).
 type Span = (usize, usize);
 
+/// Field tables a thread keeps for its next heads (one per response in
+/// progress is what it uses): a table made and freed per response was the
+/// last allocation a proxied request made.
+const SPARE_TABLES: usize = 32;
+/// A table grown past this many fields is not kept.
+const KEPT_FIELDS: usize = 64;
+
+thread_local! {
+    static SPARE_FIELDS: Spares<Vec<(Span, Span)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A parsed response head: its fields stay in the head's bytes, in the
 /// upstream's order and spelling, until something asks for them as a
 /// header map ([`Head::header`]). A response nothing edits goes to the
@@ -78,6 +90,16 @@ pub struct Head {
     pub keepalive: bool,
     /// How long it keeps an idle connection (`Keep-Alive: timeout=N`).
     pub idle: Option<Duration>,
+}
+
+impl Drop for Head {
+    fn drop(&mut self) {
+        let mut fields = std::mem::take(&mut self.fields);
+        if fields.capacity() <= KEPT_FIELDS {
+            fields.clear();
+            spares::give(&SPARE_FIELDS, fields, SPARE_TABLES);
+        }
+    }
 }
 
 impl Head {
@@ -191,7 +213,8 @@ pub fn parse(buf: &mut BytesMut, asked: Asked) -> Result<Option<Head>> {
     // A 101's Connection and Upgrade are the switch; any other head's
     // hop-by-hop fields are the upstream connection's and stay here.
     let relays_hop = status == StatusCode::SWITCHING_PROTOCOLS;
-    let mut fields = Vec::with_capacity(resp.headers.len());
+    let mut fields = spares::take(&SPARE_FIELDS).unwrap_or_default();
+    fields.reserve(resp.headers.len());
     let mut te_chunked: Option<bool> = None;
     let mut length: Option<u64> = None;
     let mut lengths_ok = true;
@@ -360,6 +383,29 @@ mod tests {
 
     fn ok(wire: &str) -> Head {
         head(wire, Asked::default()).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_heads_field_table_is_reused_by_the_next_empty_unless_it_grew_big() {
+        let spare = || spares::count(&SPARE_FIELDS);
+        let before = spare();
+        drop(ok("HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n"));
+        assert_eq!(spare(), before + 1);
+        // The next head takes it, and sees only its own fields.
+        let h = ok("HTTP/1.1 204 No Content\r\nX-B: 2\r\n\r\n");
+        assert_eq!(spare(), before);
+        let fields: Vec<_> = h.fields().unwrap().collect();
+        assert_eq!(fields, [(&b"X-B"[..], &b"2"[..])]);
+        drop(h);
+        // A head of many fields grew its table past what is kept.
+        let many: String = (0..100).map(|i| format!("X-{i}: v\r\n")).collect();
+        let h = ok(&format!(
+            "HTTP/1.1 200 OK\r\n{many}Content-Length: 0\r\n\r\n"
+        ));
+        assert_eq!(h.fields().unwrap().count(), 101);
+        let before = spare();
+        drop(h);
+        assert_eq!(spare(), before);
     }
 
     #[test]

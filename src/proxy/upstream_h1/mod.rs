@@ -28,6 +28,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::proxy::framing::chunk_size_line;
 use crate::proxy::hop_by_hop::list_elements;
+use crate::proxy::spares::{self, Spares};
 use chunked::{Chunked, Step};
 #[cfg(test)]
 pub(crate) use head::parse as parse_head;
@@ -49,28 +50,18 @@ thread_local! {
     /// for the next ones: a buffer made per exchange (past jemalloc's
     /// small sizes) and its sharing record cost ~250 instructions to make
     /// and free, and their code a request's worth of cache lines.
-    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static SPARE: Spares<BytesMut> = const { RefCell::new(Vec::new()) };
 }
 
 /// A read buffer from the thread's spares, or an empty one.
 fn spare_buf() -> BytesMut {
-    SPARE
-        .try_with(|spare| spare.try_borrow_mut().ok()?.pop())
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    spares::take(&SPARE).unwrap_or_default()
 }
 
 /// Keeps `buf` (empty, never grown for a big body: the spares stay small)
 /// for a next exchange on this thread.
 fn give_back(buf: BytesMut) {
-    let _ = SPARE.try_with(|spare| {
-        if let Ok(mut spare) = spare.try_borrow_mut() {
-            if spare.len() < SPARE_BUFS {
-                spare.push(buf);
-            }
-        }
-    });
+    spares::give(&SPARE, buf, SPARE_BUFS);
 }
 
 /// The next piece of a response.
@@ -415,5 +406,62 @@ impl UpstreamH1 {
             None => send.await,
         }
         .map_err(|e| Error::because(WriteError, what, e))
+    }
+}
+
+#[cfg(test)]
+mod spare_tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// One exchange over a fresh connection whose upstream answers
+    /// `response`: whether its read buffer went back to the spares.
+    async fn kept(response: Vec<u8>) -> bool {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 256];
+            let _ = conn.read(&mut head).await.unwrap();
+            conn.write_all(&response).await.unwrap();
+            // Held open: the connection stays reusable.
+            let _ = conn.read(&mut head).await;
+        });
+        let conn = Transport::connect(addr, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut up = UpstreamH1::new(conn);
+        // Counted after the exchange took its buffer (a spare, if any).
+        let before = spares::count(&SPARE);
+        up.write_plain_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", false, 0)
+            .await
+            .unwrap();
+        while !matches!(up.read_response_piece().await.unwrap(), Piece::Done) {}
+        assert!(
+            up.into_reusable().is_some(),
+            "a whole response leaves it reusable"
+        );
+        upstream.abort();
+        spares::count(&SPARE) > before
+    }
+
+    fn response(body: usize) -> Vec<u8> {
+        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {body}\r\n\r\n").into_bytes();
+        r.resize(r.len() + body, b'x');
+        r
+    }
+
+    #[tokio::test]
+    async fn a_small_exchanges_buffer_is_kept_a_grown_one_is_not() {
+        assert!(kept(response(100)).await);
+        // A body past a small read made the buffer room for a big one.
+        assert!(!kept(response(256 * 1024)).await);
+        // A head past twice a small read doubled it.
+        let mut big_head = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
+        big_head.resize(big_head.len() + 20 * 1024, b'h');
+        big_head.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
+        assert!(!kept(big_head).await);
+        assert!(kept(response(0)).await);
     }
 }

@@ -20,6 +20,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::proxy::vectored;
+
 pub enum Transport {
     Tcp(TcpStream),
     Pingora(Stream),
@@ -58,33 +60,9 @@ impl Transport {
     /// ours, pingora-core's buffered writer's single send otherwise.
     pub async fn send_all(&mut self, pieces: &[&[u8]]) -> io::Result<()> {
         match self {
-            // Nothing to send is not a connection that took nothing.
-            Self::Tcp(_) if pieces.iter().all(|p| p.is_empty()) => Ok(()),
-            Self::Tcp(s) => {
-                let mut slices = [IoSlice::new(&[]); 4];
-                if pieces.len() > slices.len() {
-                    for piece in pieces {
-                        s.write_all(piece).await?;
-                    }
-                    return Ok(());
-                }
-                for (slot, piece) in slices.iter_mut().zip(pieces) {
-                    *slot = IoSlice::new(piece);
-                }
-                let mut left = &mut slices[..pieces.len()];
-                while !left.is_empty() {
-                    let n = s.write_vectored(left).await?;
-                    if n == 0 {
-                        return Err(io::ErrorKind::WriteZero.into());
-                    }
-                    IoSlice::advance_slices(&mut left, n);
-                }
-                Ok(())
-            }
+            Self::Tcp(s) => vectored::write_all(s, pieces).await,
             Self::Pingora(s) => {
-                for piece in pieces {
-                    s.write_all(piece).await?;
-                }
+                vectored::write_all(s, pieces).await?;
                 s.flush().await
             }
         }
