@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use common::etcd_gw::{
     metrics, put_route, start_gw, wait_ok, wait_revision, wait_status, TempDir, ROUTES, SERVICES,
@@ -587,12 +587,14 @@ fn the_access_log_line_carries_request_id_and_route() {
     let file = dir.path().join("access.log");
     let gw = access_log_gateway(&b, &format!("{{ path: {:?} }}", file.to_str().unwrap()));
 
+    let before = unix_ms(SystemTime::now());
     let r = send(
         &gw,
         "GET",
         "/echo/items?x=1",
         &[("x-request-id", "abc-123"), ("host", "api.example.test")],
     );
+    let after = unix_ms(SystemTime::now());
     let body_len = echo(&r).to_string().len();
     assert_eq!(r.header("x-request-id"), Some("abc-123"));
     let line = wait_line(&file, "abc-123");
@@ -618,6 +620,12 @@ fn the_access_log_line_carries_request_id_and_route() {
     assert!(
         time.len() == 24 && time.ends_with('Z') && &time[10..11] == "T",
         "{line}"
+    );
+    // The request's start, to the millisecond.
+    let logged = rfc3339_ms(time);
+    assert!(
+        (before..=after).contains(&logged),
+        "{before} <= {time} <= {after}"
     );
 
     // A 404: no route, no upstream.
@@ -666,4 +674,25 @@ fn the_access_log_line_carries_request_id_and_route() {
             assert!(!file.exists(), "a disabled access log created its file");
         }
     }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// `2026-11-28T22:47:59.148Z` as milliseconds since the epoch (Howard
+/// Hinnant's days_from_civil).
+fn rfc3339_ms(t: &str) -> u64 {
+    let n = |r: std::ops::Range<usize>| t[r].parse::<i64>().expect(t);
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19);
+    (secs * 1000 + n(20..23)) as u64
 }

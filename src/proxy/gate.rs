@@ -125,8 +125,14 @@ impl Gate {
     }
 
     /// A fresh context; counts the request as in flight until it is dropped.
+    /// Whether a request's times are read (request metrics, the access
+    /// log): else its clock reads are skipped.
+    fn timed(&self) -> bool {
+        self.request_metrics || self.access_log.is_some()
+    }
+
     pub fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new(&self.in_flight)
+        RequestCtx::new(&self.in_flight, self.timed())
     }
 
     pub(super) fn client_ip(&self, session: &ServerSession) -> Option<IpAddr> {

@@ -46,6 +46,7 @@ mod upstream_peer;
 mod upstream_pool;
 mod upstream_request;
 mod vectored;
+mod wall_clock;
 
 pub use conn_limit::ConnLimits;
 pub use connections::{Connections, Http1Loop};

@@ -2,19 +2,22 @@
 //! the consumer's count) and the access log line.
 
 use pingora::protocols::http::ServerSession;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::access_log;
 use super::ctx::RequestCtx;
 use super::error_response;
 use super::forwarding::host_of;
 use super::gate::Gate;
+use super::wall_clock;
 use crate::metrics::{method_index, Observation, UNROUTED};
 
 impl Gate {
     /// The request is over: per-route metrics and the access log line.
     pub fn log_request(&self, session: &ServerSession, ctx: &RequestCtx) {
-        let total = ctx.started.elapsed();
+        // Untimed: neither request metrics nor the access log is on.
+        let Some(started) = ctx.started else { return };
+        let total = started.elapsed();
         let status = error_response::final_response(session).map_or(0, |r| r.status.as_u16());
         if self.request_metrics {
             let obs = Observation {
@@ -36,17 +39,24 @@ impl Gate {
                     .inc();
             }
         }
-        self.log_access(session, ctx, status, total);
+        self.log_access(session, ctx, status, started, total);
     }
 
-    fn log_access(&self, session: &ServerSession, ctx: &RequestCtx, status: u16, total: Duration) {
+    fn log_access(
+        &self,
+        session: &ServerSession,
+        ctx: &RequestCtx,
+        status: u16,
+        started: Instant,
+        total: Duration,
+    ) {
         let Some(log) = &self.access_log else { return };
         if !log.wants() {
             return;
         }
         let req = session.req_header();
         log.send(&access_log::Line {
-            time: std::time::SystemTime::now() - total,
+            time: wall_clock::at(started),
             request_id: ctx.request_id(),
             client_ip: session
                 .client_addr()

@@ -225,7 +225,9 @@ impl Gate {
         ctx: &mut RequestCtx,
         sanitize: Sanitize,
     ) -> Result<UpstreamEdits> {
-        ctx.upstream_sent = Some(Instant::now());
+        if ctx.started.is_some() {
+            ctx.upstream_sent = Some(Instant::now());
+        }
         let mut edits = UpstreamEdits {
             sanitize,
             uri: None,
