@@ -124,13 +124,13 @@ impl Gate {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// A fresh context; counts the request as in flight until it is dropped.
     /// Whether a request's times are read (request metrics, the access
     /// log): else its clock reads are skipped.
     fn timed(&self) -> bool {
         self.request_metrics || self.access_log.is_some()
     }
 
+    /// A fresh context; counts the request as in flight until it is dropped.
     pub fn new_ctx(&self) -> RequestCtx {
         RequestCtx::new(&self.in_flight, self.timed())
     }
