@@ -12,19 +12,27 @@
 # build steps below are the ones scripts/deps.sh and the benchmarks use.
 
 # ---------------------------------------------------------------- build
-FROM rust:bookworm AS build
+# The toolchain of the development machines (1.95): scripts/pgo.sh needs an
+# llvm-profdata that reads this rustc's profiles, and Debian's llvm-19 does.
+FROM rust:1.95-bookworm AS build
 # build-essential: cc and make (already in rust:bookworm); cmake: pingora's
 # zlib-ng build; protobuf-compiler and libprotobuf-dev: etcd-client's build
 # (protoc, and the google/protobuf/*.proto it imports); pkg-config: build
 # scripts. The build packages of scripts/deps.sh, checked by
-# tests/ops_dockerfile.rs.
+# tests/ops_dockerfile.rs. wrk, nghttp2-client (h2load), curl, openssl,
+# python3: the training load of the profile-guided build.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential cmake protobuf-compiler libprotobuf-dev pkg-config \
-    && rm -rf /var/lib/apt/lists/*
+        wrk nghttp2-client curl openssl python3
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p tollgate \
-    && install -m 0755 target/release/tollgate /usr/local/bin/tollgate
+# The release binary built with profile-guided optimization, as measured
+# by bench/proxy.sh (tollgate-pgo): an instrumented build serves a training
+# load, then the release build uses its profile (scripts/pgo.sh, which
+# installs Debian's llvm-19 for llvm-profdata).
+RUN scripts/pgo.sh \
+    && install -m 0755 target/pgo/release/tollgate /usr/local/bin/tollgate \
+    && rm -rf /var/lib/apt/lists/*
 
 # ---------------------------------------------------------------- runtime
 FROM debian:bookworm-slim

@@ -12,7 +12,10 @@
 #   tollgate on its default engine with every per-request feature a
 #   production route has on (tollgate-full: 1,000 routes, a client-IP rate
 #   limit never reached, per-route metrics, the JSON access log to a file),
-# in one interleaved run: rounds of a -> b -> b' -> c -> d -> e -> f -> g -> h, repeated,
+#   (f', h') tollgate and tollgate-full again on the release binary built
+#   with profile-guided optimization (tollgate-pgo, tollgate-full-pgo:
+#   scripts/pgo.sh; skipped when it is not built),
+# in one interleaved run: rounds of a -> b -> b' -> c -> d -> e -> f -> g -> h -> f' -> h', repeated,
 # median per target. Prints a table (req/s, p50, p99, req/s ratios vs
 # passthrough and vs nginx, user and system CPU per request of the server
 # under test) and writes it to bench/results/.
@@ -46,7 +49,8 @@
 #                        Referer, Sec-Fetch-Mode, X-Client-Version)
 #   --targets LIST       comma-separated subset of
 #                        direct,nginx,haproxy,passthrough,pass-timeouts,core-loop,
-#                        tollgate,tollgate-pingora,tollgate-full
+#                        tollgate,tollgate-pingora,tollgate-full,tollgate-pgo,
+#                        tollgate-full-pgo
 #   --pin auto|off       auto (default): each server under test runs alone on
 #                        the first allowed CPU, wrk and the backend on the
 #                        others, so a ratio compares CPU cost per request and
@@ -61,6 +65,8 @@
 #
 # Environment: ECHO_BACKEND_BIN, PASSTHROUGH_BIN, TOLLGATE_BIN override the
 # binaries (default target/release/*, or $CARGO_TARGET_DIR/release/*);
+# TOLLGATE_PGO_BIN the profile-guided one (default target/pgo/release/tollgate,
+# what scripts/pgo.sh builds);
 # KEEP_TMP=1 keeps the temp dir (configs, logs, raw wrk output).
 set -euo pipefail
 # shellcheck source=lib.sh source-path=SCRIPTDIR
@@ -69,7 +75,8 @@ source "$(dirname "$0")/lib.sh"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-ALL_TARGETS=(direct nginx haproxy passthrough pass-timeouts core-loop tollgate tollgate-pingora tollgate-full)
+ALL_TARGETS=(direct nginx haproxy passthrough pass-timeouts core-loop tollgate tollgate-pingora tollgate-full
+    tollgate-pgo tollgate-full-pgo)
 
 decoys=300 work_stealing="" targets_arg="" pin=auto request=minimal
 wrk_options
@@ -118,6 +125,7 @@ build_release -p tollgate -p passthrough -p testkit --bins
 ECHO_BACKEND=${ECHO_BACKEND_BIN:-$(release_bin echo-backend)}
 PASSTHROUGH=${PASSTHROUGH_BIN:-$(release_bin passthrough)}
 TOLLGATE=${TOLLGATE_BIN:-$(release_bin tollgate)}
+TOLLGATE_PGO=${TOLLGATE_PGO_BIN:-$ROOT/target/pgo/release/tollgate}
 
 require_bin echo-backend "$ECHO_BACKEND"
 { want passthrough || want pass-timeouts || want core-loop; } && require_bin passthrough "$PASSTHROUGH"
@@ -128,6 +136,13 @@ if { want tollgate || want tollgate-pingora; } && [[ ! -x "$TOLLGATE" ]]; then
     targets=("${kept[@]}")
     ((${#targets[@]} > 0)) || die "no targets left to measure"
 fi
+if { want tollgate-pgo || want tollgate-full-pgo; } && [[ ! -x "$TOLLGATE_PGO" ]]; then
+    log "tollgate-pgo: not built ($TOLLGATE_PGO: scripts/pgo.sh builds it); skipping targets tollgate-pgo, tollgate-full-pgo"
+    kept=()
+    for t in "${targets[@]}"; do [[ "$t" == *-pgo ]] || kept+=("$t"); done
+    targets=("${kept[@]}")
+    ((${#targets[@]} > 0)) || die "no targets left to measure"
+fi
 
 # ----------------------------------------------------------- processes, cleanup
 
@@ -135,7 +150,8 @@ make_tmp tollgate-bench
 
 # Ask the OS for free ports (bound together so they are distinct).
 read -r port_backend port_nginx port_pass port_pass_to port_core port_toll port_admin \
-    port_toll_pingora port_admin_pingora port_haproxy port_toll_full port_admin_full < <(free_ports 12)
+    port_toll_pingora port_admin_pingora port_haproxy port_toll_full port_admin_full \
+    port_toll_pgo port_admin_pgo port_toll_full_pgo port_admin_full_pgo < <(free_ports 16)
 
 BENCH_PATH=/bench/echo
 declare -A url=(
@@ -148,6 +164,8 @@ declare -A url=(
     [tollgate]="http://127.0.0.1:$port_toll$BENCH_PATH"
     [tollgate-pingora]="http://127.0.0.1:$port_toll_pingora$BENCH_PATH"
     [tollgate-full]="http://127.0.0.1:$port_toll_full$BENCH_PATH"
+    [tollgate-pgo]="http://127.0.0.1:$port_toll_pgo$BENCH_PATH"
+    [tollgate-full-pgo]="http://127.0.0.1:$port_toll_full_pgo$BENCH_PATH"
 )
 
 # ---------------------------------------------------------------- the servers
@@ -199,12 +217,37 @@ if want core-loop; then
 fi
 
 
-if want tollgate; then
-    tollgate_proxy_conf "$tmp/tollgate.yaml" "$port_toll" "$port_admin" core "$decoys"
+# start_tollgate TARGET BINARY PORT ADMIN: the bench route among --decoys
+# decoys on the core engine.
+start_tollgate() {
+    tollgate_proxy_conf "$tmp/$1.yaml" "$3" "$4" core "$decoys"
     # The environment override would win over the file; the bench means the file.
-    start tollgate "${server_prefix[@]}" env -u TOLLGATE_PROXY_ENGINE "$TOLLGATE" run -c "$tmp/tollgate.yaml"
-    server_pid[tollgate]=$started_pid
-    wait_http tollgate "$started_pid" "${url[tollgate]}"
+    start "$1" "${server_prefix[@]}" env -u TOLLGATE_PROXY_ENGINE "$2" run -c "$tmp/$1.yaml"
+    server_pid[$1]=$started_pid
+    wait_http "$1" "$started_pid" "${url[$1]}"
+}
+
+# start_tollgate_full TARGET BINARY PORT ADMIN: every per-request feature on.
+start_tollgate_full() {
+    local target=$1 bin=$2 i
+    tollgate_proxy_conf "$tmp/$target.yaml" "$3" "$4" core 999 full
+    "$bin" check -c "$tmp/$target.yaml" >/dev/null ||
+        die "$target: generated config rejected ($tmp/$target.yaml)"
+    start "$target" "${server_prefix[@]}" env -u TOLLGATE_PROXY_ENGINE "$bin" run -c "$tmp/$target.yaml"
+    server_pid[$target]=$started_pid
+    wait_http "$target" "$started_pid" "${url[$target]}"
+    # Every feature is on: the answer carries the limit, the access log grows.
+    curl -fsS -D - -o /dev/null "${url[$target]}" | grep -i '^x-ratelimit-limit: 1000000' >/dev/null ||
+        die "$target: the answer carries no X-RateLimit-Limit: 1000000"
+    for ((i = 0; i < 100; i++)); do
+        [[ -s "$tmp/access-$target.log" ]] && break
+        sleep 0.1
+    done
+    grep -q '"status":200' "$tmp/access-$target.log" || die "$target: no request in its access log"
+}
+
+if want tollgate; then
+    start_tollgate tollgate "$TOLLGATE" "$port_toll" "$port_admin"
 fi
 
 if want tollgate-pingora; then
@@ -215,20 +258,13 @@ if want tollgate-pingora; then
 fi
 
 if want tollgate-full; then
-    tollgate_proxy_conf "$tmp/tollgate-full.yaml" "$port_toll_full" "$port_admin_full" core 999 full
-    "$TOLLGATE" check -c "$tmp/tollgate-full.yaml" >/dev/null ||
-        die "tollgate-full: generated config rejected ($tmp/tollgate-full.yaml)"
-    start tollgate-full "${server_prefix[@]}" env -u TOLLGATE_PROXY_ENGINE "$TOLLGATE" run -c "$tmp/tollgate-full.yaml"
-    server_pid[tollgate-full]=$started_pid
-    wait_http tollgate-full "$started_pid" "${url[tollgate-full]}"
-    # Every feature is on: the answer carries the limit, the access log grows.
-    curl -fsS -D - -o /dev/null "${url[tollgate-full]}" | grep -i '^x-ratelimit-limit: 1000000' >/dev/null ||
-        die "tollgate-full: the answer carries no X-RateLimit-Limit: 1000000"
-    for ((i = 0; i < 100; i++)); do
-        [[ -s "$tmp/access-tollgate-full.log" ]] && break
-        sleep 0.1
-    done
-    grep -q '"status":200' "$tmp/access-tollgate-full.log" || die "tollgate-full: no request in its access log"
+    start_tollgate_full tollgate-full "$TOLLGATE" "$port_toll_full" "$port_admin_full"
+fi
+if want tollgate-pgo; then
+    start_tollgate tollgate-pgo "$TOLLGATE_PGO" "$port_toll_pgo" "$port_admin_pgo"
+fi
+if want tollgate-full-pgo; then
+    start_tollgate_full tollgate-full-pgo "$TOLLGATE_PGO" "$port_toll_full_pgo" "$port_admin_full_pgo"
 fi
 
 # ---------------------------------------------------------------- measuring
@@ -280,7 +316,7 @@ run_wrk_cpu() {
         >>"$tmp/cpu.tsv"
 }
 
-wrk_name_width=13
+wrk_name_width=17
 : >"$tmp/cpu.tsv"
 log "targets: ${targets[*]}; wrk -t$wrk_threads -c$conns -d${duration}s x $rounds round(s)"
 run_rounds run_wrk_cpu fixed "${targets[@]}"
@@ -314,10 +350,10 @@ report=$tmp/report.txt
         "user µs/req <= 4 on tollgate; p99 <= nginx's"
     echo "# cpus: $pin_layout"
     [[ " ${targets[*]} " == *" tollgate "* ]] || echo "# tollgate: not measured"
-    printf '%-16s %12s %10s %10s %14s %9s %13s %13s %8s\n' target req/s p50 p99 vs-passthrough vs-nginx \
+    printf '%-18s %12s %10s %10s %14s %9s %13s %13s %8s\n' target req/s p50 p99 vs-passthrough vs-nginx \
         'user µs/req' 'sys µs/req' errors
     for t in "${targets[@]}"; do
-        printf '%-16s %12.0f %8.3fms %8.3fms %14s %9s %12s %12s %8s\n' "$t" "${m_rps[$t]}" \
+        printf '%-18s %12.0f %8.3fms %8.3fms %14s %9s %12s %12s %8s\n' "$t" "${m_rps[$t]}" \
             "$(us_to_ms "${m_p50[$t]}")" "$(us_to_ms "${m_p99[$t]}")" \
             "$(ratio "$t" passthrough)" "$(ratio "$t" nginx)" \
             "$(cpu_median 3 "$t")" "$(cpu_median 4 "$t")" "${errs[$t]}"
@@ -325,6 +361,15 @@ report=$tmp/report.txt
     echo "# ratios: median req/s relative to the baseline (higher is better); errors: all rounds"
     echo "# user/sys µs/req: the server's CPU time (/proc/PID/stat utime, stime; nginx: master + worker;" \
         "direct: the echo backend) over each measured wrk run / the requests it completed, median"
+    for t in tollgate tollgate-pgo; do
+        if [[ -n "${m_rps[haproxy]:-}" && -n "${m_rps[$t]:-}" ]]; then
+            echo "# $t vs haproxy: $(ratio "$t" haproxy) req/s"
+        fi
+    done
+    if [[ -n "${m_rps[tollgate-pgo]:-}" && -n "${m_rps[tollgate]:-}" ]]; then
+        echo "# profile-guided vs plain release build: tollgate-pgo $(ratio tollgate-pgo tollgate)," \
+            "tollgate-full-pgo $(ratio tollgate-full-pgo tollgate-full) req/s"
+    fi
     if [[ -n "${m_rps[pass-timeouts]:-}" && -n "${m_rps[tollgate]:-}" ]]; then
         echo "# tollgate vs pass-timeouts (the passthrough with tollgate's default timeouts):" \
             "$(ratio tollgate pass-timeouts) req/s"

@@ -85,6 +85,9 @@ run_pingora_engine_tests() {
     fi
 }
 step "tests (pingora engine)" run_pingora_engine_tests
+# The profile-guided release build (what the Dockerfile ships), trained
+# for 1 s a load; bench/proxy.sh then measures it beside the plain build.
+step "pgo build" scripts/pgo.sh --quick
 step "bench smoke: proxy" bench/proxy.sh --quick
 step "bench smoke: propagation" bench/propagation.sh --quick
 step "bench smoke: rate limit" bench/limit.sh --quick

@@ -142,19 +142,31 @@ fn build_stage_matches_deps_and_the_benchmark_build() {
         );
     }
 
-    // The cargo build: the release binary of the tollgate package, exactly
-    // what bench/proxy.sh builds and measures, with Cargo.lock enforced.
-    let cargo: Vec<&str> = run
-        .split("&&")
-        .map(str::trim)
-        .filter(|c| c.starts_with("cargo "))
-        .collect();
-    assert_eq!(cargo, ["cargo build --release --locked -p tollgate"]);
-    // bench/proxy.sh builds through bench/lib.sh's `build_release`.
+    // The build: scripts/pgo.sh's profile-guided release binary, exactly
+    // what bench/proxy.sh measures as tollgate-pgo, with Cargo.lock enforced.
+    let commands: Vec<&str> = run.split("&&").map(str::trim).collect();
     assert!(
-        read("bench/proxy.sh").contains("build_release -p tollgate")
-            && read("bench/lib.sh").contains("cargo build --release \"$@\""),
-        "bench/proxy.sh no longer builds the release tollgate the image ships"
+        commands.contains(&"scripts/pgo.sh")
+            && commands
+                .contains(&"install -m 0755 target/pgo/release/tollgate /usr/local/bin/tollgate"),
+        "the image installs scripts/pgo.sh's binary: {commands:?}"
+    );
+    assert!(
+        !commands.iter().any(|c| c.starts_with("cargo ")),
+        "the image builds through scripts/pgo.sh only: {commands:?}"
+    );
+    let pgo = read("scripts/pgo.sh");
+    assert!(
+        pgo.contains("RUSTFLAGS=\"-Cprofile-use=$profile\" CARGO_TARGET_DIR=$use_dir")
+            && pgo.contains("cargo build --release --locked --quiet -p tollgate --bin tollgate")
+            && pgo.contains("use_dir=$base/pgo\n")
+            && pgo.contains("base=${PGO_TARGET_DIR:-$ROOT/target}"),
+        "scripts/pgo.sh no longer builds target/pgo/release/tollgate with the profile, --locked"
+    );
+    assert!(
+        read("bench/proxy.sh")
+            .contains("TOLLGATE_PGO=${TOLLGATE_PGO_BIN:-$ROOT/target/pgo/release/tollgate}"),
+        "bench/proxy.sh no longer measures the binary the image ships"
     );
     assert!(repo().join("Cargo.lock").is_file());
     assert!(

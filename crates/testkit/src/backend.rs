@@ -123,14 +123,19 @@ impl Backend {
     pub fn set_mode(&self, m: Mode) {
         let mut accept = self.accept.lock().unwrap_or_else(|e| e.into_inner());
         let refuse = m == Mode::Refuse;
-        *self.shared.mode.lock().unwrap_or_else(|e| e.into_inner()) = m;
         if refuse {
+            // Listener, then connections, then the mode: a request read
+            // meanwhile is answered, so the only requests lost are those in
+            // flight at the kill (as when a process dies), not every one
+            // read while the listener was closing.
             if let Some(task) = accept.take() {
                 task.abort();
                 let _ = block_on(task);
             }
             self.shared.kill_connections();
-        } else if accept.is_none() {
+        }
+        *self.shared.mode.lock().unwrap_or_else(|e| e.into_inner()) = m;
+        if !refuse && accept.is_none() {
             let deadline = Instant::now() + Duration::from_secs(10);
             let listener = loop {
                 match std::net::TcpListener::bind(self.addr) {
