@@ -13,7 +13,7 @@
 
 # ---------------------------------------------------------------- build
 # The toolchain of the development machines (1.95): scripts/pgo.sh needs an
-# llvm-profdata that reads this rustc's profiles, and Debian's llvm-19 does.
+# llvm-profdata that reads this rustc's profiles: Debian's llvm-22 is its LLVM.
 FROM rust:1.95-bookworm AS build
 # build-essential: cc and make (already in rust:bookworm); cmake: pingora's
 # zlib-ng build; protobuf-compiler and libprotobuf-dev: etcd-client's build
@@ -29,7 +29,7 @@ COPY . .
 # The release binary built with profile-guided optimization, as measured
 # by bench/proxy.sh (tollgate-pgo): an instrumented build serves a training
 # load, then the release build uses its profile (scripts/pgo.sh, which
-# installs Debian's llvm-19 for llvm-profdata).
+# installs Debian's newest llvm-N for llvm-profdata).
 RUN scripts/pgo.sh \
     && install -m 0755 target/pgo/release/tollgate /usr/local/bin/tollgate \
     && rm -rf /var/lib/apt/lists/*
