@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Proxy overhead benchmark: wrk against the same echo backend
 #   (a) directly, (b) through nginx, (b') through HAProxy (haproxy: nbthread 1,
-#   http-reuse always), (c) through a bare Pingora passthrough, (d) through the same passthrough with tollgate's default upstream
+#   http-reuse always), (b'') through the same HAProxy doing the header work
+#   a tollgate route does by default (haproxy-headers: X-Forwarded-For and
+#   -Proto, a request id upstream and on the response, its own Date), (c) through a bare Pingora passthrough, (d) through the same passthrough with tollgate's default upstream
 #   timeouts (pass-timeouts: what Pingora's per-read and pooled-connection
 #   timers cost), (e) through the same passthrough and timeouts on a
 #   straight pingora-core loop instead of pingora-proxy's ProxyHttp
@@ -15,7 +17,7 @@
 #   (f', h') tollgate and tollgate-full again on the release binary built
 #   with profile-guided optimization (tollgate-pgo, tollgate-full-pgo:
 #   scripts/pgo.sh; skipped when it is not built),
-# in one interleaved run: rounds of a -> b -> b' -> c -> d -> e -> f -> g -> h -> f' -> h', repeated,
+# in one interleaved run: rounds of a -> b -> b' -> b'' -> c -> d -> e -> f -> g -> h -> f' -> h', repeated,
 # median per target. Prints a table (req/s, p50, p99, req/s ratios vs
 # passthrough and vs nginx, user and system CPU per request of the server
 # under test) and writes it to bench/results/.
@@ -35,8 +37,12 @@
 #
 # Usage: bench/proxy.sh [options]
 #   --duration S         seconds per wrk run (default 10)
-#   --conns C            wrk connections (default 32)
-#   --threads T          wrk threads (default 2)
+#   --conns C            wrk connections (default 64)
+#   --threads T          wrk threads (default 1: issue #20's method. wrk and
+#                        the backend share the load CPU(s); on two cores a
+#                        second wrk thread left that CPU the bottleneck, so
+#                        a faster proxy's core idled and req/s measured
+#                        the load side)
 #   --rounds R           interleaved rounds; the median is reported (default 3)
 #   --warmup S           unrecorded warm-up seconds per target (default 1)
 #   --work-stealing B    true|false, passed to passthrough and tollgate
@@ -48,7 +54,8 @@
 #                        Accept, Accept-Encoding, Accept-Language, Cookie,
 #                        Referer, Sec-Fetch-Mode, X-Client-Version)
 #   --targets LIST       comma-separated subset of
-#                        direct,nginx,haproxy,passthrough,pass-timeouts,core-loop,
+#                        direct,nginx,haproxy,haproxy-headers,passthrough,
+#                        pass-timeouts,core-loop,
 #                        tollgate,tollgate-pingora,tollgate-full,tollgate-pgo,
 #                        tollgate-full-pgo
 #   --pin auto|off       auto (default): each server under test runs alone on
@@ -75,11 +82,12 @@ source "$(dirname "$0")/lib.sh"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-ALL_TARGETS=(direct nginx haproxy passthrough pass-timeouts core-loop tollgate tollgate-pingora tollgate-full
+ALL_TARGETS=(direct nginx haproxy haproxy-headers passthrough pass-timeouts core-loop tollgate tollgate-pingora tollgate-full
     tollgate-pgo tollgate-full-pgo)
 
 decoys=300 work_stealing="" targets_arg="" pin=auto request=minimal
 wrk_options
+conns=64 wrk_threads=1
 value_opts+=([--decoys]=decoys [--work-stealing]=work_stealing [--targets]=targets_arg [--pin]=pin
     [--request]=request)
 parse_args "$@"
@@ -115,7 +123,7 @@ want() { [[ " ${targets[*]} " == *" $1 "* ]]; }
 
 need=(wrk curl python3)
 want nginx && need+=(nginx)
-want haproxy && need+=(haproxy)
+{ want haproxy || want haproxy-headers; } && need+=(haproxy)
 need_tools "${need[@]}"
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
@@ -129,20 +137,22 @@ TOLLGATE_PGO=${TOLLGATE_PGO_BIN:-$ROOT/target/pgo/release/tollgate}
 
 require_bin echo-backend "$ECHO_BACKEND"
 { want passthrough || want pass-timeouts || want core-loop; } && require_bin passthrough "$PASSTHROUGH"
-if { want tollgate || want tollgate-pingora; } && [[ ! -x "$TOLLGATE" ]]; then
-    log "tollgate: not built ($TOLLGATE); skipping targets tollgate, tollgate-pingora"
-    kept=()
-    for t in "${targets[@]}"; do [[ "$t" == tollgate* ]] || kept+=("$t"); done
+# skip_targets BINARY WHY TARGET...: drop TARGETs when BINARY is not built.
+skip_targets() {
+    local bin=$1 why=$2 t s dropped=() kept=()
+    shift 2
+    [[ -x "$bin" ]] && return 0
+    for t in "${targets[@]}"; do
+        for s in "$@"; do [[ "$t" == "$s" ]] && dropped+=("$t") && continue 2; done
+        kept+=("$t")
+    done
+    ((${#dropped[@]} > 0)) || return 0
+    log "not built: $bin$why; skipping targets ${dropped[*]}"
     targets=("${kept[@]}")
     ((${#targets[@]} > 0)) || die "no targets left to measure"
-fi
-if { want tollgate-pgo || want tollgate-full-pgo; } && [[ ! -x "$TOLLGATE_PGO" ]]; then
-    log "tollgate-pgo: not built ($TOLLGATE_PGO: scripts/pgo.sh builds it); skipping targets tollgate-pgo, tollgate-full-pgo"
-    kept=()
-    for t in "${targets[@]}"; do [[ "$t" == *-pgo ]] || kept+=("$t"); done
-    targets=("${kept[@]}")
-    ((${#targets[@]} > 0)) || die "no targets left to measure"
-fi
+}
+skip_targets "$TOLLGATE" "" tollgate tollgate-pingora tollgate-full
+skip_targets "$TOLLGATE_PGO" ": scripts/pgo.sh builds it" tollgate-pgo tollgate-full-pgo
 
 # ----------------------------------------------------------- processes, cleanup
 
@@ -151,13 +161,14 @@ make_tmp tollgate-bench
 # Ask the OS for free ports (bound together so they are distinct).
 read -r port_backend port_nginx port_pass port_pass_to port_core port_toll port_admin \
     port_toll_pingora port_admin_pingora port_haproxy port_toll_full port_admin_full \
-    port_toll_pgo port_admin_pgo port_toll_full_pgo port_admin_full_pgo < <(free_ports 16)
+    port_toll_pgo port_admin_pgo port_toll_full_pgo port_admin_full_pgo port_haproxy_hdr < <(free_ports 17)
 
 BENCH_PATH=/bench/echo
 declare -A url=(
     [direct]="http://127.0.0.1:$port_backend$BENCH_PATH"
     [nginx]="http://127.0.0.1:$port_nginx$BENCH_PATH"
     [haproxy]="http://127.0.0.1:$port_haproxy$BENCH_PATH"
+    [haproxy-headers]="http://127.0.0.1:$port_haproxy_hdr$BENCH_PATH"
     [passthrough]="http://127.0.0.1:$port_pass$BENCH_PATH"
     [pass-timeouts]="http://127.0.0.1:$port_pass_to$BENCH_PATH"
     [core-loop]="http://127.0.0.1:$port_core$BENCH_PATH"
@@ -184,12 +195,19 @@ if want nginx; then
     wait_http nginx "$started_pid" "${url[nginx]}"
 fi
 
-if want haproxy; then
-    haproxy_proxy_conf "$tmp/haproxy.cfg" "$port_haproxy" "$port_backend"
-    "$HAPROXY" -c -q -f "$tmp/haproxy.cfg" || die "haproxy: generated config rejected ($tmp/haproxy.cfg)"
-    start haproxy "${server_prefix[@]}" "$HAPROXY" -db -f "$tmp/haproxy.cfg"
-    server_pid[haproxy]=$started_pid
-    wait_http haproxy "$started_pid" "${url[haproxy]}"
+# start_haproxy TARGET PORT [headers]: HAProxy (haproxy_proxy_conf).
+start_haproxy() {
+    haproxy_proxy_conf "$tmp/$1.cfg" "$2" "$port_backend" "" "${3:-}"
+    "$HAPROXY" -c -q -f "$tmp/$1.cfg" || die "$1: generated config rejected ($tmp/$1.cfg)"
+    start "$1" "${server_prefix[@]}" "$HAPROXY" -db -f "$tmp/$1.cfg"
+    server_pid[$1]=$started_pid
+    wait_http "$1" "$started_pid" "${url[$1]}"
+}
+want haproxy && start_haproxy haproxy "$port_haproxy"
+if want haproxy-headers; then
+    start_haproxy haproxy-headers "$port_haproxy_hdr" headers
+    curl -fsS -D - -o /dev/null "${url[haproxy-headers]}" | grep -qi '^x-request-id: [0-9A-F]' ||
+        die "haproxy-headers: the answer carries no X-Request-Id"
 fi
 
 ws_args=()
@@ -362,9 +380,11 @@ report=$tmp/report.txt
     echo "# user/sys µs/req: the server's CPU time (/proc/PID/stat utime, stime; nginx: master + worker;" \
         "direct: the echo backend) over each measured wrk run / the requests it completed, median"
     for t in tollgate tollgate-pgo; do
-        if [[ -n "${m_rps[haproxy]:-}" && -n "${m_rps[$t]:-}" ]]; then
-            echo "# $t vs haproxy: $(ratio "$t" haproxy) req/s"
-        fi
+        for h in haproxy haproxy-headers; do
+            if [[ -n "${m_rps[$h]:-}" && -n "${m_rps[$t]:-}" ]]; then
+                echo "# $t vs $h: $(ratio "$t" "$h") req/s"
+            fi
+        done
     done
     if [[ -n "${m_rps[tollgate-pgo]:-}" && -n "${m_rps[tollgate]:-}" ]]; then
         echo "# profile-guided vs plain release build: tollgate-pgo $(ratio tollgate-pgo tollgate)," \

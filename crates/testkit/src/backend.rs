@@ -395,6 +395,9 @@ async fn handle_conn(stream: TcpStream, shared: Arc<Shared>) -> io::Result<()> {
         };
 
         let mode = shared.mode();
+        // A safety net: `set_mode(Refuse)` sets the mode only after the
+        // connections are gone, so this drops a request only when
+        // `kill_connections` gave up on one (its wait timed out).
         if mode == Mode::Refuse {
             return Ok(());
         }

@@ -1,6 +1,7 @@
 //! Writing the response of a plain request, as pingora-core's HTTP/1
-//! session writes it: `Date` and `Connection` set on the final header,
-//! the body framed by that header (`Content-Length`, chunked, or until the
+//! session writes it but for a kept connection's `Connection: keep-alive`,
+//! which HTTP/1.1 implies: `Date` set on the final header, `Connection:
+//! close` when the connection ends after it, the body framed by that header (`Content-Length`, chunked, or until the
 //! connection closes, which ends keep-alive), nothing after a `HEAD`, `204`
 //! or `304` header, interim (`1xx`) headers sent at once.
 
@@ -166,8 +167,8 @@ fn write_header_fields<'a>(
 
 /// The status line: HTTP/1.1 whatever the upstream spoke, as nginx
 /// answers (the version is the connection's, RFC 9110 §2.5, and this one
-/// is tollgate's: an upstream's `HTTP/1.0` beside our `Connection:
-/// keep-alive` would have a client close it).
+/// is tollgate's: an upstream's `HTTP/1.0` would have a client close a
+/// connection the gateway keeps).
 fn status_line(wire: &mut Vec<u8>, status: StatusCode, reason: Option<&[u8]>) {
     wire.extend_from_slice(b"HTTP/1.1 ");
     wire.extend_from_slice(status.as_str().as_bytes());
@@ -251,8 +252,8 @@ impl ClientH1 {
         }
     }
 
-    /// Ends a head begun in `wire` (a final one with our `Date` and
-    /// `Connection`), sends it (or leaves it to go out with the body's
+    /// Ends a head begun in `wire` (a final one with our `Date`, and our
+    /// `Connection: close` when the connection ends), sends it (or leaves it to go out with the body's
     /// first bytes) and keeps `resp` as the response sent.
     async fn send_head(
         &mut self,
@@ -269,8 +270,12 @@ impl ClientH1 {
             }
             wire.extend_from_slice(b"Date: ");
             wire.extend_from_slice(get_cached_date().as_bytes());
+            // The codec serves HTTP/1.1 only, which keeps a connection
+            // unless a side says `close`: `keep-alive` would be 24 bytes
+            // every response and every client parses for nothing (HAProxy,
+            // Envoy and Go's server leave it out too).
             wire.extend_from_slice(if self.will_keepalive() {
-                b"\r\nConnection: keep-alive\r\n"
+                b"\r\n"
             } else {
                 b"\r\nConnection: close\r\n"
             });

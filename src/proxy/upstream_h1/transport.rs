@@ -56,8 +56,9 @@ impl Transport {
         Ok(Self::Tcp(stream))
     }
 
-    /// Writes `pieces` whole and flushes them: one `writev` on a socket of
-    /// ours, pingora-core's buffered writer's single send otherwise.
+    /// Writes `pieces` whole and flushes them: one `writev` (one `send` for
+    /// a single piece) on a socket of ours, pingora-core's buffered
+    /// writer's single send otherwise.
     pub async fn send_all(&mut self, pieces: &[&[u8]]) -> io::Result<()> {
         match self {
             Self::Tcp(s) => vectored::write_all(s, pieces).await,
