@@ -206,7 +206,8 @@ start_haproxy() {
 want haproxy && start_haproxy haproxy "$port_haproxy"
 if want haproxy-headers; then
     start_haproxy haproxy-headers "$port_haproxy_hdr" headers
-    curl -fsS -D - -o /dev/null "${url[haproxy-headers]}" | grep -qi '^x-request-id: [0-9A-F]' ||
+    # grep reads to the end (no -q): curl must not die of a closed pipe.
+    curl -fsS -D - -o /dev/null "${url[haproxy-headers]}" | grep -i '^x-request-id: [0-9A-F]' >/dev/null ||
         die "haproxy-headers: the answer carries no X-Request-Id"
 fi
 
