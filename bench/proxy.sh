@@ -3,24 +3,27 @@
 #   (a) directly, (b) through nginx, (b') through HAProxy (haproxy: nbthread 1,
 #   http-reuse always), (b'') through the same HAProxy doing the header work
 #   a tollgate route does by default (haproxy-headers: X-Forwarded-For and
-#   -Proto, a request id upstream and on the response, its own Date), (c) through a bare Pingora passthrough, (d) through the same passthrough with tollgate's default upstream
-#   timeouts (pass-timeouts: what Pingora's per-read and pooled-connection
-#   timers cost), (e) through the same passthrough and timeouts on a
-#   straight pingora-core loop instead of pingora-proxy's ProxyHttp
-#   (core-loop: what ProxyHttp itself costs), (f) through tollgate (real
-#   routing: one bench route + decoy routes, on its default engine, core),
-#   (g) through the same tollgate config on the fallback engine, pingora-proxy's
-#   ProxyHttp (tollgate-pingora: `proxy: { engine: pingora }`), (h) through
-#   tollgate on its default engine with every per-request feature a
-#   production route has on (tollgate-full: 1,000 routes, a client-IP rate
-#   limit never reached, per-route metrics, the JSON access log to a file),
-#   (f', h') tollgate and tollgate-full again on the release binary built
-#   with profile-guided optimization (tollgate-pgo, tollgate-full-pgo:
-#   scripts/pgo.sh; skipped when it is not built),
-# in one interleaved run: rounds of a -> b -> b' -> b'' -> c -> d -> e -> f -> g -> h -> f' -> h', repeated,
-# median per target. Prints a table (req/s, p50, p99, req/s ratios vs
-# passthrough and vs nginx, user and system CPU per request of the server
-# under test) and writes it to bench/results/.
+#   -Proto, a request id upstream and on the response, its own Date), (c)
+#   through a bare Pingora passthrough, (d) through the same passthrough
+#   with tollgate's default upstream timeouts (pass-timeouts: what
+#   Pingora's per-read and pooled-connection timers cost), (e) through the
+#   same passthrough and timeouts on a straight pingora-core loop instead
+#   of pingora-proxy's ProxyHttp (core-loop: what ProxyHttp itself costs),
+#   (f) through tollgate (real routing: one bench route + decoy routes, on
+#   its default engine, core), (g) through the same tollgate config on the
+#   fallback engine, pingora-proxy's ProxyHttp (tollgate-pingora: `proxy:
+#   { engine: pingora }`), (h) through tollgate on its default engine with
+#   every per-request feature a production route has on (tollgate-full:
+#   1,000 routes, a client-IP rate limit never reached, per-route metrics,
+#   the JSON access log to a file), (f', h') tollgate and tollgate-full
+#   again on the release binary built with profile-guided optimization
+#   (tollgate-pgo, tollgate-full-pgo: scripts/pgo.sh; skipped when it is
+#   not built),
+# in one interleaved run: rounds of a -> b -> b' -> b'' -> c -> d -> e -> f
+# -> g -> h -> f' -> h', repeated, median per target. Prints a table
+# (req/s, p50, p99, req/s ratios vs passthrough and vs nginx, user and
+# system CPU per request of the server under test) and writes it to
+# bench/results/.
 #
 # CPU per request: utime and stime of /proc/PID/stat (clock ticks, all
 # threads) of the server under test, plus those of its child processes
@@ -30,10 +33,10 @@
 # is the echo backend's.
 #
 # Every server is single-threaded (nginx: 1 worker; haproxy: nbthread 1;
-# passthrough and tollgate: threads 1) and, with two or more CPUs, runs alone on one of them while wrk
-# and the backend share the rest (--pin), so the numbers compare per-core
-# cost, not scheduling luck. The direct target then has wrk and the backend
-# on their CPU(s) only.
+# passthrough and tollgate: threads 1) and, with two or more CPUs, runs
+# alone on one of them while wrk and the backend share the rest (--pin), so
+# the numbers compare per-core cost, not scheduling luck. The direct
+# target then has wrk and the backend on their CPU(s) only.
 #
 # Usage: bench/proxy.sh [options]
 #   --duration S         seconds per wrk run (default 10)
@@ -195,6 +198,15 @@ if want nginx; then
     wait_http nginx "$started_pid" "${url[nginx]}"
 fi
 
+# require_header TARGET PATTERN WHAT: die unless TARGET's answer has a
+# header line matching PATTERN (grep -i): the proof that it does the work
+# it is measured for. grep reads to the end (no -q), so curl never dies of
+# a closed pipe.
+require_header() {
+    curl -fsS -D - -o /dev/null "${url[$1]}" | grep -i "$2" >/dev/null ||
+        die "$1: the answer carries no $3"
+}
+
 # start_haproxy TARGET PORT [headers]: HAProxy (haproxy_proxy_conf).
 start_haproxy() {
     haproxy_proxy_conf "$tmp/$1.cfg" "$2" "$port_backend" "" "${3:-}"
@@ -206,9 +218,7 @@ start_haproxy() {
 want haproxy && start_haproxy haproxy "$port_haproxy"
 if want haproxy-headers; then
     start_haproxy haproxy-headers "$port_haproxy_hdr" headers
-    # grep reads to the end (no -q): curl must not die of a closed pipe.
-    curl -fsS -D - -o /dev/null "${url[haproxy-headers]}" | grep -i '^x-request-id: [0-9A-F]' >/dev/null ||
-        die "haproxy-headers: the answer carries no X-Request-Id"
+    require_header haproxy-headers '^x-request-id: [0-9A-F]' "an X-Request-Id"
 fi
 
 ws_args=()
@@ -256,8 +266,7 @@ start_tollgate_full() {
     server_pid[$target]=$started_pid
     wait_http "$target" "$started_pid" "${url[$target]}"
     # Every feature is on: the answer carries the limit, the access log grows.
-    curl -fsS -D - -o /dev/null "${url[$target]}" | grep -i '^x-ratelimit-limit: 1000000' >/dev/null ||
-        die "$target: the answer carries no X-RateLimit-Limit: 1000000"
+    require_header "$target" '^x-ratelimit-limit: 1000000' "X-RateLimit-Limit: 1000000"
     for ((i = 0; i < 100; i++)); do
         [[ -s "$tmp/access-$target.log" ]] && break
         sleep 0.1

@@ -32,7 +32,7 @@ PACKAGES=(
     "curl:check_curl"                         # scripts: readiness polling; tests: HTTP/2, TLS
     "openssl:check_openssl"                   # tests/tls_*.rs: s_client (SNI, ALPN, versions)
     "nghttp2-client:check_h2load"             # tests/http2.rs, bench/tls.sh (h2load)
-    "haproxy:check_haproxy"                   # bench/tls.sh baseline
+    "haproxy:check_haproxy"                   # bench/proxy.sh and tls.sh baseline
     "python3-grpcio:check_grpcio"             # tests/upstream_protocols.rs: a real gRPC server and client
     "python3-websockets:check_websockets"     # tests/upstream_protocols.rs: WebSocket over TLS
     "python3:check_python3"                   # scripts: free ports
@@ -113,7 +113,7 @@ check_grpcio() { /usr/bin/python3 -c 'import grpc' >/dev/null 2>&1; }
 check_websockets() { /usr/bin/python3 -c 'import websockets' >/dev/null 2>&1; }
 why_websockets="/usr/bin/python3 cannot import websockets (the WebSocket-over-TLS test runs a real client and server)"
 why_grpcio="/usr/bin/python3 cannot import grpc (the gRPC pass-through tests run a real gRPC server and client)"
-why_haproxy="haproxy -v failed (bench/tls.sh's baseline)"
+why_haproxy="haproxy -v failed (bench/proxy.sh's and bench/tls.sh's baseline)"
 
 check_python3() { python3 -c 'import socket' >/dev/null 2>&1; }
 why_python3="python3 cannot run (scripts pick free ports with it)"

@@ -1,9 +1,10 @@
 //! Writing the response of a plain request, as pingora-core's HTTP/1
 //! session writes it but for a kept connection's `Connection: keep-alive`,
 //! which HTTP/1.1 implies: `Date` set on the final header, `Connection:
-//! close` when the connection ends after it, the body framed by that header (`Content-Length`, chunked, or until the
-//! connection closes, which ends keep-alive), nothing after a `HEAD`, `204`
-//! or `304` header, interim (`1xx`) headers sent at once.
+//! close` when the connection ends after it, the body framed by that
+//! header (`Content-Length`, chunked, or until the connection closes,
+//! which ends keep-alive), nothing after a `HEAD`, `204` or `304` header,
+//! interim (`1xx`) headers sent at once.
 
 use http::{Method, StatusCode};
 use pingora::http::ResponseHeader;
@@ -253,8 +254,9 @@ impl ClientH1 {
     }
 
     /// Ends a head begun in `wire` (a final one with our `Date`, and our
-    /// `Connection: close` when the connection ends), sends it (or leaves it to go out with the body's
-    /// first bytes) and keeps `resp` as the response sent.
+    /// `Connection: close` when the connection ends), sends it (or leaves
+    /// it to go out with the body's first bytes) and keeps `resp` as the
+    /// response sent.
     async fn send_head(
         &mut self,
         mut wire: Vec<u8>,
