@@ -22,7 +22,8 @@
 # in one interleaved run: rounds of a -> b -> b' -> b'' -> c -> d -> e -> f
 # -> g -> h -> f' -> h', repeated, median per target. Prints a table
 # (req/s, p50, p99, req/s ratios vs passthrough and vs nginx, user and
-# system CPU per request of the server under test) and writes it to
+# system CPU per request of the server under test; tollgate's ratios to
+# both HAProxy targets, median and round by round) and writes it to
 # bench/results/.
 #
 # CPU per request: utime and stime of /proc/PID/stat (clock ticks, all
@@ -218,7 +219,7 @@ start_haproxy() {
 want haproxy && start_haproxy haproxy "$port_haproxy"
 if want haproxy-headers; then
     start_haproxy haproxy-headers "$port_haproxy_hdr" headers
-    require_header haproxy-headers '^x-request-id: [0-9A-F]' "an X-Request-Id"
+    require_header haproxy-headers '^x-request-id: [0-9A-F]' "X-Request-Id"
 fi
 
 ws_args=()
@@ -359,6 +360,14 @@ cpu_median() {
         awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) printf "%.2f", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
+# round_ratios TARGET BASELINE: TARGET's req/s over BASELINE's, round by
+# round (the median hides how far apart the rounds were).
+round_ratios() {
+    awk -F'\t' -v a="$1" -v b="$2" '$1 == a { x[$2] = $3 } $1 == b { y[$2] = $3 }
+        END { for (r = 1; ("round" r) in x; r++) if (y["round" r] > 0) printf "%s%.2f", (r > 1 ? " " : ""), x["round" r] / y["round" r] }' \
+        "$tmp/results.tsv"
+}
+
 ratio() { # ratio TARGET BASELINE
     if [[ -n "${m_rps[$2]:-}" ]]; then
         awk -v a="${m_rps[$1]}" -v b="${m_rps[$2]}" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'
@@ -377,6 +386,7 @@ report=$tmp/report.txt
     echo "# targets (issue #20): tollgate >= 1.0x nginx and >= 1.0x haproxy; tollgate-full >= 0.9x nginx;" \
         "user µs/req <= 4 on tollgate; p99 <= nginx's"
     echo "# cpus: $pin_layout"
+    [[ -z "${ECHO_BACKEND_BIN:-}" ]] || echo "# origin: $ECHO_BACKEND_BIN (ECHO_BACKEND_BIN)"
     [[ " ${targets[*]} " == *" tollgate "* ]] || echo "# tollgate: not measured"
     printf '%-18s %12s %10s %10s %14s %9s %13s %13s %8s\n' target req/s p50 p99 vs-passthrough vs-nginx \
         'user µs/req' 'sys µs/req' errors
@@ -392,7 +402,7 @@ report=$tmp/report.txt
     for t in tollgate tollgate-pgo; do
         for h in haproxy haproxy-headers; do
             if [[ -n "${m_rps[$h]:-}" && -n "${m_rps[$t]:-}" ]]; then
-                echo "# $t vs $h: $(ratio "$t" "$h") req/s"
+                echo "# $t vs $h: $(ratio "$t" "$h") req/s (rounds: $(round_ratios "$t" "$h"))"
             fi
         done
     done

@@ -287,9 +287,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// A request head, borrowed from the bytes it was read in (no copy of each
-/// field: bench/proxy.sh's origin shares the load CPU with wrk). Names keep
-/// their case; lookups ignore it.
+/// A request head, its fields borrowed from one copy of the head's bytes
+/// (no copy of each field: bench/proxy.sh's origin shares the load CPU
+/// with wrk). Names keep their case; lookups ignore it.
 struct Head<'a> {
     method: &'a str,
     target: &'a str,
@@ -456,7 +456,8 @@ fn response(
     keep_alive: bool,
 ) {
     // Test-chosen answers: `x-reply-header: name: value` adds a response
-    // header, `x-reply-size: N` makes the body N bytes of 'x'.
+    // header, `x-reply-size: N` makes the body N bytes of 'x' (the first
+    // such header counts).
     let size = head
         .header("x-reply-size")
         .and_then(|v| v.parse::<usize>().ok());
@@ -470,15 +471,14 @@ fn response(
     } else {
         let mut hdrs = serde_json::Map::new();
         for (k, v) in &head.headers {
-            match hdrs.get_mut(&k.to_ascii_lowercase()) {
-                Some(serde_json::Value::String(prev)) => {
-                    prev.push_str(", ");
-                    prev.push_str(v);
-                }
-                _ => {
-                    hdrs.insert(k.to_ascii_lowercase(), (*v).into());
-                }
-            }
+            hdrs.entry(k.to_ascii_lowercase())
+                .and_modify(|prev| {
+                    if let serde_json::Value::String(prev) = prev {
+                        prev.push_str(", ");
+                        prev.push_str(v);
+                    }
+                })
+                .or_insert_with(|| (*v).into());
         }
         echo = serde_json::to_vec(&serde_json::json!({
             "backend": shared.name,
