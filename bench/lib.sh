@@ -129,9 +129,10 @@ min_ratio_option() {
 # pin_cpus MODE: with MODE auto and two or more CPUs allowed (and taskset
 # present), the server under test gets the first allowed CPU to itself and
 # the load (wrk, the backend) the rest: server_prefix and load_prefix are
-# the taskset commands to start them with, and pin_layout describes the
-# split for the report. With MODE off, or one CPU, both prefixes are empty.
-server_prefix=() load_prefix=() pin_layout="unpinned"
+# the taskset commands to start them with, server_cpu that CPU's number,
+# and pin_layout describes the split for the report. With MODE off, or one
+# CPU, both prefixes and server_cpu are empty.
+server_prefix=() load_prefix=() pin_layout="unpinned" server_cpu=""
 pin_cpus() {
     local mode=$1 list part cpus=() parts=() a b i rest
     case "$mode" in
@@ -160,9 +161,53 @@ pin_cpus() {
         IFS=,
         echo "${cpus[*]:1}"
     )
-    server_prefix=(taskset -c "${cpus[0]}")
+    server_cpu=${cpus[0]}
+    server_prefix=(taskset -c "$server_cpu")
     load_prefix=(taskset -c "$rest")
     pin_layout="server under test on CPU ${cpus[0]}; wrk and the backend on CPU(s) $rest"
+}
+
+# cpu_quota PCT: with PCT non-empty, the servers under test run in a CPU
+# cgroup limited to PCT % of one CPU (CFS bandwidth: PCT × 100 µs of every
+# 10 ms), entered by a wrapper appended to server_prefix. On two CPUs a
+# proxy faster than the load side leaves its core partly idle, and its
+# req/s then measures wrk and the backend; held to part of a core, every
+# server is saturated before the load side is, so req/s compares their
+# cost per request again. cgroup v2 (cpu.max) or v1 (cpu.cfs_quota_us);
+# dies when neither can be written. cpu_quota_layout describes it.
+cpu_quota_dir="" cpu_quota_layout=""
+cpu_quota() {
+    local pct=$1 root=/sys/fs/cgroup period=10000 quota
+    [[ -n "$pct" ]] || return 0
+    [[ "$pct" =~ ^[0-9]+$ ]] && ((pct >= 5 && pct <= 100)) || die "--cpu-quota must be 5..100 (% of one CPU)"
+    quota=$((pct * period / 100))
+    if [[ -f "$root/cgroup.controllers" ]]; then
+        grep -qw cpu "$root/cgroup.controllers" || die "--cpu-quota: cgroup v2 without the cpu controller"
+        grep -qw cpu "$root/cgroup.subtree_control" 2>/dev/null ||
+            echo +cpu >"$root/cgroup.subtree_control" 2>/dev/null ||
+            die "--cpu-quota: cannot enable the cpu controller in $root (root needed)"
+        cpu_quota_dir=$root/tollgate-bench-$$
+        mkdir "$cpu_quota_dir" 2>/dev/null || die "--cpu-quota: cannot create $cpu_quota_dir (root needed)"
+        echo "$quota $period" >"$cpu_quota_dir/cpu.max" 2>/dev/null || {
+            rmdir "$cpu_quota_dir"
+            die "--cpu-quota: cannot set $cpu_quota_dir/cpu.max"
+        }
+        cpu_quota_layout="cgroup v2 cpu.max"
+    elif [[ -d "$root/cpu" ]]; then
+        cpu_quota_dir=$root/cpu/tollgate-bench-$$
+        mkdir "$cpu_quota_dir" 2>/dev/null || die "--cpu-quota: cannot create $cpu_quota_dir (root needed)"
+        { echo "$period" >"$cpu_quota_dir/cpu.cfs_period_us" && echo "$quota" >"$cpu_quota_dir/cpu.cfs_quota_us"; } \
+            2>/dev/null || {
+            rmdir "$cpu_quota_dir"
+            die "--cpu-quota: cannot set $cpu_quota_dir/cpu.cfs_quota_us"
+        }
+        cpu_quota_layout="cgroup v1 cpu.cfs_quota_us"
+    else
+        die "--cpu-quota: no CPU cgroup under $root"
+    fi
+    # shellcheck disable=SC2016  # $$ and $@ are the wrapper shell's
+    server_prefix+=(sh -c 'echo $$ >"$0" && exec "$@"' "$cpu_quota_dir/cgroup.procs")
+    cpu_quota_layout="servers under test held to $pct% of one CPU (${quota} µs every ${period} µs, $cpu_quota_layout)"
 }
 
 # ----------------------------------------------------------- tools, build
@@ -251,6 +296,7 @@ cleanup() {
             tail -n 15 "${pid_log[$pid]}" >&2 2>/dev/null || true
         done
     fi
+    [[ -z "$cpu_quota_dir" ]] || rmdir "$cpu_quota_dir" 2>/dev/null || true
     if [[ "${KEEP_TMP:-0}" == 1 ]]; then
         log "kept temp dir: $tmp"
     else

@@ -22,16 +22,22 @@
 # in one interleaved run: rounds of a -> b -> b' -> b'' -> c -> d -> e -> f
 # -> g -> h -> f' -> h', repeated, median per target. Prints a table
 # (req/s, p50, p99, req/s ratios vs passthrough and vs nginx, user and
-# system CPU per request of the server under test; tollgate's ratios to
-# both HAProxy targets, median and round by round) and writes it to
-# bench/results/.
+# system CPU per request of the server under test, its context switches
+# per request, how busy its CPU was and its requests per CPU-second;
+# tollgate's ratios to both HAProxy targets, median and round by round,
+# and per CPU-second) and writes it to bench/results/.
 #
 # CPU per request: utime and stime of /proc/PID/stat (clock ticks, all
 # threads) of the server under test, plus those of its child processes
 # (nginx: master + worker; the others are one process), read just before and
 # just after each measured wrk run, converted to µs and divided by the
 # requests wrk completed in that run; median over the rounds. For direct it
-# is the echo backend's.
+# is the echo backend's. Requests per CPU-second is the same figure turned
+# over (requests / (utime + stime)): a core's rate, which req/s shows only
+# when the server's CPU is saturated. On two CPUs a fast proxy's CPU idles
+# part of the time while the load CPU (wrk and the backend) runs out, and
+# then req/s measures the load side: busy% (/proc/stat, the server's CPU;
+# idle and iowait against the total) says which it was.
 #
 # Every server is single-threaded (nginx: 1 worker; haproxy: nbthread 1;
 # passthrough and tollgate: threads 1) and, with two or more CPUs, runs
@@ -67,6 +73,14 @@
 #                        others, so a ratio compares CPU cost per request and
 #                        not the scheduler's luck on a shared core; off: no
 #                        pinning (also the fallback with a single CPU)
+#   --cpu-quota PCT      hold the servers under test to PCT % of one CPU
+#                        (one CPU cgroup they share; root; see
+#                        bench/README.md on what it does not yet account
+#                        for): on two CPUs a proxy faster
+#                        than the load side idles part of the time, and its
+#                        req/s measures wrk and the backend; held to part of
+#                        a core it is saturated first, and req/s compares
+#                        per-request cost again (default: no limit)
 #   --quick              smoke mode: 1 round of 2 s (used by scripts/test.sh);
 #                        writes bench/results/proxy-quick.txt instead of -latest
 #   --out FILE           where to write the table
@@ -89,11 +103,11 @@ cd "$ROOT"
 ALL_TARGETS=(direct nginx haproxy haproxy-headers passthrough pass-timeouts core-loop tollgate tollgate-pingora tollgate-full
     tollgate-pgo tollgate-full-pgo)
 
-decoys=300 work_stealing="" targets_arg="" pin=auto request=minimal
+decoys=300 work_stealing="" targets_arg="" pin=auto request=minimal quota=""
 wrk_options
 conns=64 wrk_threads=1
 value_opts+=([--decoys]=decoys [--work-stealing]=work_stealing [--targets]=targets_arg [--pin]=pin
-    [--request]=request)
+    [--request]=request [--cpu-quota]=quota)
 parse_args "$@"
 check_wrk_options
 pin_cpus "$pin"
@@ -161,6 +175,7 @@ skip_targets "$TOLLGATE_PGO" ": scripts/pgo.sh builds it" tollgate-pgo tollgate-
 # ----------------------------------------------------------- processes, cleanup
 
 make_tmp tollgate-bench
+cpu_quota "$quota"
 
 # Ask the OS for free ports (bound together so they are distinct).
 read -r port_backend port_nginx port_pass port_pass_to port_core port_toll port_admin \
@@ -314,34 +329,68 @@ EOF
     fi
 } >"$tmp/report.lua"
 # shellcheck disable=SC2317  # run_wrk_cpu runs through run_rounds
-# cpu_ticks PID: "utime stime" (clock ticks, all threads) of PID plus its
-# child processes (nginx's worker).
+# cpu_ticks PID: "utime stime voluntary involuntary" of PID plus its child
+# processes (nginx's worker): clock ticks and context switches, all threads.
+# A voluntary switch is the server going to sleep with nothing to do (an
+# epoll_wait that blocked): what each wake-up costs is kernel time.
 cpu_ticks() {
-    local p stat u=0 s=0
+    local p stat status u=0 s=0 v=0 n=0 key value _
     for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
         read -r stat <"/proc/$p/stat" 2>/dev/null || continue
         stat=${stat##*) }
         # shellcheck disable=SC2086
         set -- $stat
         u=$((u + ${12})) s=$((s + ${13}))
+        for status in /proc/"$p"/task/*/status; do
+            while read -r key value _; do
+                case "$key" in
+                voluntary_ctxt_switches:) v=$((v + value)) ;;
+                nonvoluntary_ctxt_switches:) n=$((n + value)) ;;
+                esac
+            done <"$status" 2>/dev/null || true
+        done
     done
-    echo "$u $s"
+    echo "$u $s $v $n"
 }
 HZ=$(getconf CLK_TCK)
 
+# cpu_idle: "idle total" jiffies of the server's CPU (/proc/stat; idle and
+# iowait), or "0 0" when it is not pinned to one.
+cpu_idle() {
+    local name rest
+    [[ -n "$server_cpu" ]] || {
+        echo "0 0"
+        return 0
+    }
+    while read -r name rest; do
+        if [[ "$name" == "cpu$server_cpu" ]]; then
+            awk '{ t = 0; for (i = 1; i <= NF; i++) t += $i; print $4 + $5, t }' <<<"$rest"
+            return 0
+        fi
+    done </proc/stat
+    echo "0 0"
+}
+
 # shellcheck disable=SC2317
-# run_wrk_cpu TARGET SECONDS TAG: run_wrk, and for a measured run the server's
-# user and system CPU per request (µs) into $tmp/cpu.tsv.
+# run_wrk_cpu TARGET SECONDS TAG: run_wrk, and for a measured run the
+# server's user and system CPU per request (µs), its context switches per
+# request (voluntary, involuntary), how busy its CPU was (%) and the
+# requests a second of its CPU served into $tmp/cpu.tsv.
 run_wrk_cpu() {
-    local target=$1 tag=$3 u0 s0 u1 s1 requests
-    read -r u0 s0 < <(cpu_ticks "${server_pid[$target]}")
+    local target=$1 tag=$3 u0 s0 v0 n0 i0 t0 u1 s1 v1 n1 i1 t1 requests
+    read -r u0 s0 v0 n0 < <(cpu_ticks "${server_pid[$target]}")
+    read -r i0 t0 < <(cpu_idle)
     run_wrk "$@" || return 1
     [[ "$tag" == warmup ]] && return 0
-    read -r u1 s1 < <(cpu_ticks "${server_pid[$target]}")
+    read -r u1 s1 v1 n1 < <(cpu_ticks "${server_pid[$target]}")
+    read -r i1 t1 < <(cpu_idle)
     requests=$(awk -F'\t' -v t="$target" -v g="$tag" '$1 == t && $2 == g { r = $6 } END { print r + 0 }' \
         "$tmp/results.tsv")
     awk -v t="$target" -v g="$tag" -v du=$((u1 - u0)) -v ds=$((s1 - s0)) -v hz="$HZ" -v n="$requests" \
-        'BEGIN { if (n > 0) printf "%s\t%s\t%.3f\t%.3f\n", t, g, du * 1e6 / hz / n, ds * 1e6 / hz / n }' \
+        -v dv=$((v1 - v0)) -v dn=$((n1 - n0)) -v di=$((i1 - i0)) -v dt=$((t1 - t0)) \
+        'BEGIN { if (n > 0) printf "%s\t%s\t%.3f\t%.3f\t%.4f\t%.4f\t%s\t%s\n", t, g, du * 1e6 / hz / n,
+            ds * 1e6 / hz / n, dv / n, dn / n, (dt > 0 ? sprintf("%.1f", 100 * (1 - di / dt)) : "-"),
+            (du + ds > 0 ? sprintf("%.0f", n * hz / (du + ds)) : "-") }' \
         >>"$tmp/cpu.tsv"
 }
 
@@ -354,10 +403,11 @@ run_rounds run_wrk_cpu fixed "${targets[@]}"
 
 summarize "${targets[@]}"
 
-# cpu_median COLUMN TARGET: median over the rounds of a cpu.tsv column.
+# cpu_median COLUMN TARGET [FORMAT]: median over the rounds of a cpu.tsv
+# column (printf FORMAT, default %.2f).
 cpu_median() {
-    awk -F'\t' -v c="$1" -v t="$2" '$1 == t { print $c }' "$tmp/cpu.tsv" | sort -g |
-        awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) printf "%.2f", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+    awk -F'\t' -v c="$1" -v t="$2" '$1 == t && $c != "-" { print $c }' "$tmp/cpu.tsv" | sort -g |
+        awk -v f="${3:-%.2f}" '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) printf f, v[(NR + 1) / 2]; else printf f, (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
 # round_ratios TARGET BASELINE: TARGET's req/s over BASELINE's, round by
@@ -366,6 +416,12 @@ round_ratios() {
     awk -F'\t' -v a="$1" -v b="$2" '$1 == a { x[$2] = $3 } $1 == b { y[$2] = $3 }
         END { for (r = 1; ("round" r) in x; r++) if (y["round" r] > 0) printf "%s%.2f", (r > 1 ? " " : ""), x["round" r] / y["round" r] }' \
         "$tmp/results.tsv"
+}
+
+# cpu_ratio TARGET BASELINE: the ratio of their median requests per CPU-second.
+cpu_ratio() {
+    awk -v a="$(cpu_median 8 "$1" %.0f)" -v b="$(cpu_median 8 "$2" %.0f)" \
+        'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2fx", a / b; else print "-" }'
 }
 
 ratio() { # ratio TARGET BASELINE
@@ -386,23 +442,30 @@ report=$tmp/report.txt
     echo "# targets (issue #20): tollgate >= 1.0x nginx and >= 1.0x haproxy; tollgate-full >= 0.9x nginx;" \
         "user µs/req <= 4 on tollgate; p99 <= nginx's"
     echo "# cpus: $pin_layout"
+    [[ -z "$cpu_quota_layout" ]] || echo "# cpu quota: $cpu_quota_layout"
     [[ -z "${ECHO_BACKEND_BIN:-}" ]] || echo "# origin: $ECHO_BACKEND_BIN (ECHO_BACKEND_BIN)"
     [[ " ${targets[*]} " == *" tollgate "* ]] || echo "# tollgate: not measured"
-    printf '%-18s %12s %10s %10s %14s %9s %13s %13s %8s\n' target req/s p50 p99 vs-passthrough vs-nginx \
-        'user µs/req' 'sys µs/req' errors
+    printf '%-18s %12s %10s %10s %14s %9s %13s %13s %9s %9s %6s %10s %8s\n' target req/s p50 p99 \
+        vs-passthrough vs-nginx 'user µs/req' 'sys µs/req' vcsw/req ivcsw/req busy% req/CPU-s errors
     for t in "${targets[@]}"; do
-        printf '%-18s %12.0f %8.3fms %8.3fms %14s %9s %12s %12s %8s\n' "$t" "${m_rps[$t]}" \
+        printf '%-18s %12.0f %8.3fms %8.3fms %14s %9s %12s %12s %9s %9s %6s %10s %8s\n' "$t" "${m_rps[$t]}" \
             "$(us_to_ms "${m_p50[$t]}")" "$(us_to_ms "${m_p99[$t]}")" \
             "$(ratio "$t" passthrough)" "$(ratio "$t" nginx)" \
-            "$(cpu_median 3 "$t")" "$(cpu_median 4 "$t")" "${errs[$t]}"
+            "$(cpu_median 3 "$t")" "$(cpu_median 4 "$t")" "$(cpu_median 5 "$t" %.3f)" \
+            "$(cpu_median 6 "$t" %.3f)" "$(cpu_median 7 "$t" %.1f)" "$(cpu_median 8 "$t" %.0f)" "${errs[$t]}"
     done
     echo "# ratios: median req/s relative to the baseline (higher is better); errors: all rounds"
     echo "# user/sys µs/req: the server's CPU time (/proc/PID/stat utime, stime; nginx: master + worker;" \
         "direct: the echo backend) over each measured wrk run / the requests it completed, median"
+    echo "# vcsw/ivcsw/req: the server's voluntary (slept: nothing to do) and involuntary context switches" \
+        "per request, all threads; busy%: how much of its CPU's time was not idle (pinned runs only)"
+    echo "# req/CPU-s: requests per second of the server's CPU (user + sys), median: its per-core rate, which" \
+        "req/s reaches only at 100% busy; below that req/s is bounded by the load CPU (wrk + the backend)"
     for t in tollgate tollgate-pgo; do
         for h in haproxy haproxy-headers; do
             if [[ -n "${m_rps[$h]:-}" && -n "${m_rps[$t]:-}" ]]; then
-                echo "# $t vs $h: $(ratio "$t" "$h") req/s (rounds: $(round_ratios "$t" "$h"))"
+                echo "# $t vs $h: $(ratio "$t" "$h") req/s (rounds: $(round_ratios "$t" "$h"))," \
+                    "$(cpu_ratio "$t" "$h") per CPU-second"
             fi
         done
     done

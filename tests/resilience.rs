@@ -38,7 +38,9 @@ struct Sample {
     /// 0 for a transport error.
     status: u16,
     backend: Option<String>,
-    request_id: Option<String>,
+    /// The gateway process that answered, where its config names it
+    /// (`x-process`, set by a response-rewrite plugin).
+    process: Option<String>,
     error: Option<String>,
 }
 
@@ -82,14 +84,14 @@ impl Load {
                                 done,
                                 status: r.status,
                                 backend: r.header("x-backend").map(str::to_string),
-                                request_id: r.header("x-request-id").map(str::to_string),
+                                process: r.header("x-process").map(str::to_string),
                                 error: (r.status != 200).then(|| r.body.clone()),
                             },
                             Err(e) => Sample {
                                 done,
                                 status: 0,
                                 backend: None,
-                                request_id: None,
+                                process: None,
                                 error: Some(e),
                             },
                         });
@@ -234,11 +236,6 @@ fn instances(gw: &Gateway, service: &str, state: &str) -> f64 {
         "tollgate_instances",
         &[("service", service), ("state", state)],
     )
-}
-
-/// The process prefix of a generated request id (16 hex digits).
-fn id_prefix(id: &str) -> &str {
-    &id[..16.min(id.len())]
 }
 
 // ------------------------------------------------------------ 1. kill under load
@@ -841,16 +838,26 @@ fn unix_listening(path: &Path) -> bool {
 #[test]
 fn a_zero_downtime_upgrade_under_load_loses_no_request() {
     let backend = Backend::start("b");
+    // Each process names itself on its answers: the new one starts from a
+    // copy of the file that differs only there (request ids are random,
+    // so they can't tell the processes apart).
     let mut old = start(&format!(
-        "routes:\n{}upstreams:\n  u: {{ nodes: [{}] }}\n",
+        "settings:\n  plugins: [{{response-rewrite: {{headers: {{set: {{x-process: old}}}}}}}}]\n\
+         routes:\n{}upstreams:\n  u: {{ nodes: [{}] }}\n",
         route("u"),
         nodes(&[&backend])
     ));
     let addr = old.proxy_addr();
-    let old_prefix = {
-        let r = Conn::new(addr).get("/u/x", &[]).expect("GET");
-        id_prefix(r.header("x-request-id").expect("x-request-id")).to_string()
-    };
+    let r = Conn::new(addr).get("/u/x", &[]).expect("GET");
+    assert_eq!(r.header("x-process"), Some("old"), "{r:?}");
+    let new_config = old.dir().join("new.yaml");
+    let text = std::fs::read_to_string(old.config_path()).expect("config");
+    assert!(text.contains("x-process: old"), "{text}");
+    std::fs::write(
+        &new_config,
+        text.replace("x-process: old", "x-process: new"),
+    )
+    .expect("new config");
 
     // Two keep-alive clients and two that open a connection per request
     // (so the listening socket keeps accepting throughout the hand-over).
@@ -859,7 +866,7 @@ fn a_zero_downtime_upgrade_under_load_loses_no_request() {
         backend.hits() >= 200
     });
 
-    // The new process: same binary, same file, same state dir (so the same
+    // The new process: same binary, a copy of the file, same state dir (so the same
     // upgrade socket). It waits there for the old one's listeners.
     let sock = old.state_dir().join("upgrade.sock");
     let new_log = old.dir().join("new.log");
@@ -867,7 +874,7 @@ fn a_zero_downtime_upgrade_under_load_loses_no_request() {
     let mut new = Proc(
         Command::new(bin())
             .args(["run", "--upgrade", "-c"])
-            .arg(old.config_path())
+            .arg(&new_config)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
@@ -912,17 +919,18 @@ fn a_zero_downtime_upgrade_under_load_loses_no_request() {
     run.assert_no_failures("zero-downtime upgrade");
     let mut by_process: BTreeMap<String, (usize, Duration, Duration)> = BTreeMap::new();
     for s in &run.samples {
-        let p = id_prefix(s.request_id.as_deref().expect("x-request-id")).to_string();
+        let p = s.process.clone().expect("x-process");
         let e = by_process.entry(p).or_insert((0, s.done, s.done));
         e.0 += 1;
         e.2 = s.done;
     }
-    assert_eq!(by_process.len(), 2, "served by: {by_process:?}");
-    let (old_n, _, old_last) = by_process[&old_prefix];
-    let (new_prefix, &(new_n, new_first, _)) = by_process
-        .iter()
-        .find(|(p, _)| **p != old_prefix)
-        .expect("the new process served");
+    assert_eq!(
+        by_process.keys().collect::<Vec<_>>(),
+        ["new", "old"],
+        "served by: {by_process:?}"
+    );
+    let (old_n, _, old_last) = by_process["old"];
+    let (new_n, new_first, _) = by_process["new"];
     assert!(old_last <= old_gone, "old served after it exited");
     assert!(new_first >= handover, "new served before the hand-over");
     // Served throughout: no gap in answers longer than 500 ms.
@@ -937,8 +945,8 @@ fn a_zero_downtime_upgrade_under_load_loses_no_request() {
         "answers stopped for {gap:?}"
     );
     eprintln!(
-        "upgrade: {} requests, 0 failed ({} stale keep-alive connections re-sent); old {old_prefix} served {old_n} \
-         (last at {old_last:?}), new {new_prefix} served {new_n} (first at {new_first:?}); SIGQUIT at {handover:?}, \
+        "upgrade: {} requests, 0 failed ({} stale keep-alive connections re-sent); old served {old_n} \
+         (last at {old_last:?}), new served {new_n} (first at {new_first:?}); SIGQUIT at {handover:?}, \
          old exited at {old_gone:?}; longest gap {gap:?}",
         run.samples.len(),
         run.stale_retries,

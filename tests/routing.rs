@@ -287,6 +287,17 @@ fn request_id_is_kept_or_generated_and_echoed() {
         assert!(!seen.contains(&upstream_saw), "ids repeat: {seen:?}");
         seen.push(upstream_saw);
     }
+    // Generated ids go back to every client: they must not let one count
+    // the node's traffic between two of its requests (a counter) or tell
+    // which node and start answered (a fixed prefix). Neither half of one
+    // id repeats or steps by one in the next.
+    let half = |id: &str, at: usize| u64::from_str_radix(&id[at..at + 16], 16).unwrap_or(0);
+    for pair in seen.windows(2) {
+        for at in [0, 16] {
+            let (x, y) = (half(&pair[0], at), half(&pair[1], at));
+            assert!(x.abs_diff(y) > 1, "countable ids: {pair:?}");
+        }
+    }
 }
 
 #[test]

@@ -104,7 +104,7 @@ impl Gate {
         let panic_header = None;
         Self {
             cell,
-            ids: RequestIds::default(),
+            ids: RequestIds,
             in_flight,
             trusted_proxies,
             access_log,

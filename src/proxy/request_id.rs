@@ -1,4 +1,5 @@
-//! `X-Request-Id`: kept when the client sent a sane one, generated otherwise.
+//! `X-Request-Id`: kept when the client sent a sane one, generated (random)
+//! otherwise.
 //!
 //! A generated id is held inline ([`RequestId::Own`], 32 bytes, no
 //! allocation: the raw heads write its bytes); a client's id is a
@@ -6,7 +7,6 @@
 //! only when one is edited ([`RequestId::to_header`]).
 
 use http::HeaderValue;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A request's id, as the upstream request, the response and the logs carry it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -49,29 +49,22 @@ impl RequestId {
     }
 }
 
-/// Generates ids unique across restarts and nodes: a random per-process
-/// prefix and a counter, 32 hex digits (the length of a UUID without dashes).
-#[derive(Debug)]
-pub struct RequestIds {
-    prefix: u64,
-    counter: AtomicU64,
-}
-
-impl Default for RequestIds {
-    fn default() -> Self {
-        Self {
-            prefix: rand::random(),
-            counter: AtomicU64::new(0),
-        }
-    }
-}
+/// Generates ids: 128 bits from the thread's CSPRNG (ChaCha, reseeded by
+/// the OS), 32 hex digits. Random rather than a process prefix and a
+/// counter: the id goes back to every client, and a counter would tell
+/// any two of its requests how much traffic the node served between them,
+/// and the prefix which node and which start of it answered. 128 random
+/// bits don't collide in practice across a fleet's lifetime, and no state
+/// is shared between threads.
+#[derive(Debug, Default)]
+pub struct RequestIds;
 
 impl RequestIds {
     pub fn next(&self) -> RequestId {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let n: u128 = rand::random();
         let mut id = [0u8; 32];
-        put_hex(&mut id[..16], self.prefix);
-        put_hex(&mut id[16..], n);
+        put_hex(&mut id[..16], (n >> 64) as u64);
+        put_hex(&mut id[16..], n as u64);
         RequestId::Own(id)
     }
 }
@@ -104,7 +97,7 @@ mod tests {
 
     #[test]
     fn generated_ids_are_unique_fixed_length_hex() {
-        let ids = RequestIds::default();
+        let ids = RequestIds;
         let (a, b) = (ids.next(), ids.next());
         assert_ne!(a, b);
         assert_eq!(a.as_bytes().len(), 32);
@@ -113,12 +106,23 @@ mod tests {
             .bytes()
             .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_eq!(a.to_header().as_bytes(), a.as_bytes());
-        // The counter is the low half, the prefix the high one.
-        let (a, b) = (a.as_str(), b.as_str());
-        assert_eq!(a[..16], b[..16]);
-        assert_eq!(u64::from_str_radix(&a[..16], 16).unwrap(), ids.prefix);
-        let lo = |s: &str| u64::from_str_radix(&s[16..], 16).unwrap();
-        assert_eq!(lo(b), lo(a) + 1);
+    }
+
+    #[test]
+    fn generated_ids_share_nothing_a_client_could_count_with() {
+        // Neither half repeats or steps by one between consecutive ids:
+        // with a prefix and a counter, one half would (chance here: about 2^-57).
+        let ids = RequestIds;
+        let half = |id: &RequestId, r: std::ops::Range<usize>| {
+            u64::from_str_radix(&id.as_str()[r], 16).unwrap()
+        };
+        let all: Vec<RequestId> = (0..16).map(|_| ids.next()).collect();
+        for pair in all.windows(2) {
+            for r in [0..16, 16..32] {
+                let (x, y) = (half(&pair[0], r.clone()), half(&pair[1], r));
+                assert!(x.abs_diff(y) > 1, "{:?} then {:?}", pair[0], pair[1]);
+            }
+        }
     }
 
     #[test]
